@@ -1,0 +1,5 @@
+//! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
+pub mod error;
+pub mod local;
+pub mod record;
+pub mod wire;

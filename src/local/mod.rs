@@ -1,0 +1,2 @@
+//! The local store: the only code that calls libtdb.
+pub mod ffi;
