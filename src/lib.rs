@@ -1,5 +1,8 @@
 //! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
+pub mod capi;
+pub mod engine;
 pub mod error;
 pub mod local;
 pub mod record;
+pub mod transport;
 pub mod wire;

@@ -1,0 +1,1 @@
+//! The I/O-free protocol engine (DESIGN §2).
