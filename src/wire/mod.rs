@@ -2,9 +2,17 @@
 //! protocol version 1 (DESIGN §3) so tshark's CTDB dissector decodes our traffic.
 //!
 //! Packets are typed values here; `codec` turns them into bytes and back, checking every
-//! length against the buffer.
+//! length against the buffer. Numbers and layouts were checked against Samba's
+//! `ctdb/protocol/protocol.h`, `ctdb/include/ctdb_protocol.h` (the `_old` wire structs) and
+//! Wireshark's `epan/dissectors/packet-ctdb.c`; see `codec` for the byte offsets.
 
 pub mod codec;
+#[cfg(test)]
+mod dissector_tests;
+
+pub use codec::{
+    decode, encode, encode_into, encoded_len, read_frame, read_packet, write_packet, ReadError, WireError,
+};
 
 pub use crate::record::Pnn;
 
@@ -29,9 +37,12 @@ pub const CURRENT_NODE: Pnn = 0xF000_0001;
 /// REQ_CALL `callid` values (CTDB's reserved call ids).
 pub const CALL_NULL_FUNC: u32 = 0xFF00_0001;
 pub const CALL_FETCH_FUNC: u32 = 0xFF00_0002;
+pub const CALL_FETCH_WITH_HEADER_FUNC: u32 = 0xFF00_0003;
 
-/// REQ_CALL flags.
-pub const CALL_FLAG_IMMEDIATE_MIGRATION: u32 = 0x0000_0002;
+/// REQ_CALL flags (CTDB's `struct ctdb_call` flags; the dissector shows bit 0 as "Immediate").
+pub const CALL_FLAG_IMMEDIATE_MIGRATION: u32 = 0x0000_0001;
+pub const CALL_FLAG_VACUUM_MIGRATION: u32 = 0x0000_0002;
+pub const CALL_FLAG_WANT_READONLY: u32 = 0x0000_0004;
 
 /// Operation numbers: CTDB's where CTDB has the operation.
 pub mod op {
@@ -40,9 +51,14 @@ pub mod op {
     pub const REQ_DMASTER: u32 = 2;
     pub const REPLY_DMASTER: u32 = 3;
     pub const REPLY_ERROR: u32 = 4;
+    /// CTDB's; we have no body for it yet, so the codec refuses it.
+    pub const REQ_MESSAGE: u32 = 5;
+    // 6 was removed from CTDB: never reuse it.
     pub const REQ_CONTROL: u32 = 7;
     pub const REPLY_CONTROL: u32 = 8;
     pub const REQ_KEEPALIVE: u32 = 9;
+    /// CTDB's; refused by the codec like REQ_MESSAGE. Operations of our own start above it.
+    pub const REQ_TUNNEL: u32 = 10;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
