@@ -2,6 +2,7 @@
 pub mod capi;
 pub mod engine;
 pub mod error;
+pub mod hash;
 pub mod local;
 pub mod record;
 pub mod transport;

@@ -1,0 +1,326 @@
+//! The migration steps of DESIGN §8.2, each run with the key's chain lock held.
+
+use super::{Engine, FirstUse, Migration, Output, Record, RecordStore, Work, CALL_OK};
+use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
+use crate::wire::{
+    Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqDmaster, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION,
+    CALL_NULL_FUNC,
+};
+
+impl Engine {
+    pub(super) fn step_locked(
+        &mut self,
+        work: Work,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        match work {
+            Work::ClientCall { client, reqid, db_id, key } => {
+                self.client_call(client, reqid, db_id, key, record, store, out)
+            }
+            Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
+            Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
+            Work::ReplyDmaster { reply } => self.reply_dmaster(reply, record, store, out),
+        }
+    }
+
+    /// This node is DMASTER if its copy says so, or if nobody has stored the key yet and
+    /// this node is its LMASTER.
+    fn is_dmaster(&self, key: &[u8], record: &Option<Record>) -> bool {
+        match record {
+            Some(record) => record.header.dmaster == self.config.pnn,
+            None => self.lmaster(key) == self.config.pnn,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn client_call(
+        &mut self,
+        client: u64,
+        reqid: ReqId,
+        db_id: DbId,
+        key: Vec<u8>,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        if self.is_dmaster(&key, &record) {
+            if record.is_none() {
+                // The LMASTER's made-up header becomes real so the client finds it.
+                let initial =
+                    Record { header: self.bumped(RecordHeader::initial(self.config.pnn)), data: vec![] };
+                if !self.write(store, db_id, &key, &initial) {
+                    out.push(Output::ClientReply { client, reqid, status: -libc::EIO });
+                    return;
+                }
+            }
+            out.push(Output::ClientReply { client, reqid, status: CALL_OK });
+            return;
+        }
+        let state = self.keys.entry((db_id, key.clone())).or_default();
+        if let Some(migration) = state.migration.as_mut() {
+            // Fetch collapse: one migration per key per node, later askers ride along.
+            migration.waiters.push((client, reqid));
+            return;
+        }
+        let call_reqid = self.next_reqid();
+        let state = self.keys.entry((db_id, key.clone())).or_default();
+        state.migration = Some(Migration { reqid: call_reqid, waiters: vec![(client, reqid)] });
+        let destnode = match &record {
+            Some(record) => record.header.dmaster,
+            None => self.lmaster(&key),
+        };
+        self.stats.calls_sent += 1;
+        let call = ReqCall {
+            flags: CALL_FLAG_IMMEDIATE_MIGRATION,
+            db_id,
+            callid: CALL_NULL_FUNC,
+            hopcount: 0,
+            key,
+            calldata: vec![],
+        };
+        out.push(self.packet(destnode, self.config.pnn, call_reqid, Body::ReqCall(call)));
+    }
+
+    fn remote_call(
+        &mut self,
+        origin: Pnn,
+        reqid: ReqId,
+        call: ReqCall,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        let me = self.config.pnn;
+        let is_dmaster = self.is_dmaster(&call.key, &record);
+        let state = self.keys.entry((call.db_id, call.key.clone())).or_default();
+        let own_migration = state.migration.as_ref().map(|m| m.reqid);
+        if origin == me {
+            match own_migration {
+                Some(in_flight) if in_flight == reqid => {}
+                // An old copy of a request of ours that was answered long ago.
+                _ => {
+                    self.stats.duplicates_dropped += 1;
+                    return;
+                }
+            }
+            if is_dmaster {
+                // Our own request came round to us after the record did.
+                self.finish_migration(call.db_id, &call.key, out);
+                return;
+            }
+        } else if is_dmaster {
+            if state.first_use.is_some() {
+                self.stats.calls_parked += 1;
+                state.parked.push_back(Work::Call { origin, reqid, call });
+                return;
+            }
+            self.hand_over(origin, reqid, call, record, store, out);
+            return;
+        }
+        // Not DMASTER, even if a migration to us is in flight: parking here could wait on a
+        // node that waits on us. Pass it on instead; with in-order links the LMASTER only
+        // sends it back after the record it sent us.
+
+        self.forward(origin, reqid, call, record, out);
+    }
+
+    /// Not DMASTER: pass the request on. Only the LMASTER knows the DMASTER for certain;
+    /// anyone else's copy may name a node the record has long left.
+    fn forward(
+        &mut self,
+        origin: Pnn,
+        reqid: ReqId,
+        mut call: ReqCall,
+        record: Option<Record>,
+        out: &mut Vec<Output>,
+    ) {
+        let lmaster = self.lmaster(&call.key);
+        let destnode = match record {
+            Some(record) if lmaster == self.config.pnn => record.header.dmaster,
+            _ => lmaster,
+        };
+        call.hopcount = call.hopcount.saturating_add(1);
+        self.stats.calls_forwarded += 1;
+        self.stats.max_hopcount = self.stats.max_hopcount.max(call.hopcount);
+        if call.hopcount == self.config.hopcount_warning {
+            log::warn!(
+                "engine: request {reqid} of node {origin} for db {:#x} forwarded {} times",
+                call.db_id,
+                call.hopcount
+            );
+        }
+        out.push(self.packet(destnode, origin, reqid, Body::ReqCall(call)));
+    }
+
+    /// DMASTER, step 4: give the record to `origin` through the LMASTER (or directly, when
+    /// this node is the LMASTER). The local copy keeps the data but names the new DMASTER.
+    fn hand_over(
+        &mut self,
+        origin: Pnn,
+        reqid: ReqId,
+        call: ReqCall,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        let me = self.config.pnn;
+        let Record { header, data } =
+            record.unwrap_or(Record { header: RecordHeader::initial(me), data: vec![] });
+        let mut flags = header.flags & !FLAG_AUTOMATIC;
+        if !data.is_empty() {
+            flags |= FLAG_MIGRATED_WITH_DATA;
+        }
+        let left_behind = Record { header: RecordHeader { rsn: header.rsn, dmaster: origin, flags }, data };
+        if !self.write(store, call.db_id, &call.key, &left_behind) {
+            return; // still DMASTER: the requester asks again
+        }
+        self.stats.handovers += 1;
+        let Record { header, data } = left_behind;
+        let lmaster = self.lmaster(&call.key);
+        let body = if lmaster == me {
+            Body::ReplyDmaster(ReplyDmaster {
+                db_id: call.db_id,
+                rsn: header.rsn,
+                key: call.key,
+                data,
+                record_flags: flags,
+            })
+        } else {
+            Body::ReqDmaster(ReqDmaster {
+                db_id: call.db_id,
+                rsn: header.rsn,
+                dmaster: origin,
+                key: call.key,
+                data,
+                record_flags: flags,
+            })
+        };
+        let destnode = if lmaster == me { origin } else { lmaster };
+        out.push(self.packet(destnode, me, reqid, body));
+    }
+
+    /// LMASTER, step 5: record the new DMASTER and pass the record on.
+    fn req_dmaster(
+        &mut self,
+        from: Pnn,
+        reqid: ReqId,
+        req: ReqDmaster,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        let me = self.config.pnn;
+        if self.lmaster(&req.key) != me {
+            log::error!("engine: REQ_DMASTER from node {from} for a key this node is not LMASTER of");
+            self.stats.protocol_violations += 1;
+            return;
+        }
+        let recorded_dmaster = match &record {
+            Some(record) => {
+                let seen = record.header.rsn > req.rsn
+                    || (record.header.rsn == req.rsn && record.header.dmaster == req.dmaster);
+                if seen {
+                    self.stats.duplicates_dropped += 1;
+                    return;
+                }
+                record.header.dmaster
+            }
+            None => me,
+        };
+        if recorded_dmaster != from {
+            log::error!(
+                "engine: node {from} handed over a record whose DMASTER this LMASTER knows as node {recorded_dmaster}"
+            );
+            self.stats.protocol_violations += 1;
+        }
+        if req.dmaster == me {
+            let arrived = Record {
+                header: self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags }),
+                data: req.data,
+            };
+            if self.write(store, req.db_id, &req.key, &arrived) {
+                self.finish_migration(req.db_id, &req.key, out);
+            }
+            return;
+        }
+        let header = RecordHeader { rsn: req.rsn, dmaster: req.dmaster, flags: req.record_flags };
+        let lmaster_copy = Record { header, data: req.data };
+        if !self.write(store, req.db_id, &req.key, &lmaster_copy) {
+            return;
+        }
+        let reply = ReplyDmaster {
+            db_id: req.db_id,
+            rsn: req.rsn,
+            key: req.key,
+            data: lmaster_copy.data,
+            record_flags: req.record_flags,
+        };
+        out.push(self.packet(req.dmaster, me, reqid, Body::ReplyDmaster(reply)));
+    }
+
+    /// New DMASTER, step 6: store the record with the next RSN and answer the waiters.
+    fn reply_dmaster(
+        &mut self,
+        reply: ReplyDmaster,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        // Every handover raises the RSN, so a copy we already hold at this RSN or later
+        // means this reply is a duplicate or outlived by newer history.
+        if record.is_some_and(|record| record.header.rsn >= reply.rsn) {
+            self.stats.duplicates_dropped += 1;
+            return;
+        }
+        let me = self.config.pnn;
+        let arrived = Record {
+            header: self.bumped(RecordHeader { rsn: reply.rsn, dmaster: me, flags: reply.record_flags }),
+            data: reply.data,
+        };
+        if self.write(store, reply.db_id, &reply.key, &arrived) {
+            self.finish_migration(reply.db_id, &reply.key, out);
+        }
+    }
+
+    /// The record is here: answer the clients that asked, give them the first go, and let
+    /// parked remote requests run once they had it.
+    fn finish_migration(&mut self, db_id: DbId, key: &[u8], out: &mut Vec<Output>) {
+        self.stats.migrations_completed += 1;
+        let deadline = self.now + self.config.first_use_timeout_ms;
+        let state = self.keys.entry((db_id, key.to_vec())).or_default();
+        let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
+        if waiters.is_empty() {
+            self.ready.extend(state.parked.drain(..));
+            return;
+        }
+        state.first_use =
+            Some(FirstUse { clients: waiters.iter().map(|(client, _)| *client).collect(), deadline });
+        out.extend(waiters.into_iter().map(|(client, reqid)| Output::ClientReply {
+            client,
+            reqid,
+            status: CALL_OK,
+        }));
+    }
+
+    /// The header this node writes when it stores a record it is DMASTER of.
+    fn bumped(&self, header: RecordHeader) -> RecordHeader {
+        RecordHeader { rsn: header.rsn + 1, dmaster: self.config.pnn, flags: header.flags & !FLAG_AUTOMATIC }
+    }
+
+    fn write(&mut self, store: &mut dyn RecordStore, db_id: DbId, key: &[u8], record: &Record) -> bool {
+        match store.store(db_id, key, record) {
+            Ok(()) => true,
+            Err(err) => {
+                self.stats.store_errors += 1;
+                log::error!("engine: storing a record of db {db_id:#x} failed: {err}");
+                false
+            }
+        }
+    }
+
+    fn packet(&self, destnode: Pnn, srcnode: Pnn, reqid: ReqId, body: Body) -> Output {
+        Output::Send(Packet { generation: self.config.generation, destnode, srcnode, reqid, body })
+    }
+}
