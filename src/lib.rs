@@ -1,5 +1,7 @@
 //! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
 pub mod capi;
+pub mod control;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod hash;

@@ -1,0 +1,242 @@
+//! Payloads of the REQ_CONTROL / REPLY_CONTROL packets rctdb uses, between a client and its
+//! daemon and between daemons. The packet framing is `wire`'s; this is what goes inside.
+//! Opcodes are our own, far above CTDB's, so a capture never confuses the two.
+
+use crate::record::{RecordHeader, HEADER_LEN};
+use crate::wire::{DbId, Pnn};
+
+pub mod opcode {
+    /// Client -> daemon, and daemon -> every peer: attach a database by name.
+    pub const DB_ATTACH: u32 = 0x7c00_0001;
+    /// Client -> daemon: this node, its links, engine counters.
+    pub const STATUS: u32 = 0x7c00_0002;
+    /// Daemon -> peer: every record of a database that the peer holds a copy of.
+    pub const PULL_DB: u32 = 0x7c00_0003;
+    /// Client -> daemon: the newest copy of every record of a database, cluster-wide.
+    pub const TRAVERSE_ALL: u32 = 0x7c00_0004;
+    /// Client -> daemon, no reply: the client answered after a migration has used the record.
+    pub const MIGRATION_DONE: u32 = 0x7c00_0005;
+}
+
+/// REQ_CONTROL flag: the sender wants no reply (CTDB's CTDB_CTRL_FLAG_NOREPLY).
+pub const FLAG_NOREPLY: u32 = 1;
+
+/// Why a payload could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadError(pub &'static str);
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed control payload: {}", self.0)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Reads little-endian fields off the front of a payload, checking each length.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
+        if self.0.len() < n {
+            return Err(PayloadError(what));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
+        let b = self.bytes(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
+        Ok(self.u32(what)? as u64 | (self.u32(what)? as u64) << 32)
+    }
+    fn rest(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A database id is the Jenkins hash of its name, as in CTDB: every node derives the same id.
+pub fn db_id_of(name: &str) -> DbId {
+    crate::hash::jenkins_hash(name.as_bytes())
+}
+
+/// Database names are file names under the daemon's `--dbdir`.
+pub fn valid_db_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachReply {
+    pub db_id: DbId,
+    pub pnn: Pnn,
+    /// tdb_flags the client must open the file with, so every opener agrees.
+    pub tdb_flags: u32,
+    pub path: String,
+}
+
+impl AttachReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.path.len());
+        put_u32(&mut out, self.db_id);
+        put_u32(&mut out, self.pnn);
+        put_u32(&mut out, self.tdb_flags);
+        out.extend_from_slice(self.path.as_bytes());
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<AttachReply, PayloadError> {
+        let mut r = Reader(data);
+        let db_id = r.u32("attach reply db_id")?;
+        let pnn = r.u32("attach reply pnn")?;
+        let tdb_flags = r.u32("attach reply tdb_flags")?;
+        let path = String::from_utf8(r.rest().to_vec()).map_err(|_| PayloadError("attach reply path"))?;
+        Ok(AttachReply { db_id, pnn, tdb_flags, path })
+    }
+}
+
+/// `db_id ++ key`: the payload of MIGRATION_DONE.
+pub fn encode_db_key(db_id: DbId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.len());
+    put_u32(&mut out, db_id);
+    out.extend_from_slice(key);
+    out
+}
+
+pub fn decode_db_key(data: &[u8]) -> Result<(DbId, &[u8]), PayloadError> {
+    let mut r = Reader(data);
+    let db_id = r.u32("db_id")?;
+    Ok((db_id, r.rest()))
+}
+
+pub fn decode_db_id(data: &[u8]) -> Result<DbId, PayloadError> {
+    Reader(data).u32("db_id")
+}
+
+/// One record with its header, as PULL_DB and TRAVERSE_ALL carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordCopy {
+    pub key: Vec<u8>,
+    pub header: RecordHeader,
+    pub data: Vec<u8>,
+}
+
+/// `count, then per record: keylen, datalen, rsn (u64), dmaster, flags, key, data`.
+pub fn encode_records(records: &[RecordCopy]) -> Vec<u8> {
+    let size: usize = records.iter().map(|r| 20 + r.key.len() + r.data.len()).sum();
+    let mut out = Vec::with_capacity(4 + size);
+    put_u32(&mut out, records.len() as u32);
+    for record in records {
+        put_u32(&mut out, record.key.len() as u32);
+        put_u32(&mut out, record.data.len() as u32);
+        out.extend_from_slice(&record.header.rsn.to_le_bytes());
+        put_u32(&mut out, record.header.dmaster);
+        put_u32(&mut out, record.header.flags);
+        out.extend_from_slice(&record.key);
+        out.extend_from_slice(&record.data);
+    }
+    out
+}
+
+pub fn decode_records(data: &[u8]) -> Result<Vec<RecordCopy>, PayloadError> {
+    let mut r = Reader(data);
+    let count = r.u32("record count")? as usize;
+    // Each record takes at least 24 bytes: a lying count cannot make us allocate much.
+    let mut records = Vec::with_capacity(count.min(data.len() / 24));
+    for _ in 0..count {
+        let keylen = r.u32("record keylen")? as usize;
+        let datalen = r.u32("record datalen")? as usize;
+        let rsn = r.u64("record rsn")?;
+        let dmaster = r.u32("record dmaster")?;
+        let flags = r.u32("record flags")?;
+        let key = r.bytes(keylen, "record key")?.to_vec();
+        let data = r.bytes(datalen, "record data")?.to_vec();
+        records.push(RecordCopy { key, header: RecordHeader { rsn, dmaster, flags }, data });
+    }
+    if !r.rest().is_empty() {
+        return Err(PayloadError("bytes after the last record"));
+    }
+    Ok(records)
+}
+
+/// Keeps the newest copy (highest RSN) of each key: how a cluster-wide traverse and a
+/// recovery decide which copy is the record.
+pub fn merge_newest(copies: impl IntoIterator<Item = RecordCopy>) -> Vec<RecordCopy> {
+    let mut newest: std::collections::BTreeMap<Vec<u8>, RecordCopy> = Default::default();
+    for copy in copies {
+        match newest.get(&copy.key) {
+            Some(kept) if kept.header.rsn >= copy.header.rsn => {}
+            _ => {
+                newest.insert(copy.key.clone(), copy);
+            }
+        }
+    }
+    newest.into_values().collect()
+}
+
+const _: () = assert!(HEADER_LEN == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn copy(key: &[u8], rsn: u64, data: &[u8]) -> RecordCopy {
+        RecordCopy {
+            key: key.to_vec(),
+            header: RecordHeader { rsn, dmaster: 1, flags: 0 },
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn attach_reply_round_trips() {
+        let reply = AttachReply { db_id: 7, pnn: 2, tdb_flags: 1, path: "/tmp/x/locking.tdb".into() };
+        assert_eq!(AttachReply::decode(&reply.encode()), Ok(reply));
+        assert!(AttachReply::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn merge_keeps_the_highest_rsn() {
+        let merged = merge_newest([
+            copy(b"a", 3, b"old"),
+            copy(b"a", 5, b"new"),
+            copy(b"b", 1, b"x"),
+            copy(b"a", 4, b"mid"),
+        ]);
+        assert_eq!(merged, vec![copy(b"a", 5, b"new"), copy(b"b", 1, b"x")]);
+    }
+
+    #[test]
+    fn db_names_are_plain_file_names() {
+        assert!(valid_db_name("locking.tdb"));
+        for bad in ["", ".", "..", "a/b", "../etc", "x\0y"] {
+            assert!(!valid_db_name(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(records in prop::collection::vec(
+            (prop::collection::vec(any::<u8>(), 0..20), any::<u64>(), any::<u32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..40)),
+            0..10,
+        )) {
+            let records: Vec<RecordCopy> = records.into_iter().map(|(key, rsn, dmaster, flags, data)| {
+                RecordCopy { key, header: RecordHeader { rsn, dmaster, flags }, data }
+            }).collect();
+            prop_assert_eq!(decode_records(&encode_records(&records)), Ok(records));
+        }
+
+        #[test]
+        fn random_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_records(&bytes);
+            let _ = AttachReply::decode(&bytes);
+            let _ = decode_db_key(&bytes);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The daemon's `RecordStore`: one libtdb file per attached database under `--dbdir`, values
+//! stored as the 24-byte record header followed by the data (DESIGN §8.1).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::control::{valid_db_name, RecordCopy};
+use crate::engine::{Record, RecordStore};
+use crate::error::{Error, Result};
+use crate::local::{StoreFlag, Tdb};
+use crate::record::RecordHeader;
+use crate::wire::DbId;
+
+/// tdb_flags of clustered database files; clients open them with the same flags.
+pub const CLUSTERED_TDB_FLAGS: i32 = 0;
+/// CTDB's bucket count: chains stay short however many records migrate through.
+const HASH_SIZE: i32 = 100_001;
+
+pub struct AttachedDb {
+    pub name: String,
+    pub tdb: Tdb,
+}
+
+pub struct TdbStore {
+    dir: PathBuf,
+    dbs: HashMap<DbId, AttachedDb>,
+}
+
+impl TdbStore {
+    pub fn new(dir: &Path) -> TdbStore {
+        TdbStore { dir: dir.to_owned(), dbs: HashMap::new() }
+    }
+
+    /// Opens (creating it if needed) the file of database `name`; returns its path.
+    pub fn attach(&mut self, db_id: DbId, name: &str) -> Result<PathBuf> {
+        if !valid_db_name(name) {
+            return Err(Error::einval(format!("{name:?} is not a database name (a plain file name)")));
+        }
+        if let Some(db) = self.dbs.get(&db_id) {
+            if db.name != name {
+                return Err(Error::einval(format!("{name:?} and {:?} have the same db id {db_id:#x}", db.name)));
+            }
+            return Ok(db.tdb.path().to_owned());
+        }
+        let path = self.dir.join(name);
+        let tdb = Tdb::open(&path, HASH_SIZE, CLUSTERED_TDB_FLAGS, libc::O_RDWR | libc::O_CREAT, 0o600)?;
+        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb });
+        Ok(path)
+    }
+
+    pub fn dbs(&self) -> impl Iterator<Item = (&DbId, &AttachedDb)> {
+        self.dbs.iter()
+    }
+
+    /// Every record of `db_id` this node has a copy of, headers included.
+    pub fn copies(&self, db_id: DbId) -> Result<Vec<RecordCopy>> {
+        let db = self.db(db_id)?;
+        let mut copies = vec![];
+        db.tdb.traverse_read(|key, value| {
+            if let Some((header, data)) = RecordHeader::decode(value) {
+                copies.push(RecordCopy { key: key.to_vec(), header, data: data.to_vec() });
+            }
+            true
+        })?;
+        Ok(copies)
+    }
+
+    fn db(&self, db_id: DbId) -> Result<&AttachedDb> {
+        self.dbs.get(&db_id).ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))
+    }
+}
+
+impl RecordStore for TdbStore {
+    fn try_lock(&mut self, db: DbId, key: &[u8]) -> bool {
+        self.db(db).and_then(|db| db.tdb.lock_chain_nonblock(key)).is_ok()
+    }
+
+    fn unlock(&mut self, db: DbId, key: &[u8]) {
+        if let Err(err) = self.db(db).and_then(|db| db.tdb.unlock_chain(key)) {
+            log::error!("unlocking a chain of db {db:#x}: {err}");
+        }
+    }
+
+    fn fetch(&mut self, db: DbId, key: &[u8]) -> Option<Record> {
+        let db = self.db(db).ok()?;
+        let parsed = db.tdb.parse_record(key, |value| {
+            RecordHeader::decode(value).map(|(header, data)| Record { header, data: data.to_vec() })
+        });
+        parsed.ok().flatten().flatten()
+    }
+
+    fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<()> {
+        let header = record.header.encode();
+        self.db(db)?.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace)
+    }
+}
