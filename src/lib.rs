@@ -1,5 +1,6 @@
 //! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
 pub mod capi;
+pub mod client;
 pub mod control;
 pub mod daemon;
 pub mod engine;
@@ -7,5 +8,6 @@ pub mod error;
 pub mod hash;
 pub mod local;
 pub mod record;
+pub mod tool;
 pub mod transport;
 pub mod wire;

@@ -1,0 +1,213 @@
+//! A clustered database as a client process sees it (DESIGN §2, §8.6): the node's local tdb
+//! file, read and written directly under the tdb chain lock, but only while the record's
+//! header names this node as DMASTER. Otherwise the chain lock is dropped, the daemon
+//! migrates the record here, and we try again, until a deadline.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::DaemonConnection;
+use crate::control::RecordCopy;
+use crate::error::{Error, ErrorCode, Result};
+use crate::local::{StoreFlag, Tdb};
+use crate::record::{RecordHeader, HEADER_LEN};
+use crate::wire::{DbId, Pnn};
+
+/// How long attach and status requests may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A chain lock the caller holds through `chainlock`.
+struct HeldLock {
+    depth: u32,
+    /// The record was migrated here for this lock: tell the daemon once we are done with it.
+    owes_done: bool,
+}
+
+pub struct ClusteredDb {
+    tdb: Tdb,
+    daemon: DaemonConnection,
+    name: String,
+    db_id: DbId,
+    pnn: Pnn,
+    migrate_timeout: Duration,
+    held: HashMap<Vec<u8>, HeldLock>,
+}
+
+impl ClusteredDb {
+    /// Attaches `name` through the daemon at `socket` and opens this node's file of it.
+    pub fn open(socket: &Path, name: &str, migrate_timeout: Duration) -> Result<ClusteredDb> {
+        let mut daemon = DaemonConnection::connect(socket)?;
+        let attached = daemon.attach(name, CONTROL_TIMEOUT)?;
+        let tdb = Tdb::open(Path::new(&attached.path), 0, attached.tdb_flags as i32, libc::O_RDWR, 0o600)?;
+        Ok(ClusteredDb {
+            tdb,
+            daemon,
+            name: name.to_owned(),
+            db_id: attached.db_id,
+            pnn: attached.pnn,
+            migrate_timeout,
+            held: HashMap::new(),
+        })
+    }
+
+    pub fn db_id(&self) -> DbId {
+        self.db_id
+    }
+
+    pub fn pnn(&self) -> Pnn {
+        self.pnn
+    }
+
+    pub fn chainlock(&mut self, key: &[u8]) -> Result<()> {
+        if let Some(held) = self.held.get_mut(key) {
+            held.depth += 1;
+            return Ok(());
+        }
+        let owes_done = self.lock_here(key)?;
+        self.held.insert(key.to_vec(), HeldLock { depth: 1, owes_done });
+        Ok(())
+    }
+
+    pub fn chainunlock(&mut self, key: &[u8]) -> Result<()> {
+        let Some(held) = self.held.get_mut(key) else {
+            return Err(Error::new(ErrorCode::NoLock, "chainunlock of a key this context has not locked"));
+        };
+        held.depth -= 1;
+        if held.depth > 0 {
+            return Ok(());
+        }
+        let owes_done = held.owes_done;
+        self.held.remove(key);
+        self.unlock(key, owes_done)
+    }
+
+    /// The record's data; `None` when absent or deleted (an empty record).
+    pub fn fetch(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with_record(key, |tdb| read_data(tdb, key, |data| data.to_vec()))
+    }
+
+    pub fn parse<R>(&mut self, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        self.with_record(key, |tdb| read_data(tdb, key, parser))
+    }
+
+    pub fn exists(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.parse(key, |_| ())?.is_some())
+    }
+
+    /// Stores under the header the record already has: a client store never changes who is
+    /// DMASTER or the RSN (DESIGN §8.1).
+    pub fn store(&mut self, key: &[u8], parts: &[&[u8]], flag: StoreFlag) -> Result<()> {
+        self.with_record(key, |tdb| {
+            let (header, exists) = read_header(tdb, key)?;
+            match flag {
+                StoreFlag::Insert if exists => return Err(Error::new(ErrorCode::Exists, "record exists")),
+                StoreFlag::Modify if !exists => return Err(Error::new(ErrorCode::NoExist, "record does not exist")),
+                _ => {}
+            }
+            let header = header.encode();
+            let mut value: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            value.push(&header);
+            value.extend_from_slice(parts);
+            tdb.storev(key, &value, StoreFlag::Replace)
+        })
+    }
+
+    /// Deleting leaves the header with no data: other nodes may hold older copies, and the
+    /// header is what says this one is newer (vacuuming drops it later, DESIGN §8.5).
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.with_record(key, |tdb| {
+            let (header, exists) = read_header(tdb, key)?;
+            if !exists {
+                return Err(Error::new(ErrorCode::NoExist, "record does not exist"));
+            }
+            tdb.store(key, &header.encode(), StoreFlag::Replace)
+        })
+    }
+
+    /// Every record of the cluster once, newest copy, through the daemon.
+    pub fn traverse(&mut self, mut visit: impl FnMut(&[u8], &[u8]) -> bool) -> Result<usize> {
+        let records: Vec<RecordCopy> = self.daemon.traverse_all(self.db_id, CONTROL_TIMEOUT)?;
+        let mut count = 0;
+        for record in &records {
+            count += 1;
+            if !visit(&record.key, &record.data) {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Runs `op` with the chain locked and this node DMASTER: under the caller's lock if it
+    /// holds one, else under one taken (and migrated) for this call alone.
+    fn with_record<R>(&mut self, key: &[u8], op: impl FnOnce(&Tdb) -> Result<R>) -> Result<R> {
+        if self.held.contains_key(key) {
+            return op(&self.tdb);
+        }
+        let owes_done = self.lock_here(key)?;
+        let result = op(&self.tdb);
+        let unlocked = self.unlock(key, owes_done);
+        let value = result?;
+        unlocked.map(|()| value)
+    }
+
+    /// Samba's fetch-locked loop: lock; if this node is DMASTER keep the lock; else unlock,
+    /// have the daemon migrate the record here, and retry. Returns whether the daemon is owed
+    /// a "done" for a migration made for us.
+    fn lock_here(&mut self, key: &[u8]) -> Result<bool> {
+        let deadline = Instant::now() + self.migrate_timeout;
+        let mut owes_done = false;
+        loop {
+            self.tdb.lock_chain(key)?;
+            let here = match read_header(&self.tdb, key) {
+                Ok((header, _)) => header.dmaster == self.pnn && header.rsn > 0,
+                Err(err) => {
+                    let _ = self.tdb.unlock_chain(key);
+                    return Err(err);
+                }
+            };
+            if here {
+                return Ok(owes_done);
+            }
+            self.tdb.unlock_chain(key)?;
+            if owes_done {
+                // Our turn came and went before we got the lock: let the others have it.
+                self.daemon.migration_done(self.db_id, key)?;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorCode::LockTimeout,
+                    format!(
+                        "{}: record not migrated to node {} within {:?}",
+                        self.name, self.pnn, self.migrate_timeout
+                    ),
+                ));
+            }
+            self.daemon.migrate(self.db_id, key, left)?;
+            owes_done = true;
+        }
+    }
+
+    fn unlock(&mut self, key: &[u8], owes_done: bool) -> Result<()> {
+        self.tdb.unlock_chain(key)?;
+        if owes_done {
+            self.daemon.migration_done(self.db_id, key)?;
+        }
+        Ok(())
+    }
+}
+
+/// The header stored for `key` (a made-up one if there is none) and whether the record has
+/// data.
+fn read_header(tdb: &Tdb, key: &[u8]) -> Result<(RecordHeader, bool)> {
+    let found = tdb.parse_record(key, |value| RecordHeader::decode(value).map(|(h, data)| (h, !data.is_empty())))?;
+    Ok(found.flatten().unwrap_or((RecordHeader::default(), false)))
+}
+
+fn read_data<R>(tdb: &Tdb, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+    let found = tdb.parse_record(key, |value| {
+        (value.len() > HEADER_LEN).then(|| parser(&value[HEADER_LEN..]))
+    })?;
+    Ok(found.flatten())
+}

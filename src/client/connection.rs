@@ -1,0 +1,154 @@
+//! One connection to the local rctdbd. Requests are answered in order on this socket, so a
+//! request/response pair is a write and a blocking read with a deadline.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::codec::{read_packet, write_packet, ReadError};
+use crate::wire::{
+    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC, CURRENT_NODE,
+    MAX_PACKET_LEN,
+};
+
+pub struct DaemonConnection {
+    stream: UnixStream,
+    socket: String,
+    next_reqid: ReqId,
+}
+
+impl DaemonConnection {
+    pub fn connect(socket: &Path) -> Result<DaemonConnection> {
+        let stream = UnixStream::connect(socket).map_err(|e| {
+            Error::io(format!("cannot reach rctdbd at {}: {e} (is the daemon running?)", socket.display()))
+        })?;
+        Ok(DaemonConnection { stream, socket: socket.display().to_string(), next_reqid: 1 })
+    }
+
+    /// Attaches database `name` cluster-wide; the reply says where this node keeps its file.
+    pub fn attach(&mut self, name: &str, timeout: Duration) -> Result<AttachReply> {
+        let data = self.control(opcode::DB_ATTACH, name.as_bytes().to_vec(), timeout)?;
+        AttachReply::decode(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
+    }
+
+    pub fn status(&mut self, timeout: Duration) -> Result<String> {
+        let data = self.control(opcode::STATUS, vec![], timeout)?;
+        Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+
+    /// The newest copy of every non-empty record of the database, from every node.
+    pub fn traverse_all(&mut self, db_id: DbId, timeout: Duration) -> Result<Vec<RecordCopy>> {
+        let data = self.control(opcode::TRAVERSE_ALL, db_id.to_le_bytes().to_vec(), timeout)?;
+        control::decode_records(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
+    }
+
+    /// Asks the daemon to make this node the record's DMASTER; returns once it is.
+    pub fn migrate(&mut self, db_id: DbId, key: &[u8], timeout: Duration) -> Result<()> {
+        let call = ReqCall {
+            flags: CALL_FLAG_IMMEDIATE_MIGRATION,
+            db_id,
+            callid: CALL_NULL_FUNC,
+            hopcount: 0,
+            key: key.to_vec(),
+            calldata: vec![],
+        };
+        match self.request(Body::ReqCall(call), timeout)? {
+            Body::ReplyCall(reply) if reply.status == 0 => Ok(()),
+            Body::ReplyCall(reply) => Err(Error::io(format!(
+                "rctdbd at {} could not migrate the record: status {}",
+                self.socket, reply.status
+            ))),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Tells the daemon this client used the record it migrated here; remote requests may
+    /// take it now. No reply.
+    pub fn migration_done(&mut self, db_id: DbId, key: &[u8]) -> Result<()> {
+        let body = Body::ReqControl(ReqControl {
+            opcode: opcode::MIGRATION_DONE,
+            srvid: 0,
+            client_id: 0,
+            flags: FLAG_NOREPLY,
+            data: control::encode_db_key(db_id, key),
+        });
+        let reqid = self.take_reqid();
+        self.send(reqid, body)
+    }
+
+    fn control(&mut self, opcode: u32, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+        let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
+        match self.request(body, timeout)? {
+            Body::ReplyControl(reply) if reply.status == 0 => Ok(reply.data),
+            Body::ReplyControl(reply) => Err(Error::io(format!(
+                "rctdbd at {}: {}",
+                self.socket,
+                String::from_utf8_lossy(&reply.errmsg)
+            ))),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn take_reqid(&mut self) -> ReqId {
+        let reqid = self.next_reqid;
+        self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
+        reqid
+    }
+
+    fn send(&mut self, reqid: ReqId, body: Body) -> Result<()> {
+        let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body };
+        write_packet(&mut self.stream, &packet)
+            .map_err(|e| Error::io(format!("connection to rctdbd at {} lost: {e}", self.socket)))
+    }
+
+    fn request(&mut self, body: Body, timeout: Duration) -> Result<Body> {
+        let reqid = self.take_reqid();
+        self.send(reqid, body)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorCode::LockTimeout,
+                    format!("rctdbd at {} did not answer within {timeout:?}", self.socket),
+                ));
+            }
+            if !self.wait_readable(left)? {
+                continue;
+            }
+            // The daemon writes whole packets, so once the first byte is here a blocking read
+            // of the frame never strands us mid-packet.
+            match read_packet(&mut self.stream, MAX_PACKET_LEN) {
+                // Answers to requests we gave up on (timed out) come late: skip them.
+                Ok(packet) if packet.reqid != reqid => continue,
+                Ok(packet) => return Ok(packet.body),
+                Err(ReadError::Eof) => {
+                    return Err(Error::io(format!("rctdbd at {} closed the connection", self.socket)));
+                }
+                Err(err) => {
+                    return Err(Error::io(format!("connection to rctdbd at {} lost: {err}", self.socket)));
+                }
+            }
+        }
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> Result<bool> {
+        let mut fds = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` is one valid pollfd that lives across the call; nfds is 1.
+        let ready = unsafe { libc::poll(&mut fds, 1, millis) };
+        match ready {
+            n if n > 0 => Ok(true),
+            0 => Ok(false),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(Error::io(format!("waiting for rctdbd at {}: {}", self.socket, std::io::Error::last_os_error()))),
+        }
+    }
+
+    fn unexpected(&self, body: &Body) -> Error {
+        Error::io(format!("rctdbd at {} sent an unexpected operation {}", self.socket, body.operation()))
+    }
+}

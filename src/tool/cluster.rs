@@ -1,0 +1,152 @@
+//! `rctdb cluster up|down`: a local test cluster of rctdbd processes on 127.0.0.x, all
+//! state in one directory (DESIGN §7.3).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::DaemonConnection;
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub dir: PathBuf,
+    /// Node k listens on `first_address + k`.
+    pub first_address: Ipv4Addr,
+    pub port: u16,
+    /// How long to wait for every link to come up.
+    pub timeout: Duration,
+}
+
+impl ClusterSpec {
+    pub fn new(nodes: usize, dir: &Path) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            dir: dir.to_owned(),
+            first_address: Ipv4Addr::new(127, 0, 0, 11),
+            port: crate::daemon::DEFAULT_PORT,
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    pub fn address(&self, node: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.first_address) + node as u32)
+    }
+}
+
+pub fn socket_path(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("node{node}.sock"))
+}
+
+fn pid_path(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("node{node}.pid"))
+}
+
+/// The rctdbd next to the running executable (target/<profile>/), else the one on PATH.
+pub fn rctdbd_binary() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let candidates = exe.iter().flat_map(|exe| {
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        [dir.join("rctdbd"), dir.join("../rctdbd")]
+    });
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("rctdbd"))
+}
+
+/// Starts the nodes and returns once every node reports every link up.
+pub fn up(spec: &ClusterSpec) -> Result<(), String> {
+    if spec.nodes == 0 || spec.nodes > 200 {
+        return Err(format!("--nodes {}: give 1 to 200 nodes", spec.nodes));
+    }
+    std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+    let nodes_file = spec.dir.join("nodes");
+    let list: String = (0..spec.nodes).map(|k| format!("{}\n", spec.address(k))).collect();
+    std::fs::write(&nodes_file, list).map_err(|e| format!("{}: {e}", nodes_file.display()))?;
+    let rctdbd = rctdbd_binary();
+    for node in 0..spec.nodes {
+        if let Some(pid) = running_pid(&spec.dir, node) {
+            return Err(format!("node {node} is already running (pid {pid}); run `rctdb cluster down` first"));
+        }
+        let log = spec.dir.join(format!("node{node}.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(&rctdbd)
+            .arg("--nodes")
+            .arg(&nodes_file)
+            .arg("--address")
+            .arg(spec.address(node).to_string())
+            .arg("--port")
+            .arg(spec.port.to_string())
+            .arg("--socket")
+            .arg(socket_path(&spec.dir, node))
+            .arg("--dbdir")
+            .arg(spec.dir.join(format!("node{node}")))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", rctdbd.display()))?;
+        std::fs::write(pid_path(&spec.dir, node), format!("{}\n", child.id())).map_err(|e| e.to_string())?;
+    }
+    wait_for_links(spec)
+}
+
+fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
+    let deadline = Instant::now() + spec.timeout;
+    for node in 0..spec.nodes {
+        loop {
+            let status = DaemonConnection::connect(&socket_path(&spec.dir, node))
+                .and_then(|mut daemon| daemon.status(Duration::from_secs(2)));
+            if let Ok(status) = &status {
+                if status.lines().filter(|l| l.starts_with("node ")).all(|l| !l.ends_with(" down")) {
+                    break;
+                }
+            }
+            if running_pid(&spec.dir, node).is_none() {
+                return Err(format!("node {node} exited; see {}", spec.dir.join(format!("node{node}.log")).display()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node {node}: links not all up after {:?}: {status:?}", spec.timeout));
+            }
+            std::thread::sleep(Duration::from_millis(20)); // polling a starting daemon, not a race
+        }
+    }
+    Ok(())
+}
+
+fn running_pid(dir: &Path, node: usize) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_path(dir, node)).ok()?.trim().parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    // A zombie child of ours still "exists": reap it so it does not count as running.
+    let exited = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+        .is_ok_and(|status| status != nix::sys::wait::WaitStatus::StillAlive);
+    (alive && !exited).then_some(pid)
+}
+
+/// Stops every node of the cluster in `dir` (SIGTERM, then SIGKILL after a grace period).
+pub fn down(dir: &Path) -> Result<usize, String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut stopped = 0;
+    for node in 0..200 {
+        let path = pid_path(dir, node);
+        if !path.exists() {
+            if node > 0 && !pid_path(dir, node + 1).exists() {
+                break;
+            }
+            continue;
+        }
+        if let Some(pid) = running_pid(dir, node) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while running_pid(dir, node).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if running_pid(dir, node).is_some() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            stopped += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(stopped)
+}

@@ -1,0 +1,4 @@
+//! What the `rctdb` command line does, as library functions the binary and the tests share.
+
+pub mod cluster;
+pub mod ring;
