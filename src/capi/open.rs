@@ -1,0 +1,74 @@
+//! rctdb_open: picks the backend for a database name, and remembers per thread why the last
+//! open failed (there is no context yet to keep the error on).
+
+use std::{
+    cell::RefCell,
+    ffi::{c_char, CStr, CString, OsStr},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+use super::context::{rctdb_context, Backend};
+use crate::local::Tdb;
+
+/// The environment variable naming the local rctdbd's socket: set, databases are clustered.
+pub const SOCKET_ENV: &str = "RCTDB_SOCKET";
+
+thread_local! {
+    static OPEN_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Why an open failed: the errno to set and the text for rctdb_open_error.
+pub(crate) struct OpenFailure {
+    pub errno: i32,
+    pub text: String,
+}
+
+/// Opens `name` as rctdb_open's caller asked.
+///
+/// # Safety
+/// `name` must be NULL or a NUL-terminated string.
+pub(crate) unsafe fn open(
+    name: *const c_char,
+    hash_size: i32,
+    tdb_flags: i32,
+    open_flags: i32,
+    mode: u32,
+) -> Result<rctdb_context, OpenFailure> {
+    if name.is_null() {
+        return Err(OpenFailure { errno: libc::EINVAL, text: "name is NULL".into() });
+    }
+    // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+    let path = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(name) }.to_bytes()));
+    if let Some(socket) = std::env::var_os(SOCKET_ENV) {
+        // Never fall back to a private local copy: a node that quietly does is split brain.
+        return Err(OpenFailure {
+            errno: libc::EOPNOTSUPP,
+            text: format!(
+                "{}: {SOCKET_ENV} is set ({}), but clustered databases are not supported yet; \
+                 refusing to open a private local copy (unset {SOCKET_ENV} for a plain local tdb)",
+                path.display(),
+                Path::new(&socket).display()
+            ),
+        });
+    }
+    match Tdb::open(path, hash_size, tdb_flags, open_flags, mode) {
+        Ok(tdb) => Ok(rctdb_context::new(Backend::Local(tdb))),
+        Err(e) => Err(OpenFailure { errno: e.errno, text: e.error.detail }),
+    }
+}
+
+/// Records the outcome of this thread's latest rctdb_open: the text of a failure, or an
+/// empty string after a success.
+pub(crate) fn remember(failure: Option<&OpenFailure>) {
+    let text = match failure {
+        Some(failure) => format!("rctdb_open: {}", failure.text).replace('\0', " "),
+        None => String::new(),
+    };
+    OPEN_ERROR.with(|slot| *slot.borrow_mut() = CString::new(text).unwrap_or_default());
+}
+
+/// The text `remember` stored; valid until this thread's next rctdb_open.
+pub(crate) fn last_error() -> *const c_char {
+    OPEN_ERROR.with(|slot| slot.borrow().as_ptr())
+}
