@@ -83,6 +83,15 @@ mod tests {
     }
 
     #[test]
+    fn agrees_with_libtdb_bit_for_bit() {
+        let mut key = vec![];
+        for i in 0..300u32 {
+            assert_eq!(jenkins_hash(&key), crate::local::jenkins_hash(&key), "key of {} bytes", key.len());
+            key.push((i.wrapping_mul(2_654_435_761) >> 13) as u8);
+        }
+    }
+
+    #[test]
     fn differs_on_every_tail_length() {
         let key = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let hashes: std::collections::HashSet<u32> =

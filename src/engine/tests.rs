@@ -1,1 +1,231 @@
+//! Protocol scenarios as readable tables: who sends what to whom for the canonical flows of
+//! DESIGN §8.2, on engines with in-memory stores and an in-order network.
 
+use std::collections::VecDeque;
+
+use super::*;
+use crate::record::FLAG_MIGRATED_WITH_DATA;
+use crate::wire::{op, Body};
+
+const DB: DbId = 1;
+const GENERATION: Generation = 9;
+
+struct Cluster {
+    engines: Vec<Engine>,
+    stores: Vec<MemStore>,
+    network: VecDeque<Packet>,
+    replies: Vec<(Pnn, ClientId, ReqId, i32)>,
+    /// (operation, from, to) of every packet delivered.
+    log: Vec<(u32, Pnn, Pnn)>,
+}
+
+impl Cluster {
+    fn new(nodes: u32) -> Cluster {
+        let vnn_map: Vec<Pnn> = (0..nodes).collect();
+        let engines = (0..nodes)
+            .map(|pnn| {
+                let mut engine = Engine::new(EngineConfig::new(pnn, GENERATION, vnn_map.clone()));
+                engine.attach_db(DB);
+                engine
+            })
+            .collect();
+        Cluster {
+            engines,
+            stores: (0..nodes).map(|_| MemStore::new()).collect(),
+            network: VecDeque::new(),
+            replies: vec![],
+            log: vec![],
+        }
+    }
+
+    fn input(&mut self, pnn: Pnn, input: Input) {
+        let mut out = vec![];
+        self.engines[pnn as usize].handle(0, input, &mut self.stores[pnn as usize], &mut out);
+        for output in out {
+            match output {
+                Output::Send(packet) => self.network.push_back(packet),
+                Output::ClientReply { client, reqid, status } => {
+                    self.replies.push((pnn, client, reqid, status))
+                }
+                Output::WaitForChainLock { .. } => {}
+            }
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        while let Some(packet) = self.network.pop_front() {
+            let from = if matches!(packet.body, Body::ReqCall(_)) { u32::MAX } else { packet.srcnode };
+            self.log.push((packet.body.operation(), from, packet.destnode));
+            self.input(packet.destnode, Input::Packet(packet));
+        }
+    }
+
+    fn ask(&mut self, pnn: Pnn, client: ClientId, key: &[u8]) {
+        self.input(pnn, Input::ClientCall { client, reqid: client as ReqId, db_id: DB, key: key.to_vec() });
+    }
+
+    fn header(&self, pnn: Pnn, key: &[u8]) -> Option<RecordHeader> {
+        self.stores[pnn as usize].peek(DB, key).map(|r| r.header)
+    }
+
+    fn operations(&self) -> Vec<(u32, Pnn)> {
+        self.log.iter().map(|(op, _, to)| (*op, *to)).collect()
+    }
+}
+
+use crate::record::RecordHeader;
+
+/// A key whose LMASTER on a `nodes`-node cluster is `lmaster`.
+fn key_on(lmaster: Pnn, nodes: u32) -> Vec<u8> {
+    let map: Vec<Pnn> = (0..nodes).collect();
+    (0..).map(|i| format!("key{i}").into_bytes()).find(|k| lmaster_of(k, &map) == lmaster).unwrap()
+}
+
+#[test]
+fn lmaster_answers_a_new_key_itself_and_writes_the_header() {
+    let mut cluster = Cluster::new(3);
+    let key = key_on(1, 3);
+    cluster.ask(1, 7, &key);
+    assert_eq!(cluster.replies, vec![(1, 7, 7, CALL_OK)]);
+    assert!(cluster.network.is_empty(), "no network traffic for a local record");
+    let header = cluster.header(1, &key).unwrap();
+    assert_eq!((header.rsn, header.dmaster), (1, 1));
+}
+
+#[test]
+fn two_hop_migration_when_the_lmaster_holds_the_record() {
+    let mut cluster = Cluster::new(3);
+    let key = key_on(0, 3);
+    cluster.ask(2, 5, &key);
+    cluster.deliver_all();
+    assert_eq!(cluster.operations(), vec![(op::REQ_CALL, 0), (op::REPLY_DMASTER, 2)]);
+    assert_eq!(cluster.replies, vec![(2, 5, 5, CALL_OK)]);
+    assert_eq!(cluster.header(2, &key).map(|h| (h.rsn, h.dmaster)), Some((1, 2)));
+    assert_eq!(cluster.header(0, &key).map(|h| h.dmaster), Some(2), "the LMASTER records the new DMASTER");
+}
+
+#[test]
+fn three_hop_migration_through_a_third_lmaster() {
+    let mut cluster = Cluster::new(3);
+    let key = key_on(0, 3);
+    cluster.ask(1, 1, &key);
+    cluster.deliver_all();
+    cluster.input(1, Input::ClientDone { client: 1, db_id: DB, key: key.clone() });
+    cluster.log.clear();
+    // The record, with data, now moves from node 1 to node 2; node 0 is LMASTER.
+    let mut record = cluster.stores[1].peek(DB, &key).unwrap().clone();
+    record.data = b"payload".to_vec();
+    cluster.stores[1].put(DB, &key, record);
+    cluster.ask(2, 2, &key);
+    cluster.deliver_all();
+    assert_eq!(
+        cluster.operations(),
+        vec![(op::REQ_CALL, 0), (op::REQ_CALL, 1), (op::REQ_DMASTER, 0), (op::REPLY_DMASTER, 2)],
+        "REQ_CALL to the LMASTER, forwarded to the DMASTER, handed over through the LMASTER"
+    );
+    let arrived = cluster.stores[2].peek(DB, &key).unwrap();
+    assert_eq!(arrived.data, b"payload");
+    assert_eq!((arrived.header.rsn, arrived.header.dmaster), (2, 2), "the RSN goes up on arrival");
+    let left = cluster.stores[1].peek(DB, &key).unwrap();
+    assert_eq!(left.header.dmaster, 2);
+    assert_ne!(left.header.flags & FLAG_MIGRATED_WITH_DATA, 0, "a copy left with data is marked");
+}
+
+#[test]
+fn requests_for_a_key_in_flight_collapse_into_one_migration() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    for client in 1..=3 {
+        cluster.ask(1, client, &key);
+    }
+    assert_eq!(cluster.network.len(), 1, "one REQ_CALL for three askers");
+    cluster.deliver_all();
+    let answered: Vec<ClientId> = cluster.replies.iter().map(|r| r.1).collect();
+    assert_eq!(answered, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_remote_request_waits_until_the_local_askers_had_the_record() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(1, 1, &key);
+    cluster.deliver_all();
+    cluster.ask(0, 2, &key); // node 0 wants it back at once
+    cluster.deliver_all();
+    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "node 1's client has not used it yet");
+    assert!(cluster.engines[1].key_busy(DB, &key));
+    cluster.input(1, Input::ClientDone { client: 1, db_id: DB, key: key.clone() });
+    cluster.deliver_all();
+    assert_eq!(cluster.header(0, &key).unwrap().dmaster, 0, "then it moves");
+    assert!(cluster.replies.contains(&(0, 2, 2, CALL_OK)));
+}
+
+#[test]
+fn first_use_ends_at_its_deadline_if_the_client_never_says_done() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(1, 1, &key);
+    cluster.deliver_all();
+    cluster.ask(0, 2, &key);
+    cluster.deliver_all();
+    let mut out = vec![];
+    let later = cluster.engines[1].config.first_use_timeout_ms + 1;
+    cluster.engines[1].handle(later, Input::Tick, &mut cluster.stores[1], &mut out);
+    cluster.network.extend(out.into_iter().filter_map(|o| match o {
+        Output::Send(p) => Some(p),
+        _ => None,
+    }));
+    cluster.deliver_all();
+    assert_eq!(cluster.header(0, &key).unwrap().dmaster, 0);
+}
+
+#[test]
+fn packets_of_another_generation_are_dropped() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(1, 1, &key);
+    let mut stale = cluster.network.pop_front().unwrap();
+    stale.generation = GENERATION + 1;
+    cluster.input(0, Input::Packet(stale));
+    assert!(cluster.network.is_empty());
+    assert_eq!(cluster.engines[0].stats().stale_generation_dropped, 1);
+}
+
+#[test]
+fn a_client_holding_the_chain_lock_defers_the_handover() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(0, 1, &key); // node 0 writes the record
+    assert!(cluster.stores[0].lock_as(DB, &key, store::LockOwner::Client(1)));
+    let mut out = vec![];
+    cluster.engines[1].handle(
+        0,
+        Input::ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone() },
+        &mut cluster.stores[1],
+        &mut out,
+    );
+    let Some(Output::Send(call)) = out.pop() else { panic!("a REQ_CALL") };
+    let mut out = vec![];
+    cluster.engines[0].handle(0, Input::Packet(call), &mut cluster.stores[0], &mut out);
+    assert_eq!(out, vec![Output::WaitForChainLock { db_id: DB, key: key.clone() }]);
+    assert_eq!(cluster.header(0, &key).unwrap().dmaster, 0, "nothing moves under a client's lock");
+    cluster.stores[0].unlock_any(DB, &key);
+    cluster.input(0, Input::ChainLockAvailable { db_id: DB, key: key.clone() });
+    cluster.deliver_all();
+    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1);
+}
+
+#[test]
+fn requests_for_unattached_databases_are_refused() {
+    let mut cluster = Cluster::new(2);
+    cluster.input(1, Input::ClientCall { client: 1, reqid: 3, db_id: DB + 1, key: b"k".to_vec() });
+    assert_eq!(cluster.replies, vec![(1, 1, 3, CALL_UNKNOWN_DB)]);
+}
+
+#[test]
+fn lmaster_is_the_jenkins_hash_over_the_vnn_map() {
+    let map = [4, 7, 9];
+    for key in [&b"a"[..], b"locking key", b""] {
+        assert_eq!(lmaster_of(key, &map), map[crate::hash::jenkins_hash(key) as usize % 3]);
+    }
+}
