@@ -13,9 +13,13 @@ pub use tdb::{jenkins_hash, AllLock, ChainLock, OpenError, StoreFlag, Tdb, KNOWN
 /// tdb's own C types, for the C ABI, which reuses them so that tdb code ports by renaming.
 pub use ffi::{TDB_DATA, TDB_ERROR};
 
-/// tdb_open flags (`<tdb.h>`).
+/// tdb_open flags and tdb_store flags (`<tdb.h>`).
 pub mod flags {
     use super::ffi;
+
+    pub const TDB_REPLACE: i32 = ffi::TDB_REPLACE as i32;
+    pub const TDB_INSERT: i32 = ffi::TDB_INSERT as i32;
+    pub const TDB_MODIFY: i32 = ffi::TDB_MODIFY as i32;
 
     pub const TDB_DEFAULT: i32 = ffi::TDB_DEFAULT as i32;
     pub const TDB_CLEAR_IF_FIRST: i32 = ffi::TDB_CLEAR_IF_FIRST as i32;

@@ -1,0 +1,32 @@
+# Sourced by the other scripts: installs what building and testing rctdb needs on Debian,
+# skipping what is already there.
+
+# Debian packages: libtdb (headers and library), its tools (tdbdump), clang for bindgen,
+# python3-tdb for the interop tests, gcc for the C test programs.
+RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc)
+
+rctdb_install_packages() {
+	local missing=()
+	for pkg in "${RCTDB_PACKAGES[@]}" "$@"; do
+		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "installing: ${missing[*]}"
+		local sudo=""
+		[ "$(id -u)" -eq 0 ] || sudo="sudo"
+		$sudo apt-get update
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+	fi
+	if ! command -v cargo >/dev/null; then
+		echo "installing the Rust toolchain with rustup"
+		curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+		# shellcheck disable=SC1091
+		. "$HOME/.cargo/env"
+	fi
+}
+
+# Where cargo puts its build output (honours CARGO_TARGET_DIR).
+rctdb_target_dir() {
+	cargo metadata --format-version 1 --no-deps |
+		/usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
