@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::context::{rctdb_context, Backend};
-use crate::local::Tdb;
+use crate::local::{flags, Tdb};
 
 /// The environment variable naming the local rctdbd's socket: set, databases are clustered.
 pub const SOCKET_ENV: &str = "RCTDB_SOCKET";
@@ -35,11 +35,19 @@ pub(crate) unsafe fn open(
     open_flags: i32,
     mode: u32,
 ) -> Result<rctdb_context, OpenFailure> {
-    if name.is_null() {
-        return Err(OpenFailure { errno: libc::EINVAL, text: "name is NULL".into() });
-    }
-    // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
-    let path = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(name) }.to_bytes()));
+    let internal = tdb_flags & flags::TDB_INTERNAL != 0;
+    let path = if !name.is_null() {
+        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+        Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(name) }.to_bytes()))
+    } else if internal {
+        // As tdb_open: an in-memory database needs no name.
+        Path::new("__TDB_INTERNAL__")
+    } else {
+        return Err(OpenFailure {
+            errno: libc::EINVAL,
+            text: "name is NULL (only TDB_INTERNAL needs no name)".into(),
+        });
+    };
     if let Some(socket) = std::env::var_os(SOCKET_ENV) {
         // Never fall back to a private local copy: a node that quietly does is split brain.
         return Err(OpenFailure {

@@ -92,6 +92,15 @@ int main(int argc, char **argv)
 	CHECK(data_equals(got, "locked"));
 	free(got.dptr);
 	CHECK(rctdb_close(db) == 0);
+
+	/* An in-memory database needs no name, as with tdb_open. */
+	db = rctdb_open(NULL, 0, TDB_INTERNAL, O_RDWR | O_CREAT, 0600);
+	CHECK(db != NULL);
+	CHECK(rctdb_store(db, key, string_data("in memory"), TDB_INSERT) == 0);
+	got = rctdb_fetch(db, key);
+	CHECK(data_equals(got, "in memory"));
+	free(got.dptr);
+	CHECK(rctdb_close(db) == 0);
 	printf("crud: ok\n");
 	return 0;
 }
