@@ -1,1 +1,322 @@
-//! TCP links between nodes.
+//! TCP links between rctdbd nodes, modelled on CTDB's TCP transport.
+//!
+//! Why it looks like this:
+//! - Each node listens on its own address from the nodes file and opens one *outgoing*
+//!   connection per peer, bound to its own IP so the peer knows who is calling. A node only
+//!   ever sends on its outgoing connections and only ever reads from accepted ones, so each
+//!   direction of a link is one ordered byte stream with one writer — no connection races,
+//!   no tie-breaking. Accepted connections are identified by source IP against the nodes
+//!   list; strangers are refused.
+//! - The engine thread must never block on the network (DESIGN §2): `send` only queues to
+//!   the peer's writer thread. Encoding happens there, decoding on reader threads, so the
+//!   engine sees typed packets only. A writer batches whatever queued up while it was
+//!   writing into one `write` (TCP_NODELAY is on, so batching is what saves syscalls).
+//! - A link whose outgoing connection is down drops what is sent to it, counting the drops:
+//!   the engine resends after recovery, which is simpler and more honest than a queue that
+//!   replays packets from an older view of the cluster.
+//! - `LinkUp(p)` / `LinkDown(p)` follow the outgoing connection to `p`, which is reconnected
+//!   with exponential backoff. The outgoing socket is watched for EOF so a dead peer is
+//!   noticed without waiting for the next write.
+//! - Threads, not an event loop: a handful of peers, blocking I/O, and a thread per
+//!   direction is the least code that keeps a slow peer from delaying the others.
+
+mod connect;
+mod link;
+mod listener;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use log::{debug, warn};
+use parking_lot::Mutex;
+
+use crate::wire::{Packet, Pnn, MAX_PACKET_LEN};
+
+/// What the transport tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A packet from node `from` (identified by its connection's source address). Its
+    /// `srcnode` has been checked to be `from`, except for REQ_CALL: a forwarded call keeps
+    /// its requester as `srcnode` (as in CTDB), which only has to be a node of the cluster.
+    Packet { from: Pnn, packet: Packet },
+    /// The outgoing connection to this node is established: packets sent to it now travel.
+    LinkUp(Pnn),
+    /// The outgoing connection to this node broke: packets sent to it are dropped until the
+    /// next `LinkUp`.
+    LinkDown(Pnn),
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub my_pnn: Pnn,
+    /// Every node's listening address; index = PNN. Peers are recognised by these IPs.
+    pub nodes: Vec<SocketAddr>,
+    /// First reconnect delay after a failed connect; doubles up to `connect_backoff_max`.
+    pub connect_backoff_min: Duration,
+    pub connect_backoff_max: Duration,
+    /// A connect attempt that has not completed after this long counts as failed.
+    pub connect_timeout: Duration,
+    /// A write blocked this long (peer not reading) breaks the link. `None`: wait forever.
+    pub write_timeout: Option<Duration>,
+    /// Packets queued per peer before `send` starts dropping.
+    pub send_queue_len: usize,
+    /// Larger frames from a peer close the connection; capped at [`MAX_PACKET_LEN`].
+    pub max_packet_len: usize,
+}
+
+impl TransportConfig {
+    pub fn new(my_pnn: Pnn, nodes: Vec<SocketAddr>) -> TransportConfig {
+        TransportConfig {
+            my_pnn,
+            nodes,
+            connect_backoff_min: Duration::from_millis(10),
+            connect_backoff_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            write_timeout: Some(Duration::from_secs(10)),
+            send_queue_len: 16 * 1024,
+            max_packet_len: MAX_PACKET_LEN,
+        }
+    }
+}
+
+/// One peer's link, as `rctdb status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub pnn: Pnn,
+    pub addr: SocketAddr,
+    /// Our outgoing connection to it is established.
+    pub up: bool,
+    /// It has a connection to us.
+    pub incoming: bool,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// Sent while the link was down or the queue full, or too large to encode.
+    pub packets_dropped: u64,
+    /// Times the outgoing connection was established.
+    pub connects: u64,
+    /// Connections from it closed because of a corrupt or oversized frame.
+    pub bad_frames: u64,
+    /// Packets on its connection whose `srcnode` named another node (dropped).
+    pub forged_packets: u64,
+}
+
+/// Counters that belong to no single link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Connections refused because their source address is not in the nodes list.
+    pub refused_unknown_peer: u64,
+    /// Packets sent to a PNN that is not in the nodes list.
+    pub dropped_unknown_destination: u64,
+    /// Packets sent to ourselves that did not fit the event channel.
+    pub dropped_to_self: u64,
+}
+
+/// The running transport. Dropping it shuts it down too.
+pub struct Transport {
+    shared: Arc<Shared>,
+    listener_socket: TcpListener,
+    listener_thread: Option<JoinHandle<()>>,
+    writer_threads: Vec<JoinHandle<()>>,
+}
+
+/// State shared by the caller's handle and the transport's threads.
+struct Shared {
+    config: TransportConfig,
+    events: Sender<TransportEvent>,
+    /// Index = PNN; `None` for ourselves.
+    peers: Vec<Option<Arc<link::Peer>>>,
+    shutting_down: AtomicBool,
+    /// Every accepted connection still open, so shutdown can break their reads.
+    incoming: Mutex<HashMap<u64, TcpStream>>,
+    reader_threads: Mutex<Vec<JoinHandle<()>>>,
+    next_conn_id: AtomicU64,
+    refused_unknown_peer: AtomicU64,
+    dropped_unknown_destination: AtomicU64,
+    dropped_to_self: AtomicU64,
+}
+
+impl Shared {
+    fn peer(&self, pnn: Pnn) -> Option<&Arc<link::Peer>> {
+        self.peers.get(pnn as usize).and_then(Option::as_ref)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Hands an event to the engine. Blocks while its channel is full (backpressure onto
+    /// TCP), but gives up at shutdown so threads can be joined. False: stop, nobody listens.
+    fn deliver(&self, mut event: TransportEvent) -> bool {
+        loop {
+            match self.events.send_timeout(event, Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(e)) => {
+                    if self.is_shutting_down() {
+                        return false;
+                    }
+                    event = e;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+}
+
+impl Transport {
+    /// Binds `nodes[my_pnn]`, starts the listener and one writer per peer (each starts
+    /// connecting at once). Events arrive on `events`.
+    pub fn start(config: TransportConfig, events: Sender<TransportEvent>) -> io::Result<Transport> {
+        let me = config.my_pnn as usize;
+        let Some(&my_addr) = config.nodes.get(me) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("my PNN {} is not in the nodes list ({} nodes)", config.my_pnn, config.nodes.len()),
+            ));
+        };
+        let listener = TcpListener::bind(my_addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {my_addr}: {e}")))?;
+        let listener_socket = listener.try_clone()?;
+
+        let mut peers = Vec::with_capacity(config.nodes.len());
+        let mut writer_inputs = Vec::new();
+        for (pnn, &addr) in config.nodes.iter().enumerate() {
+            if pnn == me {
+                peers.push(None);
+                continue;
+            }
+            let (peer, inputs) = link::Peer::new(pnn as Pnn, addr, config.send_queue_len);
+            peers.push(Some(Arc::clone(&peer)));
+            writer_inputs.push((peer, inputs));
+        }
+        let shared = Arc::new(Shared {
+            config,
+            events,
+            peers,
+            shutting_down: AtomicBool::new(false),
+            incoming: Mutex::new(HashMap::new()),
+            reader_threads: Mutex::new(Vec::new()),
+            next_conn_id: AtomicU64::new(1),
+            refused_unknown_peer: AtomicU64::new(0),
+            dropped_unknown_destination: AtomicU64::new(0),
+            dropped_to_self: AtomicU64::new(0),
+        });
+
+        let mut transport =
+            Transport { shared, listener_socket, listener_thread: None, writer_threads: Vec::new() };
+        let shared = Arc::clone(&transport.shared);
+        transport.listener_thread = Some(
+            std::thread::Builder::new()
+                .name(format!("rctdb-listen-{me}"))
+                .spawn(move || listener::accept_loop(shared, listener))?,
+        );
+        for (peer, inputs) in writer_inputs {
+            let shared = Arc::clone(&transport.shared);
+            let name = format!("rctdb-tx-{}", peer.pnn);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || link::writer_loop(shared, peer, inputs))?;
+            transport.writer_threads.push(handle);
+        }
+        Ok(transport)
+    }
+
+    /// Queues `packet` for node `to`; never blocks. Dropped (and counted) when the link is
+    /// down, the queue is full, or `to` is unknown. A packet to ourselves comes straight
+    /// back as an event.
+    pub fn send(&self, to: Pnn, packet: Packet) {
+        let shared = &self.shared;
+        if to == shared.config.my_pnn {
+            let event = TransportEvent::Packet { from: to, packet };
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = shared.events.try_send(event)
+            {
+                shared.dropped_to_self.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(peer) = shared.peer(to) else {
+            shared.dropped_unknown_destination.fetch_add(1, Ordering::Relaxed);
+            warn!("dropping packet for node {to}: not in the nodes list");
+            return;
+        };
+        peer.queue(packet);
+    }
+
+    /// Tests: write `bytes` unframed on the live outgoing connection to `to`.
+    #[cfg(test)]
+    fn inject_raw(&self, to: Pnn, bytes: Vec<u8>) {
+        if let Some(peer) = self.shared.peer(to) {
+            peer.inject_raw(bytes);
+        }
+    }
+
+    /// Every peer's link, in PNN order (ourselves excluded).
+    pub fn link_states(&self) -> Vec<LinkState> {
+        self.shared.peers.iter().flatten().map(|peer| peer.state()).collect()
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let s = &self.shared;
+        TransportStats {
+            refused_unknown_peer: s.refused_unknown_peer.load(Ordering::Relaxed),
+            dropped_unknown_destination: s.dropped_unknown_destination.load(Ordering::Relaxed),
+            dropped_to_self: s.dropped_to_self.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every connection and joins every thread. No events follow its return.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let shared = &self.shared;
+        if shared.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Linux wakes a thread blocked in accept() when its listening socket is shut down.
+        if let Err(e) = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.listener_socket),
+            nix::sys::socket::Shutdown::Both,
+        ) {
+            warn!("shutting down the listening socket: {e}");
+        }
+        if let Some(t) = self.listener_thread.take() {
+            join_logged(t);
+        }
+        for peer in shared.peers.iter().flatten() {
+            peer.stop();
+        }
+        for t in self.writer_threads.drain(..) {
+            join_logged(t);
+        }
+        for stream in shared.incoming.lock().values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        let readers = std::mem::take(&mut *shared.reader_threads.lock());
+        for t in readers {
+            join_logged(t);
+        }
+        debug!("transport of node {} stopped", shared.config.my_pnn);
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn join_logged(t: JoinHandle<()>) {
+    let name = t.thread().name().unwrap_or("transport thread").to_owned();
+    if t.join().is_err() {
+        warn!("{name} panicked");
+    }
+}

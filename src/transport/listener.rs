@@ -1,0 +1,205 @@
+//! The accepting side: refuse strangers, identify peers by source IP, and run one reader
+//! thread per accepted connection that decodes frames into events for the engine.
+
+use std::io::BufReader;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+
+use super::{connect, Shared, TransportEvent};
+use crate::wire::codec::{self, ReadError};
+use crate::wire::{Body, Pnn};
+
+/// Who is on the other end of an accepted connection.
+enum Identity {
+    Known(Pnn),
+    /// Several nodes share the source IP (they differ by port): the first packet's srcnode
+    /// decides among them.
+    OneOf(Vec<Pnn>),
+}
+
+pub(super) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = listener.accept();
+        if shared.is_shutting_down() {
+            break;
+        }
+        match accepted {
+            Ok((stream, addr)) => admit(&shared, stream, addr),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: do not spin on them.
+                warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+    let candidates: Vec<Pnn> =
+        shared.peers.iter().flatten().filter(|p| p.addr.ip() == addr.ip()).map(|p| p.pnn).collect();
+    if candidates.is_empty() {
+        shared.refused_unknown_peer.fetch_add(1, Ordering::Relaxed);
+        warn!("refused connection from unknown peer {addr}: its address is not in the nodes list");
+        return; // dropping the stream closes it
+    }
+    if let Err(e) = connect::configure(&stream) {
+        warn!("connection from {addr}: cannot set socket options: {e}");
+        return;
+    }
+    let registry_handle = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("connection from {addr}: cannot duplicate socket: {e}");
+            return;
+        }
+    };
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    shared.incoming.lock().insert(conn_id, registry_handle);
+    let identity = match candidates.as_slice() {
+        [pnn] => {
+            claim(shared, *pnn, conn_id, addr);
+            Identity::Known(*pnn)
+        }
+        _ => Identity::OneOf(candidates),
+    };
+    let reader_shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name(format!("rctdb-rx-{addr}"))
+        .spawn(move || read_loop(reader_shared, stream, addr, conn_id, identity));
+    match spawned {
+        Ok(handle) => {
+            let mut threads = shared.reader_threads.lock();
+            threads.retain(|t| !t.is_finished());
+            threads.push(handle);
+        }
+        Err(e) => {
+            warn!("connection from {addr}: cannot start reader thread: {e}");
+            if let Some(s) = shared.incoming.lock().remove(&conn_id) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Makes `conn_id` the connection node `pnn` sends to us on. A peer has one outgoing
+/// connection at a time, so an older one is stale (the peer restarted or reconnected
+/// before we saw the old one die): close it.
+fn claim(shared: &Shared, pnn: Pnn, conn_id: u64, addr: SocketAddr) {
+    let Some(peer) = shared.peer(pnn) else { return };
+    let mut current = peer.incoming_conn.lock();
+    match current.replace(conn_id) {
+        Some(old) => {
+            info!("node {pnn} connected again from {addr}: closing its previous connection");
+            if let Some(s) = shared.incoming.lock().get(&old) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        None => info!("node {pnn} connected from {addr}"),
+    }
+}
+
+fn read_loop(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn_id: u64, mut identity: Identity) {
+    let max_len = shared.config.max_packet_len;
+    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut frame = Vec::new();
+    loop {
+        let read = codec::read_frame(&mut reader, max_len, &mut frame)
+            .and_then(|()| codec::decode(&frame).map_err(ReadError::Wire));
+        let packet = match read {
+            Ok(packet) => packet,
+            Err(ReadError::Eof) => {
+                debug!("connection from {addr} closed");
+                break;
+            }
+            Err(e) => {
+                if !shared.is_shutting_down() {
+                    note_read_error(&shared, &identity, addr, &e);
+                }
+                break;
+            }
+        };
+        // A forwarded REQ_CALL keeps its requester as srcnode (CTDB's redirect): that is the
+        // node the record must go to, so it only has to name a node we know. Every other
+        // packet speaks for its sender, and only those may identify a connection.
+        let is_call = matches!(packet.body, Body::ReqCall(_));
+        if let Identity::OneOf(candidates) = &identity {
+            if !is_call {
+                let claimed = packet.srcnode;
+                if !candidates.contains(&claimed) {
+                    warn!("closing connection from {addr}: it claims to be node {claimed}, which does not use that address");
+                    break;
+                }
+                claim(&shared, claimed, conn_id, addr);
+                identity = Identity::Known(claimed);
+            }
+        }
+        let sender = match identity {
+            Identity::Known(pnn) => Some(pnn),
+            Identity::OneOf(_) => None,
+        };
+        let genuine = if is_call {
+            (packet.srcnode as usize) < shared.config.nodes.len()
+        } else {
+            Some(packet.srcnode) == sender
+        };
+        if !genuine {
+            if let Some(peer) = sender.and_then(|pnn| shared.peer(pnn)) {
+                peer.forged.fetch_add(1, Ordering::Relaxed);
+            }
+            warn!(
+                "dropping {} from {addr} that claims to come from node {}",
+                operation_name(&packet),
+                packet.srcnode
+            );
+            continue;
+        }
+        // Not yet identified (several nodes on its IP) and a call: its origin is the best
+        // name we have for it.
+        let from = sender.unwrap_or(packet.srcnode);
+        if let Some(peer) = shared.peer(from) {
+            peer.received.fetch_add(1, Ordering::Relaxed);
+        }
+        if !shared.deliver(TransportEvent::Packet { from, packet }) {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.incoming.lock().remove(&conn_id);
+    if let Identity::Known(pnn) = identity {
+        if let Some(peer) = shared.peer(pnn) {
+            let mut current = peer.incoming_conn.lock();
+            if *current == Some(conn_id) {
+                *current = None;
+            }
+        }
+    }
+}
+
+fn operation_name(packet: &crate::wire::Packet) -> &'static str {
+    codec::operation_name(packet.body.operation())
+}
+
+/// A corrupt frame is the peer's fault and worth a warning and a count; a connection that
+/// just ends mid-frame or fails is a peer going away.
+fn note_read_error(shared: &Shared, identity: &Identity, addr: SocketAddr, e: &ReadError) {
+    let who = match identity {
+        Identity::Known(pnn) => format!("node {pnn} ({addr})"),
+        Identity::OneOf(_) => addr.to_string(),
+    };
+    match e {
+        ReadError::Wire(_) | ReadError::FrameTooShort { .. } | ReadError::FrameTooLong { .. } => {
+            if let Identity::Known(pnn) = identity {
+                if let Some(peer) = shared.peer(*pnn) {
+                    peer.bad_frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            warn!("closing connection from {who}: {e}");
+        }
+        _ => info!("connection from {who} lost: {e}"),
+    }
+}

@@ -1,0 +1,345 @@
+//! Transport tests over loopback. Each test has its own 127.0.0.x addresses (Linux routes
+//! all of 127/8 to lo) and OS-chosen free ports. No sleeps: every wait is a bounded
+//! `recv_timeout` on the event channel or a blocking read with a timeout.
+
+use super::*;
+use crate::wire::{codec, Body, Keepalive, ReqCall};
+use crossbeam_channel::Receiver;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A free listening port on `ip`, below Linux's ephemeral range (32768..) so that outgoing
+/// connections, which bind `ip` with port 0, cannot take it before the node listens.
+/// Randomised per process so concurrent test runs rarely pick the same one.
+fn free_port(ip: IpAddr) -> SocketAddr {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7919)) % 12_000) as u16;
+        if let Ok(probe) = TcpListener::bind((ip, port)) {
+            return probe.local_addr().expect("probe address");
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// One address per octet, each with a free port.
+fn node_addrs(octets: &[u8]) -> Vec<SocketAddr> {
+    octets.iter().map(|&o| free_port(loopback(o))).collect()
+}
+
+fn config(my_pnn: Pnn, nodes: &[SocketAddr]) -> TransportConfig {
+    let mut c = TransportConfig::new(my_pnn, nodes.to_vec());
+    c.connect_backoff_max = Duration::from_millis(100);
+    c
+}
+
+fn start(my_pnn: Pnn, nodes: &[SocketAddr]) -> (Transport, Receiver<TransportEvent>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let t = Transport::start(config(my_pnn, nodes), tx).expect("transport starts");
+    (t, rx)
+}
+
+/// Waits for the first event `want` accepts, skipping others; fails after TIMEOUT.
+fn expect_event(
+    rx: &Receiver<TransportEvent>,
+    what: &str,
+    want: impl Fn(&TransportEvent) -> bool,
+) -> TransportEvent {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) if want(&e) => return e,
+            Ok(_) => {}
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+fn expect_link_up(rx: &Receiver<TransportEvent>, pnn: Pnn) {
+    expect_event(rx, &format!("LinkUp({pnn})"), |e| *e == TransportEvent::LinkUp(pnn));
+}
+
+/// Waits until every one of `pnns` has reported LinkUp, in whatever order they come.
+fn expect_links_up(rx: &Receiver<TransportEvent>, pnns: impl IntoIterator<Item = Pnn>) {
+    let mut missing: Vec<Pnn> = pnns.into_iter().collect();
+    while !missing.is_empty() {
+        let what = format!("LinkUp of {missing:?}");
+        match expect_event(rx, &what, |e| matches!(e, TransportEvent::LinkUp(p) if missing.contains(p))) {
+            TransportEvent::LinkUp(p) => missing.retain(|&m| m != p),
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn expect_link_down(rx: &Receiver<TransportEvent>, pnn: Pnn) {
+    expect_event(rx, &format!("LinkDown({pnn})"), |e| *e == TransportEvent::LinkDown(pnn));
+}
+
+/// The next packet event; link events in between are skipped.
+fn expect_packet(rx: &Receiver<TransportEvent>) -> (Pnn, Packet) {
+    match expect_event(rx, "a packet", |e| matches!(e, TransportEvent::Packet { .. })) {
+        TransportEvent::Packet { from, packet } => (from, packet),
+        _ => unreachable!(),
+    }
+}
+
+fn call(src: Pnn, dst: Pnn, reqid: u32) -> Packet {
+    Packet {
+        generation: 2,
+        destnode: dst,
+        srcnode: src,
+        reqid,
+        body: Body::ReqCall(ReqCall {
+            flags: 1,
+            db_id: 7,
+            callid: 0,
+            hopcount: 0,
+            key: reqid.to_le_bytes().to_vec(),
+            calldata: vec![0xAB; (reqid % 50) as usize],
+        }),
+    }
+}
+
+fn keepalive(src: Pnn, dst: Pnn) -> Packet {
+    Packet {
+        generation: 2,
+        destnode: dst,
+        srcnode: src,
+        reqid: 0,
+        body: Body::Keepalive(Keepalive { version: 1, uptime: 1 }),
+    }
+}
+
+fn state_of(t: &Transport, pnn: Pnn) -> LinkState {
+    t.link_states().into_iter().find(|s| s.pnn == pnn).expect("peer in link states")
+}
+
+#[test]
+fn two_nodes_exchange_packets_both_ways_in_order() {
+    init_logging();
+    let nodes = node_addrs(&[51, 52]);
+    let (a, a_rx) = start(0, &nodes);
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+
+    // Enough packets that the writer batches; each must arrive once, in order.
+    let n = 5000;
+    for i in 0..n {
+        a.send(1, call(0, 1, i));
+        b.send(0, call(1, 0, i));
+    }
+    for i in 0..n {
+        assert_eq!(expect_packet(&b_rx), (0, call(0, 1, i)));
+        assert_eq!(expect_packet(&a_rx), (1, call(1, 0, i)));
+    }
+    let a_view = state_of(&a, 1);
+    assert!(a_view.up && a_view.incoming, "{a_view:?}");
+    assert_eq!(a_view.packets_received, u64::from(n));
+    assert_eq!(a_view.packets_dropped, 0);
+    assert_eq!(state_of(&b, 0).packets_received, u64::from(n));
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn three_nodes_full_mesh_and_send_to_self() {
+    init_logging();
+    let nodes = node_addrs(&[53, 54, 55]);
+    let ts: Vec<_> = (0..3).map(|p| start(p, &nodes)).collect();
+    for (me, (_, rx)) in ts.iter().enumerate() {
+        expect_links_up(rx, (0..3).filter(|&p| p != me as Pnn));
+    }
+    for (me, (t, _)) in ts.iter().enumerate() {
+        for to in 0..3 {
+            t.send(to, call(me as Pnn, to, 100 * me as u32 + to));
+        }
+    }
+    for (me, (_, rx)) in ts.iter().enumerate() {
+        let mut got: Vec<_> = (0..3).map(|_| expect_packet(rx)).collect();
+        got.sort_by_key(|(from, _)| *from);
+        let want: Vec<_> = (0..3).map(|from| (from, call(from, me as Pnn, 100 * from + me as u32))).collect();
+        assert_eq!(got, want);
+    }
+    for (t, _) in ts {
+        t.shutdown();
+    }
+}
+
+#[test]
+fn a_restarted_peer_is_reconnected() {
+    init_logging();
+    let nodes = node_addrs(&[56, 57]);
+    let (a, a_rx) = start(0, &nodes);
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+
+    b.shutdown();
+    expect_link_down(&a_rx, 1);
+    // The link is down: sending drops and counts.
+    let dropped_before = state_of(&a, 1).packets_dropped;
+    a.send(1, keepalive(0, 1));
+    assert_eq!(state_of(&a, 1).packets_dropped, dropped_before + 1);
+
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+    a.send(1, call(0, 1, 1));
+    b.send(0, call(1, 0, 2));
+    assert_eq!(expect_packet(&b_rx), (0, call(0, 1, 1)));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 2)));
+    assert!(state_of(&a, 1).connects >= 2);
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn a_connection_from_an_unknown_address_is_refused() {
+    init_logging();
+    let nodes = node_addrs(&[58, 59]); // node 1 never starts
+    let (a, a_rx) = start(0, &nodes);
+
+    let mut stranger = connect::connect_from(loopback(99), nodes[0], TIMEOUT).expect("TCP connect succeeds");
+    stranger.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Writing may already fail if the refusal won the race; either way nothing gets in.
+    let _ = stranger.write_all(&codec::encode(&keepalive(1, 0)));
+    let mut buf = [0u8; 16];
+    match stranger.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection to be closed, got {other:?}"),
+    }
+    assert_eq!(a.stats().refused_unknown_peer, 1);
+    assert!(a_rx.try_iter().all(|e| !matches!(e, TransportEvent::Packet { .. })));
+    assert!(!state_of(&a, 1).incoming);
+    a.shutdown();
+}
+
+#[test]
+fn garbage_on_a_link_closes_that_connection_and_the_link_recovers() {
+    init_logging();
+    let nodes = node_addrs(&[61, 62]);
+    let (a, a_rx) = start(0, &nodes);
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+    b.send(0, call(1, 0, 1));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 1)));
+
+    // A well-framed packet with a bad magic, then bytes that would be a valid packet: the
+    // reader must close rather than try to resynchronise.
+    let mut garbage = codec::encode(&keepalive(1, 0));
+    garbage[4] ^= 0xFF;
+    garbage.extend_from_slice(&codec::encode(&call(1, 0, 666)));
+    b.inject_raw(0, garbage);
+    expect_link_down(&b_rx, 0);
+    expect_link_up(&b_rx, 0);
+    b.send(0, call(1, 0, 2));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 2)), "the packet after the garbage was not delivered");
+    assert_eq!(state_of(&a, 1).bad_frames, 1);
+
+    // An absurd length field is refused before anything is allocated for it.
+    b.inject_raw(0, u32::MAX.to_le_bytes().to_vec());
+    expect_link_down(&b_rx, 0);
+    expect_link_up(&b_rx, 0);
+    b.send(0, call(1, 0, 3));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 3)));
+    assert_eq!(state_of(&a, 1).bad_frames, 2);
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn a_packet_with_a_forged_srcnode_is_dropped() {
+    init_logging();
+    let nodes = node_addrs(&[63, 64, 65]); // node 2 never starts
+    let (a, a_rx) = start(0, &nodes);
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+
+    // In one write, node 1: claims to be node 2; forwards node 2's call (legitimate: a
+    // forwarded REQ_CALL names its requester); forwards a call from a node that does not
+    // exist; sends honestly.
+    let mut bytes = codec::encode(&keepalive(2, 0));
+    bytes.extend_from_slice(&codec::encode(&call(2, 0, 13)));
+    bytes.extend_from_slice(&codec::encode(&call(9, 0, 14)));
+    bytes.extend_from_slice(&codec::encode(&call(1, 0, 15)));
+    b.inject_raw(0, bytes);
+    assert_eq!(expect_packet(&a_rx), (1, call(2, 0, 13)));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 15)));
+    let view = state_of(&a, 1);
+    assert_eq!(view.forged_packets, 2);
+    assert!(view.up, "a forged packet drops the packet, not the link: {view:?}");
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn nodes_sharing_an_ip_are_told_apart_by_srcnode() {
+    init_logging();
+    let ip = loopback(68);
+    let nodes: Vec<SocketAddr> = (0..3).map(|_| free_port(ip)).collect();
+    let ts: Vec<_> = (0..3).map(|p| start(p, &nodes)).collect();
+    for (me, (_, rx)) in ts.iter().enumerate() {
+        expect_links_up(rx, (0..3).filter(|&p| p != me as Pnn));
+    }
+    // The first packet that speaks for its sender (not a call, which may be forwarded)
+    // identifies the connection.
+    ts[1].0.send(0, keepalive(1, 0));
+    ts[2].0.send(0, keepalive(2, 0));
+    let mut got = vec![expect_packet(&ts[0].1), expect_packet(&ts[0].1)];
+    got.sort_by_key(|(from, _)| *from);
+    assert_eq!(got, vec![(1, keepalive(1, 0)), (2, keepalive(2, 0))]);
+    assert!(state_of(&ts[0].0, 1).incoming && state_of(&ts[0].0, 2).incoming);
+    // Once identified, a connection may not speak for the other node on its IP.
+    let mut bytes = codec::encode(&keepalive(2, 0));
+    bytes.extend_from_slice(&codec::encode(&call(1, 0, 4)));
+    ts[1].0.inject_raw(0, bytes);
+    assert_eq!(expect_packet(&ts[0].1), (1, call(1, 0, 4)));
+    assert_eq!(state_of(&ts[0].0, 1).forged_packets, 1);
+    for (t, _) in ts {
+        t.shutdown();
+    }
+}
+
+#[test]
+fn sending_to_unknown_or_unreachable_nodes_drops_and_counts() {
+    init_logging();
+    let nodes = node_addrs(&[66, 67]); // node 1 never starts
+    let (a, _a_rx) = start(0, &nodes);
+    a.send(1, keepalive(0, 1));
+    a.send(1, keepalive(0, 1));
+    a.send(9, keepalive(0, 9));
+    assert_eq!(state_of(&a, 1).packets_dropped, 2);
+    assert_eq!(a.stats().dropped_unknown_destination, 1);
+    assert!(!state_of(&a, 1).up);
+    // Shutdown is prompt even while the writer is backing off between connect attempts.
+    let t0 = Instant::now();
+    a.shutdown();
+    assert!(t0.elapsed() < Duration::from_secs(2), "shutdown took {:?}", t0.elapsed());
+}
+
+#[test]
+fn start_refuses_a_pnn_outside_the_nodes_list() {
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let err = Transport::start(TransportConfig::new(3, node_addrs(&[69])), tx).err().expect("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
