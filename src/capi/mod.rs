@@ -168,8 +168,9 @@ pub unsafe extern "C" fn rctdb_store(
 ) -> c_int {
     // SAFETY: the caller's guarantee on `db`.
     let Some(ctx) = (unsafe { context(db) }) else { return -1 };
-    // SAFETY: the caller's guarantee on `key` and `dbuf`.
+    // SAFETY: the caller's guarantee on `key`.
     let outcome = unsafe { args::key(key) }.and_then(|key| {
+        // SAFETY: the caller's guarantee on `dbuf`.
         let data = unsafe { args::data(dbuf, "dbuf") }?;
         ctx.store(key, data, args::store_flag(flag)?)
     });
@@ -191,12 +192,14 @@ pub unsafe extern "C" fn rctdb_storev(
 ) -> c_int {
     // SAFETY: the caller's guarantee on `db`.
     let Some(ctx) = (unsafe { context(db) }) else { return -1 };
-    // SAFETY: the caller's guarantee on `key`, `dbufs` and `num_dbufs`.
+    // SAFETY: the caller's guarantee on `key`.
     let outcome = unsafe { args::key(key) }.and_then(|key| {
         let flag = args::store_flag(flag)?;
+        // SAFETY: the caller's guarantee on `dbufs` and `num_dbufs`.
         let dbufs = unsafe { args::data_array(dbufs, num_dbufs) }?;
         let mut parts = args::Parts::default();
         for (i, dbuf) in dbufs.iter().enumerate() {
+            // SAFETY: the caller's guarantee on each element of `dbufs`.
             parts.push(unsafe { args::data_at(*dbuf, i) }?);
         }
         ctx.storev(key, parts.as_slice(), flag)
