@@ -17,7 +17,5 @@ fn main() {
         .generate()
         .expect("bindgen failed on <tdb.h>: is libtdb-dev installed?");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    bindings
-        .write_to_file(out.join("tdb_bindings.rs"))
-        .expect("writing tdb_bindings.rs");
+    bindings.write_to_file(out.join("tdb_bindings.rs")).expect("writing tdb_bindings.rs");
 }

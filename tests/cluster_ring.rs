@@ -40,7 +40,8 @@ fn start(name: &str, third_octet: u8) -> Cluster {
 
 fn increment(db: &mut ClusteredDb) {
     db.chainlock(KEY).expect("chainlock");
-    let value = db.fetch(KEY).expect("fetch").map_or(0, |v| u64::from_le_bytes(v.try_into().expect("8 bytes")));
+    let value =
+        db.fetch(KEY).expect("fetch").map_or(0, |v| u64::from_le_bytes(v.try_into().expect("8 bytes")));
     db.store(KEY, &[&(value + 1).to_le_bytes()], StoreFlag::Replace).expect("store");
     db.chainunlock(KEY).expect("chainunlock");
 }
@@ -84,5 +85,9 @@ fn ring_of_processes_loses_no_increment() {
         true
     })
     .expect("traverse");
-    assert_eq!(seen, vec![(KEY.to_vec(), expected.to_le_bytes().to_vec())], "traverse sees the newest copy once");
+    assert_eq!(
+        seen,
+        vec![(KEY.to_vec(), expected.to_le_bytes().to_vec())],
+        "traverse sees the newest copy once"
+    );
 }

@@ -102,7 +102,9 @@ impl ClusteredDb {
             let (header, exists) = read_header(tdb, key)?;
             match flag {
                 StoreFlag::Insert if exists => return Err(Error::new(ErrorCode::Exists, "record exists")),
-                StoreFlag::Modify if !exists => return Err(Error::new(ErrorCode::NoExist, "record does not exist")),
+                StoreFlag::Modify if !exists => {
+                    return Err(Error::new(ErrorCode::NoExist, "record does not exist"))
+                }
                 _ => {}
             }
             let header = header.encode();
@@ -201,13 +203,13 @@ impl ClusteredDb {
 /// The header stored for `key` (a made-up one if there is none) and whether the record has
 /// data.
 fn read_header(tdb: &Tdb, key: &[u8]) -> Result<(RecordHeader, bool)> {
-    let found = tdb.parse_record(key, |value| RecordHeader::decode(value).map(|(h, data)| (h, !data.is_empty())))?;
+    let found =
+        tdb.parse_record(key, |value| RecordHeader::decode(value).map(|(h, data)| (h, !data.is_empty())))?;
     Ok(found.flatten().unwrap_or((RecordHeader::default(), false)))
 }
 
 fn read_data<R>(tdb: &Tdb, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-    let found = tdb.parse_record(key, |value| {
-        (value.len() > HEADER_LEN).then(|| parser(&value[HEADER_LEN..]))
-    })?;
+    let found =
+        tdb.parse_record(key, |value| (value.len() > HEADER_LEN).then(|| parser(&value[HEADER_LEN..])))?;
     Ok(found.flatten())
 }

@@ -10,8 +10,8 @@ use crate::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::{
-    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC, CURRENT_NODE,
-    MAX_PACKET_LEN,
+    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC,
+    CURRENT_NODE, MAX_PACKET_LEN,
 };
 
 pub struct DaemonConnection {
@@ -144,7 +144,11 @@ impl DaemonConnection {
             n if n > 0 => Ok(true),
             0 => Ok(false),
             _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => Ok(false),
-            _ => Err(Error::io(format!("waiting for rctdbd at {}: {}", self.socket, std::io::Error::last_os_error()))),
+            _ => Err(Error::io(format!(
+                "waiting for rctdbd at {}: {}",
+                self.socket,
+                std::io::Error::last_os_error()
+            ))),
         }
     }
 

@@ -59,7 +59,9 @@ fn serve(client: ClientId, stream: UnixStream, events: Sender<ClientEvent>) -> s
     if events.send(ClientEvent::Connected { client, replies }).is_err() {
         return Ok(()); // the daemon is shutting down
     }
-    thread::Builder::new().name(format!("client{client}-r")).spawn(move || read_loop(client, stream, events))?;
+    thread::Builder::new()
+        .name(format!("client{client}-r"))
+        .spawn(move || read_loop(client, stream, events))?;
     Ok(())
 }
 

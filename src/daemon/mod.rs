@@ -31,9 +31,10 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let text = std::fs::read_to_string(&config.nodes_file)
         .map_err(|e| format!("reading nodes file {}: {e}", config.nodes_file.display()))?;
     let nodes = nodes::parse_nodes(&text)?;
-    let pnn = nodes.iter().position(|addr| *addr == config.address).ok_or_else(|| {
-        format!("{} is not in nodes file {}", config.address, config.nodes_file.display())
-    })? as Pnn;
+    let pnn =
+        nodes.iter().position(|addr| *addr == config.address).ok_or_else(|| {
+            format!("{} is not in nodes file {}", config.address, config.nodes_file.display())
+        })? as Pnn;
     prepare_dbdir(&config.dbdir)?;
 
     let (transport_tx, transport_rx) = crossbeam_channel::unbounded();
@@ -43,7 +44,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let (client_tx, client_rx) = crossbeam_channel::unbounded();
     clients::listen(&config.socket, client_tx)
         .map_err(|e| format!("client socket {}: {e}", config.socket.display()))?;
-    log::info!("node {pnn} ({}) up: {} nodes, socket {}", config.address, nodes.len(), config.socket.display());
+    log::info!(
+        "node {pnn} ({}) up: {} nodes, socket {}",
+        config.address,
+        nodes.len(),
+        config.socket.display()
+    );
 
     let mut node = node::Node::new(pnn, &nodes, &config.dbdir, transport);
     node.run(transport_rx, client_rx);

@@ -159,7 +159,9 @@ impl Node {
 
     fn on_peer_packet(&mut self, from: Pnn, packet: Packet) {
         match packet.body {
-            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => self.engine_input(Input::Packet(packet)),
+            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => {
+                self.engine_input(Input::Packet(packet))
+            }
             Body::ReqControl(ref request) => {
                 let reply = self.peer_control(request);
                 let packet = Packet {
@@ -282,13 +284,20 @@ impl Node {
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
             opcode::TRAVERSE_ALL => {
-                let local = control::decode_db_id(&request.data)
-                    .map_err(|e| e.to_string())
-                    .and_then(|db_id| self.store.copies(db_id).map(|c| (db_id, c)).map_err(|e| e.to_string()));
+                let local =
+                    control::decode_db_id(&request.data).map_err(|e| e.to_string()).and_then(|db_id| {
+                        self.store.copies(db_id).map(|c| (db_id, c)).map_err(|e| e.to_string())
+                    });
                 match local {
                     Ok((db_id, copies)) => {
                         let data = db_id.to_le_bytes().to_vec();
-                        self.ask_peers(client, reqid, opcode::PULL_DB, data, PendingKind::Traverse { copies });
+                        self.ask_peers(
+                            client,
+                            reqid,
+                            opcode::PULL_DB,
+                            data,
+                            PendingKind::Traverse { copies },
+                        );
                     }
                     Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
                 }
@@ -302,19 +311,33 @@ impl Node {
 
     /// Sends a control to every peer whose link is up and answers the client once they all
     /// replied (or the control timed out).
-    fn ask_peers(&mut self, client: ClientId, client_reqid: ReqId, opcode: u32, data: Vec<u8>, kind: PendingKind) {
+    fn ask_peers(
+        &mut self,
+        client: ClientId,
+        client_reqid: ReqId,
+        opcode: u32,
+        data: Vec<u8>,
+        kind: PendingKind,
+    ) {
         let reqid = self.next_reqid;
         self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
         let peers: HashSet<Pnn> =
             self.transport.link_states().iter().filter(|link| link.up).map(|link| link.pnn).collect();
         for &peer in &peers {
-            let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data: data.clone() });
-            let packet =
-                Packet { generation: self.engine.generation(), destnode: peer, srcnode: self.pnn, reqid, body };
+            let body =
+                Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data: data.clone() });
+            let packet = Packet {
+                generation: self.engine.generation(),
+                destnode: peer,
+                srcnode: self.pnn,
+                reqid,
+                body,
+            };
             self.transport.send(peer, packet);
         }
         let deadline = Instant::now() + CONTROL_TIMEOUT;
-        self.pending.insert(reqid, PendingControl { client, client_reqid, waiting_for: peers, deadline, kind });
+        self.pending
+            .insert(reqid, PendingControl { client, client_reqid, waiting_for: peers, deadline, kind });
         if self.pending[&reqid].waiting_for.is_empty() {
             self.finish_control(reqid);
         }
@@ -333,7 +356,13 @@ impl Node {
 
     fn reply_to_client(&mut self, client: ClientId, reqid: ReqId, body: Body) {
         let Some(replies) = self.clients.get(&client) else { return };
-        let packet = Packet { generation: self.engine.generation(), destnode: self.pnn, srcnode: self.pnn, reqid, body };
+        let packet = Packet {
+            generation: self.engine.generation(),
+            destnode: self.pnn,
+            srcnode: self.pnn,
+            reqid,
+            body,
+        };
         let _ = replies.send(packet);
     }
 

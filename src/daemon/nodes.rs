@@ -10,8 +10,9 @@ pub fn parse_nodes(text: &str) -> Result<Vec<IpAddr>, String> {
         if line.is_empty() {
             continue;
         }
-        let addr: IpAddr =
-            line.parse().map_err(|_| format!("nodes file line {}: {line:?} is not an IP address", index + 1))?;
+        let addr: IpAddr = line
+            .parse()
+            .map_err(|_| format!("nodes file line {}: {line:?} is not an IP address", index + 1))?;
         if nodes.contains(&addr) {
             return Err(format!("nodes file line {}: {addr} is listed twice", index + 1));
         }
@@ -30,7 +31,8 @@ mod tests {
     #[test]
     fn comments_and_blank_lines_do_not_count() {
         let nodes = parse_nodes("# cluster\n127.0.0.11\n\n  127.0.0.12  # second\n127.0.0.13\n").unwrap();
-        let expected: Vec<IpAddr> = ["127.0.0.11", "127.0.0.12", "127.0.0.13"].iter().map(|a| a.parse().unwrap()).collect();
+        let expected: Vec<IpAddr> =
+            ["127.0.0.11", "127.0.0.12", "127.0.0.13"].iter().map(|a| a.parse().unwrap()).collect();
         assert_eq!(nodes, expected);
     }
 

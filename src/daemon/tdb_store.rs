@@ -38,7 +38,10 @@ impl TdbStore {
         }
         if let Some(db) = self.dbs.get(&db_id) {
             if db.name != name {
-                return Err(Error::einval(format!("{name:?} and {:?} have the same db id {db_id:#x}", db.name)));
+                return Err(Error::einval(format!(
+                    "{name:?} and {:?} have the same db id {db_id:#x}",
+                    db.name
+                )));
             }
             return Ok(db.tdb.path().to_owned());
         }

@@ -65,7 +65,9 @@ pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     let rctdbd = rctdbd_binary();
     for node in 0..spec.nodes {
         if let Some(pid) = running_pid(&spec.dir, node) {
-            return Err(format!("node {node} is already running (pid {pid}); run `rctdb cluster down` first"));
+            return Err(format!(
+                "node {node} is already running (pid {pid}); run `rctdb cluster down` first"
+            ));
         }
         let log = spec.dir.join(format!("node{node}.log"));
         let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -102,7 +104,10 @@ fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
                 }
             }
             if running_pid(&spec.dir, node).is_none() {
-                return Err(format!("node {node} exited; see {}", spec.dir.join(format!("node{node}.log")).display()));
+                return Err(format!(
+                    "node {node} exited; see {}",
+                    spec.dir.join(format!("node{node}.log")).display()
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!("node {node}: links not all up after {:?}: {status:?}", spec.timeout));
@@ -117,8 +122,9 @@ fn running_pid(dir: &Path, node: usize) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_path(dir, node)).ok()?.trim().parse().ok()?;
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     // A zombie child of ours still "exists": reap it so it does not count as running.
-    let exited = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-        .is_ok_and(|status| status != nix::sys::wait::WaitStatus::StillAlive);
+    let exited =
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            .is_ok_and(|status| status != nix::sys::wait::WaitStatus::StillAlive);
     (alive && !exited).then_some(pid)
 }
 

@@ -23,9 +23,15 @@ pub struct Latencies {
 impl Latencies {
     fn from_samples(mut samples: Vec<Duration>, elapsed: Duration) -> Latencies {
         samples.sort();
-        let at = |q: f64| samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)));
+        let at =
+            |q: f64| samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)));
         let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
-        Latencies { ops: samples.len(), seconds: elapsed.as_secs_f64(), p50_us: us(at(0.50)), p99_us: us(at(0.99)) }
+        Latencies {
+            ops: samples.len(),
+            seconds: elapsed.as_secs_f64(),
+            p50_us: us(at(0.50)),
+            p99_us: us(at(0.99)),
+        }
     }
 
     pub fn rate(&self) -> f64 {
