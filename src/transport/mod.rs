@@ -7,10 +7,12 @@
 //!   direction of a link is one ordered byte stream with one writer — no connection races,
 //!   no tie-breaking. Accepted connections are identified by source IP against the nodes
 //!   list; strangers are refused.
-//! - The engine thread must never block on the network (DESIGN §2): `send` only queues to
-//!   the peer's writer thread. Encoding happens there, decoding on reader threads, so the
-//!   engine sees typed packets only. A writer batches whatever queued up while it was
-//!   writing into one `write` (TCP_NODELAY is on, so batching is what saves syscalls).
+//! - The engine thread must never block on the network (DESIGN §2): `send` either writes
+//!   with a non-blocking `send(2)` when nothing is queued for that peer (CTDB's immediate
+//!   write; a thread hand-off costs more than the syscall), or queues to the peer's writer
+//!   thread, which blocks on the socket for it and batches whatever piled up into one
+//!   `write` (TCP_NODELAY is on, so batching is what saves syscalls). Decoding happens on
+//!   reader threads, so the engine sees typed packets only.
 //! - A link whose outgoing connection is down drops what is sent to it, counting the drops:
 //!   the engine resends after recovery, which is simpler and more honest than a queue that
 //!   replays packets from an older view of the cluster.
@@ -70,6 +72,10 @@ pub struct TransportConfig {
     pub send_queue_len: usize,
     /// Larger frames from a peer close the connection; capped at [`MAX_PACKET_LEN`].
     pub max_packet_len: usize,
+    /// When nothing is queued for a peer, `send` writes the packet itself with a
+    /// non-blocking `send(2)` instead of waking the writer thread (CTDB does the same).
+    /// It never blocks either way; this saves a thread hand-off per packet.
+    pub direct_write: bool,
 }
 
 impl TransportConfig {
@@ -83,6 +89,7 @@ impl TransportConfig {
             write_timeout: Some(Duration::from_secs(10)),
             send_queue_len: 16 * 1024,
             max_packet_len: MAX_PACKET_LEN,
+            direct_write: true,
         }
     }
 }
@@ -192,7 +199,8 @@ impl Transport {
                 peers.push(None);
                 continue;
             }
-            let (peer, inputs) = link::Peer::new(pnn as Pnn, addr, config.send_queue_len);
+            let (peer, inputs) =
+                link::Peer::new(pnn as Pnn, addr, config.send_queue_len, config.direct_write);
             peers.push(Some(Arc::clone(&peer)));
             writer_inputs.push((peer, inputs));
         }

@@ -49,8 +49,12 @@ fn config(my_pnn: Pnn, nodes: &[SocketAddr]) -> TransportConfig {
 }
 
 fn start(my_pnn: Pnn, nodes: &[SocketAddr]) -> (Transport, Receiver<TransportEvent>) {
+    start_with(config(my_pnn, nodes))
+}
+
+fn start_with(config: TransportConfig) -> (Transport, Receiver<TransportEvent>) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let t = Transport::start(config(my_pnn, nodes), tx).expect("transport starts");
+    let t = Transport::start(config, tx).expect("transport starts");
     (t, rx)
 }
 
@@ -130,24 +134,36 @@ fn state_of(t: &Transport, pnn: Pnn) -> LinkState {
     t.link_states().into_iter().find(|s| s.pnn == pnn).expect("peer in link states")
 }
 
-#[test]
-fn two_nodes_exchange_packets_both_ways_in_order() {
+fn exchange_both_ways_in_order(octets: [u8; 2], direct_write: bool, n: u32, payload: usize) {
     init_logging();
-    let nodes = node_addrs(&[51, 52]);
-    let (a, a_rx) = start(0, &nodes);
-    let (b, b_rx) = start(1, &nodes);
+    let nodes = node_addrs(&octets);
+    let start_node = |pnn| {
+        let mut c = config(pnn, &nodes);
+        c.direct_write = direct_write;
+        start_with(c)
+    };
+    let (a, a_rx) = start_node(0);
+    let (b, b_rx) = start_node(1);
     expect_link_up(&a_rx, 1);
     expect_link_up(&b_rx, 0);
 
-    // Enough packets that the writer batches; each must arrive once, in order.
-    let n = 5000;
+    let big = |src, dst, i: u32| {
+        let mut p = call(src, dst, i);
+        if let Body::ReqCall(c) = &mut p.body {
+            c.calldata = vec![i as u8; payload];
+        }
+        p
+    };
+    // Both sides send everything before reading anything: with large payloads the socket
+    // buffers fill, direct sends hit EAGAIN and the writer threads take over; the order
+    // must survive the switch.
     for i in 0..n {
-        a.send(1, call(0, 1, i));
-        b.send(0, call(1, 0, i));
+        a.send(1, big(0, 1, i));
+        b.send(0, big(1, 0, i));
     }
     for i in 0..n {
-        assert_eq!(expect_packet(&b_rx), (0, call(0, 1, i)));
-        assert_eq!(expect_packet(&a_rx), (1, call(1, 0, i)));
+        assert_eq!(expect_packet(&b_rx), (0, big(0, 1, i)));
+        assert_eq!(expect_packet(&a_rx), (1, big(1, 0, i)));
     }
     let a_view = state_of(&a, 1);
     assert!(a_view.up && a_view.incoming, "{a_view:?}");
@@ -156,6 +172,22 @@ fn two_nodes_exchange_packets_both_ways_in_order() {
     assert_eq!(state_of(&b, 0).packets_received, u64::from(n));
     a.shutdown();
     b.shutdown();
+}
+
+#[test]
+fn two_nodes_exchange_packets_both_ways_in_order() {
+    exchange_both_ways_in_order([51, 52], true, 5000, 40);
+}
+
+#[test]
+fn two_nodes_exchange_through_writer_threads_only() {
+    exchange_both_ways_in_order([74, 75], false, 5000, 40);
+}
+
+#[test]
+fn order_survives_full_socket_buffers() {
+    // 1000 x 64 KiB each way is far more than the socket buffers hold.
+    exchange_both_ways_in_order([76, 77], true, 1000, 64 * 1024);
 }
 
 #[test]
@@ -342,4 +374,79 @@ fn start_refuses_a_pnn_outside_the_nodes_list() {
     let (tx, _rx) = crossbeam_channel::unbounded();
     let err = Transport::start(TransportConfig::new(3, node_addrs(&[69])), tx).err().expect("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// Not a check, a measurement: round trips through two transports (engine thread ->
+/// writer thread -> TCP -> reader thread -> engine thread, and back) next to a bare TCP
+/// ping-pong on the same machine. Run with
+/// `cargo test --release --lib transport::tests::ping_pong -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn ping_pong_latency() {
+    fn percentiles(mut v: Vec<Duration>) -> String {
+        v.sort();
+        let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_micros();
+        format!(
+            "p50 {} µs, p99 {} µs, {:.0} round trips/s",
+            p(0.5),
+            p(0.99),
+            v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64()
+        )
+    }
+    for direct_write in [true, false] {
+        let rounds = 20_000;
+        let nodes = node_addrs(&[71, 72]);
+        let start_node = |pnn| {
+            let mut c = config(pnn, &nodes);
+            c.direct_write = direct_write;
+            start_with(c)
+        };
+        let (a, a_rx) = start_node(0);
+        let (b, b_rx) = start_node(1);
+        expect_link_up(&a_rx, 1);
+        expect_link_up(&b_rx, 0);
+        let echo = std::thread::spawn(move || {
+            for _ in 0..rounds {
+                let (_, p) = expect_packet(&b_rx);
+                b.send(0, Packet { srcnode: 1, destnode: 0, ..p });
+            }
+            b
+        });
+        let mut times = Vec::with_capacity(rounds as usize);
+        for i in 0..rounds {
+            let t0 = Instant::now();
+            a.send(1, call(0, 1, i % 64));
+            expect_packet(&a_rx);
+            times.push(t0.elapsed());
+        }
+        let b = echo.join().unwrap();
+        println!("transport round trip (direct_write {direct_write}): {}", percentiles(times));
+        a.shutdown();
+        b.shutdown();
+    }
+    let rounds = 20_000;
+
+    let server = TcpListener::bind((loopback(73), 0)).unwrap();
+    let addr = server.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds {
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+        }
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 64];
+    let mut times = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        c.write_all(&buf).unwrap();
+        c.read_exact(&mut buf).unwrap();
+        times.push(t0.elapsed());
+    }
+    echo.join().unwrap();
+    println!("bare TCP round trip:  {}", percentiles(times));
 }

@@ -43,6 +43,9 @@ pub const CALL_FETCH_WITH_HEADER_FUNC: u32 = 0xFF00_0003;
 pub const CALL_FLAG_IMMEDIATE_MIGRATION: u32 = 0x0000_0001;
 pub const CALL_FLAG_VACUUM_MIGRATION: u32 = 0x0000_0002;
 pub const CALL_FLAG_WANT_READONLY: u32 = 0x0000_0004;
+/// Ours, client to its daemon only: the client will say when it has used the record
+/// (MIGRATION_DONE), so the daemon keeps it here for the client's first use.
+pub const CALL_FLAG_FIRST_USE: u32 = 0x0001_0000;
 
 /// Operation numbers: CTDB's where CTDB has the operation.
 pub mod op {
