@@ -78,6 +78,8 @@ struct Client {
     next_reqid: ReqId,
     /// Answered after a migration and not yet said it is done with the record.
     owes_done: bool,
+    /// Asks for first use (and says when done), as librctdb does; raw clients do not.
+    first_use: bool,
 }
 
 struct Node {
@@ -146,6 +148,7 @@ impl Sim {
                     remaining: params.increments,
                     next_reqid: 1,
                     owes_done: false,
+                    first_use: rng.chance(80),
                 });
             }
         }
@@ -241,7 +244,7 @@ impl Sim {
         }
         self.release_client_lock(node, &key);
         let client = &mut self.clients[index];
-        if client.owes_done {
+        if client.owes_done && client.first_use {
             client.owes_done = false;
             self.to_engine[index].push_back(Input::ClientDone { client: id, db_id: DB, key: key.clone() });
         }
@@ -254,9 +257,15 @@ impl Sim {
             }
         } else {
             client.next_reqid += 1;
-            let reqid = client.next_reqid;
+            let (reqid, first_use) = (client.next_reqid, client.first_use);
             client.state = ClientState::WaitingReply;
-            self.to_engine[index].push_back(Input::ClientCall { client: id, reqid, db_id: DB, key });
+            self.to_engine[index].push_back(Input::ClientCall {
+                client: id,
+                reqid,
+                db_id: DB,
+                key,
+                first_use,
+            });
         }
     }
 

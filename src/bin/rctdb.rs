@@ -1,30 +1,79 @@
-//! The `rctdb` command line: benchmarks now; cluster control and status to come.
+//! The `rctdb` command line: a local test cluster, status, records, benchmarks.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use rctdb::{
-    capi::{rctdb_close, rctdb_fetch, rctdb_open, rctdb_open_error, rctdb_store},
-    local::{bench_baseline::RawTdb, flags, TDB_DATA},
-};
+use clap::{Parser, Subcommand, ValueEnum};
+use rctdb::client::{ClusteredDb, DaemonConnection};
+use rctdb::local::{flags, StoreFlag};
+use rctdb::tool::cluster::{self, ClusterSpec};
+use rctdb::tool::local_bench::{bench_local, LocalBench};
+use rctdb::tool::ring;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(name = "rctdb", version, about = "rctdb: a clustered TDB (CTDB's record migration, in Rust)")]
 struct Cli {
+    /// The local rctdbd's socket.
+    #[arg(long, env = "RCTDB_SOCKET", global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// A local test cluster of rctdbd on 127.0.0.x.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+    /// This node, the state of its links, the generation and the attached databases.
+    Status,
+    /// Store VALUE under KEY in database DB (the record migrates to this node).
+    Writekey { db: String, key: String, value: String },
+    /// Print the value of KEY in database DB (the record migrates to this node).
+    Readkey { db: String, key: String },
+    /// Every record of database DB in the cluster, newest copy.
+    Dump { db: String },
     /// Measure rctdb.
     Bench {
         #[command(subcommand)]
         bench: BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start N rctdbd writing DIR/nodes, DIR/nodeK.{sock,pid,log} and DIR/nodeK/; returns
+    /// once every link is up.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address of node 0; node K gets this plus K.
+        #[arg(long, default_value = "127.0.0.11")]
+        first_address: Ipv4Addr,
+        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        port: u16,
+    },
+    /// Stop the nodes of the cluster in DIR.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LmasterPlacement {
+    /// The key's LMASTER is one of the ring nodes (2 network messages per migration).
+    Ring,
+    /// The key's LMASTER is a node outside the ring (3 messages per migration).
+    Other,
 }
 
 #[derive(Subcommand)]
@@ -51,12 +100,85 @@ enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// One record bouncing between nodes of a fresh 3-node cluster, every call a migration;
+    /// the loopback TCP round trip is measured in the same run as the floor.
+    Ring {
+        /// Nodes in the ring (2 or 3).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, value_enum, default_value = "ring")]
+        lmaster: LmasterPlacement,
+        /// Directory of the cluster the bench starts (and stops).
+        #[arg(long, default_value = "/tmp/rctdb-bench-ring")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.31")]
+        first_address: Ipv4Addr,
+    },
 }
 
-fn main() {
+fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("rctdb: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let socket =
+        || cli.socket.clone().ok_or("no daemon socket: give --socket or set RCTDB_SOCKET".to_string());
+    match cli.command {
+        Command::Cluster { action: ClusterCmd::Up { nodes, dir, first_address, port } } => {
+            let mut spec = ClusterSpec::new(nodes, &dir);
+            spec.first_address = first_address;
+            spec.port = port;
+            cluster::up(&spec)?;
+            println!("{nodes} nodes up in {}; sockets {}/nodeK.sock", dir.display(), dir.display());
+            Ok(())
+        }
+        Command::Cluster { action: ClusterCmd::Down { dir } } => {
+            let stopped = cluster::down(&dir)?;
+            println!("stopped {stopped} nodes");
+            Ok(())
+        }
+        Command::Status => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Writekey { db, key, value } => {
+            let mut db = ClusteredDb::open(&socket()?, &db, TIMEOUT).map_err(|e| e.to_string())?;
+            db.store(key.as_bytes(), &[value.as_bytes()], StoreFlag::Replace).map_err(|e| e.to_string())
+        }
+        Command::Readkey { db, key } => {
+            let mut db = ClusteredDb::open(&socket()?, &db, TIMEOUT).map_err(|e| e.to_string())?;
+            match db.fetch(key.as_bytes()).map_err(|e| e.to_string())? {
+                Some(value) => {
+                    println!("{}", String::from_utf8_lossy(&value));
+                    Ok(())
+                }
+                None => Err(format!("{key}: no such record")),
+            }
+        }
+        Command::Dump { db } => {
+            let mut db = ClusteredDb::open(&socket()?, &db, TIMEOUT).map_err(|e| e.to_string())?;
+            let count = db
+                .traverse(|key, data| {
+                    println!("key({}) = {:?}", key.len(), String::from_utf8_lossy(key));
+                    println!("data({}) = {:?}", data.len(), String::from_utf8_lossy(data));
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+            println!("{count} records");
+            Ok(())
+        }
         Command::Bench { bench: BenchCmd::Local { keys, value_size, rounds, hash_size, mutex, dir } } => {
             let tdb_flags = if mutex {
                 flags::TDB_MUTEX_LOCKING | flags::TDB_INCOMPATIBLE_HASH | flags::TDB_CLEAR_IF_FIRST
@@ -65,138 +187,45 @@ fn main() {
             };
             bench_local(&LocalBench { keys, value_size, rounds: rounds.max(1), hash_size, tdb_flags }, dir)
         }
-    };
-    if let Err(message) = result {
-        eprintln!("rctdb: {message}");
-        std::process::exit(1);
+        Command::Bench { bench: BenchCmd::Ring { nodes, seconds, lmaster, dir, first_address } } => {
+            bench_ring(nodes, seconds, lmaster, dir, first_address)
+        }
     }
 }
 
-struct LocalBench {
-    keys: usize,
-    value_size: usize,
-    rounds: usize,
-    hash_size: i32,
-    tdb_flags: i32,
-}
-
-fn bench_local(bench: &LocalBench, dir: Option<PathBuf>) -> Result<(), String> {
-    let (dir, remove_dir) = match dir {
-        Some(dir) => (dir, false),
-        None => (std::env::temp_dir().join(format!("rctdb-bench-{}", std::process::id())), true),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let result = run_local_bench(bench, &dir);
-    if remove_dir {
-        let _ = std::fs::remove_dir_all(&dir);
+fn bench_ring(
+    ring_nodes: usize,
+    seconds: f64,
+    lmaster: LmasterPlacement,
+    dir: PathBuf,
+    first_address: Ipv4Addr,
+) -> Result<(), String> {
+    const CLUSTER_NODES: usize = 3;
+    if !(2..=CLUSTER_NODES).contains(&ring_nodes) {
+        return Err(format!("--nodes {ring_nodes}: a ring has 2 or 3 nodes"));
     }
-    result
-}
-
-fn run_local_bench(bench: &LocalBench, dir: &Path) -> Result<(), String> {
-    let keys: Vec<Vec<u8>> = (0..bench.keys).map(|i| format!("key-{i:08}").into_bytes()).collect();
-    let value = vec![b'v'; bench.value_size];
-    let capi = CapiDb::create(&dir.join("capi.tdb"), bench.hash_size, bench.tdb_flags)?;
-    let raw = RawTdb::create(&dir.join("raw.tdb"), bench.hash_size, bench.tdb_flags)
-        .map_err(|e| format!("tdb_open for the baseline: {e}"))?;
-
+    if ring_nodes == CLUSTER_NODES && matches!(lmaster, LmasterPlacement::Other) {
+        return Err("--lmaster other needs a node outside the ring: use --nodes 2".into());
+    }
+    let floor = ring::loopback_floor(seconds.min(2.0))?;
+    let ring: Vec<usize> = (0..ring_nodes).collect();
+    let pnns: Vec<u32> = ring.iter().map(|&n| n as u32).collect();
+    let key = ring::ring_key(&pnns, CLUSTER_NODES, matches!(lmaster, LmasterPlacement::Ring));
+    let mut spec = ClusterSpec::new(CLUSTER_NODES, &dir);
+    spec.first_address = first_address;
+    let _ = cluster::down(&dir);
+    cluster::up(&spec)?;
+    let result = ring::ring(&dir, "ring.tdb", &ring, &key, seconds);
+    cluster::down(&dir)?;
+    let ours = result?;
     println!(
-        "bench local: {} keys, {}-byte values, hash size {}, {} locks, {} rounds per side",
-        bench.keys,
-        bench.value_size,
-        bench.hash_size,
-        if bench.tdb_flags & flags::TDB_MUTEX_LOCKING != 0 { "mutex" } else { "fcntl" },
-        bench.rounds
+        "bench ring: {ring_nodes} ring nodes of {CLUSTER_NODES}, key {:?} with its LMASTER {} the ring, {seconds} s",
+        String::from_utf8_lossy(&key),
+        if matches!(lmaster, LmasterPlacement::Ring) { "in" } else { "outside" }
     );
-    // The first pass of each side creates the records: not measured.
-    capi.fetch_store_pass(&keys, &value);
-    raw.fetch_store_pass(&keys, &value);
-
-    let (mut capi_rates, mut raw_rates) = (Vec::new(), Vec::new());
-    for round in 0..bench.rounds {
-        // Alternate which side goes first, so that drift in the machine's speed cancels.
-        let mut measure_capi = || capi_rates.push(rate(keys.len(), || capi.fetch_store_pass(&keys, &value)));
-        let mut measure_raw = || raw_rates.push(rate(keys.len(), || raw.fetch_store_pass(&keys, &value)));
-        if round % 2 == 0 {
-            measure_capi();
-            measure_raw();
-        } else {
-            measure_raw();
-            measure_capi();
-        }
-        println!(
-            "  round {}: C ABI {:>9.0} /s   raw libtdb {:>9.0} /s",
-            round + 1,
-            capi_rates[round],
-            raw_rates[round]
-        );
-    }
-    let (capi_median, raw_median) = (median(&mut capi_rates), median(&mut raw_rates));
-    println!("fetch+store pairs per second (median of {} rounds):", bench.rounds);
-    println!("  rctdb C ABI  {capi_median:>10.0} /s  ({:.2} us per pair)", 1e6 / capi_median);
-    println!("  raw libtdb   {raw_median:>10.0} /s  ({:.2} us per pair)", 1e6 / raw_median);
-    println!("  ratio (C ABI / raw) {:.3}", capi_median / raw_median);
-    capi.close()
-}
-
-/// Pairs per second of one pass over `count` keys.
-fn rate(count: usize, pass: impl FnOnce() -> usize) -> f64 {
-    let start = Instant::now();
-    let found = pass();
-    let elapsed = start.elapsed().as_secs_f64();
-    assert_eq!(found, count, "every key must be found after the first pass");
-    count as f64 / elapsed
-}
-
-fn median(rates: &mut [f64]) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
-}
-
-/// A database opened through the C ABI, driven exactly as a C program would.
-struct CapiDb(*mut rctdb::capi::rctdb_context);
-
-impl CapiDb {
-    fn create(path: &Path, hash_size: i32, tdb_flags: i32) -> Result<CapiDb, String> {
-        let c_path =
-            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-        let open_flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
-        // SAFETY: c_path is a NUL-terminated string that outlives the call.
-        let db = unsafe { rctdb_open(c_path.as_ptr(), hash_size, tdb_flags, open_flags, 0o600) };
-        if db.is_null() {
-            // SAFETY: rctdb_open_error returns a NUL-terminated string valid until the next open.
-            let why = unsafe { std::ffi::CStr::from_ptr(rctdb_open_error()) };
-            return Err(why.to_string_lossy().into_owned());
-        }
-        Ok(CapiDb(db))
-    }
-
-    /// The same loop as `RawTdb::fetch_store_pass`, through rctdb_fetch and rctdb_store.
-    fn fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
-        let mut found = 0;
-        let data = TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
-        for key in keys {
-            let key = TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
-            // SAFETY: the context is open; key and value outlive the calls and are not
-            // written; rctdb_fetch's result is malloc'd and ours to free.
-            unsafe {
-                let old = rctdb_fetch(self.0, key);
-                if !old.dptr.is_null() {
-                    found += 1;
-                    libc::free(old.dptr.cast());
-                }
-                let rc = rctdb_store(self.0, key, data, flags::TDB_REPLACE);
-                assert_eq!(rc, 0, "rctdb_store failed in the benchmark loop");
-            }
-        }
-        found
-    }
-
-    fn close(self) -> Result<(), String> {
-        // SAFETY: the context is open and not used after this.
-        match unsafe { rctdb_close(self.0) } {
-            0 => Ok(()),
-            _ => Err("rctdb_close failed".into()),
-        }
-    }
+    println!("                       rate/s      p50 us   p99 us");
+    println!("  rctdbd migrations  {:>9.0}   {:>8.1} {:>8.1}", ours.rate(), ours.p50_us, ours.p99_us);
+    println!("  loopback TCP RTT   {:>9.0}   {:>8.1} {:>8.1}", floor.rate(), floor.p50_us, floor.p99_us);
+    println!("  p99 / loopback p50 {:.2}", ours.p99_us / floor.p50_us);
+    Ok(())
 }

@@ -37,9 +37,21 @@ pub struct ClusteredDb {
 impl ClusteredDb {
     /// Attaches `name` through the daemon at `socket` and opens this node's file of it.
     pub fn open(socket: &Path, name: &str, migrate_timeout: Duration) -> Result<ClusteredDb> {
+        ClusteredDb::open_with_flags(socket, name, migrate_timeout, 0)
+    }
+
+    /// `open`, with `extra_tdb_flags` added to the daemon's tdb_flags for this process's
+    /// context of the file (the C ABI passes a caller's TDB_SEQNUM on).
+    pub fn open_with_flags(
+        socket: &Path,
+        name: &str,
+        migrate_timeout: Duration,
+        extra_tdb_flags: i32,
+    ) -> Result<ClusteredDb> {
         let mut daemon = DaemonConnection::connect(socket)?;
         let attached = daemon.attach(name, CONTROL_TIMEOUT)?;
-        let tdb = Tdb::open(Path::new(&attached.path), 0, attached.tdb_flags as i32, libc::O_RDWR, 0o600)?;
+        let tdb_flags = attached.tdb_flags as i32 | extra_tdb_flags;
+        let tdb = Tdb::open(Path::new(&attached.path), 0, tdb_flags, libc::O_RDWR, 0o600)?;
         Ok(ClusteredDb {
             tdb,
             daemon,
@@ -59,6 +71,21 @@ impl ClusteredDb {
         self.pnn
     }
 
+    /// The database's name, as attached.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The change counter of this node's file (tdb_get_seqnum).
+    pub fn get_seqnum(&self) -> i32 {
+        self.tdb.get_seqnum()
+    }
+
+    /// Closes this node's file; the daemon connection closes with it.
+    pub fn close(self) -> Result<()> {
+        self.tdb.close()
+    }
+
     pub fn chainlock(&mut self, key: &[u8]) -> Result<()> {
         if let Some(held) = self.held.get_mut(key) {
             held.depth += 1;
@@ -69,9 +96,42 @@ impl ClusteredDb {
         Ok(())
     }
 
+    /// `chainlock` without waiting and without migrating: takes the lock only if no other
+    /// process holds the chain and the record is here (this node is DMASTER); else fails
+    /// with `ErrorCode::Lock`.
+    pub fn chainlock_nonblock(&mut self, key: &[u8]) -> Result<()> {
+        if let Some(held) = self.held.get_mut(key) {
+            held.depth += 1;
+            return Ok(());
+        }
+        self.tdb.lock_chain_nonblock(key)?;
+        match self.is_here(key) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.tdb.unlock_chain(key)?;
+                return Err(Error::new(
+                    ErrorCode::Lock,
+                    format!(
+                        "{}: the record is not on node {} (a non-blocking chain lock does not migrate it)",
+                        self.name, self.pnn
+                    ),
+                ));
+            }
+            Err(err) => {
+                let _ = self.tdb.unlock_chain(key);
+                return Err(err);
+            }
+        }
+        self.held.insert(key.to_vec(), HeldLock { depth: 1, owes_done: false });
+        Ok(())
+    }
+
     pub fn chainunlock(&mut self, key: &[u8]) -> Result<()> {
         let Some(held) = self.held.get_mut(key) else {
-            return Err(Error::new(ErrorCode::NoLock, "chainunlock of a key this context has not locked"));
+            return Err(Error::new(
+                ErrorCode::Lock,
+                format!("{}: chainunlock: this process does not hold that lock", self.name),
+            ));
         };
         held.depth -= 1;
         if held.depth > 0 {
@@ -98,12 +158,21 @@ impl ClusteredDb {
     /// Stores under the header the record already has: a client store never changes who is
     /// DMASTER or the RSN (DESIGN §8.1).
     pub fn store(&mut self, key: &[u8], parts: &[&[u8]], flag: StoreFlag) -> Result<()> {
+        let name = self.name.clone();
         self.with_record(key, |tdb| {
             let (header, exists) = read_header(tdb, key)?;
             match flag {
-                StoreFlag::Insert if exists => return Err(Error::new(ErrorCode::Exists, "record exists")),
+                StoreFlag::Insert if exists => {
+                    return Err(Error::new(
+                        ErrorCode::Exists,
+                        format!("{name}: a record with this key exists (TDB_INSERT only creates records)"),
+                    ))
+                }
                 StoreFlag::Modify if !exists => {
-                    return Err(Error::new(ErrorCode::NoExist, "record does not exist"))
+                    return Err(Error::new(
+                        ErrorCode::NoExist,
+                        format!("{name}: no record with this key (TDB_MODIFY only changes existing records)"),
+                    ))
                 }
                 _ => {}
             }
@@ -118,10 +187,11 @@ impl ClusteredDb {
     /// Deleting leaves the header with no data: other nodes may hold older copies, and the
     /// header is what says this one is newer (vacuuming drops it later, DESIGN §8.5).
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        let name = self.name.clone();
         self.with_record(key, |tdb| {
             let (header, exists) = read_header(tdb, key)?;
             if !exists {
-                return Err(Error::new(ErrorCode::NoExist, "record does not exist"));
+                return Err(Error::new(ErrorCode::NoExist, format!("{name}: no record with this key")));
             }
             tdb.store(key, &header.encode(), StoreFlag::Replace)
         })
@@ -161,8 +231,8 @@ impl ClusteredDb {
         let mut owes_done = false;
         loop {
             self.tdb.lock_chain(key)?;
-            let here = match read_header(&self.tdb, key) {
-                Ok((header, _)) => header.dmaster == self.pnn && header.rsn > 0,
+            let here = match self.is_here(key) {
+                Ok(here) => here,
                 Err(err) => {
                     let _ = self.tdb.unlock_chain(key);
                     return Err(err);
@@ -186,9 +256,15 @@ impl ClusteredDb {
                     ),
                 ));
             }
-            self.daemon.migrate(self.db_id, key, left)?;
+            self.daemon.migrate(self.db_id, key, true, left)?;
             owes_done = true;
         }
+    }
+
+    /// Whether this node is the record's DMASTER (call with the chain locked).
+    fn is_here(&self, key: &[u8]) -> Result<bool> {
+        let (header, _) = read_header(&self.tdb, key)?;
+        Ok(header.dmaster == self.pnn && header.rsn > 0)
     }
 
     fn unlock(&mut self, key: &[u8], owes_done: bool) -> Result<()> {

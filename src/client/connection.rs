@@ -10,8 +10,8 @@ use crate::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::{
-    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC,
-    CURRENT_NODE, MAX_PACKET_LEN,
+    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE, CALL_FLAG_IMMEDIATE_MIGRATION,
+    CALL_NULL_FUNC, CURRENT_NODE, MAX_PACKET_LEN,
 };
 
 pub struct DaemonConnection {
@@ -45,10 +45,11 @@ impl DaemonConnection {
         control::decode_records(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
     }
 
-    /// Asks the daemon to make this node the record's DMASTER; returns once it is.
-    pub fn migrate(&mut self, db_id: DbId, key: &[u8], timeout: Duration) -> Result<()> {
+    /// Asks the daemon to make this node the record's DMASTER; returns once it is. With
+    /// `first_use`, the daemon keeps the record here until `migration_done`.
+    pub fn migrate(&mut self, db_id: DbId, key: &[u8], first_use: bool, timeout: Duration) -> Result<()> {
         let call = ReqCall {
-            flags: CALL_FLAG_IMMEDIATE_MIGRATION,
+            flags: CALL_FLAG_IMMEDIATE_MIGRATION | if first_use { CALL_FLAG_FIRST_USE } else { 0 },
             db_id,
             callid: CALL_NULL_FUNC,
             hopcount: 0,

@@ -14,7 +14,7 @@ use super::tdb_store::{TdbStore, CLUSTERED_TDB_FLAGS};
 use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId};
+use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
 
 const TICK: Duration = Duration::from_millis(10);
 /// How long attach and traverse wait for peers before answering with what they have.
@@ -255,6 +255,7 @@ impl Node {
                 client,
                 reqid: packet.reqid,
                 db_id: call.db_id,
+                first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
                 key: call.key,
             }),
             Body::ReqControl(request) => self.client_control(client, packet.reqid, request),

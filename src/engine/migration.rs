@@ -1,6 +1,6 @@
 //! The migration steps of DESIGN §8.2, each run with the key's chain lock held.
 
-use super::{Engine, FirstUse, Migration, Output, Record, RecordStore, Work, CALL_OK};
+use super::{ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work, CALL_OK};
 use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqDmaster, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION,
@@ -16,8 +16,9 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         match work {
-            Work::ClientCall { client, reqid, db_id, key } => {
-                self.client_call(client, reqid, db_id, key, record, store, out)
+            Work::ClientCall { client, reqid, db_id, key, first_use } => {
+                let waiter = Waiter { client, reqid, first_use };
+                self.client_call(waiter, db_id, key, record, store, out)
             }
             Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
@@ -34,11 +35,9 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn client_call(
         &mut self,
-        client: u64,
-        reqid: ReqId,
+        waiter: Waiter,
         db_id: DbId,
         key: Vec<u8>,
         record: Option<Record>,
@@ -51,22 +50,26 @@ impl Engine {
                 let initial =
                     Record { header: self.bumped(RecordHeader::initial(self.config.pnn)), data: vec![] };
                 if !self.write(store, db_id, &key, &initial) {
-                    out.push(Output::ClientReply { client, reqid, status: -libc::EIO });
+                    out.push(Output::ClientReply {
+                        client: waiter.client,
+                        reqid: waiter.reqid,
+                        status: -libc::EIO,
+                    });
                     return;
                 }
             }
-            out.push(Output::ClientReply { client, reqid, status: CALL_OK });
+            out.push(Output::ClientReply { client: waiter.client, reqid: waiter.reqid, status: CALL_OK });
             return;
         }
         let state = self.keys.entry((db_id, key.clone())).or_default();
         if let Some(migration) = state.migration.as_mut() {
             // Fetch collapse: one migration per key per node, later askers ride along.
-            migration.waiters.push((client, reqid));
+            migration.waiters.push(waiter);
             return;
         }
         let call_reqid = self.next_reqid();
         let state = self.keys.entry((db_id, key.clone())).or_default();
-        state.migration = Some(Migration { reqid: call_reqid, waiters: vec![(client, reqid)] });
+        state.migration = Some(Migration { reqid: call_reqid, waiters: vec![waiter] });
         let destnode = match &record {
             Some(record) => record.header.dmaster,
             None => self.lmaster(&key),
@@ -291,17 +294,17 @@ impl Engine {
         let deadline = self.now + self.config.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
-        if waiters.is_empty() {
-            self.ready.extend(state.parked.drain(..));
-            return;
-        }
-        state.first_use =
-            Some(FirstUse { clients: waiters.iter().map(|(client, _)| *client).collect(), deadline });
-        out.extend(waiters.into_iter().map(|(client, reqid)| Output::ClientReply {
-            client,
-            reqid,
+        let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
+        out.extend(waiters.into_iter().map(|w| Output::ClientReply {
+            client: w.client,
+            reqid: w.reqid,
             status: CALL_OK,
         }));
+        if first_users.is_empty() {
+            self.ready.extend(state.parked.drain(..));
+        } else {
+            state.first_use = Some(FirstUse { clients: first_users, deadline });
+        }
     }
 
     /// The header this node writes when it stores a record it is DMASTER of.

@@ -54,12 +54,15 @@ impl EngineConfig {
 pub enum Input {
     /// A packet from a peer, after the transport checked who sent it.
     Packet(Packet),
-    /// A local client found the record not here and asks for it to be migrated here.
+    /// A local client found the record not here and asks for it to be migrated here. With
+    /// `first_use`, the client promises a `ClientDone` once it has used the record, and
+    /// remote requests wait for that (up to `first_use_timeout_ms`).
     ClientCall {
         client: ClientId,
         reqid: ReqId,
         db_id: DbId,
         key: Vec<u8>,
+        first_use: bool,
     },
     /// A client that was answered after a migration has used (or given up on) the record.
     ClientDone {
@@ -111,11 +114,19 @@ pub struct EngineStats {
     pub max_hopcount: u32,
 }
 
+/// A local client waiting for a migration.
+#[derive(Debug)]
+struct Waiter {
+    client: ClientId,
+    reqid: ReqId,
+    first_use: bool,
+}
+
 /// A migration this node asked for and has not received yet.
 #[derive(Debug)]
 struct Migration {
     reqid: ReqId,
-    waiters: Vec<(ClientId, ReqId)>,
+    waiters: Vec<Waiter>,
 }
 
 /// The clients answered by the last arrival, who get the first go at the record.
@@ -151,7 +162,7 @@ enum Work {
     Call { origin: Pnn, reqid: ReqId, call: crate::wire::ReqCall },
     ReqDmaster { from: Pnn, reqid: ReqId, req: crate::wire::ReqDmaster },
     ReplyDmaster { reply: crate::wire::ReplyDmaster },
-    ClientCall { client: ClientId, reqid: ReqId, db_id: DbId, key: Vec<u8> },
+    ClientCall { client: ClientId, reqid: ReqId, db_id: DbId, key: Vec<u8>, first_use: bool },
 }
 
 impl Work {
@@ -228,8 +239,8 @@ impl Engine {
         self.now = now;
         match input {
             Input::Packet(packet) => self.accept_packet(packet),
-            Input::ClientCall { client, reqid, db_id, key } => {
-                self.ready.push_back(Work::ClientCall { client, reqid, db_id, key })
+            Input::ClientCall { client, reqid, db_id, key, first_use } => {
+                self.ready.push_back(Work::ClientCall { client, reqid, db_id, key, first_use })
             }
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
@@ -273,7 +284,7 @@ impl Engine {
             {
                 // The migration goes on: the record must land somewhere, and another
                 // client may ask for it before it does.
-                migration.waiters.retain(|(waiter, _)| *waiter != client);
+                migration.waiters.retain(|waiter| waiter.client != client);
             }
             self.end_first_use(db_id, &key, Some(client));
         }

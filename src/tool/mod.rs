@@ -1,4 +1,5 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
 pub mod cluster;
+pub mod local_bench;
 pub mod ring;

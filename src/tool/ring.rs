@@ -66,7 +66,7 @@ pub fn ring(dir: &Path, db: &str, ring: &[usize], key: &[u8], seconds: f64) -> R
     while Instant::now() < end {
         let t = Instant::now();
         let count = daemons.len();
-        daemons[turn % count].migrate(db_id, key, timeout).map_err(|e| e.to_string())?;
+        daemons[turn % count].migrate(db_id, key, false, timeout).map_err(|e| e.to_string())?;
         samples.push(t.elapsed());
         turn += 1;
     }
