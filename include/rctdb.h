@@ -6,6 +6,23 @@
  * from <tdb.h>. Calls return 0 / -1 (or NULL) and keep the error on the context:
  * rctdb_error() gives its code, rctdb_errorstr() says exactly what went wrong.
  * A context is used by one thread at a time.
+ *
+ * Environment:
+ *   RCTDB_SOCKET              unset: rctdb_open opens a plain local tdb file at `name`.
+ *                             Set to the unix socket of this node's rctdbd: databases are
+ *                             clustered. rctdb_open attaches the database named by the last
+ *                             component of `name` and opens this node's file of it; every
+ *                             record carries a 24-byte header (rsn, dmaster, flags) that the
+ *                             API hides. fetch/parse/store/storev/delete/exists and
+ *                             rctdb_chainlock bring the record to this node first (Samba's
+ *                             fetch-locked loop); without a chain lock held they take and
+ *                             drop it themselves. A store keeps the record's header. An empty
+ *                             record is a deleted one: storing empty data deletes, and
+ *                             TDB_INSERT/TDB_MODIFY count it as absent. If the daemon cannot
+ *                             be reached, rctdb_open fails: never a private local copy.
+ *   RCTDB_MIGRATE_TIMEOUT_MS  how long (ms) a call may wait for a record to migrate to this
+ *                             node before failing with TDB_ERR_LOCK_TIMEOUT; default 30000.
+ *                             Not a positive whole number: rctdb_open fails with EINVAL.
  */
 
 #ifndef RCTDB_H
@@ -54,14 +71,15 @@ int rctdb_storev(struct rctdb_context *db, TDB_DATA key, const TDB_DATA *dbufs, 
 // Deletes the record for key; -1 with TDB_ERR_NOEXIST if there is none.
 int rctdb_delete(struct rctdb_context *db, TDB_DATA key);
 
-// 1 if a record for key exists, 0 if not; -1 on bad arguments.
+// 1 if a record for key exists, 0 if not; -1 on bad arguments or (clustered) an unreachable record.
 int rctdb_exists(struct rctdb_context *db, TDB_DATA key);
 
 // Locks the hash chain of key (waiting for it) until rctdb_chainunlock(); fetch/store of key stay allowed.
 int rctdb_chainlock(struct rctdb_context *db, TDB_DATA key);
 
-// Like rctdb_chainlock() but fails at once (-1, TDB_ERR_LOCK) if another process holds the lock.
-int rctdb_chainlock_nonblock(struct rctdb_context *db, TDB_DATA key);
+// Like rctdb_chainlock() but fails at once (-1, TDB_ERR_LOCK) if another holds it or (clustered) the record is elsewhere.
+int rctdb_chainlock_nonblock(struct rctdb_context *db,
+                             TDB_DATA key);
 
 // Releases the chain lock taken by rctdb_chainlock() on key.
 int rctdb_chainunlock(struct rctdb_context *db, TDB_DATA key);

@@ -6,15 +6,18 @@ use std::{
     ffi::{c_char, CString},
 };
 
+use super::clustered::Clustered;
 use crate::{
     error::{Error, ErrorCode},
     local::{MallocBuf, StoreFlag, Tdb, TDB_ERROR},
 };
 
-/// Where a database lives. Unclustered it is a plain local tdb; the clustered backend
-/// (issue 3) joins it here.
+/// Where a database lives: a plain local tdb, or (with RCTDB_SOCKET set) this node's file
+/// of a clustered database. The clustered side lives in `clustered.rs`, out of line, so that
+/// the local calls stay as small as they were.
 pub(crate) enum Backend {
     Local(Tdb),
+    Clustered(Box<Clustered>),
 }
 
 /// An open database (opaque to C).
@@ -112,6 +115,7 @@ impl rctdb_context {
     fn name(&self) -> String {
         match &self.backend {
             Backend::Local(tdb) => tdb.path().display().to_string(),
+            Backend::Clustered(db) => db.label().to_string(),
         }
     }
 
@@ -121,6 +125,7 @@ impl rctdb_context {
     pub(crate) fn fetch(&self, key: &[u8]) -> Outcome<MallocBuf> {
         match &self.backend {
             Backend::Local(tdb) => tdb.fetch(key)?.ok_or(Failure::NoRecord),
+            Backend::Clustered(db) => db.fetch(key),
         }
     }
 
@@ -128,6 +133,7 @@ impl rctdb_context {
     pub(crate) fn parse_record<R>(&self, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Outcome<R> {
         match &self.backend {
             Backend::Local(tdb) => tdb.parse_record(key, parser)?.ok_or(Failure::NoRecord),
+            Backend::Clustered(db) => db.parse_record(key, parser),
         }
     }
 
@@ -135,12 +141,14 @@ impl rctdb_context {
     pub(crate) fn store(&self, key: &[u8], data: &[u8], flag: StoreFlag) -> Outcome<()> {
         match &self.backend {
             Backend::Local(tdb) => Ok(tdb.store(key, data, flag)?),
+            Backend::Clustered(db) => db.storev(key, &[data], flag),
         }
     }
 
     pub(crate) fn storev(&self, key: &[u8], parts: &[&[u8]], flag: StoreFlag) -> Outcome<()> {
         match &self.backend {
             Backend::Local(tdb) => Ok(tdb.storev(key, parts, flag)?),
+            Backend::Clustered(db) => db.storev(key, parts, flag),
         }
     }
 
@@ -148,13 +156,15 @@ impl rctdb_context {
     pub(crate) fn delete(&self, key: &[u8]) -> Outcome<()> {
         match &self.backend {
             Backend::Local(tdb) => Ok(tdb.delete(key)?),
+            Backend::Clustered(db) => db.delete(key),
         }
     }
 
     #[inline]
-    pub(crate) fn exists(&self, key: &[u8]) -> bool {
+    pub(crate) fn exists(&self, key: &[u8]) -> Outcome<bool> {
         match &self.backend {
-            Backend::Local(tdb) => tdb.exists(key),
+            Backend::Local(tdb) => Ok(tdb.exists(key)),
+            Backend::Clustered(db) => db.exists(key),
         }
     }
 
@@ -163,6 +173,7 @@ impl rctdb_context {
         match &self.backend {
             Backend::Local(tdb) if wait => Ok(tdb.lock_chain(key)?),
             Backend::Local(tdb) => Ok(tdb.lock_chain_nonblock(key)?),
+            Backend::Clustered(db) => db.chainlock(key, wait),
         }
     }
 
@@ -170,24 +181,28 @@ impl rctdb_context {
     pub(crate) fn chainunlock(&self, key: &[u8]) -> Outcome<()> {
         match &self.backend {
             Backend::Local(tdb) => Ok(tdb.unlock_chain(key)?),
+            Backend::Clustered(db) => db.chainunlock(key),
         }
     }
 
     pub(crate) fn traverse(&self, visit: impl FnMut(&[u8], &[u8]) -> bool) -> Outcome<usize> {
         match &self.backend {
             Backend::Local(tdb) => Ok(tdb.traverse(visit)?),
+            Backend::Clustered(db) => db.traverse(visit),
         }
     }
 
     pub(crate) fn get_seqnum(&self) -> i32 {
         match &self.backend {
             Backend::Local(tdb) => tdb.get_seqnum(),
+            Backend::Clustered(db) => db.get_seqnum(),
         }
     }
 
     pub(crate) fn close(self) -> Outcome<()> {
         match self.backend {
             Backend::Local(tdb) => Ok(tdb.close()?),
+            Backend::Clustered(db) => db.close(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! The first line of each function's doc comment is its comment in the header.
 
 mod args;
+mod clustered;
 mod context;
 mod open;
 
@@ -19,6 +20,7 @@ use std::{
     ptr,
 };
 
+pub use clustered::{DEFAULT_MIGRATE_TIMEOUT_MS, MIGRATE_TIMEOUT_ENV};
 pub use context::rctdb_context;
 pub use open::SOCKET_ENV;
 
@@ -51,6 +53,13 @@ unsafe fn context<'a>(db: *mut rctdb_context) -> Option<&'a rctdb_context> {
 /// Unclustered (RCTDB_SOCKET unset) `name` is a path and the file a plain tdb. The
 /// arguments are tdb_open's; unknown tdb_flags bits are refused with EINVAL. On failure errno
 /// is set and `rctdb_open_error()` says why.
+///
+/// Clustered (RCTDB_SOCKET set to the socket of this node's rctdbd): the database is the
+/// last component of `name` (EINVAL unless a plain file name), attached through the daemon,
+/// and this node's file of it is opened. Only TDB_SEQNUM of `tdb_flags` and the access mode
+/// of `open_flags` count (O_RDONLY refuses writes; O_WRONLY, O_TRUNC, O_EXCL: EINVAL);
+/// the daemon owns the file and picks the rest. TDB_INTERNAL stays a private in-memory tdb.
+/// A daemon that cannot be reached fails the open (ENOENT, ECONNREFUSED): never a local copy.
 ///
 /// # Safety
 /// `name` must be NULL or a NUL-terminated string.
@@ -125,7 +134,8 @@ pub unsafe extern "C" fn rctdb_fetch(db: *mut rctdb_context, key: TDB_DATA) -> T
 /// Calls parser on the record in place (no copy) and returns its result; -1 if absent or on error.
 ///
 /// The record's chain is locked while `parser` runs: it may read the database but must not
-/// write to it.
+/// write to it. On a clustered database `parser` gets a copy taken under the chain lock
+/// (data only, without the record header) and may call anything on `db`.
 ///
 /// # Safety
 /// `db` must be NULL or an open context; `key.dptr` must point to `key.dsize` bytes; `parser`
@@ -220,7 +230,7 @@ pub unsafe extern "C" fn rctdb_delete(db: *mut rctdb_context, key: TDB_DATA) -> 
     ctx.status("rctdb_delete", outcome)
 }
 
-/// 1 if a record for key exists, 0 if not; -1 on bad arguments.
+/// 1 if a record for key exists, 0 if not; -1 on bad arguments or (clustered) an unreachable record.
 ///
 /// # Safety
 /// `db` must be NULL or an open context; `key.dptr` must point to `key.dsize` bytes.
@@ -229,8 +239,8 @@ pub unsafe extern "C" fn rctdb_exists(db: *mut rctdb_context, key: TDB_DATA) -> 
     // SAFETY: the caller's guarantee on `db`.
     let Some(ctx) = (unsafe { context(db) }) else { return -1 };
     // SAFETY: the caller's guarantee on `key`.
-    match unsafe { args::key(key) } {
-        Ok(key) => c_int::from(ctx.exists(key)),
+    match unsafe { args::key(key) }.and_then(|key| ctx.exists(key)) {
+        Ok(exists) => c_int::from(exists),
         Err(failure) => {
             ctx.fail("rctdb_exists", failure);
             -1
@@ -248,7 +258,10 @@ pub unsafe extern "C" fn rctdb_chainlock(db: *mut rctdb_context, key: TDB_DATA) 
     unsafe { chainlock("rctdb_chainlock", db, key, true) }
 }
 
-/// Like rctdb_chainlock() but fails at once (-1, TDB_ERR_LOCK) if another process holds the lock.
+/// Like rctdb_chainlock() but fails at once (-1, TDB_ERR_LOCK) if another holds it or (clustered) the record is elsewhere.
+///
+/// On a clustered database it never migrates the record: it succeeds only when the record
+/// is on this node (this node is its DMASTER) and no other process holds the chain.
 ///
 /// # Safety
 /// `db` must be NULL or an open context; `key.dptr` must point to `key.dsize` bytes.
@@ -284,7 +297,10 @@ pub unsafe extern "C" fn rctdb_chainunlock(db: *mut rctdb_context, key: TDB_DATA
 
 /// Calls traverse_fn on every record (it may store or delete); a non-zero return stops. Returns the count, -1 on error.
 ///
-/// With `traverse_fn` NULL it only counts the records.
+/// With `traverse_fn` NULL it only counts the records. On a clustered database it visits
+/// every record of the cluster once, the newest copy (data without the record header), as
+/// rctdbd collected them from every node when the traverse began; deleted (empty) records
+/// are not visited.
 ///
 /// # Safety
 /// `db` must be NULL or an open context; `traverse_fn` must be safe to call with

@@ -8,10 +8,15 @@ use std::{
     path::Path,
 };
 
-use super::context::{rctdb_context, Backend};
+use super::{
+    clustered,
+    context::{rctdb_context, Backend},
+};
 use crate::local::{flags, Tdb};
 
-/// The environment variable naming the local rctdbd's socket: set, databases are clustered.
+/// The environment variable naming the local rctdbd's socket: set, databases are clustered
+/// (and a daemon that cannot be reached fails the open: never a private local copy, which
+/// would be split brain).
 pub const SOCKET_ENV: &str = "RCTDB_SOCKET";
 
 thread_local! {
@@ -36,6 +41,21 @@ pub(crate) unsafe fn open(
     mode: u32,
 ) -> Result<rctdb_context, OpenFailure> {
     let internal = tdb_flags & flags::TDB_INTERNAL != 0;
+    // A TDB_INTERNAL database is private memory of this process: local even in a cluster.
+    if let Some(socket) = std::env::var_os(SOCKET_ENV).filter(|_| !internal) {
+        if name.is_null() {
+            return Err(OpenFailure {
+                errno: libc::EINVAL,
+                text: "name is NULL (a clustered database needs a name)".into(),
+            });
+        }
+        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+        return match clustered::open(&socket, name, hash_size, tdb_flags, open_flags) {
+            Ok(db) => Ok(rctdb_context::new(Backend::Clustered(Box::new(db)))),
+            Err(refused) => Err(OpenFailure { errno: refused.errno, text: refused.text }),
+        };
+    }
     let path = if !name.is_null() {
         // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
         Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(name) }.to_bytes()))
@@ -48,18 +68,6 @@ pub(crate) unsafe fn open(
             text: "name is NULL (only TDB_INTERNAL needs no name)".into(),
         });
     };
-    if let Some(socket) = std::env::var_os(SOCKET_ENV) {
-        // Never fall back to a private local copy: a node that quietly does is split brain.
-        return Err(OpenFailure {
-            errno: libc::EOPNOTSUPP,
-            text: format!(
-                "{}: {SOCKET_ENV} is set ({}), but clustered databases are not supported yet; \
-                 refusing to open a private local copy (unset {SOCKET_ENV} for a plain local tdb)",
-                path.display(),
-                Path::new(&socket).display()
-            ),
-        });
-    }
     match Tdb::open(path, hash_size, tdb_flags, open_flags, mode) {
         Ok(tdb) => Ok(rctdb_context::new(Backend::Local(tdb))),
         Err(e) => Err(OpenFailure { errno: e.errno, text: e.error.detail }),

@@ -248,17 +248,26 @@ impl ClusteredDb {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::new(
-                    ErrorCode::LockTimeout,
-                    format!(
-                        "{}: record not migrated to node {} within {:?}",
-                        self.name, self.pnn, self.migrate_timeout
-                    ),
-                ));
+                return Err(self.migrate_timed_out());
             }
-            self.daemon.migrate(self.db_id, key, true, left)?;
+            self.daemon.migrate(self.db_id, key, true, left).map_err(|err| match err.code {
+                ErrorCode::LockTimeout => self.migrate_timed_out(),
+                _ => err,
+            })?;
             owes_done = true;
         }
+    }
+
+    #[cold]
+    fn migrate_timed_out(&self) -> Error {
+        Error::new(
+            ErrorCode::LockTimeout,
+            format!(
+                "{}: the record did not migrate to node {} within {:?} (another process may hold \
+                 its chain lock on the node that has it)",
+                self.name, self.pnn, self.migrate_timeout
+            ),
+        )
     }
 
     /// Whether this node is the record's DMASTER (call with the chain locked).

@@ -157,10 +157,10 @@ static void bad_files(const char *dir)
 	db = rctdb_open(NULL, 0, 0, O_RDWR | O_CREAT, 0600);
 	CHECK_OPEN_FAILED(db, EINVAL, "name is NULL");
 
-	/* A cluster is configured: never a silent private local copy. */
-	CHECK(setenv("RCTDB_SOCKET", "/run/rctdb/rctdbd.socket", 1) == 0);
+	/* A cluster is configured but its daemon is not there: never a silent private local copy. */
+	CHECK(setenv("RCTDB_SOCKET", "/run/rctdb/no-such-rctdbd.socket", 1) == 0);
 	db = rctdb_open(path, 0, 0, O_RDWR | O_CREAT, 0600);
-	CHECK_OPEN_FAILED(db, EOPNOTSUPP, "RCTDB_SOCKET is set");
+	CHECK_OPEN_FAILED(db, ENOENT, "cannot reach rctdbd at /run/rctdb/no-such-rctdbd.socket");
 	CHECK(access(path, F_OK) == -1);
 	CHECK(unsetenv("RCTDB_SOCKET") == 0);
 
