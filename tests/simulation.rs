@@ -419,6 +419,13 @@ impl Sim {
             self.fail(&format!("{total} increments acknowledged, {expected} issued"));
         }
         for node in &self.nodes {
+            if node.engine.keys_pending() > 0 {
+                self.fail(&format!(
+                    "node {} still tracks {} keys at rest",
+                    node.engine.pnn(),
+                    node.engine.keys_pending()
+                ));
+            }
             if node.engine.stats().protocol_violations > 0 {
                 self.fail(&format!(
                     "node {} saw protocol violations: {:?}",

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver};
 
-use super::clients::ClientEvent;
+use super::clients::{ClientEvent, ClientLink};
 use super::tdb_store::{TdbStore, CLUSTERED_TDB_FLAGS};
 use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
@@ -50,7 +50,7 @@ pub struct Node {
     engine: Engine,
     store: TdbStore,
     transport: Transport,
-    clients: HashMap<ClientId, Sender<Packet>>,
+    clients: HashMap<ClientId, ClientLink>,
     pending: HashMap<ReqId, PendingControl>,
     lock_retries: Vec<LockRetry>,
     next_reqid: ReqId,
@@ -238,8 +238,8 @@ impl Node {
 
     fn on_client(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Connected { client, replies } => {
-                self.clients.insert(client, replies);
+            ClientEvent::Connected { client, link } => {
+                self.clients.insert(client, link);
             }
             ClientEvent::Gone(client) => {
                 self.clients.remove(&client);
@@ -356,7 +356,7 @@ impl Node {
     }
 
     fn reply_to_client(&mut self, client: ClientId, reqid: ReqId, body: Body) {
-        let Some(replies) = self.clients.get(&client) else { return };
+        let Some(link) = self.clients.get(&client) else { return };
         let packet = Packet {
             generation: self.engine.generation(),
             destnode: self.pnn,
@@ -364,7 +364,7 @@ impl Node {
             reqid,
             body,
         };
-        let _ = replies.send(packet);
+        link.send(&packet);
     }
 
     /// `key value` lines a person can read and a script can parse.

@@ -229,6 +229,11 @@ impl Engine {
         self.keys.get(&(db_id, key.to_vec())).is_some_and(|state| state.migration.is_some())
     }
 
+    /// How many keys have something pending: bounded by what is in flight, not by traffic.
+    pub fn keys_pending(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Whether the engine has anything pending for `key`: a migration, parked or locked-out
     /// work, or clients' first use.
     pub fn key_busy(&self, db_id: DbId, key: &[u8]) -> bool {
@@ -252,9 +257,17 @@ impl Engine {
             Input::Tick => self.expire_first_uses(),
         }
         while let Some(work) = self.ready.pop_front() {
+            let slot = (work.slot().0, work.slot().1.to_vec());
             self.step(work, store, out);
+            self.drop_if_idle(&slot);
         }
-        self.keys.retain(|_, state| !state.is_idle());
+    }
+
+    /// Keeps `keys` to the keys with something pending, so nothing grows with traffic.
+    fn drop_if_idle(&mut self, slot: &(DbId, Vec<u8>)) {
+        if self.keys.get(slot).is_some_and(KeyState::is_idle) {
+            self.keys.remove(slot);
+        }
     }
 
     fn accept_packet(&mut self, packet: Packet) {
@@ -316,6 +329,7 @@ impl Engine {
         if first_use.clients.is_empty() {
             state.first_use = None;
             self.ready.extend(state.parked.drain(..));
+            self.drop_if_idle(&(db_id, key.to_vec()));
         }
     }
 
