@@ -3,99 +3,18 @@
 //! interop tests put rctdb, libtdb itself (`tdbdump`, a libtdb build of counter_tool) and
 //! python3-tdb on the same files.
 
+mod c_support;
+
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    path::Path,
+    process::{Child, Command, Stdio},
 };
+
+use c_support::{build, command, expect_success, run, Scratch};
 
 /// Debian's python, which has python3-tdb (a python on PATH may be another one).
 const PYTHON: &str = "/usr/bin/python3";
-
-/// A fresh directory for one test, removed when the test ends.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("rctdb-c-{}-{n}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).to_str().expect("UTF-8 temp path").to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Where this run's librctdb.so is: `cargo test` builds the cdylib next to the test
-/// executables (target/<profile>/deps/), `cargo build` one level up.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
-    let candidates = [deps.clone(), deps.parent().map(Path::to_path_buf).unwrap_or_default()];
-    candidates.into_iter().find(|dir| dir.join("librctdb.so").is_file()).unwrap_or_else(|| {
-        panic!("librctdb.so is neither in {} nor its parent: run `cargo build --lib` first", deps.display())
-    })
-}
-
-/// Compiles tests/c/<program>.c into `scratch`; `libtdb` builds it against libtdb itself.
-fn build(scratch: &Scratch, program: &str, libtdb: bool) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = scratch.path(if libtdb { format!("{program}-libtdb") } else { program.to_string() }.as_str());
-    let mut gcc = Command::new("gcc");
-    gcc.args(["-std=gnu11", "-O1", "-Wall", "-Wextra", "-Werror"])
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(root.join("tests/c").join(format!("{program}.c")));
-    if libtdb {
-        gcc.args(["-DUSE_LIBTDB", "-ltdb"]);
-    } else {
-        gcc.arg("-L").arg(lib_dir()).arg("-lrctdb");
-    }
-    let out = gcc.output().expect("running gcc (apt-get install gcc libtdb-dev)");
-    assert!(out.status.success(), "gcc failed on {program}.c:\n{}", String::from_utf8_lossy(&out.stderr));
-    exe
-}
-
-fn command(exe: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.env("LD_LIBRARY_PATH", lib_dir()).env_remove("RCTDB_SOCKET");
-    cmd
-}
-
-/// Runs a program to the end; it must succeed. Returns its standard output.
-fn run(exe: &Path, args: &[&str]) -> String {
-    let out = command(exe).args(args).output().expect("running a test program");
-    expect_success(exe, &out)
-}
-
-fn expect_success(what: &Path, out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        what.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn python(script: &str, args: &[&str]) -> String {
     let out =
