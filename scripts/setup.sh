@@ -2,8 +2,9 @@
 # skipping what is already there.
 
 # Debian packages: libtdb (headers and library), its tools (tdbdump), clang for bindgen,
-# python3-tdb for the interop tests, gcc for the C test programs.
-RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc)
+# python3-tdb for the interop tests, gcc for the C test programs, ctdb for ltdbtool (and the
+# ctdbd baseline), tshark to check our packets with its CTDB dissector.
+RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc ctdb tshark)
 
 rctdb_install_packages() {
 	local missing=()

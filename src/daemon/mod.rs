@@ -56,16 +56,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the database directory if needed and wipes the volatile databases of a previous
-/// run, as CTDB does: their records described processes that are gone.
+/// Creates the database directory if needed.
 fn prepare_dbdir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))?;
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|ext| ext == "tdb") {
-            std::fs::remove_file(&path).map_err(|e| format!("wiping {}: {e}", path.display()))?;
-        }
-    }
-    Ok(())
+    std::fs::create_dir_all(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))
 }

@@ -47,6 +47,10 @@ impl TdbStore {
         }
         let path = self.dir.join(name);
         let tdb = Tdb::open(&path, HASH_SIZE, CLUSTERED_TDB_FLAGS, libc::O_RDWR | libc::O_CREAT, 0o600)?;
+        // A volatile database starts empty, as in CTDB: its records described processes of
+        // a previous run. Wiped in place, not unlinked, so that a client still holding the
+        // old file open finds no record it could take for its own and must ask us.
+        tdb.wipe_all()?;
         self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb });
         Ok(path)
     }

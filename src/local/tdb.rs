@@ -323,6 +323,13 @@ impl Tdb {
         self.check(rc, "chainlock_unmark")
     }
 
+    /// Deletes every record, leaving a valid file that other processes may keep open.
+    pub fn wipe_all(&self) -> Result<()> {
+        // SAFETY: the context is open; tdb_wipe_all takes the allrecord lock itself.
+        let rc = unsafe { ffi::tdb_wipe_all(self.ctx.as_ptr()) };
+        self.check(rc, "wipe_all")
+    }
+
     /// Locks the whole database (every chain and the free list), as recovery's freeze does.
     pub fn lockall(&self) -> Result<()> {
         // SAFETY: the context is open.
