@@ -300,7 +300,7 @@ pub unsafe extern "C" fn rctdb_chainunlock(db: *mut rctdb_context, key: TDB_DATA
 /// With `traverse_fn` NULL it only counts the records. On a clustered database it visits
 /// every record of the cluster once, the newest copy (data without the record header), as
 /// rctdbd collected them from every node when the traverse began; deleted (empty) records
-/// are not visited.
+/// are not visited. It fails (TDB_ERR_LOCK) while `db` holds a chain lock.
 ///
 /// # Safety
 /// `db` must be NULL or an open context; `traverse_fn` must be safe to call with

@@ -198,7 +198,20 @@ impl ClusteredDb {
     }
 
     /// Every record of the cluster once, newest copy, through the daemon.
+    /// Refused while this process holds a chain lock of the database: the daemons read every
+    /// chain of their files for it, and would wait for that lock.
     pub fn traverse(&mut self, mut visit: impl FnMut(&[u8], &[u8]) -> bool) -> Result<usize> {
+        if !self.held.is_empty() {
+            return Err(Error::new(
+                ErrorCode::Lock,
+                format!(
+                    "{}: traverse while this process holds {} chain lock(s) of the database: the \
+                     daemons must read every chain for it (chainunlock first)",
+                    self.name,
+                    self.held.len()
+                ),
+            ));
+        }
         let records: Vec<RecordCopy> = self.daemon.traverse_all(self.db_id, CONTROL_TIMEOUT)?;
         let mut count = 0;
         for record in &records {

@@ -231,6 +231,11 @@ static void traverse(void)
 		check_visits(&v);
 	}
 	CHECK(rctdb_traverse(n[2], NULL, NULL) == TRAVERSE_RECORDS);
+	/* Not under a chain lock of this context: every node must read every chain for it. */
+	CHECK(rctdb_chainlock(n[2], string_data("n2-0")) == 0);
+	CHECK(rctdb_traverse(n[2], NULL, NULL) == -1);
+	CHECK_ERR(n[2], TDB_ERR_LOCK, "chainunlock first");
+	CHECK(rctdb_chainunlock(n[2], string_data("n2-0")) == 0);
 	struct visits stopped = { .suffix = "", .stop_after = 5 };
 	CHECK(rctdb_traverse(n[1], visit, &stopped) == 5);
 	CHECK(stopped.calls == 5);
