@@ -1,0 +1,155 @@
+#!/bin/bash
+# One record bouncing between two nodes of a 3-node cluster, every call a migration:
+# Samba's ctdbd and our rctdbd, driven by the same C client (anchors' ctdb_ring.c), plus our
+# own `rctdb bench ring`, and the loopback TCP round trip as the floor — all in one run,
+# one system at a time, never two loaded at once.
+#
+# Usage: benches/ring_vs_ctdbd.sh [SECONDS]      (default 5 per measurement)
+# Env:   CTDB_ANCHORS  the anchors' ctdbd dir (default: ../shared/anchors/ctdbd beside the repo)
+#        OURS_FIRST_ADDRESS  node 0 of our cluster (default 127.0.0.21; ctdbd uses .11-.13)
+#
+# Placements (the same for both systems; ctdb_ring.c always uses the key "ringkey-c"):
+#   (a) the key's LMASTER is one of the two ring nodes: 2 network messages per migration
+#   (b) the key's LMASTER is the third node:             3 network messages per migration
+# The LMASTER is vnn_map[jenkins(key) % 3]; the vnn map is read from each running cluster.
+set -euo pipefail
+
+SECS=${1:-5}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+ANCHORS=${CTDB_ANCHORS:-$ROOT/../shared/anchors/ctdbd}
+OURS_FIRST=${OURS_FIRST_ADDRESS:-127.0.0.21}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release
+KEY=ringkey-c
+DB=ring.tdb
+STEP_TIMEOUT=$(awk -v s="$SECS" 'BEGIN { printf "%d", s + 60 }')
+
+die() { echo "ring_vs_ctdbd: $*" >&2; exit 1; }
+[ -f "$ANCHORS/ctdb_ring.c" ] || die "no $ANCHORS/ctdb_ring.c (set CTDB_ANCHORS)"
+
+# --- what the run needs --------------------------------------------------------------------
+missing=()
+command -v ctdbd >/dev/null 2>&1 || [ -x /usr/sbin/ctdbd ] || missing+=(ctdb)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -f /usr/include/tdb.h ] || missing+=(libtdb-dev)
+command -v bc >/dev/null 2>&1 || missing+=(bc) # start_cluster.sh uses it
+if [ ${#missing[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]} (install them, or run as root)"
+	echo "installing ${missing[*]}"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ "$(id -u)" = 0 ] || die "ctdbd's lab runs as root"
+
+(cd "$ROOT" && cargo build --release --quiet --bin rctdb --bin rctdbd)
+mkdir -p "$TARGET"
+gcc -O2 "$ANCHORS/ctdb_ring.c" -o "$TARGET/ctdb_ring"
+gcc -O2 "$HERE/loopback_rtt.c" -o "$TARGET/loopback_rtt"
+gcc -O2 "$HERE/lmaster.c" -o "$TARGET/lmaster" -ltdb
+
+# --- clean up whatever happens ----------------------------------------------------------------
+WORK=$(mktemp -d /tmp/ring_vs_ctdbd.XXXXXX)
+export LAB=$WORK/ctdblab
+cleanup() {
+	set +e
+	[ -d "$LAB" ] && bash "$ANCHORS/stop_cluster.sh" >/dev/null 2>&1
+	[ -d "$WORK/ours" ] && "$BIN/rctdb" cluster down --dir "$WORK/ours" >/dev/null 2>&1
+	[ -d "$WORK/bench" ] && "$BIN/rctdb" cluster down --dir "$WORK/bench" >/dev/null 2>&1
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ROWS=$WORK/rows
+: >"$ROWS"
+row() { printf '%s|%s|%s|%s|%s\n' "$1" "$2" "$3" "$4" "$5" >>"$ROWS"; } # system placement rate p50 p99
+step() { timeout --kill-after=5 "$STEP_TIMEOUT" "$@"; }
+
+# ctdb_ring.c: "... : 45521 calls/s, p50 21 us, p99 45 us"
+parse_ring() { sed -E 's/.*: ([0-9.]+) calls\/s, p50 ([0-9.]+) us, p99 ([0-9.]+) us.*/\1 \2 \3/'; }
+
+# The two ring nodes of each placement, from the LMASTER of the key: (a) LMASTER and the
+# next node, (b) the two nodes that are not the LMASTER.
+placements() { # LMASTER -> "a0 a1 b0 b1"
+	local l=$1 others=()
+	for n in 0 1 2; do [ "$n" = "$l" ] || others+=("$n"); done
+	echo "$l ${others[0]} ${others[0]} ${others[1]}"
+}
+
+load() { awk '{ printf "%s %s %s", $1, $2, $3 }' /proc/loadavg; }
+echo "ring_vs_ctdbd: ${SECS}s per measurement, $(nproc) CPUs, load at start: $(load)"
+
+# --- the floor ---------------------------------------------------------------------------------
+read -r rate p50 p99 < <(step "$TARGET/loopback_rtt" "$SECS" | sed -E 's/.*: ([0-9.]+) \/s, p50 ([0-9.]+) us, p99 ([0-9.]+) us.*/\1 \2 \3/')
+row "loopback TCP RTT" "-" "$rate" "$p50" "$p99"
+FLOOR_P50=$p50
+
+# --- Samba's ctdbd ------------------------------------------------------------------------------
+. "$ANCHORS/env.sh"
+echo "starting ctdbd (LAB=$LAB)"
+step bash "$ANCHORS/start_cluster.sh" >"$WORK/ctdbd_start.log" 2>&1 || { cat "$WORK/ctdbd_start.log"; die "ctdbd did not start"; }
+grep -q 'cluster healthy' "$WORK/ctdbd_start.log" || { cat "$WORK/ctdbd_start.log"; die "ctdbd cluster not healthy"; }
+nctdb 0 attach "$DB" >/dev/null
+CTDB_DBID=$(nctdb 0 getdbmap | sed -nE "s/^dbid:0x([0-9a-f]+) name:$DB .*/\1/p")
+[ -n "$CTDB_DBID" ] || die "ctdbd: $DB not in getdbmap"
+for n in 1 2; do nctdb "$n" getdbmap | grep -q "name:$DB " || die "ctdbd node $n did not attach $DB"; done
+# "hash:0 lmaster:0" lines, in hash order: the vnn map
+mapfile -t CTDB_VNN < <(nctdb 0 status | sed -nE 's/^hash:[0-9]+ lmaster:([0-9]+)$/\1/p')
+[ ${#CTDB_VNN[@]} = 3 ] || die "ctdbd vnn map: ${CTDB_VNN[*]}"
+CTDB_L=$("$TARGET/lmaster" "$KEY" "${CTDB_VNN[@]}")
+read -r a0 a1 b0 b1 < <(placements "$CTDB_L")
+PLACE_A="LMASTER in ring: nodes $a0,$a1"
+PLACE_B="LMASTER outside: nodes $b0,$b1"
+echo "ctdbd: db $DB 0x$CTDB_DBID, vnn map [${CTDB_VNN[*]}], LMASTER of $KEY: node $CTDB_L"
+read -r rate p50 p99 < <(step "$TARGET/ctdb_ring" "$CTDB_DBID" "$SECS" "$(node_sock "$a0")" "$(node_sock "$a1")" | parse_ring)
+row "ctdbd + ctdb_ring.c" "(a) $PLACE_A" "$rate" "$p50" "$p99"
+read -r rate p50 p99 < <(step "$TARGET/ctdb_ring" "$CTDB_DBID" "$SECS" "$(node_sock "$b0")" "$(node_sock "$b1")" | parse_ring)
+row "ctdbd + ctdb_ring.c" "(b) $PLACE_B" "$rate" "$p50" "$p99"
+bash "$ANCHORS/stop_cluster.sh" >/dev/null || true # its status is its last kill -0
+rm -rf "$LAB"
+
+# --- our rctdbd, same client ------------------------------------------------------------------
+echo "starting rctdbd (first address $OURS_FIRST)"
+step "$BIN/rctdb" cluster up --nodes 3 --dir "$WORK/ours" --first-address "$OURS_FIRST" >/dev/null
+ours_sock() { echo "$WORK/ours/node$1.sock"; }
+for n in 0 1 2; do "$BIN/rctdb" --socket "$(ours_sock $n)" writekey "$DB" attach yes >/dev/null; done
+OUR_DBID=$("$BIN/rctdb" --socket "$(ours_sock 0)" status | sed -nE "s/^db $DB 0x([0-9a-f]+)$/\1/p")
+[ -n "$OUR_DBID" ] || die "rctdbd: $DB not in status"
+# "vnn_map [0, 1, 2]"
+read -r -a OUR_VNN < <("$BIN/rctdb" --socket "$(ours_sock 0)" status | sed -nE 's/^vnn_map \[(.*)\]$/\1/p' | tr -d ,)
+[ ${#OUR_VNN[@]} = 3 ] || die "rctdbd vnn map: ${OUR_VNN[*]}"
+OUR_L=$("$TARGET/lmaster" "$KEY" "${OUR_VNN[@]}")
+[ "$OUR_L" = "$CTDB_L" ] || echo "note: LMASTER of $KEY is node $OUR_L here, node $CTDB_L on ctdbd"
+read -r a0 a1 b0 b1 < <(placements "$OUR_L")
+echo "rctdbd: db $DB 0x$OUR_DBID, vnn map [${OUR_VNN[*]}], LMASTER of $KEY: node $OUR_L"
+read -r rate p50 p99 < <(step "$TARGET/ctdb_ring" "$OUR_DBID" "$SECS" "$(ours_sock "$a0")" "$(ours_sock "$a1")" | parse_ring)
+row "rctdbd + ctdb_ring.c" "(a) LMASTER in ring: nodes $a0,$a1" "$rate" "$p50" "$p99"
+read -r rate p50 p99 < <(step "$TARGET/ctdb_ring" "$OUR_DBID" "$SECS" "$(ours_sock "$b0")" "$(ours_sock "$b1")" | parse_ring)
+row "rctdbd + ctdb_ring.c" "(b) LMASTER outside: nodes $b0,$b1" "$rate" "$p50" "$p99"
+"$BIN/rctdb" cluster down --dir "$WORK/ours" >/dev/null
+
+# --- our own client: rctdb bench ring (its own cluster; ring nodes 0,1, its own key) ----------
+for placement in ring other; do
+	out=$(step "$BIN/rctdb" bench ring --nodes 2 --seconds "$SECS" --lmaster "$placement" --dir "$WORK/bench")
+	read -r rate p50 p99 < <(echo "$out" | awk '/rctdbd migrations/ { print $3, $4, $5 }')
+	if [ "$placement" = ring ]; then label="(a) LMASTER in ring: nodes 0,1"; else label="(b) LMASTER outside: nodes 0,1"; fi
+	row "rctdbd + rctdb bench ring" "$label" "$rate" "$p50" "$p99"
+done
+
+# --- the table ----------------------------------------------------------------------------------
+echo
+echo "load at end: $(load)"
+awk -F'|' -v floor="$FLOOR_P50" '
+	{ sys[NR] = $1; pl[NR] = $2; rate[NR] = $3; p50[NR] = $4; p99[NR] = $5
+	  if ($1 ~ /^ctdbd/) base[substr($2, 1, 3)] = $3 }
+	END {
+		printf "%-26s %-34s %12s %9s %9s %13s %12s\n", "system", "placement", "migrations/s", "p50 us", "p99 us", "ours/ctdbd", "p99/floor50"
+		for (i = 1; i <= NR; i++) {
+			ratio = "-"
+			k = substr(pl[i], 1, 3)
+			if (sys[i] ~ /^rctdbd/ && (k in base) && base[k] > 0) ratio = sprintf("%.2f", rate[i] / base[k])
+			pf = (sys[i] ~ /^loopback/) ? "-" : sprintf("%.1f", p99[i] / floor)
+			printf "%-26s %-34s %12.0f %9.1f %9.1f %13s %12s\n", sys[i], pl[i], rate[i], p50[i], p99[i], ratio, pf
+		}
+		print "goal: ours/ctdbd >= 2 with the same placement; p99 within 2x the loopback floor (p99/floor50 <= 2)"
+	}' "$ROWS"
