@@ -120,7 +120,11 @@ static void migration_timeout(const char *socket0, const char *socket1)
 	CHECK_ERR(n1, TDB_ERR_LOCK_TIMEOUT, "within 300ms");
 	CHECK(rctdb_chainunlock(n0, key) == 0);
 
-	/* Free again: it moves, with the data node 0 stored under its lock. */
+	/* Free again: it moves, with the data node 0 stored under its lock (the default
+	 * timeout now, so that a slow machine cannot fail this). */
+	CHECK(rctdb_close(n1) == 0);
+	n1 = open_with(socket1, "timeout.tdb", 0, O_RDWR | O_CREAT);
+	CHECK(n1 != NULL);
 	got = rctdb_fetch(n1, key);
 	CHECK(data_equals(got, "on node 0"));
 	free(got.dptr);
