@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rctdb::client::ClusteredDb;
+use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
 use rctdb::tool::cluster::{self, socket_path, ClusterSpec};
 
@@ -90,4 +90,33 @@ fn ring_of_processes_loses_no_increment() {
         vec![(KEY.to_vec(), expected.to_le_bytes().to_vec())],
         "traverse sees the newest copy once"
     );
+}
+
+/// The lock rule (DESIGN §2): while a client holds a record's chain lock, the daemon must not
+/// hand the record over; once the client stores and unlocks, the handover carries what it
+/// stored, never an older copy.
+#[test]
+fn handover_waits_for_the_client_holding_the_chain_lock() {
+    let cluster = start("lockrule", 2);
+    let dir = cluster.0.dir.clone();
+    let mut holder = ClusteredDb::open(&socket_path(&dir, 0), DB, Duration::from_secs(10)).expect("attach");
+    holder.store(b"k", &[b"before"], StoreFlag::Replace).expect("store");
+    holder.chainlock(b"k").expect("chainlock");
+
+    let requester_dir = dir.clone();
+    let requester = std::thread::spawn(move || {
+        let mut db =
+            ClusteredDb::open(&socket_path(&requester_dir, 1), DB, Duration::from_secs(20)).expect("attach");
+        db.fetch(b"k").expect("fetch").expect("record")
+    });
+    // Wait until node 0's engine has found the chain locked and a waiter is on it.
+    let mut status = DaemonConnection::connect(&socket_path(&dir, 0)).expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !status.status(Duration::from_secs(5)).expect("status").contains("lock_waits: 1") {
+        assert!(std::time::Instant::now() < deadline, "node 0 never waited for the chain lock");
+        std::thread::sleep(Duration::from_millis(5)); // polling the daemon's counters
+    }
+    holder.store(b"k", &[b"after"], StoreFlag::Replace).expect("store under the lock");
+    holder.chainunlock(b"k").expect("chainunlock");
+    assert_eq!(requester.join().expect("requester"), b"after");
 }

@@ -3,6 +3,7 @@
 //! threads carry packets between nodes, client threads carry local requests.
 
 mod clients;
+mod lock_wait;
 mod node;
 pub mod nodes;
 mod tdb_store;

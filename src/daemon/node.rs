@@ -7,21 +7,19 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, Sender};
 
 use super::clients::{ClientEvent, ClientLink};
+use super::lock_wait::{wait_for_chain, HeldChain};
 use super::tdb_store::{TdbStore, CLUSTERED_TDB_FLAGS};
 use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
+use crate::wire::{Body, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
 
 const TICK: Duration = Duration::from_millis(10);
 /// How long attach and traverse wait for peers before answering with what they have.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Chain-lock retries back off from the first to the last, doubling.
-const LOCK_RETRY_FIRST: Duration = Duration::from_micros(100);
-const LOCK_RETRY_LAST: Duration = Duration::from_millis(5);
 
 /// A control this node sent to its peers on behalf of a client, waiting for their replies.
 struct PendingControl {
@@ -37,13 +35,6 @@ enum PendingKind {
     Traverse { copies: Vec<RecordCopy> },
 }
 
-struct LockRetry {
-    at: Instant,
-    backoff: Duration,
-    db_id: DbId,
-    key: Vec<u8>,
-}
-
 pub struct Node {
     pnn: Pnn,
     nodes: Vec<IpAddr>,
@@ -52,7 +43,8 @@ pub struct Node {
     transport: Transport,
     clients: HashMap<ClientId, ClientLink>,
     pending: HashMap<ReqId, PendingControl>,
-    lock_retries: Vec<LockRetry>,
+    /// Chain locks waiter threads took for the engine arrive here.
+    held_chains: (Sender<HeldChain>, Receiver<HeldChain>),
     next_reqid: ReqId,
     started: Instant,
 }
@@ -76,7 +68,7 @@ impl Node {
             transport,
             clients: HashMap::new(),
             pending: HashMap::new(),
-            lock_retries: vec![],
+            held_chains: crossbeam_channel::unbounded(),
             next_reqid: 1,
             started: Instant::now(),
         }
@@ -84,8 +76,8 @@ impl Node {
 
     pub fn run(&mut self, transport: Receiver<TransportEvent>, clients: Receiver<ClientEvent>) {
         let mut next_tick = Instant::now() + TICK;
+        let held_chains = self.held_chains.1.clone();
         loop {
-            let wake = self.lock_retries.iter().map(|r| r.at).min().unwrap_or(next_tick).min(next_tick);
             select! {
                 recv(transport) -> event => match event {
                     Ok(event) => self.on_transport(event),
@@ -95,10 +87,14 @@ impl Node {
                     Ok(event) => self.on_client(event),
                     Err(_) => return,
                 },
-                default(wake.saturating_duration_since(Instant::now())) => {}
+                recv(held_chains) -> chain => {
+                    if let Ok(chain) = chain {
+                        self.on_chain_held(chain);
+                    }
+                }
+                default(next_tick.saturating_duration_since(Instant::now())) => {}
             }
             let now = Instant::now();
-            self.retry_locks(now);
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.engine_input(Input::Tick);
@@ -121,32 +117,24 @@ impl Node {
                     let reply = Body::ReplyCall(ReplyCall { status, data: vec![] });
                     self.reply_to_client(client, reqid, reply);
                 }
-                Output::WaitForChainLock { db_id, key } => self.lock_retries.push(LockRetry {
-                    at: Instant::now() + LOCK_RETRY_FIRST,
-                    backoff: LOCK_RETRY_FIRST,
-                    db_id,
-                    key,
-                }),
+                Output::WaitForChainLock { db_id, key } => match self.store.chain_lock_site(db_id, &key) {
+                    Some((file, offset)) => {
+                        wait_for_chain(file, offset, db_id, key, self.held_chains.0.clone())
+                    }
+                    None => {
+                        log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
+                    }
+                },
             }
         }
     }
 
-    /// The engine never blocks on a chain lock a client holds: it asks again a little later,
-    /// backing off, until the lock is free.
-    fn retry_locks(&mut self, now: Instant) {
-        let (due, waiting): (Vec<LockRetry>, Vec<LockRetry>) =
-            std::mem::take(&mut self.lock_retries).into_iter().partition(|r| r.at <= now);
-        self.lock_retries = waiting;
-        for mut retry in due {
-            if !crate::engine::RecordStore::try_lock(&mut self.store, retry.db_id, &retry.key) {
-                retry.backoff = (retry.backoff * 2).min(LOCK_RETRY_LAST);
-                retry.at = now + retry.backoff;
-                self.lock_retries.push(retry);
-                continue;
-            }
-            crate::engine::RecordStore::unlock(&mut self.store, retry.db_id, &retry.key);
-            self.engine_input(Input::ChainLockAvailable { db_id: retry.db_id, key: retry.key });
-        }
+    /// A waiter holds the chain for us: run the key's waiting work as if the engine held it.
+    fn on_chain_held(&mut self, chain: HeldChain) {
+        self.store.held_for_us(chain.db_id, &chain.key, true);
+        self.engine_input(Input::ChainLockAvailable { db_id: chain.db_id, key: chain.key.clone() });
+        self.store.held_for_us(chain.db_id, &chain.key, false);
+        chain.release();
     }
 
     fn on_transport(&mut self, event: TransportEvent) {

@@ -1,8 +1,10 @@
 //! The daemon's `RecordStore`: one libtdb file per attached database under `--dbdir`, values
 //! stored as the 24-byte record header followed by the data (DESIGN §8.1).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::control::{valid_db_name, RecordCopy};
 use crate::engine::{Record, RecordStore};
@@ -11,24 +13,29 @@ use crate::local::{StoreFlag, Tdb};
 use crate::record::RecordHeader;
 use crate::wire::DbId;
 
-/// tdb_flags of clustered database files; clients open them with the same flags.
-pub const CLUSTERED_TDB_FLAGS: i32 = 0;
+/// tdb_flags of clustered database files; clients open them with the same flags. The
+/// Jenkins hash lets the daemon compute which byte a chain lock covers (`lock_wait`).
+pub const CLUSTERED_TDB_FLAGS: i32 = crate::local::flags::TDB_INCOMPATIBLE_HASH;
 /// CTDB's bucket count: chains stay short however many records migrate through.
 const HASH_SIZE: i32 = 100_001;
 
 pub struct AttachedDb {
     pub name: String,
     pub tdb: Tdb,
+    /// A second open file description of the same file, for chain-lock waiters.
+    lock_file: Arc<File>,
 }
 
 pub struct TdbStore {
     dir: PathBuf,
     dbs: HashMap<DbId, AttachedDb>,
+    /// Chains a waiter thread holds for the engine: locked as far as the engine is concerned.
+    held_for_us: HashSet<(DbId, Vec<u8>)>,
 }
 
 impl TdbStore {
     pub fn new(dir: &Path) -> TdbStore {
-        TdbStore { dir: dir.to_owned(), dbs: HashMap::new() }
+        TdbStore { dir: dir.to_owned(), dbs: HashMap::new(), held_for_us: HashSet::new() }
     }
 
     /// Opens (creating it if needed) the file of database `name`; returns its path.
@@ -51,7 +58,18 @@ impl TdbStore {
         // a previous run. Wiped in place, not unlinked, so that a client still holding the
         // old file open finds no record it could take for its own and must ask us.
         tdb.wipe_all()?;
-        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb });
+        if tdb.chain_lock_offset(b"").is_none() {
+            return Err(Error::einval(format!(
+                "{}: chain locks of this file cannot be waited for",
+                path.display()
+            )));
+        }
+        let lock_file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("{}: {e}", path.display())))?;
+        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, lock_file: Arc::new(lock_file) });
         Ok(path)
     }
 
@@ -72,6 +90,21 @@ impl TdbStore {
         Ok(copies)
     }
 
+    /// Where a waiter thread can wait for the chain lock of `key`.
+    pub fn chain_lock_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<File>, u64)> {
+        let db = self.dbs.get(&db_id)?;
+        Some((db.lock_file.clone(), db.tdb.chain_lock_offset(key)?))
+    }
+
+    /// While a waiter holds `key`'s chain for the engine, the engine's locking is marking.
+    pub fn held_for_us(&mut self, db_id: DbId, key: &[u8], held: bool) {
+        if held {
+            self.held_for_us.insert((db_id, key.to_vec()));
+        } else {
+            self.held_for_us.remove(&(db_id, key.to_vec()));
+        }
+    }
+
     fn db(&self, db_id: DbId) -> Result<&AttachedDb> {
         self.dbs.get(&db_id).ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))
     }
@@ -79,11 +112,22 @@ impl TdbStore {
 
 impl RecordStore for TdbStore {
     fn try_lock(&mut self, db: DbId, key: &[u8]) -> bool {
-        self.db(db).and_then(|db| db.tdb.lock_chain_nonblock(key)).is_ok()
+        let marked = self.held_for_us.contains(&(db, key.to_vec()));
+        self.db(db)
+            .and_then(|db| if marked { db.tdb.chainlock_mark(key) } else { db.tdb.lock_chain_nonblock(key) })
+            .is_ok()
     }
 
     fn unlock(&mut self, db: DbId, key: &[u8]) {
-        if let Err(err) = self.db(db).and_then(|db| db.tdb.unlock_chain(key)) {
+        let marked = self.held_for_us.contains(&(db, key.to_vec()));
+        let unlocked = self.db(db).and_then(|db| {
+            if marked {
+                db.tdb.chainlock_unmark(key)
+            } else {
+                db.tdb.unlock_chain(key)
+            }
+        });
+        if let Err(err) = unlocked {
             log::error!("unlocking a chain of db {db:#x}: {err}");
         }
     }

@@ -392,6 +392,24 @@ impl Tdb {
         unsafe { ffi::tdb_hash_size(self.ctx.as_ptr()) }
     }
 
+    /// The byte of the file that tdb's fcntl chain lock for `key` covers, so another file
+    /// description can wait for that lock (an OFD lock on the same byte conflicts with it).
+    /// Known only for files hashed with tdb's Jenkins hash (TDB_INCOMPATIBLE_HASH), whose
+    /// bucket we can compute: `FREELIST_TOP + 4 * (hash % hash_size)`, FREELIST_TOP being the
+    /// 168-byte tdb header. `tests::chain_lock_offset_is_the_byte_tdb_locks` holds us to it.
+    pub fn chain_lock_offset(&self, key: &[u8]) -> Option<u64> {
+        const FREELIST_TOP: u64 = 168;
+        // SAFETY: the context is open.
+        let tdb_flags = unsafe { ffi::tdb_get_flags(self.ctx.as_ptr()) };
+        if tdb_flags & ffi::TDB_INCOMPATIBLE_HASH as c_int == 0
+            || tdb_flags & ffi::TDB_MUTEX_LOCKING as c_int != 0
+        {
+            return None;
+        }
+        let bucket = crate::hash::jenkins_hash(key) as u64 % u64::try_from(self.hash_size()).ok()?;
+        Some(FREELIST_TOP + 4 * bucket)
+    }
+
     /// tdb's error code of the last failed call (sticky: a success does not clear it).
     pub fn error_code(&self) -> Option<ErrorCode> {
         ErrorCode::from_u32(self.ecode() as u32)
@@ -679,6 +697,7 @@ fn open_failure(path: &Path, open_flags: i32, errno: i32) -> OpenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn scratch(name: &str) -> PathBuf {
@@ -694,6 +713,41 @@ mod tests {
 
     fn create(path: &Path) -> Tdb {
         Tdb::open(path, 0, 0, libc::O_RDWR | libc::O_CREAT, 0o600).expect("open")
+    }
+
+    /// Whether another open file description could take a write lock on `offset` now.
+    fn byte_is_locked(path: &Path, offset: u64) -> bool {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+        // SAFETY: flock is a plain C struct for which all-zero bytes are a valid value.
+        let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+        probe.l_type = libc::F_WRLCK as libc::c_short;
+        probe.l_whence = libc::SEEK_SET as libc::c_short;
+        probe.l_start = offset as libc::off_t;
+        probe.l_len = 1;
+        fcntl(file.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut probe)).expect("F_OFD_GETLK");
+        // Kept open: closing a descriptor would drop this process's fcntl locks on the file.
+        std::mem::forget(file);
+        probe.l_type != libc::F_UNLCK as libc::c_short
+    }
+
+    #[test]
+    fn chain_lock_offset_is_the_byte_tdb_locks() {
+        let path = scratch("offset.tdb");
+        let tdb =
+            Tdb::open(&path, 101, ffi::TDB_INCOMPATIBLE_HASH as i32, libc::O_RDWR | libc::O_CREAT, 0o600)
+                .expect("open");
+        for key in [&b"a"[..], b"opendb key", b"another key", b""] {
+            let offset = tdb.chain_lock_offset(key).expect("jenkins-hashed file");
+            assert!(!byte_is_locked(&path, offset));
+            tdb.lock_chain(key).expect("lock");
+            assert!(byte_is_locked(&path, offset), "tdb's chain lock covers byte {offset}");
+            let neighbour = if offset >= 172 { offset - 4 } else { offset + 4 };
+            assert!(!byte_is_locked(&path, neighbour), "and not the next chain's");
+            tdb.unlock_chain(key).expect("unlock");
+        }
+        let plain = create(&scratch("plain.tdb"));
+        assert_eq!(plain.chain_lock_offset(b"a"), None, "the default hash is not ours to compute");
     }
 
     #[test]
