@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::clients::{ClientEvent, ClientLink};
-use super::lock_wait::{wait_for_chain, HeldChain};
+use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::{TdbStore, CLUSTERED_TDB_FLAGS};
 use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::{Body, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
+use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
 
 const TICK: Duration = Duration::from_millis(10);
 /// How long attach and traverse wait for peers before answering with what they have.
@@ -28,6 +28,12 @@ struct PendingControl {
     waiting_for: HashSet<Pnn>,
     deadline: Instant,
     kind: PendingKind,
+}
+
+/// Who asked for this node's copies of a database's records.
+enum CopiesFor {
+    Peer { node: Pnn, reqid: ReqId },
+    Traverse { reqid: ReqId },
 }
 
 enum PendingKind {
@@ -43,8 +49,10 @@ pub struct Node {
     transport: Transport,
     clients: HashMap<ClientId, ClientLink>,
     pending: HashMap<ReqId, PendingControl>,
-    /// Chain locks waiter threads took for the engine arrive here.
-    held_chains: (Sender<HeldChain>, Receiver<HeldChain>),
+    /// Locks that waiter threads took for the engine thread arrive here.
+    held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
+    /// Who waits for a database's records while a client holds one of its chains.
+    copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
     next_reqid: ReqId,
     started: Instant,
 }
@@ -68,7 +76,8 @@ impl Node {
             transport,
             clients: HashMap::new(),
             pending: HashMap::new(),
-            held_chains: crossbeam_channel::unbounded(),
+            held_locks: crossbeam_channel::unbounded(),
+            copies_wanted: HashMap::new(),
             next_reqid: 1,
             started: Instant::now(),
         }
@@ -76,7 +85,7 @@ impl Node {
 
     pub fn run(&mut self, transport: Receiver<TransportEvent>, clients: Receiver<ClientEvent>) {
         let mut next_tick = Instant::now() + TICK;
-        let held_chains = self.held_chains.1.clone();
+        let held_locks = self.held_locks.1.clone();
         loop {
             select! {
                 recv(transport) -> event => match event {
@@ -87,9 +96,9 @@ impl Node {
                     Ok(event) => self.on_client(event),
                     Err(_) => return,
                 },
-                recv(held_chains) -> chain => {
-                    if let Ok(chain) = chain {
-                        self.on_chain_held(chain);
+                recv(held_locks) -> lock => {
+                    if let Ok(lock) = lock {
+                        self.on_lock_held(lock);
                     }
                 }
                 default(next_tick.saturating_duration_since(Instant::now())) => {}
@@ -117,9 +126,10 @@ impl Node {
                     let reply = Body::ReplyCall(ReplyCall { status, data: vec![] });
                     self.reply_to_client(client, reqid, reply);
                 }
-                Output::WaitForChainLock { db_id, key } => match self.store.chain_lock_site(db_id, &key) {
-                    Some((file, offset)) => {
-                        wait_for_chain(file, offset, db_id, key, self.held_chains.0.clone())
+                Output::WaitForChainLock { db_id, key } => match self.store.chain_site(db_id, &key) {
+                    Some((file, start, len)) => {
+                        let target = LockTarget::Chain { db_id, key };
+                        wait_for(file, start, len, target, self.held_locks.0.clone())
                     }
                     None => {
                         log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
@@ -129,12 +139,56 @@ impl Node {
         }
     }
 
-    /// A waiter holds the chain for us: run the key's waiting work as if the engine held it.
-    fn on_chain_held(&mut self, chain: HeldChain) {
-        self.store.held_for_us(chain.db_id, &chain.key, true);
-        self.engine_input(Input::ChainLockAvailable { db_id: chain.db_id, key: chain.key.clone() });
-        self.store.held_for_us(chain.db_id, &chain.key, false);
-        chain.release();
+    /// A waiter holds a lock for us: do the work that waited for it, as if the engine
+    /// thread held the lock itself, then give it back.
+    fn on_lock_held(&mut self, lock: HeldLock) {
+        match &lock.target {
+            LockTarget::Chain { db_id, key } => {
+                self.store.held_for_us(*db_id, key, true);
+                self.engine_input(Input::ChainLockAvailable { db_id: *db_id, key: key.clone() });
+                self.store.held_for_us(*db_id, key, false);
+            }
+            LockTarget::AllChains { db_id } => {
+                let copies = self.store.copies_held_for_us(*db_id).map_err(|e| e.to_string());
+                for wanted in self.copies_wanted.remove(db_id).unwrap_or_default() {
+                    self.deliver_copies(wanted, copies.clone());
+                }
+            }
+        }
+        lock.release();
+    }
+
+    /// This node's copies of a database's records, now or once no client holds a chain.
+    fn want_copies(&mut self, db_id: DbId, wanted: CopiesFor) {
+        match self.store.copies(db_id) {
+            Ok(Some(copies)) => self.deliver_copies(wanted, Ok(copies)),
+            Ok(None) => {
+                let waiting = self.copies_wanted.entry(db_id).or_default();
+                waiting.push(wanted);
+                if waiting.len() > 1 {
+                    return; // a waiter is on it already
+                }
+                match self.store.all_chains_site(db_id) {
+                    Some((file, start, len)) => {
+                        wait_for(file, start, len, LockTarget::AllChains { db_id }, self.held_locks.0.clone())
+                    }
+                    None => log::error!("db {db_id:#x}: no chain locks to wait for; its traverse is stuck"),
+                }
+            }
+            Err(err) => self.deliver_copies(wanted, Err(err.to_string())),
+        }
+    }
+
+    fn deliver_copies(&mut self, wanted: CopiesFor, copies: Result<Vec<RecordCopy>, String>) {
+        let reply = match copies {
+            Ok(copies) => ok_reply(control::encode_records(&copies)),
+            Err(err) => error_reply(&err),
+        };
+        match wanted {
+            CopiesFor::Peer { node, reqid } => self.reply_to_peer(node, reqid, reply),
+            // Our own copies join the traverse like a peer's reply.
+            CopiesFor::Traverse { reqid } => self.peer_replied(self.pnn, reqid, reply),
+        }
     }
 
     fn on_transport(&mut self, event: TransportEvent) {
@@ -150,37 +204,42 @@ impl Node {
             Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => {
                 self.engine_input(Input::Packet(packet))
             }
-            Body::ReqControl(ref request) => {
-                let reply = self.peer_control(request);
-                let packet = Packet {
-                    generation: self.engine.generation(),
-                    destnode: from,
-                    srcnode: self.pnn,
-                    reqid: packet.reqid,
-                    body: Body::ReplyControl(reply),
-                };
-                self.transport.send(from, packet);
-            }
+            Body::ReqControl(request) => self.peer_control(from, packet.reqid, request),
             Body::ReplyControl(reply) => self.peer_replied(from, packet.reqid, reply),
             Body::Keepalive(_) => {}
             other => log::warn!("node {from}: unexpected operation {}", other.operation()),
         }
     }
 
-    fn peer_control(&mut self, request: &ReqControl) -> ReplyControl {
+    fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
         match request.opcode {
-            opcode::DB_ATTACH => match self.attach(&request.data) {
-                Ok(reply) => ok_reply(reply.encode()),
-                Err(err) => error_reply(&err),
+            opcode::DB_ATTACH => {
+                let reply = match self.attach(&request.data) {
+                    Ok(attached) => ok_reply(attached.encode()),
+                    Err(err) => error_reply(&err),
+                };
+                self.reply_to_peer(from, reqid, reply);
+            }
+            opcode::PULL_DB => match self.attached_db_id(&request.data) {
+                Ok(db_id) => self.want_copies(db_id, CopiesFor::Peer { node: from, reqid }),
+                Err(err) => self.reply_to_peer(from, reqid, error_reply(&err)),
             },
-            opcode::PULL_DB => match control::decode_db_id(&request.data)
-                .map_err(|e| e.to_string())
-                .and_then(|db_id| self.store.copies(db_id).map_err(|e| e.to_string()))
-            {
-                Ok(copies) => ok_reply(control::encode_records(&copies)),
-                Err(err) => error_reply(&err),
-            },
-            other => error_reply(&format!("unknown control {other:#x}")),
+            other => self.reply_to_peer(from, reqid, error_reply(&format!("unknown control {other:#x}"))),
+        }
+    }
+
+    fn reply_to_peer(&mut self, node: Pnn, reqid: ReqId, reply: ReplyControl) {
+        let generation = self.engine.generation();
+        let body = Body::ReplyControl(reply);
+        self.transport.send(node, Packet { generation, destnode: node, srcnode: self.pnn, reqid, body });
+    }
+
+    /// The db id a control names, if that database is attached here.
+    fn attached_db_id(&self, data: &[u8]) -> Result<DbId, String> {
+        let db_id = control::decode_db_id(data).map_err(|e| e.to_string())?;
+        match self.store.dbs().any(|(id, _)| *id == db_id) {
+            true => Ok(db_id),
+            false => Err(format!("db {db_id:#x} is not attached on this node")),
         }
     }
 
@@ -268,29 +327,19 @@ impl Node {
             opcode::DB_ATTACH => match self.attach(&request.data) {
                 Ok(reply) => {
                     let kind = PendingKind::Attach { reply };
-                    self.ask_peers(client, reqid, opcode::DB_ATTACH, request.data, kind);
+                    self.ask_nodes(client, reqid, opcode::DB_ATTACH, request.data, kind, false);
                 }
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
-            opcode::TRAVERSE_ALL => {
-                let local =
-                    control::decode_db_id(&request.data).map_err(|e| e.to_string()).and_then(|db_id| {
-                        self.store.copies(db_id).map(|c| (db_id, c)).map_err(|e| e.to_string())
-                    });
-                match local {
-                    Ok((db_id, copies)) => {
-                        let data = db_id.to_le_bytes().to_vec();
-                        self.ask_peers(
-                            client,
-                            reqid,
-                            opcode::PULL_DB,
-                            data,
-                            PendingKind::Traverse { copies },
-                        );
-                    }
-                    Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
+            opcode::TRAVERSE_ALL => match self.attached_db_id(&request.data) {
+                Ok(db_id) => {
+                    let data = db_id.to_le_bytes().to_vec();
+                    let kind = PendingKind::Traverse { copies: vec![] };
+                    let traverse = self.ask_nodes(client, reqid, opcode::PULL_DB, data, kind, true);
+                    self.want_copies(db_id, CopiesFor::Traverse { reqid: traverse });
                 }
-            }
+                Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
+            },
             other => {
                 let message = format!("unknown control {other:#x}");
                 self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
@@ -298,38 +347,38 @@ impl Node {
         }
     }
 
-    /// Sends a control to every peer whose link is up and answers the client once they all
-    /// replied (or the control timed out).
-    fn ask_peers(
+    /// Sends a control to every peer whose link is up (and counts this node in, with
+    /// `with_self`, for the caller to answer itself) and answers the client once all
+    /// replied, or the control timed out. Returns the control's reqid.
+    fn ask_nodes(
         &mut self,
         client: ClientId,
         client_reqid: ReqId,
         opcode: u32,
         data: Vec<u8>,
         kind: PendingKind,
-    ) {
+        with_self: bool,
+    ) -> ReqId {
         let reqid = self.next_reqid;
         self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
-        let peers: HashSet<Pnn> =
+        let mut nodes: HashSet<Pnn> =
             self.transport.link_states().iter().filter(|link| link.up).map(|link| link.pnn).collect();
-        for &peer in &peers {
+        for &peer in &nodes {
             let body =
                 Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data: data.clone() });
-            let packet = Packet {
-                generation: self.engine.generation(),
-                destnode: peer,
-                srcnode: self.pnn,
-                reqid,
-                body,
-            };
-            self.transport.send(peer, packet);
+            let generation = self.engine.generation();
+            self.transport.send(peer, Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
+        }
+        if with_self {
+            nodes.insert(self.pnn);
         }
         let deadline = Instant::now() + CONTROL_TIMEOUT;
         self.pending
-            .insert(reqid, PendingControl { client, client_reqid, waiting_for: peers, deadline, kind });
+            .insert(reqid, PendingControl { client, client_reqid, waiting_for: nodes, deadline, kind });
         if self.pending[&reqid].waiting_for.is_empty() {
             self.finish_control(reqid);
         }
+        reqid
     }
 
     /// Attaches database `name` (a NUL may end it, as CTDB clients send it) on this node.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::control::{valid_db_name, RecordCopy};
 use crate::engine::{Record, RecordStore};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::RecordHeader;
 use crate::wire::DbId;
@@ -77,23 +77,40 @@ impl TdbStore {
         self.dbs.iter()
     }
 
-    /// Every record of `db_id` this node has a copy of, headers included.
-    pub fn copies(&self, db_id: DbId) -> Result<Vec<RecordCopy>> {
+    /// Every record of `db_id` this node has a copy of, headers included; `None` when a
+    /// client holds a chain lock, so the caller waits for `all_chains_site` instead.
+    pub fn copies(&self, db_id: DbId) -> Result<Option<Vec<RecordCopy>>> {
         let db = self.db(db_id)?;
-        let mut copies = vec![];
-        db.tdb.traverse_read(|key, value| {
-            if let Some((header, data)) = RecordHeader::decode(value) {
-                copies.push(RecordCopy { key: key.to_vec(), header, data: data.to_vec() });
-            }
-            true
-        })?;
-        Ok(copies)
+        match db.tdb.lockall_read_nonblock() {
+            Ok(()) => {}
+            Err(err) if err.code == ErrorCode::Lock => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        let copies = read_copies(&db.tdb);
+        db.tdb.unlockall_read()?;
+        copies.map(Some)
     }
 
-    /// Where a waiter thread can wait for the chain lock of `key`.
-    pub fn chain_lock_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<File>, u64)> {
+    /// `copies` while a lock waiter holds every chain for us.
+    pub fn copies_held_for_us(&self, db_id: DbId) -> Result<Vec<RecordCopy>> {
+        let db = self.db(db_id)?;
+        db.tdb.lockall_mark()?;
+        let copies = read_copies(&db.tdb);
+        db.tdb.lockall_unmark()?;
+        copies
+    }
+
+    /// Where a lock waiter can wait for the chain lock of `key`: file, byte offset, length.
+    pub fn chain_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<File>, u64, u64)> {
         let db = self.dbs.get(&db_id)?;
-        Some((db.lock_file.clone(), db.tdb.chain_lock_offset(key)?))
+        Some((db.lock_file.clone(), db.tdb.chain_lock_offset(key)?, 1))
+    }
+
+    /// Where a lock waiter can wait for every chain lock of the database.
+    pub fn all_chains_site(&self, db_id: DbId) -> Option<(Arc<File>, u64, u64)> {
+        let db = self.dbs.get(&db_id)?;
+        let (start, len) = db.tdb.chains_lock_range()?;
+        Some((db.lock_file.clone(), start, len))
     }
 
     /// While a waiter holds `key`'s chain for the engine, the engine's locking is marking.
@@ -144,4 +161,16 @@ impl RecordStore for TdbStore {
         let header = record.header.encode();
         self.db(db)?.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace)
     }
+}
+
+/// Every record of the file, under a lock the caller holds (chain locks are skipped then).
+fn read_copies(tdb: &Tdb) -> Result<Vec<RecordCopy>> {
+    let mut copies = vec![];
+    tdb.traverse_read(|key, value| {
+        if let Some((header, data)) = RecordHeader::decode(value) {
+            copies.push(RecordCopy { key: key.to_vec(), header, data: data.to_vec() });
+        }
+        true
+    })?;
+    Ok(copies)
 }

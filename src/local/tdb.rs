@@ -62,6 +62,9 @@ impl StoreFlag {
     }
 }
 
+/// Size of tdb's file header; the chain locks start right after it.
+const FREELIST_TOP: u64 = 168;
+
 /// Why `Tdb::open` failed: the errno a C caller of tdb_open would see, and the full story.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenError {
@@ -343,6 +346,39 @@ impl Tdb {
         self.check(rc, "unlockall")
     }
 
+    /// Read-locks every chain if no other process holds a chain's write lock; never waits.
+    pub fn lockall_read_nonblock(&self) -> Result<()> {
+        // SAFETY: the context is open.
+        let rc = unsafe { ffi::tdb_lockall_read_nonblock(self.ctx.as_ptr()) };
+        self.check(rc, "lockall_read_nonblock")
+    }
+
+    pub fn unlockall_read(&self) -> Result<()> {
+        // SAFETY: the context is open; unlocking without the lock is a reported error.
+        let rc = unsafe { ffi::tdb_unlockall_read(self.ctx.as_ptr()) };
+        self.check(rc, "unlockall_read")
+    }
+
+    /// Tells this context it holds the all-record lock that another file description (a
+    /// lock waiter) took for it: tdb then takes no chain lock of its own.
+    pub fn lockall_mark(&self) -> Result<()> {
+        // SAFETY: the context is open.
+        let rc = unsafe { ffi::tdb_lockall_mark(self.ctx.as_ptr()) };
+        self.check(rc, "lockall_mark")
+    }
+
+    pub fn lockall_unmark(&self) -> Result<()> {
+        // SAFETY: the context is open; unmarking without the mark is a reported error.
+        let rc = unsafe { ffi::tdb_lockall_unmark(self.ctx.as_ptr()) };
+        self.check(rc, "lockall_unmark")
+    }
+
+    /// The bytes every chain lock lies in, `(start, len)`: what the all-record lock covers.
+    pub fn chains_lock_range(&self) -> Option<(u64, u64)> {
+        let hash_size = u64::try_from(self.hash_size()).ok()?;
+        self.chain_lock_offset(b"").map(|_| (FREELIST_TOP, 4 * hash_size))
+    }
+
     /// `lockall` as a guard that unlocks when dropped.
     pub fn lock_all(&self) -> Result<AllLock<'_>> {
         self.lockall()?;
@@ -398,7 +434,6 @@ impl Tdb {
     /// bucket we can compute: `FREELIST_TOP + 4 * (hash % hash_size)`, FREELIST_TOP being the
     /// 168-byte tdb header. `tests::chain_lock_offset_is_the_byte_tdb_locks` holds us to it.
     pub fn chain_lock_offset(&self, key: &[u8]) -> Option<u64> {
-        const FREELIST_TOP: u64 = 168;
         // SAFETY: the context is open.
         let tdb_flags = unsafe { ffi::tdb_get_flags(self.ctx.as_ptr()) };
         if tdb_flags & ffi::TDB_INCOMPATIBLE_HASH as c_int == 0
