@@ -450,3 +450,34 @@ fn ping_pong_latency() {
     echo.join().unwrap();
     println!("bare TCP round trip:  {}", percentiles(times));
 }
+
+#[test]
+fn a_packet_handler_gets_peer_packets_in_order_on_the_reader_thread() {
+    init_logging();
+    let nodes = node_addrs(&[78, 79]);
+    let (handled_tx, handled_rx) = crossbeam_channel::unbounded();
+    let handler: PacketHandler = Arc::new(move |from, packet| {
+        let thread = std::thread::current().name().unwrap_or_default().to_owned();
+        let _ = handled_tx.send((from, packet, thread));
+    });
+    let (events_tx, a_rx) = crossbeam_channel::unbounded();
+    let a = Transport::start_with_handler(config(0, &nodes), events_tx, Some(handler)).expect("starts");
+    let (b, b_rx) = start(1, &nodes);
+    expect_link_up(&a_rx, 1); // link events still come as events
+    expect_link_up(&b_rx, 0);
+    for i in 0..1000 {
+        b.send(0, call(1, 0, i));
+    }
+    for i in 0..1000 {
+        let (from, packet, thread) = handled_rx.recv_timeout(TIMEOUT).expect("handled packet");
+        assert_eq!((from, packet), (1, call(1, 0, i)));
+        assert!(thread.starts_with("rctdb-rx-"), "handled on {thread:?}, not a reader thread");
+    }
+    // A packet to ourselves never runs the handler inside `send` (its caller may hold what
+    // the handler needs): it comes back as an event.
+    a.send(0, keepalive(0, 0));
+    assert_eq!(expect_packet(&a_rx), (0, keepalive(0, 0)));
+    assert!(handled_rx.try_recv().is_err());
+    a.shutdown();
+    b.shutdown();
+}
