@@ -109,7 +109,7 @@ fn check_args(base: &str, hash_size: i32, tdb_flags: i32, open_flags: i32) -> Re
     if open_flags & (libc::O_TRUNC | libc::O_EXCL) != 0 {
         return Err(einval(
             "open_flags has O_TRUNC or O_EXCL: a clustered database is shared by the cluster and \
-             created by attaching it (rctdbd wipes volatile databases when it starts)"
+             created by attaching it (rctdbd wipes a volatile database when it first attaches it)"
                 .into(),
         ));
     }
