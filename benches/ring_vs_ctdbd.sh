@@ -7,6 +7,8 @@
 # Usage: benches/ring_vs_ctdbd.sh [SECONDS]      (default 5 per measurement)
 # Env:   CTDB_ANCHORS  the anchors' ctdbd dir (default: ../shared/anchors/ctdbd beside the repo)
 #        OURS_FIRST_ADDRESS  node 0 of our cluster (default 127.0.0.21; ctdbd uses .11-.13)
+#        RCTDB_BIN   a directory with rctdb and rctdbd to measure instead of building this tree's
+#                    (e.g. another worktree's target/release)
 #
 # Placements (the same for both systems; ctdb_ring.c always uses the key "ringkey-c"):
 #   (a) the key's LMASTER is one of the two ring nodes: 2 network messages per migration
@@ -20,7 +22,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 ANCHORS=${CTDB_ANCHORS:-$ROOT/../shared/anchors/ctdbd}
 OURS_FIRST=${OURS_FIRST_ADDRESS:-127.0.0.21}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release
+BIN=${RCTDB_BIN:-$TARGET/release}
 KEY=ringkey-c
 DB=ring.tdb
 STEP_TIMEOUT=$(awk -v s="$SECS" 'BEGIN { printf "%d", s + 60 }')
@@ -41,7 +43,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ "$(id -u)" = 0 ] || die "ctdbd's lab runs as root"
 
-(cd "$ROOT" && cargo build --release --quiet --bin rctdb --bin rctdbd)
+if [ -z "${RCTDB_BIN:-}" ]; then
+	(cd "$ROOT" && cargo build --release --quiet --bin rctdb --bin rctdbd)
+fi
+[ -x "$BIN/rctdb" ] && [ -x "$BIN/rctdbd" ] || die "no rctdb/rctdbd in $BIN"
 mkdir -p "$TARGET"
 gcc -O2 "$ANCHORS/ctdb_ring.c" -o "$TARGET/ctdb_ring"
 gcc -O2 "$HERE/loopback_rtt.c" -o "$TARGET/loopback_rtt"
@@ -77,7 +82,7 @@ placements() { # LMASTER -> "a0 a1 b0 b1"
 }
 
 load() { awk '{ printf "%s %s %s", $1, $2, $3 }' /proc/loadavg; }
-echo "ring_vs_ctdbd: ${SECS}s per measurement, $(nproc) CPUs, load at start: $(load)"
+echo "ring_vs_ctdbd: ${SECS}s per measurement, $(nproc) CPUs, rctdbd from $BIN, load at start: $(load)"
 
 # --- the floor ---------------------------------------------------------------------------------
 read -r rate p50 p99 < <(step "$TARGET/loopback_rtt" "$SECS" | sed -E 's/.*: ([0-9.]+) \/s, p50 ([0-9.]+) us, p99 ([0-9.]+) us.*/\1 \2 \3/')
