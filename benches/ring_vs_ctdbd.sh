@@ -4,8 +4,8 @@
 # own `rctdb bench ring`, and the loopback TCP round trip as the floor — all in one run.
 # Both clusters stay up (on different addresses) but only one is measured at a time; the
 # systems take turns, ROUNDS times, and the table shows each row's median round (the lower
-# middle one for an even count), so a
-# scheduler mood that lasts a few seconds does not decide the ratio.
+# middle one for an even count), so a scheduler mood that lasts a few seconds does not
+# decide the ratio.
 #
 # Usage: benches/ring_vs_ctdbd.sh [SECONDS]      (default 5 per measurement)
 # Env:   ROUNDS      turns per system (default 3)
