@@ -1,7 +1,7 @@
 //! The client socket: local processes (librctdb, the `rctdb` tool) talk to their daemon over
 //! a unix stream socket with the same packet framing as the node links. A reader thread per
-//! connection, and a writer thread for replies a slow client cannot take at once, keep the
-//! engine thread from ever blocking on a client.
+//! connection handles its requests itself (under the node's mutex), and a writer thread
+//! takes the replies a slow client cannot take at once, so nothing ever blocks on a client.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -19,6 +19,9 @@ use crate::engine::ClientId;
 use crate::wire::codec::{encode, read_packet, ReadError};
 use crate::wire::{Packet, MAX_PACKET_LEN};
 
+/// Handles client events on the thread that read them (under the node's mutex).
+pub type ClientHandler = Arc<dyn Fn(ClientEvent) + Send + Sync>;
+
 pub enum ClientEvent {
     Connected { client: ClientId, link: ClientLink },
     Packet { client: ClientId, packet: Packet },
@@ -27,7 +30,7 @@ pub enum ClientEvent {
 
 /// Binds the socket, replacing a stale socket file a dead daemon left behind (but never a
 /// live daemon's), and serves connections on a background thread.
-pub fn listen(path: &Path, events: Sender<ClientEvent>) -> std::io::Result<()> {
+pub fn listen(path: &Path, events: ClientHandler) -> std::io::Result<()> {
     if UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
@@ -40,7 +43,7 @@ pub fn listen(path: &Path, events: Sender<ClientEvent>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn accept_loop(listener: UnixListener, events: Sender<ClientEvent>) {
+fn accept_loop(listener: UnixListener, events: ClientHandler) {
     static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
     for stream in listener.incoming() {
         let stream = match stream {
@@ -58,13 +61,14 @@ fn accept_loop(listener: UnixListener, events: Sender<ClientEvent>) {
 }
 
 /// The daemon's side of one client connection. Replies are written straight from the
-/// engine thread when nothing is queued (one thread wakeup less per migration); a reply
+/// thread that made them (under the node's mutex) when nothing is queued (one thread wakeup less per migration); a reply
 /// that does not fit the socket buffer goes to the writer thread, in order.
 pub struct ClientLink {
     stream: UnixStream,
     queue: Sender<Vec<u8>>,
-    /// Frames handed to the writer thread and not yet written. Only the engine thread adds,
-    /// so zero means the writer is idle and a direct write cannot overtake anything.
+    /// Frames handed to the writer thread and not yet written. Only code holding the node's
+    /// mutex adds, so zero means the writer is idle and a direct write cannot overtake
+    /// anything.
     queued: Arc<AtomicUsize>,
 }
 
@@ -87,7 +91,7 @@ impl ClientLink {
     }
 }
 
-fn serve(client: ClientId, stream: UnixStream, events: Sender<ClientEvent>) -> std::io::Result<()> {
+fn serve(client: ClientId, stream: UnixStream, events: ClientHandler) -> std::io::Result<()> {
     let (queue, outgoing) = crossbeam_channel::unbounded();
     let queued = Arc::new(AtomicUsize::new(0));
     let writer = stream.try_clone()?;
@@ -96,23 +100,17 @@ fn serve(client: ClientId, stream: UnixStream, events: Sender<ClientEvent>) -> s
         .name(format!("client{client}-w"))
         .spawn(move || write_loop(writer, outgoing, writer_queued))?;
     let link = ClientLink { stream: stream.try_clone()?, queue, queued };
-    if events.send(ClientEvent::Connected { client, link }).is_err() {
-        return Ok(()); // the daemon is shutting down
-    }
+    events(ClientEvent::Connected { client, link });
     thread::Builder::new()
         .name(format!("client{client}-r"))
         .spawn(move || read_loop(client, stream, events))?;
     Ok(())
 }
 
-fn read_loop(client: ClientId, mut stream: UnixStream, events: Sender<ClientEvent>) {
+fn read_loop(client: ClientId, mut stream: UnixStream, events: ClientHandler) {
     loop {
         match read_packet(&mut stream, MAX_PACKET_LEN) {
-            Ok(packet) => {
-                if events.send(ClientEvent::Packet { client, packet }).is_err() {
-                    return;
-                }
-            }
+            Ok(packet) => events(ClientEvent::Packet { client, packet }),
             Err(ReadError::Eof) => break,
             Err(err) => {
                 log::warn!("client {client}: dropping the connection: {err}");
@@ -121,7 +119,7 @@ fn read_loop(client: ClientId, mut stream: UnixStream, events: Sender<ClientEven
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    let _ = events.send(ClientEvent::Gone(client));
+    events(ClientEvent::Gone(client));
 }
 
 fn write_loop(mut stream: UnixStream, outgoing: Receiver<Vec<u8>>, queued: Arc<AtomicUsize>) {

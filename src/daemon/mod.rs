@@ -1,6 +1,7 @@
 //! rctdbd, the per-node agent: the only place with sockets, threads, files and clocks. The
-//! engine thread (`node::Node`) owns the protocol engine and the database files; transport
-//! threads carry packets between nodes, client threads carry local requests.
+//! node (`node::Node`, behind a mutex) owns the protocol engine and the database files;
+//! transport reader threads and client threads handle the packets they read under that
+//! mutex, the engine thread runs the timers, link events and lock waits.
 
 mod clients;
 mod lock_wait;
@@ -10,6 +11,10 @@ mod tdb_store;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
 
 pub use tdb_store::CLUSTERED_TDB_FLAGS;
 
@@ -38,12 +43,22 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         })? as Pnn;
     prepare_dbdir(&config.dbdir)?;
 
+    // Packets are handled on the thread that read them, under the node's mutex: no hand-off
+    // to another thread per packet. The engine thread keeps the timers, link events and
+    // chain-lock waits.
+    let cell: Arc<OnceCell<Arc<Mutex<node::Node>>>> = Arc::new(OnceCell::new());
+    let peer_cell = Arc::clone(&cell);
+    let peer_handler: crate::transport::PacketHandler =
+        Arc::new(move |from, packet| peer_cell.wait().lock().on_peer_packet(from, packet));
     let (transport_tx, transport_rx) = crossbeam_channel::unbounded();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|ip| SocketAddr::new(*ip, config.port)).collect();
-    let transport = Transport::start(TransportConfig::new(pnn, addrs), transport_tx)
-        .map_err(|e| format!("listening on {}:{}: {e}", config.address, config.port))?;
-    let (client_tx, client_rx) = crossbeam_channel::unbounded();
-    clients::listen(&config.socket, client_tx)
+    let transport =
+        Transport::start_with_handler(TransportConfig::new(pnn, addrs), transport_tx, Some(peer_handler))
+            .map_err(|e| format!("listening on {}:{}: {e}", config.address, config.port))?;
+    let client_cell = Arc::clone(&cell);
+    let client_handler: clients::ClientHandler =
+        Arc::new(move |event| client_cell.wait().lock().on_client(event));
+    clients::listen(&config.socket, client_handler)
         .map_err(|e| format!("client socket {}: {e}", config.socket.display()))?;
     log::info!(
         "node {pnn} ({}) up: {} nodes, socket {}",
@@ -52,8 +67,9 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         config.socket.display()
     );
 
-    let mut node = node::Node::new(pnn, &nodes, &config.dbdir, transport);
-    node.run(transport_rx, client_rx);
+    let node = Arc::new(Mutex::new(node::Node::new(pnn, &nodes, &config.dbdir, transport)));
+    let _ = cell.set(Arc::clone(&node));
+    node::run(&node, transport_rx);
     Ok(())
 }
 

@@ -1,6 +1,9 @@
-//! The engine thread: feeds transport and client events into the protocol engine, carries
-//! out its actions, and serves the controls (attach, status, traverse) that are not
-//! migration steps. Everything that touches the database files happens on this thread.
+//! The node: feeds transport and client events into the protocol engine, carries out its
+//! actions, and serves the controls (attach, status, traverse) that are not migration steps.
+//! It lives behind one mutex: packets from peers and clients are handled on the reader
+//! thread that decoded them (one thread wakeup per hop, as in CTDB's single event loop,
+//! instead of two), and the engine thread (`run`) keeps the timers, link events and
+//! lock waits. Everything that touches the database files happens under that mutex.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -8,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::Mutex;
 
 use super::clients::{ClientEvent, ClientLink};
 use super::lock_wait::{wait_for, HeldLock, LockTarget};
@@ -57,6 +61,34 @@ pub struct Node {
     started: Instant,
 }
 
+/// The engine thread: link events, packets to ourselves, chain locks taken for us, and the
+/// timers. Packets from peers and clients are handled on their reader threads.
+pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
+    let mut next_tick = Instant::now() + TICK;
+    let held_locks = node.lock().held_locks.1.clone();
+    loop {
+        select! {
+            recv(transport) -> event => match event {
+                Ok(event) => node.lock().on_transport(event),
+                Err(_) => return,
+            },
+            recv(held_locks) -> lock => {
+                if let Ok(lock) = lock {
+                    node.lock().on_lock_held(lock);
+                }
+            }
+            default(next_tick.saturating_duration_since(Instant::now())) => {}
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            let mut node = node.lock();
+            node.engine_input(Input::Tick);
+            node.expire_controls(now);
+        }
+    }
+}
+
 /// Every node derives the same generation from the same nodes file, so a cluster without
 /// recoveries agrees on it from the start. Never 0, never the recovery generation 1.
 fn initial_generation(nodes: &[IpAddr]) -> u32 {
@@ -80,35 +112,6 @@ impl Node {
             copies_wanted: HashMap::new(),
             next_reqid: 1,
             started: Instant::now(),
-        }
-    }
-
-    pub fn run(&mut self, transport: Receiver<TransportEvent>, clients: Receiver<ClientEvent>) {
-        let mut next_tick = Instant::now() + TICK;
-        let held_locks = self.held_locks.1.clone();
-        loop {
-            select! {
-                recv(transport) -> event => match event {
-                    Ok(event) => self.on_transport(event),
-                    Err(_) => return,
-                },
-                recv(clients) -> event => match event {
-                    Ok(event) => self.on_client(event),
-                    Err(_) => return,
-                },
-                recv(held_locks) -> lock => {
-                    if let Ok(lock) = lock {
-                        self.on_lock_held(lock);
-                    }
-                }
-                default(next_tick.saturating_duration_since(Instant::now())) => {}
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                next_tick = now + TICK;
-                self.engine_input(Input::Tick);
-                self.expire_controls(now);
-            }
         }
     }
 
@@ -199,7 +202,7 @@ impl Node {
         }
     }
 
-    fn on_peer_packet(&mut self, from: Pnn, packet: Packet) {
+    pub fn on_peer_packet(&mut self, from: Pnn, packet: Packet) {
         match packet.body {
             Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => {
                 self.engine_input(Input::Packet(packet))
@@ -283,7 +286,7 @@ impl Node {
         self.reply_to_client(pending.client, pending.client_reqid, Body::ReplyControl(ok_reply(data)));
     }
 
-    fn on_client(&mut self, event: ClientEvent) {
+    pub fn on_client(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::Connected { client, link } => {
                 self.clients.insert(client, link);
