@@ -19,7 +19,7 @@ use std::{
 
 use c_support::{build, command, expect_success, run_bounded, wait_until, Scratch};
 use rctdb::client::ClusteredDb;
-use rctdb::tool::cluster::{self, socket_path, ClusterSpec};
+use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const PROCS_PER_NODE: usize = 2;
@@ -29,8 +29,8 @@ const MIGRATE_TIMEOUT_MS: &str = "20000";
 /// How long a whole C program may run.
 const PROGRAM_LIMIT: Duration = Duration::from_secs(120);
 
-/// Stops the cluster however the test ends.
-struct Cluster(ClusterSpec);
+/// The test's cluster (stopped when dropped), with helpers for its C programs.
+struct Cluster(RunningCluster);
 
 impl Cluster {
     fn start(scratch: &Scratch, third_octet: u8) -> Cluster {
@@ -43,13 +43,11 @@ impl Cluster {
         );
         let mut spec = ClusterSpec::new(NODES, &scratch.path("cluster"));
         spec.first_address = Ipv4Addr::new(127, 0, third_octet, 11);
-        let cluster = Cluster(spec); // guards the nodes that start even if `up` fails later
-        cluster::up(&cluster.0).unwrap_or_else(|e| panic!("cluster up: {e}"));
-        cluster
+        Cluster(RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}")))
     }
 
     fn socket(&self, node: usize) -> PathBuf {
-        socket_path(&self.0.dir, node)
+        self.0.socket(node)
     }
 
     fn socket_arg(&self, node: usize) -> String {
@@ -60,7 +58,7 @@ impl Cluster {
     fn logs(&self) -> String {
         (0..NODES)
             .map(|node| {
-                let log = self.0.dir.join(format!("node{node}.log"));
+                let log = self.0.dir().join(format!("node{node}.log"));
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
                 format!(
@@ -70,12 +68,6 @@ impl Cluster {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = cluster::down(&self.0.dir);
     }
 }
 

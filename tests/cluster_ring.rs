@@ -2,13 +2,13 @@
 //! 2 client processes per node, each doing 1000 increments of one counter under the chain
 //! lock. Not one increment may be lost: the final value is exactly 6000.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{self, socket_path, ClusterSpec};
+use rctdb::tool::cluster::{socket_path, ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const PROCS_PER_NODE: usize = 2;
@@ -16,26 +16,11 @@ const INCREMENTS: u64 = 1000;
 const DB: &str = "ring.tdb";
 const KEY: &[u8] = b"counter";
 
-/// Stops the cluster however the test ends.
-struct Cluster(ClusterSpec);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = cluster::down(&self.0.dir);
-    }
-}
-
-fn test_dir(name: &str) -> PathBuf {
+fn start(name: &str, third_octet: u8) -> RunningCluster {
     let dir = std::env::temp_dir().join(format!("rctdb-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn start(name: &str, third_octet: u8) -> Cluster {
-    let mut spec = ClusterSpec::new(NODES, &test_dir(name));
+    let mut spec = ClusterSpec::new(NODES, &dir);
     spec.first_address = std::net::Ipv4Addr::new(127, 0, third_octet, 11);
-    cluster::up(&spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    Cluster(spec)
+    RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"))
 }
 
 fn increment(db: &mut ClusteredDb) {
@@ -59,7 +44,7 @@ fn ring_worker() {
 #[test]
 fn ring_of_processes_loses_no_increment() {
     let cluster = start("ring", 1);
-    let dir = &cluster.0.dir;
+    let dir = cluster.dir();
     let mut workers = vec![];
     for node in 0..NODES {
         for _ in 0..PROCS_PER_NODE {
@@ -98,7 +83,7 @@ fn ring_of_processes_loses_no_increment() {
 #[test]
 fn handover_waits_for_the_client_holding_the_chain_lock() {
     let cluster = start("lockrule", 2);
-    let dir = cluster.0.dir.clone();
+    let dir = cluster.dir().to_path_buf();
     let mut holder = ClusteredDb::open(&socket_path(&dir, 0), DB, Duration::from_secs(10)).expect("attach");
     holder.store(b"k", &[b"before"], StoreFlag::Replace).expect("store");
     holder.chainlock(b"k").expect("chainlock");
@@ -126,7 +111,7 @@ fn handover_waits_for_the_client_holding_the_chain_lock() {
 #[test]
 fn a_traverse_waits_for_chain_locks_without_stalling_the_node() {
     let cluster = start("traverse", 3);
-    let dir = cluster.0.dir.clone();
+    let dir = cluster.dir().to_path_buf();
     let mut holder = ClusteredDb::open(&socket_path(&dir, 0), DB, Duration::from_secs(10)).expect("attach");
     holder.store(b"locked", &[b"v1"], StoreFlag::Replace).expect("store");
     holder.chainlock(b"locked").expect("chainlock");

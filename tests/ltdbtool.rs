@@ -12,21 +12,11 @@ use rctdb::client::ClusteredDb;
 use rctdb::engine::lmaster_of;
 use rctdb::local::StoreFlag;
 use rctdb::record::FLAG_MIGRATED_WITH_DATA;
-use rctdb::tool::cluster::{self, socket_path, ClusterSpec};
+use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const DB: &str = "ltdbtool.tdb";
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Stops the cluster however the test ends.
-struct Cluster(ClusterSpec);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = cluster::down(&self.0.dir);
-        let _ = std::fs::remove_dir_all(&self.0.dir);
-    }
-}
 
 /// One record as `ltdbtool dump -p` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +87,7 @@ fn ltdbtool_reads_our_files_and_headers() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut spec = ClusterSpec::new(NODES, &dir);
     spec.first_address = Ipv4Addr::new(127, 0, 7, 11);
-    cluster::up(&spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    let cluster = Cluster(spec);
+    let cluster = RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
 
     // (key, the nodes that store it in turn): the last one ends up DMASTER, the earlier
     // ones keep a copy they handed over with data.
@@ -109,9 +98,8 @@ fn ltdbtool_reads_our_files_and_headers() {
         ("round-trip", &[0, 1, 2, 0]),
         ("node2-then-1", &[2, 1]),
     ];
-    let mut dbs: Vec<ClusteredDb> = (0..NODES)
-        .map(|n| ClusteredDb::open(&socket_path(&cluster.0.dir, n), DB, TIMEOUT).expect("attach"))
-        .collect();
+    let mut dbs: Vec<ClusteredDb> =
+        (0..NODES).map(|n| ClusteredDb::open(&cluster.socket(n), DB, TIMEOUT).expect("attach")).collect();
     let value = |key: &str, step: usize, node: usize| format!("{key} #{step} from node{node}");
     for (key, nodes) in writes {
         for (step, &node) in nodes.iter().enumerate() {
@@ -122,7 +110,7 @@ fn ltdbtool_reads_our_files_and_headers() {
     drop(dbs); // no client holds or reserves a record any more
 
     let dumps: Vec<BTreeMap<String, Dumped>> =
-        (0..NODES).map(|n| ltdbtool_dump(&cluster.0.dir.join(format!("node{n}")).join(DB))).collect();
+        (0..NODES).map(|n| ltdbtool_dump(&cluster.dir().join(format!("node{n}")).join(DB))).collect();
     let all = format!("{dumps:#?}");
     let vnn_map: Vec<u32> = (0..NODES as u32).collect();
     for (key, nodes) in writes {

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rctdb::client::DaemonConnection;
-use rctdb::tool::cluster::{self, socket_path, ClusterSpec};
+use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::tool::ring::ring_key;
 use rctdb::wire::op;
 
@@ -25,16 +25,6 @@ const DB: &str = "capture.tdb";
 /// Migrations per ring node; each is alone on the wire (see `migrate_spaced`).
 const ROUNDS: usize = 8;
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Stops the cluster however the test ends.
-struct Cluster(ClusterSpec);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = cluster::down(&self.0.dir);
-        let _ = std::fs::remove_dir_all(&self.0.dir);
-    }
-}
 
 /// Kills tshark if the test ends before it was stopped.
 struct Capture {
@@ -221,16 +211,12 @@ fn tshark_decodes_a_live_ring() {
     let mut spec = ClusterSpec::new(NODES, &dir.join("cluster"));
     spec.first_address = FIRST_ADDRESS;
     spec.port = PORT;
-    let _ = cluster::down(&spec.dir);
-    cluster::up(&spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    let cluster = Cluster(spec);
+    let cluster = RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
 
     let ring = [0usize, 1];
     let key = ring_key(&[0, 1], NODES, false); // its LMASTER is node 2
-    let mut daemons: Vec<DaemonConnection> = ring
-        .iter()
-        .map(|&n| DaemonConnection::connect(&socket_path(&cluster.0.dir, n)).expect("connect"))
-        .collect();
+    let mut daemons: Vec<DaemonConnection> =
+        ring.iter().map(|&n| DaemonConnection::connect(&cluster.socket(n)).expect("connect")).collect();
     let mut db_id = 0;
     for daemon in &mut daemons {
         db_id = daemon.attach(DB, TIMEOUT).expect("attach").db_id;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
-use rctdb::tool::cluster::{self, ClusterSpec};
+use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::local_bench::{bench_local, LocalBench};
 use rctdb::tool::ring;
 
@@ -213,11 +213,9 @@ fn bench_ring(
     let key = ring::ring_key(&pnns, CLUSTER_NODES, matches!(lmaster, LmasterPlacement::Ring));
     let mut spec = ClusterSpec::new(CLUSTER_NODES, &dir);
     spec.first_address = first_address;
-    let _ = cluster::down(&dir);
-    cluster::up(&spec)?;
-    let result = ring::ring(&dir, "ring.tdb", &ring, &key, seconds);
-    cluster::down(&dir)?;
-    let ours = result?;
+    let cluster = RunningCluster::start(spec)?;
+    let ours = ring::ring(cluster.dir(), "ring.tdb", &ring, &key, seconds)?;
+    drop(cluster);
     println!(
         "bench ring: {ring_nodes} ring nodes of {CLUSTER_NODES}, key {:?} with its LMASTER {} the ring, {seconds} s",
         String::from_utf8_lossy(&key),

@@ -53,6 +53,36 @@ pub fn rctdbd_binary() -> PathBuf {
     candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("rctdbd"))
 }
 
+/// A cluster that is stopped when this value is dropped: for tests and benchmarks.
+pub struct RunningCluster {
+    spec: ClusterSpec,
+}
+
+impl RunningCluster {
+    /// Stops whatever a previous run left in `spec.dir`, then starts the nodes. Nodes that
+    /// started are stopped again if a later one fails.
+    pub fn start(spec: ClusterSpec) -> Result<RunningCluster, String> {
+        let _ = down(&spec.dir);
+        let cluster = RunningCluster { spec };
+        up(&cluster.spec)?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+
+    pub fn socket(&self, node: usize) -> PathBuf {
+        socket_path(&self.spec.dir, node)
+    }
+}
+
+impl Drop for RunningCluster {
+    fn drop(&mut self) {
+        let _ = down(&self.spec.dir);
+    }
+}
+
 /// Starts the nodes and returns once every node reports every link up.
 pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     if spec.nodes == 0 || spec.nodes > 200 {
