@@ -1,0 +1,74 @@
+//! Bad input on rctdbd's client socket gets a clear error or a closed connection, never a
+//! crash: the daemon keeps serving everyone else.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use rctdb::client::DaemonConnection;
+use rctdb::control::opcode;
+use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdb::wire::codec::{read_packet, write_packet};
+use rctdb::wire::{Body, Packet, ReqCall, ReqControl, CURRENT_NODE, MAX_PACKET_LEN};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn request(stream: &mut UnixStream, reqid: u32, body: Body) -> Body {
+    let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body };
+    write_packet(stream, &packet).expect("write");
+    let reply = read_packet(stream, MAX_PACKET_LEN).expect("a reply");
+    assert_eq!(reply.reqid, reqid);
+    reply.body
+}
+
+fn control(opcode: u32, data: &[u8]) -> Body {
+    Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data: data.to_vec() })
+}
+
+fn error_text(body: Body) -> String {
+    match body {
+        Body::ReplyControl(reply) if reply.status != 0 => String::from_utf8_lossy(&reply.errmsg).into_owned(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_client_input_is_refused_and_the_daemon_carries_on() {
+    let dir = std::env::temp_dir().join(format!("rctdb-daemon-input-{}", std::process::id()));
+    let mut spec = ClusterSpec::new(2, &dir);
+    spec.first_address = std::net::Ipv4Addr::new(127, 0, 8, 11);
+    let cluster = RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
+    let socket = cluster.socket(0);
+
+    // Garbage instead of a packet: the daemon closes that connection.
+    let mut garbage = UnixStream::connect(&socket).expect("connect");
+    garbage.write_all(b"GET / HTTP/1.0\r\n\r\n plus some more bytes to fill a header").expect("write");
+    garbage.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 16];
+    assert_eq!(garbage.read(&mut buf).expect("read"), 0, "the daemon hangs up on garbage");
+
+    // A length field far beyond the limit: refused before anything is allocated.
+    let mut huge = UnixStream::connect(&socket).expect("connect");
+    huge.write_all(&u32::MAX.to_le_bytes()).expect("write");
+    huge.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    assert_eq!(huge.read(&mut buf).expect("read"), 0, "the daemon hangs up on an oversized frame");
+
+    // Well-formed requests that make no sense get an error that says why.
+    let mut stream = UnixStream::connect(&socket).expect("connect");
+    assert!(error_text(request(&mut stream, 1, control(opcode::DB_ATTACH, b"../etc/passwd")))
+        .contains("not a database name"));
+    assert!(error_text(request(&mut stream, 2, control(0x1234, b""))).contains("unknown control"));
+    assert!(error_text(request(&mut stream, 3, control(opcode::TRAVERSE_ALL, &7u32.to_le_bytes())))
+        .contains("not attached"));
+    assert!(error_text(request(&mut stream, 4, control(opcode::TRAVERSE_ALL, b"x"))).contains("malformed"));
+    let call = ReqCall { flags: 1, db_id: 7, callid: 0, hopcount: 0, key: b"k".to_vec(), calldata: vec![] };
+    match request(&mut stream, 5, Body::ReqCall(call)) {
+        Body::ReplyCall(reply) => assert_eq!(reply.status, -libc::ENOENT, "migration in an unattached db"),
+        other => panic!("expected REPLY_CALL, got {other:?}"),
+    }
+
+    // And the daemon still serves a well-behaved client.
+    let mut daemon = DaemonConnection::connect(&socket).expect("connect");
+    assert!(daemon.status(TIMEOUT).expect("status").contains("node 1 127.0.8.12 up"));
+    daemon.attach("fine.tdb", TIMEOUT).expect("attach");
+}
