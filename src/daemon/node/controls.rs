@@ -1,32 +1,22 @@
-//! The node: feeds transport and client events into the protocol engine, carries out its
-//! actions, and serves the controls (attach, status, traverse) that are not migration steps.
-//! It lives behind one mutex: packets from peers and clients are handled on the reader
-//! thread that decoded them (one thread wakeup per hop, as in CTDB's single event loop,
-//! instead of two), and the engine thread (`run`) keeps the timers, link events and
-//! lock waits. Everything that touches the database files happens under that mutex.
+//! The controls a node serves besides migration steps: attaching databases cluster-wide,
+//! status, and collecting records for a cluster-wide traverse (this node's part waits for
+//! client-held chain locks on a lock waiter, never on the engine's thread).
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::path::Path;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
-use parking_lot::Mutex;
-
-use super::clients::{ClientEvent, ClientLink};
-use super::lock_wait::{wait_for, HeldLock, LockTarget};
-use super::tdb_store::{TdbStore, CLUSTERED_TDB_FLAGS};
+use super::Node;
 use crate::control::{self, opcode, AttachReply, RecordCopy};
-use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
-use crate::transport::{Transport, TransportEvent};
-use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqControl, ReqId, CALL_FLAG_FIRST_USE};
+use crate::daemon::lock_wait::{wait_for, LockTarget};
+use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
+use crate::engine::{ClientId, Input};
+use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
-const TICK: Duration = Duration::from_millis(10);
 /// How long attach and traverse wait for peers before answering with what they have.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A control this node sent to its peers on behalf of a client, waiting for their replies.
-struct PendingControl {
+pub(super) struct PendingControl {
     client: ClientId,
     client_reqid: ReqId,
     waiting_for: HashSet<Pnn>,
@@ -35,7 +25,7 @@ struct PendingControl {
 }
 
 /// Who asked for this node's copies of a database's records.
-enum CopiesFor {
+pub(super) enum CopiesFor {
     Peer { node: Pnn, reqid: ReqId },
     Traverse { reqid: ReqId },
 }
@@ -45,122 +35,7 @@ enum PendingKind {
     Traverse { copies: Vec<RecordCopy> },
 }
 
-pub struct Node {
-    pnn: Pnn,
-    nodes: Vec<IpAddr>,
-    engine: Engine,
-    store: TdbStore,
-    transport: Transport,
-    clients: HashMap<ClientId, ClientLink>,
-    pending: HashMap<ReqId, PendingControl>,
-    /// Locks that waiter threads took for the engine thread arrive here.
-    held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
-    /// Who waits for a database's records while a client holds one of its chains.
-    copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
-    next_reqid: ReqId,
-    started: Instant,
-}
-
-/// The engine thread: link events, packets to ourselves, chain locks taken for us, and the
-/// timers. Packets from peers and clients are handled on their reader threads.
-pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
-    let mut next_tick = Instant::now() + TICK;
-    let held_locks = node.lock().held_locks.1.clone();
-    loop {
-        select! {
-            recv(transport) -> event => match event {
-                Ok(event) => node.lock().on_transport(event),
-                Err(_) => return,
-            },
-            recv(held_locks) -> lock => {
-                if let Ok(lock) = lock {
-                    node.lock().on_lock_held(lock);
-                }
-            }
-            default(next_tick.saturating_duration_since(Instant::now())) => {}
-        }
-        let now = Instant::now();
-        if now >= next_tick {
-            next_tick = now + TICK;
-            let mut node = node.lock();
-            node.engine_input(Input::Tick);
-            node.expire_controls(now);
-        }
-    }
-}
-
-/// Every node derives the same generation from the same nodes file, so a cluster without
-/// recoveries agrees on it from the start. Never 0, never the recovery generation 1.
-fn initial_generation(nodes: &[IpAddr]) -> u32 {
-    let text: String = nodes.iter().map(|n| format!("{n}\n")).collect();
-    crate::hash::jenkins_hash(text.as_bytes()).max(2)
-}
-
 impl Node {
-    pub fn new(pnn: Pnn, nodes: &[IpAddr], dbdir: &Path, transport: Transport) -> Node {
-        let vnn_map = (0..nodes.len() as Pnn).collect();
-        let engine = Engine::new(EngineConfig::new(pnn, initial_generation(nodes), vnn_map));
-        Node {
-            pnn,
-            nodes: nodes.to_vec(),
-            engine,
-            store: TdbStore::new(dbdir),
-            transport,
-            clients: HashMap::new(),
-            pending: HashMap::new(),
-            held_locks: crossbeam_channel::unbounded(),
-            copies_wanted: HashMap::new(),
-            next_reqid: 1,
-            started: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    fn engine_input(&mut self, input: Input) {
-        let mut out = vec![];
-        self.engine.handle(self.now_ms(), input, &mut self.store, &mut out);
-        for output in out {
-            match output {
-                Output::Send(packet) => self.transport.send(packet.destnode, packet),
-                Output::ClientReply { client, reqid, status } => {
-                    let reply = Body::ReplyCall(ReplyCall { status, data: vec![] });
-                    self.reply_to_client(client, reqid, reply);
-                }
-                Output::WaitForChainLock { db_id, key } => match self.store.chain_site(db_id, &key) {
-                    Some((file, start, len)) => {
-                        let target = LockTarget::Chain { db_id, key };
-                        wait_for(file, start, len, target, self.held_locks.0.clone())
-                    }
-                    None => {
-                        log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
-                    }
-                },
-            }
-        }
-    }
-
-    /// A waiter holds a lock for us: do the work that waited for it, as if the engine
-    /// thread held the lock itself, then give it back.
-    fn on_lock_held(&mut self, lock: HeldLock) {
-        match &lock.target {
-            LockTarget::Chain { db_id, key } => {
-                self.store.held_for_us(*db_id, key, true);
-                self.engine_input(Input::ChainLockAvailable { db_id: *db_id, key: key.clone() });
-                self.store.held_for_us(*db_id, key, false);
-            }
-            LockTarget::AllChains { db_id } => {
-                let copies = self.store.copies_held_for_us(*db_id).map_err(|e| e.to_string());
-                for wanted in self.copies_wanted.remove(db_id).unwrap_or_default() {
-                    self.deliver_copies(wanted, copies.clone());
-                }
-            }
-        }
-        lock.release();
-    }
-
     /// This node's copies of a database's records, now or once no client holds a chain.
     fn want_copies(&mut self, db_id: DbId, wanted: CopiesFor) {
         match self.store.copies(db_id) {
@@ -182,7 +57,7 @@ impl Node {
         }
     }
 
-    fn deliver_copies(&mut self, wanted: CopiesFor, copies: Result<Vec<RecordCopy>, String>) {
+    pub(super) fn deliver_copies(&mut self, wanted: CopiesFor, copies: Result<Vec<RecordCopy>, String>) {
         let reply = match copies {
             Ok(copies) => ok_reply(control::encode_records(&copies)),
             Err(err) => error_reply(&err),
@@ -194,27 +69,7 @@ impl Node {
         }
     }
 
-    fn on_transport(&mut self, event: TransportEvent) {
-        match event {
-            TransportEvent::Packet { from, packet } => self.on_peer_packet(from, packet),
-            TransportEvent::LinkUp(pnn) => log::info!("link to node {pnn} up"),
-            TransportEvent::LinkDown(pnn) => log::warn!("link to node {pnn} down"),
-        }
-    }
-
-    pub fn on_peer_packet(&mut self, from: Pnn, packet: Packet) {
-        match packet.body {
-            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => {
-                self.engine_input(Input::Packet(packet))
-            }
-            Body::ReqControl(request) => self.peer_control(from, packet.reqid, request),
-            Body::ReplyControl(reply) => self.peer_replied(from, packet.reqid, reply),
-            Body::Keepalive(_) => {}
-            other => log::warn!("node {from}: unexpected operation {}", other.operation()),
-        }
-    }
-
-    fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
+    pub(super) fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
         match request.opcode {
             opcode::DB_ATTACH => {
                 let reply = match self.attach(&request.data) {
@@ -231,12 +86,6 @@ impl Node {
         }
     }
 
-    fn reply_to_peer(&mut self, node: Pnn, reqid: ReqId, reply: ReplyControl) {
-        let generation = self.engine.generation();
-        let body = Body::ReplyControl(reply);
-        self.transport.send(node, Packet { generation, destnode: node, srcnode: self.pnn, reqid, body });
-    }
-
     /// The db id a control names, if that database is attached here.
     fn attached_db_id(&self, data: &[u8]) -> Result<DbId, String> {
         let db_id = control::decode_db_id(data).map_err(|e| e.to_string())?;
@@ -246,7 +95,7 @@ impl Node {
         }
     }
 
-    fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {
+    pub(super) fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {
         let Some(pending) = self.pending.get_mut(&reqid) else { return };
         if !pending.waiting_for.remove(&from) {
             return;
@@ -264,7 +113,7 @@ impl Node {
         }
     }
 
-    fn expire_controls(&mut self, now: Instant) {
+    pub(super) fn expire_controls(&mut self, now: Instant) {
         let expired: Vec<ReqId> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(reqid, _)| *reqid).collect();
         for reqid in expired {
@@ -286,37 +135,7 @@ impl Node {
         self.reply_to_client(pending.client, pending.client_reqid, Body::ReplyControl(ok_reply(data)));
     }
 
-    pub fn on_client(&mut self, event: ClientEvent) {
-        match event {
-            ClientEvent::Connected { client, link } => {
-                self.clients.insert(client, link);
-            }
-            ClientEvent::Gone(client) => {
-                self.clients.remove(&client);
-                self.engine_input(Input::ClientGone(client));
-            }
-            ClientEvent::Packet { client, packet } => self.on_client_packet(client, packet),
-        }
-    }
-
-    fn on_client_packet(&mut self, client: ClientId, packet: Packet) {
-        match packet.body {
-            Body::ReqCall(call) => self.engine_input(Input::ClientCall {
-                client,
-                reqid: packet.reqid,
-                db_id: call.db_id,
-                first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
-                key: call.key,
-            }),
-            Body::ReqControl(request) => self.client_control(client, packet.reqid, request),
-            other => {
-                let message = format!("unexpected operation {} on the client socket", other.operation());
-                self.reply_to_client(client, packet.reqid, Body::ReplyControl(error_reply(&message)));
-            }
-        }
-    }
-
-    fn client_control(&mut self, client: ClientId, reqid: ReqId, request: ReqControl) {
+    pub(super) fn client_control(&mut self, client: ClientId, reqid: ReqId, request: ReqControl) {
         match request.opcode {
             opcode::MIGRATION_DONE => {
                 if let Ok((db_id, key)) = control::decode_db_key(&request.data) {
@@ -395,18 +214,6 @@ impl Node {
         Ok(AttachReply { db_id, pnn: self.pnn, tdb_flags: CLUSTERED_TDB_FLAGS as u32, path })
     }
 
-    fn reply_to_client(&mut self, client: ClientId, reqid: ReqId, body: Body) {
-        let Some(link) = self.clients.get(&client) else { return };
-        let packet = Packet {
-            generation: self.engine.generation(),
-            destnode: self.pnn,
-            srcnode: self.pnn,
-            reqid,
-            body,
-        };
-        link.send(&packet);
-    }
-
     /// `key value` lines a person can read and a script can parse.
     fn status_text(&self) -> String {
         let mut text = format!(
@@ -443,6 +250,6 @@ fn ok_reply(data: Vec<u8>) -> ReplyControl {
     ReplyControl { status: 0, data, errmsg: vec![] }
 }
 
-fn error_reply(message: &str) -> ReplyControl {
+pub(super) fn error_reply(message: &str) -> ReplyControl {
     ReplyControl { status: -1, data: vec![], errmsg: message.as_bytes().to_vec() }
 }
