@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
-use rctdb::tool::local_bench::{bench_local, LocalBench};
+use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::ring;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +100,21 @@ enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// chainlock+fetch+store+chainunlock of records this node already holds, through the C
+    /// ABI on a clustered database, against raw libtdb: the cost of a local hit.
+    Hit {
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Directory of the one-node cluster the bench starts (and stops).
+        #[arg(long, default_value = "/tmp/rctdb-bench-hit")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.41")]
+        address: Ipv4Addr,
+    },
     /// One record bouncing between nodes of a fresh 3-node cluster, every call a migration;
     /// the loopback TCP round trip is measured in the same run as the floor.
     Ring {
@@ -186,6 +201,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 flags::TDB_DEFAULT
             };
             bench_local(&LocalBench { keys, value_size, rounds: rounds.max(1), hash_size, tdb_flags }, dir)
+        }
+        Command::Bench { bench: BenchCmd::Hit { keys, value_size, rounds, dir, address } } => {
+            bench_hit(&HitBench { keys, value_size, rounds: rounds.max(1), dir, address })
         }
         Command::Bench { bench: BenchCmd::Ring { nodes, seconds, lmaster, dir, first_address } } => {
             bench_ring(nodes, seconds, lmaster, dir, first_address)

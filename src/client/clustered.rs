@@ -3,8 +3,8 @@
 //! header names this node as DMASTER. Otherwise the chain lock is dropped, the daemon
 //! migrates the record here, and we try again, until a deadline.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::DaemonConnection;
@@ -17,21 +17,33 @@ use crate::wire::{DbId, Pnn};
 /// How long attach and status requests may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A chain lock the caller holds through `chainlock`.
-struct HeldLock {
-    depth: u32,
+/// What a chain lock tells about its record, read once when it is taken: nobody else can
+/// change the record while we hold the lock, so later calls need not read it again.
+#[derive(Debug, Clone, Copy)]
+struct LockedRecord {
+    header: RecordHeader,
+    has_data: bool,
     /// The record was migrated here for this lock: tell the daemon once we are done with it.
     owes_done: bool,
+}
+
+/// A chain lock the caller holds through `chainlock`.
+struct HeldLock {
+    key: Vec<u8>,
+    depth: u32,
+    record: LockedRecord,
 }
 
 pub struct ClusteredDb {
     tdb: Tdb,
     daemon: DaemonConnection,
-    name: String,
+    /// Shared with error closures, which a cheap clone keeps off the hot path.
+    name: Arc<str>,
     db_id: DbId,
     pnn: Pnn,
     migrate_timeout: Duration,
-    held: HashMap<Vec<u8>, HeldLock>,
+    /// A process holds one or two chain locks at a time: a list beats a hash map.
+    held: Vec<HeldLock>,
 }
 
 impl ClusteredDb {
@@ -55,11 +67,11 @@ impl ClusteredDb {
         Ok(ClusteredDb {
             tdb,
             daemon,
-            name: name.to_owned(),
+            name: Arc::from(name),
             db_id: attached.db_id,
             pnn: attached.pnn,
             migrate_timeout,
-            held: HashMap::new(),
+            held: Vec::new(),
         })
     }
 
@@ -87,12 +99,12 @@ impl ClusteredDb {
     }
 
     pub fn chainlock(&mut self, key: &[u8]) -> Result<()> {
-        if let Some(held) = self.held.get_mut(key) {
+        if let Some(held) = self.held_mut(key) {
             held.depth += 1;
             return Ok(());
         }
-        let owes_done = self.lock_here(key)?;
-        self.held.insert(key.to_vec(), HeldLock { depth: 1, owes_done });
+        let record = self.lock_here(key)?;
+        self.hold(key, record);
         Ok(())
     }
 
@@ -100,75 +112,77 @@ impl ClusteredDb {
     /// process holds the chain and the record is here (this node is DMASTER); else fails
     /// with `ErrorCode::Lock`.
     pub fn chainlock_nonblock(&mut self, key: &[u8]) -> Result<()> {
-        if let Some(held) = self.held.get_mut(key) {
+        if let Some(held) = self.held_mut(key) {
             held.depth += 1;
             return Ok(());
         }
         self.tdb.lock_chain_nonblock(key)?;
-        match self.is_here(key) {
-            Ok(true) => {}
-            Ok(false) => {
+        match self.read_locked(key) {
+            Ok(record) if self.is_here(&record) => {
+                self.hold(key, record);
+                Ok(())
+            }
+            Ok(_) => {
                 self.tdb.unlock_chain(key)?;
-                return Err(Error::new(
+                Err(Error::new(
                     ErrorCode::Lock,
                     format!(
                         "{}: the record is not on node {} (a non-blocking chain lock does not migrate it)",
                         self.name, self.pnn
                     ),
-                ));
+                ))
             }
             Err(err) => {
                 let _ = self.tdb.unlock_chain(key);
-                return Err(err);
+                Err(err)
             }
         }
-        self.held.insert(key.to_vec(), HeldLock { depth: 1, owes_done: false });
-        Ok(())
     }
 
     pub fn chainunlock(&mut self, key: &[u8]) -> Result<()> {
-        let Some(held) = self.held.get_mut(key) else {
+        let Some(at) = self.held.iter().position(|held| held.key == key) else {
             return Err(Error::new(
                 ErrorCode::Lock,
                 format!("{}: chainunlock: this process does not hold that lock", self.name),
             ));
         };
-        held.depth -= 1;
-        if held.depth > 0 {
+        self.held[at].depth -= 1;
+        if self.held[at].depth > 0 {
             return Ok(());
         }
-        let owes_done = held.owes_done;
-        self.held.remove(key);
-        self.unlock(key, owes_done)
+        let held = self.held.swap_remove(at);
+        self.unlock(key, held.record.owes_done)
     }
 
     /// The record's data; `None` when absent or deleted (an empty record).
     pub fn fetch(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with_record(key, |tdb| read_data(tdb, key, |data| data.to_vec()))
+        self.parse(key, |data| data.to_vec())
     }
 
     pub fn parse<R>(&mut self, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-        self.with_record(key, |tdb| read_data(tdb, key, parser))
+        self.with_record(key, |tdb, record| match record.has_data {
+            true => read_data(tdb, key, parser),
+            false => Ok(None),
+        })
     }
 
     pub fn exists(&mut self, key: &[u8]) -> Result<bool> {
-        Ok(self.parse(key, |_| ())?.is_some())
+        self.with_record(key, |_, record| Ok(record.has_data))
     }
 
     /// Stores under the header the record already has: a client store never changes who is
     /// DMASTER or the RSN (DESIGN §8.1).
     pub fn store(&mut self, key: &[u8], parts: &[&[u8]], flag: StoreFlag) -> Result<()> {
-        let name = self.name.clone();
-        self.with_record(key, |tdb| {
-            let (header, exists) = read_header(tdb, key)?;
+        let name = Arc::clone(&self.name);
+        self.with_record(key, |tdb, record| {
             match flag {
-                StoreFlag::Insert if exists => {
+                StoreFlag::Insert if record.has_data => {
                     return Err(Error::new(
                         ErrorCode::Exists,
                         format!("{name}: a record with this key exists (TDB_INSERT only creates records)"),
                     ))
                 }
-                StoreFlag::Modify if !exists => {
+                StoreFlag::Modify if !record.has_data => {
                     return Err(Error::new(
                         ErrorCode::NoExist,
                         format!("{name}: no record with this key (TDB_MODIFY only changes existing records)"),
@@ -176,24 +190,31 @@ impl ClusteredDb {
                 }
                 _ => {}
             }
-            let header = header.encode();
-            let mut value: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-            value.push(&header);
-            value.extend_from_slice(parts);
-            tdb.storev(key, &value, StoreFlag::Replace)
+            let header = record.header.encode();
+            match parts {
+                [data] => tdb.storev(key, &[&header, data], StoreFlag::Replace)?,
+                _ => {
+                    let value: Vec<&[u8]> =
+                        std::iter::once(&header[..]).chain(parts.iter().copied()).collect();
+                    tdb.storev(key, &value, StoreFlag::Replace)?
+                }
+            }
+            record.has_data = parts.iter().any(|part| !part.is_empty());
+            Ok(())
         })
     }
 
     /// Deleting leaves the header with no data: other nodes may hold older copies, and the
     /// header is what says this one is newer (vacuuming drops it later, DESIGN §8.5).
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
-        let name = self.name.clone();
-        self.with_record(key, |tdb| {
-            let (header, exists) = read_header(tdb, key)?;
-            if !exists {
+        let name = Arc::clone(&self.name);
+        self.with_record(key, |tdb, record| {
+            if !record.has_data {
                 return Err(Error::new(ErrorCode::NoExist, format!("{name}: no record with this key")));
             }
-            tdb.store(key, &header.encode(), StoreFlag::Replace)
+            tdb.store(key, &record.header.encode(), StoreFlag::Replace)?;
+            record.has_data = false;
+            Ok(())
         })
     }
 
@@ -223,36 +244,48 @@ impl ClusteredDb {
         Ok(count)
     }
 
+    fn hold(&mut self, key: &[u8], record: LockedRecord) {
+        self.held.push(HeldLock { key: key.to_vec(), depth: 1, record });
+    }
+
+    fn held_mut(&mut self, key: &[u8]) -> Option<&mut HeldLock> {
+        self.held.iter_mut().find(|held| held.key == key)
+    }
+
     /// Runs `op` with the chain locked and this node DMASTER: under the caller's lock if it
     /// holds one, else under one taken (and migrated) for this call alone.
-    fn with_record<R>(&mut self, key: &[u8], op: impl FnOnce(&Tdb) -> Result<R>) -> Result<R> {
-        if self.held.contains_key(key) {
-            return op(&self.tdb);
+    fn with_record<R>(
+        &mut self,
+        key: &[u8],
+        op: impl FnOnce(&Tdb, &mut LockedRecord) -> Result<R>,
+    ) -> Result<R> {
+        if let Some(at) = self.held.iter().position(|held| held.key == key) {
+            let HeldLock { record, .. } = &mut self.held[at];
+            return op(&self.tdb, record);
         }
-        let owes_done = self.lock_here(key)?;
-        let result = op(&self.tdb);
-        let unlocked = self.unlock(key, owes_done);
+        let mut record = self.lock_here(key)?;
+        let result = op(&self.tdb, &mut record);
+        let unlocked = self.unlock(key, record.owes_done);
         let value = result?;
         unlocked.map(|()| value)
     }
 
     /// Samba's fetch-locked loop: lock; if this node is DMASTER keep the lock; else unlock,
-    /// have the daemon migrate the record here, and retry. Returns whether the daemon is owed
-    /// a "done" for a migration made for us.
-    fn lock_here(&mut self, key: &[u8]) -> Result<bool> {
+    /// have the daemon migrate the record here, and retry.
+    fn lock_here(&mut self, key: &[u8]) -> Result<LockedRecord> {
         let deadline = Instant::now() + self.migrate_timeout;
         let mut owes_done = false;
         loop {
             self.tdb.lock_chain(key)?;
-            let here = match self.is_here(key) {
-                Ok(here) => here,
+            let record = match self.read_locked(key) {
+                Ok(record) => record,
                 Err(err) => {
                     let _ = self.tdb.unlock_chain(key);
                     return Err(err);
                 }
             };
-            if here {
-                return Ok(owes_done);
+            if self.is_here(&record) {
+                return Ok(LockedRecord { owes_done, ..record });
             }
             self.tdb.unlock_chain(key)?;
             if owes_done {
@@ -283,10 +316,18 @@ impl ClusteredDb {
         )
     }
 
-    /// Whether this node is the record's DMASTER (call with the chain locked).
-    fn is_here(&self, key: &[u8]) -> Result<bool> {
-        let (header, _) = read_header(&self.tdb, key)?;
-        Ok(header.dmaster == self.pnn && header.rsn > 0)
+    /// The record's header, read with the chain locked (a made-up one, rsn 0, if absent).
+    fn read_locked(&self, key: &[u8]) -> Result<LockedRecord> {
+        let found = self
+            .tdb
+            .parse_record(key, |value| RecordHeader::decode(value).map(|(h, data)| (h, !data.is_empty())))?;
+        let (header, has_data) = found.flatten().unwrap_or((RecordHeader::default(), false));
+        Ok(LockedRecord { header, has_data, owes_done: false })
+    }
+
+    /// Whether this node is the record's DMASTER. A made-up header (rsn 0) is nobody's.
+    fn is_here(&self, record: &LockedRecord) -> bool {
+        record.header.dmaster == self.pnn && record.header.rsn > 0
     }
 
     fn unlock(&mut self, key: &[u8], owes_done: bool) -> Result<()> {
@@ -296,14 +337,6 @@ impl ClusteredDb {
         }
         Ok(())
     }
-}
-
-/// The header stored for `key` (a made-up one if there is none) and whether the record has
-/// data.
-fn read_header(tdb: &Tdb, key: &[u8]) -> Result<(RecordHeader, bool)> {
-    let found =
-        tdb.parse_record(key, |value| RecordHeader::decode(value).map(|(h, data)| (h, !data.is_empty())))?;
-    Ok(found.flatten().unwrap_or((RecordHeader::default(), false)))
 }
 
 fn read_data<R>(tdb: &Tdb, key: &[u8], parser: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {

@@ -57,6 +57,31 @@ impl RawTdb {
     }
 }
 
+impl RawTdb {
+    /// Samba's read-modify-write of a record: tdb_chainlock, tdb_fetch, tdb_store,
+    /// tdb_chainunlock, for each key. Returns how many fetches found a record.
+    pub fn locked_fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
+        let mut found = 0;
+        let data = ffi::TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
+        for key in keys {
+            let key = ffi::TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
+            // SAFETY: as in `fetch_store_pass`; the chain lock is taken and released here.
+            unsafe {
+                assert_eq!(ffi::tdb_chainlock(self.ctx.as_ptr(), key), 0, "tdb_chainlock failed");
+                let old = ffi::tdb_fetch(self.ctx.as_ptr(), key);
+                if !old.dptr.is_null() {
+                    found += 1;
+                    libc::free(old.dptr.cast());
+                }
+                let rc: c_int = ffi::tdb_store(self.ctx.as_ptr(), key, data, ffi::TDB_REPLACE as c_int);
+                assert_eq!(rc, 0, "tdb_store failed in the baseline loop");
+                assert_eq!(ffi::tdb_chainunlock(self.ctx.as_ptr(), key), 0, "tdb_chainunlock failed");
+            }
+        }
+        found
+    }
+}
+
 impl Drop for RawTdb {
     fn drop(&mut self) {
         let _list = OPEN_LIST.lock();

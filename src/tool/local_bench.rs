@@ -1,10 +1,15 @@
-//! `rctdb bench local`: fetch+store through the C ABI against raw libtdb, in one process.
+//! The local paths against raw libtdb, in one process: `rctdb bench local` (fetch+store
+//! through the C ABI on a plain tdb) and `rctdb bench hit` (Samba's locked read-modify-write
+//! of records a cluster node already holds: what every repeated access costs).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::capi::{rctdb_close, rctdb_fetch, rctdb_open, rctdb_open_error, rctdb_store};
+use crate::capi::{
+    rctdb_chainlock, rctdb_chainunlock, rctdb_close, rctdb_fetch, rctdb_open, rctdb_open_error, rctdb_store,
+};
 use crate::local::{bench_baseline::RawTdb, flags, TDB_DATA};
+use crate::tool::cluster::{ClusterSpec, RunningCluster};
 
 pub struct LocalBench {
     pub keys: usize,
@@ -92,9 +97,12 @@ struct CapiDb(*mut crate::capi::rctdb_context);
 
 impl CapiDb {
     fn create(path: &Path, hash_size: i32, tdb_flags: i32) -> Result<CapiDb, String> {
+        CapiDb::open(path, hash_size, tdb_flags, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
+    }
+
+    fn open(path: &Path, hash_size: i32, tdb_flags: i32, open_flags: i32) -> Result<CapiDb, String> {
         let c_path =
             std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-        let open_flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
         // SAFETY: c_path is a NUL-terminated string that outlives the call.
         let db = unsafe { rctdb_open(c_path.as_ptr(), hash_size, tdb_flags, open_flags, 0o600) };
         if db.is_null() {
@@ -126,6 +134,27 @@ impl CapiDb {
         found
     }
 
+    /// The same loop as `RawTdb::locked_fetch_store_pass`, through the C ABI.
+    fn locked_fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
+        let mut found = 0;
+        let data = TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
+        for key in keys {
+            let key = TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
+            // SAFETY: as in `fetch_store_pass`; the chain lock is taken and released here.
+            unsafe {
+                assert_eq!(rctdb_chainlock(self.0, key), 0, "rctdb_chainlock failed in the benchmark loop");
+                let old = rctdb_fetch(self.0, key);
+                if !old.dptr.is_null() {
+                    found += 1;
+                    libc::free(old.dptr.cast());
+                }
+                assert_eq!(rctdb_store(self.0, key, data, flags::TDB_REPLACE), 0, "rctdb_store failed");
+                assert_eq!(rctdb_chainunlock(self.0, key), 0, "rctdb_chainunlock failed");
+            }
+        }
+        found
+    }
+
     fn close(self) -> Result<(), String> {
         // SAFETY: the context is open and not used after this.
         match unsafe { rctdb_close(self.0) } {
@@ -133,4 +162,59 @@ impl CapiDb {
             _ => Err("rctdb_close failed".into()),
         }
     }
+}
+
+pub struct HitBench {
+    pub keys: usize,
+    pub value_size: usize,
+    pub rounds: usize,
+    pub dir: PathBuf,
+    /// Address of the one-node cluster the bench starts.
+    pub address: std::net::Ipv4Addr,
+}
+
+/// chainlock + fetch + store + chainunlock of records this node holds, through the C ABI on
+/// a clustered database, against the same on a raw libtdb file with the same tdb flags and
+/// hash size, in alternating rounds. A one-node cluster: what is measured is the local hit,
+/// which never talks to the daemon whatever the cluster's size.
+pub fn bench_hit(bench: &HitBench) -> Result<(), String> {
+    let mut spec = ClusterSpec::new(1, &bench.dir);
+    spec.first_address = bench.address;
+    let cluster = RunningCluster::start(spec)?;
+    // rctdb_open reads the socket from the environment, as a C program would.
+    std::env::set_var("RCTDB_SOCKET", cluster.socket(0));
+    let clustered = CapiDb::open(Path::new("hit.tdb"), 0, 0, libc::O_RDWR | libc::O_CREAT);
+    std::env::remove_var("RCTDB_SOCKET");
+    let clustered = clustered?;
+    let raw_flags = crate::daemon::CLUSTERED_TDB_FLAGS;
+    let raw = RawTdb::create(&bench.dir.join("raw.tdb"), 100_001, raw_flags)
+        .map_err(|e| format!("tdb_open for the baseline: {e}"))?;
+    let keys: Vec<Vec<u8>> = (0..bench.keys).map(|i| format!("key-{i:08}").into_bytes()).collect();
+    let value = vec![b'v'; bench.value_size];
+    println!(
+        "bench hit: {} records this node holds, {}-byte values, {} rounds per side",
+        bench.keys, bench.value_size, bench.rounds
+    );
+    // The first pass creates the records (through the daemon, for the clustered side).
+    clustered.locked_fetch_store_pass(&keys, &value);
+    raw.locked_fetch_store_pass(&keys, &value);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..bench.rounds {
+        let mut measure_ours =
+            || ours.push(rate(keys.len(), || clustered.locked_fetch_store_pass(&keys, &value)));
+        let mut measure_raw = || theirs.push(rate(keys.len(), || raw.locked_fetch_store_pass(&keys, &value)));
+        if round % 2 == 0 {
+            measure_ours();
+            measure_raw();
+        } else {
+            measure_raw();
+            measure_ours();
+        }
+    }
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    println!("locked read-modify-writes per second (median of {} rounds):", bench.rounds);
+    println!("  rctdb, clustered, local hit  {ours:>10.0} /s  ({:.2} us each)", 1e6 / ours);
+    println!("  raw libtdb                   {theirs:>10.0} /s  ({:.2} us each)", 1e6 / theirs);
+    println!("  ratio (rctdb / raw) {:.3}", ours / theirs);
+    clustered.close()
 }
