@@ -291,15 +291,20 @@ impl Engine {
 
     fn forget_client(&mut self, client: ClientId) {
         let keys: Vec<(DbId, Vec<u8>)> = self.keys.keys().cloned().collect();
-        for (db_id, key) in keys {
-            if let Some(migration) =
-                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
-            {
-                // The migration goes on: the record must land somewhere, and another
-                // client may ask for it before it does.
-                migration.waiters.retain(|waiter| waiter.client != client);
+        for slot in keys {
+            if let Some(state) = self.keys.get_mut(&slot) {
+                // Its requests that wait for a chain lock go; a migration already asked
+                // for goes on: the record must land somewhere, and another client may ask
+                // for it before it does.
+                state
+                    .lock_wait
+                    .retain(|work| !matches!(work, Work::ClientCall { client: c, .. } if *c == client));
+                if let Some(migration) = state.migration.as_mut() {
+                    migration.waiters.retain(|waiter| waiter.client != client);
+                }
             }
-            self.end_first_use(db_id, &key, Some(client));
+            self.end_first_use(slot.0, &slot.1, Some(client));
+            self.drop_if_idle(&slot);
         }
     }
 
