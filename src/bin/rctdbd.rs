@@ -21,7 +21,7 @@ struct Args {
     /// Unix socket local clients connect to (RCTDB_SOCKET).
     #[arg(long)]
     socket: PathBuf,
-    /// Directory of this node's database files; a volatile database is wiped when first attached.
+    /// Directory of this node's database files; volatile databases are emptied at start.
     #[arg(long)]
     dbdir: PathBuf,
     /// Log file (default: stderr). Level from RUST_LOG, default info.

@@ -73,7 +73,23 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the database directory if needed.
+/// Creates the database directory if needed and empties the volatile databases a previous
+/// run left, as CTDB does: their records described processes of that run. Emptied in place,
+/// not unlinked, so that a client of the previous run that still has a file open finds no
+/// record it could take for its own and must ask this daemon (which it cannot reach).
 fn prepare_dbdir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))
+    std::fs::create_dir_all(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("database directory {}: {e}", dir.display()))?;
+    for path in entries.flatten().map(|entry| entry.path()) {
+        if !path.is_file() {
+            continue;
+        }
+        let wiped = crate::local::Tdb::open(&path, 0, CLUSTERED_TDB_FLAGS, libc::O_RDWR, 0o600)
+            .map_err(|e| e.to_string())
+            .and_then(|tdb| tdb.wipe_all().and_then(|()| tdb.close()).map_err(|e| e.to_string()));
+        if let Err(err) = wiped {
+            return Err(format!("wiping the volatile database {}: {err}", path.display()));
+        }
+    }
+    Ok(())
 }

@@ -54,9 +54,9 @@ impl TdbStore {
         }
         let path = self.dir.join(name);
         let tdb = Tdb::open(&path, HASH_SIZE, CLUSTERED_TDB_FLAGS, libc::O_RDWR | libc::O_CREAT, 0o600)?;
-        // A volatile database starts empty, as in CTDB: its records described processes of
-        // a previous run. Wiped in place, not unlinked, so that a client still holding the
-        // old file open finds no record it could take for its own and must ask us.
+        // A volatile database starts empty, as in CTDB. The daemon emptied the files of a
+        // previous run when it started; emptying again at the first attach also drops what
+        // a stale client of that run may have written since.
         tdb.wipe_all()?;
         if tdb.chain_lock_offset(b"").is_none() {
             return Err(Error::einval(format!(

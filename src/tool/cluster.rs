@@ -92,37 +92,61 @@ pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     let nodes_file = spec.dir.join("nodes");
     let list: String = (0..spec.nodes).map(|k| format!("{}\n", spec.address(k))).collect();
     std::fs::write(&nodes_file, list).map_err(|e| format!("{}: {e}", nodes_file.display()))?;
-    let rctdbd = rctdbd_binary();
     for node in 0..spec.nodes {
-        if let Some(pid) = running_pid(&spec.dir, node) {
-            return Err(format!(
-                "node {node} is already running (pid {pid}); run `rctdb cluster down` first"
-            ));
-        }
-        let log = spec.dir.join(format!("node{node}.log"));
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(&rctdbd)
-            .arg("--nodes")
-            .arg(&nodes_file)
-            .arg("--address")
-            .arg(spec.address(node).to_string())
-            .arg("--port")
-            .arg(spec.port.to_string())
-            .arg("--socket")
-            .arg(socket_path(&spec.dir, node))
-            .arg("--dbdir")
-            .arg(spec.dir.join(format!("node{node}")))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", rctdbd.display()))?;
-        std::fs::write(pid_path(&spec.dir, node), format!("{}\n", child.id())).map_err(|e| e.to_string())?;
+        start_node(spec, node)?;
     }
     wait_for_links(spec)
 }
 
-fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
+/// Starts (or, after it died, restarts) node `node` of the cluster `up` wrote into
+/// `spec.dir`, without waiting for its links; its log is appended to.
+pub fn start_node(spec: &ClusterSpec, node: usize) -> Result<(), String> {
+    if let Some(pid) = running_pid(&spec.dir, node) {
+        return Err(format!("node {node} is already running (pid {pid}); run `rctdb cluster down` first"));
+    }
+    let log = spec.dir.join(format!("node{node}.log"));
+    let log_file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let rctdbd = rctdbd_binary();
+    let child = Command::new(&rctdbd)
+        .arg("--nodes")
+        .arg(spec.dir.join("nodes"))
+        .arg("--address")
+        .arg(spec.address(node).to_string())
+        .arg("--port")
+        .arg(spec.port.to_string())
+        .arg("--socket")
+        .arg(socket_path(&spec.dir, node))
+        .arg("--dbdir")
+        .arg(spec.dir.join(format!("node{node}")))
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", rctdbd.display()))?;
+    std::fs::write(pid_path(&spec.dir, node), format!("{}\n", child.id())).map_err(|e| e.to_string())
+}
+
+/// Kills node `node` at once (SIGKILL), as a crash would.
+pub fn kill_node(dir: &Path, node: usize) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = running_pid(dir, node).ok_or(format!("node {node} is not running"))?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
+        .map_err(|e| format!("killing node {node}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_pid(dir, node).is_some() {
+        if Instant::now() > deadline {
+            return Err(format!("node {node} (pid {pid}) survived SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(5)); // waiting for the kernel to reap it
+    }
+    Ok(())
+}
+
+pub fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
     let deadline = Instant::now() + spec.timeout;
     for node in 0..spec.nodes {
         loop {
