@@ -12,6 +12,13 @@ use std::{
 
 use super::{ffi, tdb::OPEN_LIST};
 
+/// Whether a benchmark pass takes the chain lock around each read-modify-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    Unlocked,
+    ChainLocked,
+}
+
 pub struct RawTdb {
     ctx: NonNull<ffi::tdb_context>,
 }
@@ -34,16 +41,22 @@ impl RawTdb {
         NonNull::new(raw).map(|ctx| RawTdb { ctx }).ok_or_else(io::Error::last_os_error)
     }
 
-    /// For each key: tdb_fetch, free the copy, tdb_store(TDB_REPLACE) `value`. Returns how
-    /// many fetches found a record; panics if a store fails, as a benchmark cannot go on.
-    pub fn fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
+    /// For each key: tdb_fetch, free the copy, tdb_store(TDB_REPLACE) `value`; with
+    /// `Locking::ChainLocked` inside tdb_chainlock / tdb_chainunlock, Samba's read-modify-write.
+    /// Returns how many fetches found a record; panics if a call fails, as a benchmark cannot
+    /// go on.
+    pub fn pass(&self, keys: &[Vec<u8>], value: &[u8], locking: Locking) -> usize {
         let mut found = 0;
         let data = ffi::TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
+        let locked = locking == Locking::ChainLocked;
         for key in keys {
             let key = ffi::TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
             // SAFETY: the context is open; key and value outlive the calls; tdb_fetch's
             // result is malloc'd and ours to free; tdb never writes through key or data.
             unsafe {
+                if locked {
+                    assert_eq!(ffi::tdb_chainlock(self.ctx.as_ptr(), key), 0, "tdb_chainlock failed");
+                }
                 let old = ffi::tdb_fetch(self.ctx.as_ptr(), key);
                 if !old.dptr.is_null() {
                     found += 1;
@@ -51,31 +64,9 @@ impl RawTdb {
                 }
                 let rc: c_int = ffi::tdb_store(self.ctx.as_ptr(), key, data, ffi::TDB_REPLACE as c_int);
                 assert_eq!(rc, 0, "tdb_store failed in the baseline loop");
-            }
-        }
-        found
-    }
-}
-
-impl RawTdb {
-    /// Samba's read-modify-write of a record: tdb_chainlock, tdb_fetch, tdb_store,
-    /// tdb_chainunlock, for each key. Returns how many fetches found a record.
-    pub fn locked_fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
-        let mut found = 0;
-        let data = ffi::TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
-        for key in keys {
-            let key = ffi::TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
-            // SAFETY: as in `fetch_store_pass`; the chain lock is taken and released here.
-            unsafe {
-                assert_eq!(ffi::tdb_chainlock(self.ctx.as_ptr(), key), 0, "tdb_chainlock failed");
-                let old = ffi::tdb_fetch(self.ctx.as_ptr(), key);
-                if !old.dptr.is_null() {
-                    found += 1;
-                    libc::free(old.dptr.cast());
+                if locked {
+                    assert_eq!(ffi::tdb_chainunlock(self.ctx.as_ptr(), key), 0, "tdb_chainunlock failed");
                 }
-                let rc: c_int = ffi::tdb_store(self.ctx.as_ptr(), key, data, ffi::TDB_REPLACE as c_int);
-                assert_eq!(rc, 0, "tdb_store failed in the baseline loop");
-                assert_eq!(ffi::tdb_chainunlock(self.ctx.as_ptr(), key), 0, "tdb_chainunlock failed");
             }
         }
         found

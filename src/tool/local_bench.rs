@@ -8,7 +8,8 @@ use std::time::Instant;
 use crate::capi::{
     rctdb_chainlock, rctdb_chainunlock, rctdb_close, rctdb_fetch, rctdb_open, rctdb_open_error, rctdb_store,
 };
-use crate::local::{bench_baseline::RawTdb, flags, TDB_DATA};
+use crate::local::bench_baseline::{Locking, RawTdb};
+use crate::local::{flags, TDB_DATA};
 use crate::tool::cluster::{ClusterSpec, RunningCluster};
 
 pub struct LocalBench {
@@ -47,30 +48,13 @@ fn run_local_bench(bench: &LocalBench, dir: &Path) -> Result<(), String> {
         if bench.tdb_flags & flags::TDB_MUTEX_LOCKING != 0 { "mutex" } else { "fcntl" },
         bench.rounds
     );
-    // The first pass of each side creates the records: not measured.
-    capi.fetch_store_pass(&keys, &value);
-    raw.fetch_store_pass(&keys, &value);
-
-    let (mut capi_rates, mut raw_rates) = (Vec::new(), Vec::new());
-    for round in 0..bench.rounds {
-        // Alternate which side goes first, so that drift in the machine's speed cancels.
-        let mut measure_capi = || capi_rates.push(rate(keys.len(), || capi.fetch_store_pass(&keys, &value)));
-        let mut measure_raw = || raw_rates.push(rate(keys.len(), || raw.fetch_store_pass(&keys, &value)));
-        if round % 2 == 0 {
-            measure_capi();
-            measure_raw();
-        } else {
-            measure_raw();
-            measure_capi();
-        }
-        println!(
-            "  round {}: C ABI {:>9.0} /s   raw libtdb {:>9.0} /s",
-            round + 1,
-            capi_rates[round],
-            raw_rates[round]
-        );
-    }
-    let (capi_median, raw_median) = (median(&mut capi_rates), median(&mut raw_rates));
+    let (capi_median, raw_median) = compare(
+        bench.rounds,
+        keys.len(),
+        || capi.pass(&keys, &value, Locking::Unlocked),
+        || raw.pass(&keys, &value, Locking::Unlocked),
+        |round, capi, raw| println!("  round {round}: C ABI {capi:>9.0} /s   raw libtdb {raw:>9.0} /s"),
+    );
     println!("fetch+store pairs per second (median of {} rounds):", bench.rounds);
     println!("  rctdb C ABI  {capi_median:>10.0} /s  ({:.2} us per pair)", 1e6 / capi_median);
     println!("  raw libtdb   {raw_median:>10.0} /s  ({:.2} us per pair)", 1e6 / raw_median);
@@ -78,8 +62,34 @@ fn run_local_bench(bench: &LocalBench, dir: &Path) -> Result<(), String> {
     capi.close()
 }
 
+/// Runs `ours` and `raw` (each one pass over `count` keys) for `rounds` rounds after an
+/// unmeasured first pass that creates the records, alternating which goes first so that
+/// drift in the machine's speed cancels; returns both medians in passes' keys per second.
+fn compare(
+    rounds: usize,
+    count: usize,
+    ours: impl Fn() -> usize,
+    raw: impl Fn() -> usize,
+    mut each_round: impl FnMut(usize, f64, f64),
+) -> (f64, f64) {
+    ours();
+    raw();
+    let (mut ours_rates, mut raw_rates) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ours_rates.push(rate(count, &ours));
+            raw_rates.push(rate(count, &raw));
+        } else {
+            raw_rates.push(rate(count, &raw));
+            ours_rates.push(rate(count, &ours));
+        }
+        each_round(round + 1, ours_rates[round], raw_rates[round]);
+    }
+    (median(&mut ours_rates), median(&mut raw_rates))
+}
+
 /// Pairs per second of one pass over `count` keys.
-fn rate(count: usize, pass: impl FnOnce() -> usize) -> f64 {
+fn rate(count: usize, pass: impl Fn() -> usize) -> f64 {
     let start = Instant::now();
     let found = pass();
     let elapsed = start.elapsed().as_secs_f64();
@@ -113,43 +123,32 @@ impl CapiDb {
         Ok(CapiDb(db))
     }
 
-    /// The same loop as `RawTdb::fetch_store_pass`, through rctdb_fetch and rctdb_store.
-    fn fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
+    /// The same loop as `RawTdb::pass`, through the C ABI.
+    fn pass(&self, keys: &[Vec<u8>], value: &[u8], locking: Locking) -> usize {
         let mut found = 0;
         let data = TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
+        let locked = locking == Locking::ChainLocked;
         for key in keys {
             let key = TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
             // SAFETY: the context is open; key and value outlive the calls and are not
             // written; rctdb_fetch's result is malloc'd and ours to free.
             unsafe {
-                let old = rctdb_fetch(self.0, key);
-                if !old.dptr.is_null() {
-                    found += 1;
-                    libc::free(old.dptr.cast());
+                if locked {
+                    assert_eq!(
+                        rctdb_chainlock(self.0, key),
+                        0,
+                        "rctdb_chainlock failed in the benchmark loop"
+                    );
                 }
-                let rc = rctdb_store(self.0, key, data, flags::TDB_REPLACE);
-                assert_eq!(rc, 0, "rctdb_store failed in the benchmark loop");
-            }
-        }
-        found
-    }
-
-    /// The same loop as `RawTdb::locked_fetch_store_pass`, through the C ABI.
-    fn locked_fetch_store_pass(&self, keys: &[Vec<u8>], value: &[u8]) -> usize {
-        let mut found = 0;
-        let data = TDB_DATA { dptr: value.as_ptr() as *mut u8, dsize: value.len() };
-        for key in keys {
-            let key = TDB_DATA { dptr: key.as_ptr() as *mut u8, dsize: key.len() };
-            // SAFETY: as in `fetch_store_pass`; the chain lock is taken and released here.
-            unsafe {
-                assert_eq!(rctdb_chainlock(self.0, key), 0, "rctdb_chainlock failed in the benchmark loop");
                 let old = rctdb_fetch(self.0, key);
                 if !old.dptr.is_null() {
                     found += 1;
                     libc::free(old.dptr.cast());
                 }
                 assert_eq!(rctdb_store(self.0, key, data, flags::TDB_REPLACE), 0, "rctdb_store failed");
-                assert_eq!(rctdb_chainunlock(self.0, key), 0, "rctdb_chainunlock failed");
+                if locked {
+                    assert_eq!(rctdb_chainunlock(self.0, key), 0, "rctdb_chainunlock failed");
+                }
             }
         }
         found
@@ -195,23 +194,13 @@ pub fn bench_hit(bench: &HitBench) -> Result<(), String> {
         "bench hit: {} records this node holds, {}-byte values, {} rounds per side",
         bench.keys, bench.value_size, bench.rounds
     );
-    // The first pass creates the records (through the daemon, for the clustered side).
-    clustered.locked_fetch_store_pass(&keys, &value);
-    raw.locked_fetch_store_pass(&keys, &value);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 0..bench.rounds {
-        let mut measure_ours =
-            || ours.push(rate(keys.len(), || clustered.locked_fetch_store_pass(&keys, &value)));
-        let mut measure_raw = || theirs.push(rate(keys.len(), || raw.locked_fetch_store_pass(&keys, &value)));
-        if round % 2 == 0 {
-            measure_ours();
-            measure_raw();
-        } else {
-            measure_raw();
-            measure_ours();
-        }
-    }
-    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    let (ours, theirs) = compare(
+        bench.rounds,
+        keys.len(),
+        || clustered.pass(&keys, &value, Locking::ChainLocked),
+        || raw.pass(&keys, &value, Locking::ChainLocked),
+        |_, _, _| {},
+    );
     println!("locked read-modify-writes per second (median of {} rounds):", bench.rounds);
     println!("  rctdb, clustered, local hit  {ours:>10.0} /s  ({:.2} us each)", 1e6 / ours);
     println!("  raw libtdb                   {theirs:>10.0} /s  ({:.2} us each)", 1e6 / theirs);
