@@ -141,7 +141,7 @@ struct FirstUse {
 struct KeyState {
     migration: Option<Migration>,
     first_use: Option<FirstUse>,
-    /// Remote requests waiting for this node to become (or stop reserving) DMASTER.
+    /// Remote requests for the record, waiting until the local clients had their first use.
     parked: VecDeque<Work>,
     /// Work waiting for a chain lock that a client holds, in arrival order.
     lock_wait: VecDeque<Work>,
