@@ -1,8 +1,8 @@
-//! Waiting for locks that clients hold, without blocking the engine thread (DESIGN §2, the
+//! Waiting for locks that clients hold, without blocking any thread that runs the engine (DESIGN §2, the
 //! lock rule). A waiter thread blocks in the kernel for an open-file-description lock on the
 //! bytes tdb's fcntl locks cover; OFD locks conflict with the clients' fcntl locks, so once
 //! the waiter holds them no client can hold the chain (or, for a whole database, any chain).
-//! The engine thread then marks the lock as held in its own tdb context
+//! The node then marks the lock as held in its own tdb context
 //! (`tdb_chainlock_mark` / `tdb_lockall_mark`, as CTDB does with its lock helpers), does the
 //! waiting work, unmarks and releases the OFD lock.
 
@@ -23,7 +23,7 @@ pub enum LockTarget {
     AllChains { db_id: DbId },
 }
 
-/// A lock a waiter thread took on the engine thread's behalf.
+/// A lock a waiter thread took on the node's behalf.
 pub struct HeldLock {
     pub target: LockTarget,
     file: Arc<File>,
@@ -42,7 +42,7 @@ impl HeldLock {
 }
 
 /// Starts a thread that waits until it holds `len` bytes at `start` of `file` (a write lock
-/// for a chain, a read lock for all chains) and hands the lock to the engine thread.
+/// for a chain, a read lock for all chains) and hands the lock to the node.
 pub fn wait_for(file: Arc<File>, start: u64, len: u64, target: LockTarget, held: Sender<HeldLock>) {
     let kind = match target {
         LockTarget::Chain { .. } => libc::F_WRLCK,

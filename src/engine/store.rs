@@ -15,7 +15,7 @@ pub struct Record {
 
 pub trait RecordStore {
     /// Takes the record's chain lock if nobody holds it. Never waits: a client may hold the
-    /// lock for a long time and the engine thread must keep serving other keys.
+    /// lock for a long time and the engine must keep serving other keys meanwhile.
     fn try_lock(&mut self, db: DbId, key: &[u8]) -> bool;
     fn unlock(&mut self, db: DbId, key: &[u8]);
     /// The record, read under the chain lock; `None` when absent or too short for a header.
