@@ -1,10 +1,10 @@
-//! Waiting for locks that clients hold, without blocking any thread that runs the engine (DESIGN §2, the
-//! lock rule). A waiter thread blocks in the kernel for an open-file-description lock on the
-//! bytes tdb's fcntl locks cover; OFD locks conflict with the clients' fcntl locks, so once
-//! the waiter holds them no client can hold the chain (or, for a whole database, any chain).
-//! The node then marks the lock as held in its own tdb context
-//! (`tdb_chainlock_mark` / `tdb_lockall_mark`, as CTDB does with its lock helpers), does the
-//! waiting work, unmarks and releases the OFD lock.
+//! Waiting for locks that clients hold, without blocking any thread that runs the engine
+//! (DESIGN §2, the lock rule). A waiter thread blocks in the kernel for an
+//! open-file-description lock on the bytes tdb's fcntl locks cover; OFD locks conflict with
+//! the clients' fcntl locks, so once the waiter holds them no client can hold the chain (or,
+//! for a whole database, any chain). The node then marks the lock as held in its own tdb
+//! context (`tdb_chainlock_mark` / `tdb_lockall_mark`, as CTDB does with its lock helpers),
+//! does the waiting work, unmarks and releases the OFD lock.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
