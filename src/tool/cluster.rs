@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
 use crate::client::DaemonConnection;
 
 #[derive(Debug, Clone)]
@@ -132,18 +136,35 @@ pub fn start_node(spec: &ClusterSpec, node: usize) -> Result<(), String> {
 
 /// Kills node `node` at once (SIGKILL), as a crash would.
 pub fn kill_node(dir: &Path, node: usize) -> Result<(), String> {
-    use nix::sys::signal::{kill, Signal};
-    let pid = running_pid(dir, node).ok_or(format!("node {node} is not running"))?;
-    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
-        .map_err(|e| format!("killing node {node}: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    match stop_node(dir, node, Signal::SIGKILL)? {
+        true => Ok(()),
+        false => Err(format!("node {node} is not running")),
+    }
+}
+
+/// Sends `signal` to the node and waits for it to exit, killing it if it has not after a
+/// grace period. Returns whether it was running.
+fn stop_node(dir: &Path, node: usize, signal: Signal) -> Result<bool, String> {
+    let Some(pid) = running_pid(dir, node) else { return Ok(false) };
+    let pid = Pid::from_raw(pid);
+    for signal in [signal, Signal::SIGKILL] {
+        let _ = kill(pid, signal);
+        if exits_within(dir, node, Duration::from_secs(5)) {
+            return Ok(true);
+        }
+    }
+    Err(format!("node {node} (pid {pid}) survived SIGKILL"))
+}
+
+fn exits_within(dir: &Path, node: usize, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
     while running_pid(dir, node).is_some() {
         if Instant::now() > deadline {
-            return Err(format!("node {node} (pid {pid}) survived SIGKILL"));
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(5)); // waiting for the kernel to reap it
+        std::thread::sleep(Duration::from_millis(5)); // polling for a process to exit
     }
-    Ok(())
+    true
 }
 
 pub fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
@@ -174,39 +195,33 @@ pub fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
 
 fn running_pid(dir: &Path, node: usize) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_path(dir, node)).ok()?.trim().parse().ok()?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let alive = kill(Pid::from_raw(pid), None).is_ok();
     // A zombie child of ours still "exists": reap it so it does not count as running.
-    let exited =
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-            .is_ok_and(|status| status != nix::sys::wait::WaitStatus::StillAlive);
+    let exited = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+        .is_ok_and(|status| status != WaitStatus::StillAlive);
     (alive && !exited).then_some(pid)
 }
 
 /// Stops every node of the cluster in `dir` (SIGTERM, then SIGKILL after a grace period).
 pub fn down(dir: &Path) -> Result<usize, String> {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let mut stopped = 0;
-    for node in 0..200 {
-        let path = pid_path(dir, node);
-        if !path.exists() {
-            if node > 0 && !pid_path(dir, node + 1).exists() {
-                break;
-            }
-            continue;
-        }
-        if let Some(pid) = running_pid(dir, node) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while running_pid(dir, node).is_some() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if running_pid(dir, node).is_some() {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+    for node in nodes_with_pid_files(dir) {
+        if stop_node(dir, node, Signal::SIGTERM)? {
             stopped += 1;
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(pid_path(dir, node));
     }
     Ok(stopped)
+}
+
+/// The nodes that have a `nodeK.pid` file in `dir`.
+fn nodes_with_pid_files(dir: &Path) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_prefix("node")?.strip_suffix(".pid")?.parse().ok()
+        })
+        .collect()
 }
