@@ -61,15 +61,15 @@ impl Engine {
             out.push(Output::ClientReply { client: waiter.client, reqid: waiter.reqid, status: CALL_OK });
             return;
         }
-        let state = self.keys.entry((db_id, key.clone())).or_default();
-        if let Some(migration) = state.migration.as_mut() {
+        let slot = (db_id, key.clone());
+        if let Some(migration) = self.keys.get_mut(&slot).and_then(|state| state.migration.as_mut()) {
             // Fetch collapse: one migration per key per node, later askers ride along.
             migration.waiters.push(waiter);
             return;
         }
         let call_reqid = self.next_reqid();
-        let state = self.keys.entry((db_id, key.clone())).or_default();
-        state.migration = Some(Migration { reqid: call_reqid, waiters: vec![waiter] });
+        self.keys.entry(slot).or_default().migration =
+            Some(Migration { reqid: call_reqid, waiters: vec![waiter] });
         let destnode = match &record {
             Some(record) => record.header.dmaster,
             None => self.lmaster(&key),
@@ -125,7 +125,6 @@ impl Engine {
         // Not DMASTER, even if a migration to us is in flight: parking here could wait on a
         // node that waits on us. Pass it on instead; with in-order links the LMASTER only
         // sends it back after the record it sent us.
-
         self.forward(origin, reqid, call, record, out);
     }
 
