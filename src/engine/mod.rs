@@ -114,6 +114,30 @@ pub struct EngineStats {
     pub max_hopcount: u32,
 }
 
+impl std::fmt::Display for EngineStats {
+    /// `name=value` pairs, one line: easy to read and to grep.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "calls_sent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
+             stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
+             protocol_violations={} store_errors={} lock_waits={} max_hopcount={}",
+            self.calls_sent,
+            self.calls_forwarded,
+            self.calls_parked,
+            self.handovers,
+            self.migrations_completed,
+            self.stale_generation_dropped,
+            self.duplicates_dropped,
+            self.unknown_db_dropped,
+            self.protocol_violations,
+            self.store_errors,
+            self.lock_waits,
+            self.max_hopcount
+        )
+    }
+}
+
 /// A local client waiting for a migration.
 #[derive(Debug)]
 struct Waiter {

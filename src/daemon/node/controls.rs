@@ -241,7 +241,7 @@ impl Node {
         for (name, id) in dbs {
             text.push_str(&format!("db {name} {id:#010x}\n"));
         }
-        text.push_str(&format!("stats {:?}\n", self.engine.stats()));
+        text.push_str(&format!("stats {}\n", self.engine.stats()));
         text
     }
 }
