@@ -2,10 +2,10 @@
 //! stored as the 24-byte record header followed by the data (DESIGN §8.1).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::lock_wait::LockFiles;
 use crate::control::{valid_db_name, RecordCopy};
 use crate::engine::{Record, RecordStore};
 use crate::error::{Error, ErrorCode, Result};
@@ -22,8 +22,8 @@ const HASH_SIZE: i32 = 100_001;
 pub struct AttachedDb {
     pub name: String,
     pub tdb: Tdb,
-    /// A second open file description of the same file, for chain-lock waiters.
-    lock_file: Arc<File>,
+    /// Open file descriptions of the same file, for lock waiters.
+    lock_files: Arc<LockFiles>,
 }
 
 pub struct TdbStore {
@@ -64,12 +64,8 @@ impl TdbStore {
                 path.display()
             )));
         }
-        let lock_file = File::options()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("{}: {e}", path.display())))?;
-        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, lock_file: Arc::new(lock_file) });
+        let lock_files = Arc::new(LockFiles::new(&path));
+        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, lock_files });
         Ok(path)
     }
 
@@ -101,16 +97,16 @@ impl TdbStore {
     }
 
     /// Where a lock waiter can wait for the chain lock of `key`: file, byte offset, length.
-    pub fn chain_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<File>, u64, u64)> {
+    pub fn chain_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<LockFiles>, u64, u64)> {
         let db = self.dbs.get(&db_id)?;
-        Some((db.lock_file.clone(), db.tdb.chain_lock_offset(key)?, 1))
+        Some((db.lock_files.clone(), db.tdb.chain_lock_offset(key)?, 1))
     }
 
     /// Where a lock waiter can wait for every chain lock of the database.
-    pub fn all_chains_site(&self, db_id: DbId) -> Option<(Arc<File>, u64, u64)> {
+    pub fn all_chains_site(&self, db_id: DbId) -> Option<(Arc<LockFiles>, u64, u64)> {
         let db = self.dbs.get(&db_id)?;
         let (start, len) = db.tdb.chains_lock_range()?;
-        Some((db.lock_file.clone(), start, len))
+        Some((db.lock_files.clone(), start, len))
     }
 
     /// While a waiter holds `key`'s chain for the engine, the engine's locking is marking.
