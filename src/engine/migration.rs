@@ -22,7 +22,7 @@ impl Engine {
             }
             Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
-            Work::ReplyDmaster { reply } => self.reply_dmaster(reply, record, store, out),
+            Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
         }
     }
 
@@ -47,8 +47,8 @@ impl Engine {
         if self.is_dmaster(&key, &record) {
             if record.is_none() {
                 // The LMASTER's made-up header becomes real so the client finds it.
-                let initial =
-                    Record { header: self.bumped(RecordHeader::initial(self.config.pnn)), data: vec![] };
+                let header = RecordHeader { rsn: 1, dmaster: self.config.pnn, flags: 0 };
+                let initial = Record { header, data: vec![] };
                 if !self.write(store, db_id, &key, &initial) {
                     out.push(Output::ClientReply {
                         client: waiter.client,
@@ -176,7 +176,7 @@ impl Engine {
         }
         let left_behind = Record { header: RecordHeader { rsn: header.rsn, dmaster: origin, flags }, data };
         if !self.write(store, call.db_id, &call.key, &left_behind) {
-            return; // still DMASTER: the requester asks again
+            return; // still DMASTER; the requester's migration resends its request
         }
         self.stats.handovers += 1;
         let Record { header, data } = left_behind;
@@ -238,10 +238,12 @@ impl Engine {
             self.stats.protocol_violations += 1;
         }
         if req.dmaster == me {
-            let arrived = Record {
-                header: self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags }),
-                data: req.data,
+            let Some(header) =
+                self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags })
+            else {
+                return self.refuse_rsn(from, req.rsn);
             };
+            let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
                 self.finish_migration(req.db_id, &req.key, out);
             }
@@ -265,6 +267,7 @@ impl Engine {
     /// New DMASTER, step 6: store the record with the next RSN and answer the waiters.
     fn reply_dmaster(
         &mut self,
+        from: Pnn,
         reply: ReplyDmaster,
         record: Option<Record>,
         store: &mut dyn RecordStore,
@@ -277,10 +280,12 @@ impl Engine {
             return;
         }
         let me = self.config.pnn;
-        let arrived = Record {
-            header: self.bumped(RecordHeader { rsn: reply.rsn, dmaster: me, flags: reply.record_flags }),
-            data: reply.data,
+        let Some(header) =
+            self.bumped(RecordHeader { rsn: reply.rsn, dmaster: me, flags: reply.record_flags })
+        else {
+            return self.refuse_rsn(from, reply.rsn);
         };
+        let arrived = Record { header, data: reply.data };
         if self.write(store, reply.db_id, &reply.key, &arrived) {
             self.finish_migration(reply.db_id, &reply.key, out);
         }
@@ -307,8 +312,16 @@ impl Engine {
     }
 
     /// The header this node writes when it stores a record it is DMASTER of.
-    fn bumped(&self, header: RecordHeader) -> RecordHeader {
-        RecordHeader { rsn: header.rsn + 1, dmaster: self.config.pnn, flags: header.flags & !FLAG_AUTOMATIC }
+    /// `None` when the RSN cannot go up: a peer sent the largest one there is, which no
+    /// real history reaches.
+    fn bumped(&self, header: RecordHeader) -> Option<RecordHeader> {
+        let rsn = header.rsn.checked_add(1)?;
+        Some(RecordHeader { rsn, dmaster: self.config.pnn, flags: header.flags & !FLAG_AUTOMATIC })
+    }
+
+    fn refuse_rsn(&mut self, from: Pnn, rsn: u64) {
+        log::error!("engine: node {from} sent a record with RSN {rsn}, which cannot be raised");
+        self.stats.protocol_violations += 1;
     }
 
     fn write(&mut self, store: &mut dyn RecordStore, db_id: DbId, key: &[u8], record: &Record) -> bool {

@@ -185,7 +185,7 @@ impl KeyState {
 enum Work {
     Call { origin: Pnn, reqid: ReqId, call: crate::wire::ReqCall },
     ReqDmaster { from: Pnn, reqid: ReqId, req: crate::wire::ReqDmaster },
-    ReplyDmaster { reply: crate::wire::ReplyDmaster },
+    ReplyDmaster { from: Pnn, reply: crate::wire::ReplyDmaster },
     ClientCall { client: ClientId, reqid: ReqId, db_id: DbId, key: Vec<u8>, first_use: bool },
 }
 
@@ -194,7 +194,7 @@ impl Work {
         match self {
             Work::Call { call, .. } => (call.db_id, &call.key),
             Work::ReqDmaster { req, .. } => (req.db_id, &req.key),
-            Work::ReplyDmaster { reply } => (reply.db_id, &reply.key),
+            Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
             Work::ClientCall { db_id, key, .. } => (*db_id, key),
         }
     }
@@ -248,11 +248,6 @@ impl Engine {
         lmaster_of(key, &self.config.vnn_map)
     }
 
-    /// Whether this node has asked for `key` and not received it yet.
-    pub fn migration_in_flight(&self, db_id: DbId, key: &[u8]) -> bool {
-        self.keys.get(&(db_id, key.to_vec())).is_some_and(|state| state.migration.is_some())
-    }
-
     /// How many keys have something pending: bounded by what is in flight, not by traffic.
     pub fn keys_pending(&self) -> usize {
         self.keys.len()
@@ -304,7 +299,7 @@ impl Engine {
         let work = match packet.body {
             Body::ReqCall(call) => Work::Call { origin: packet.srcnode, reqid: packet.reqid, call },
             Body::ReqDmaster(req) => Work::ReqDmaster { from: packet.srcnode, reqid: packet.reqid, req },
-            Body::ReplyDmaster(reply) => Work::ReplyDmaster { reply },
+            Body::ReplyDmaster(reply) => Work::ReplyDmaster { from: packet.srcnode, reply },
             other => {
                 log::warn!("engine: unexpected operation {} from node {}", other.operation(), packet.srcnode);
                 return;
@@ -314,7 +309,9 @@ impl Engine {
     }
 
     fn forget_client(&mut self, client: ClientId) {
-        let keys: Vec<(DbId, Vec<u8>)> = self.keys.keys().cloned().collect();
+        // Sorted: the order work is replayed in must not depend on the hash map's seed.
+        let mut keys: Vec<(DbId, Vec<u8>)> = self.keys.keys().cloned().collect();
+        keys.sort();
         for slot in keys {
             if let Some(state) = self.keys.get_mut(&slot) {
                 // Its requests that wait for a chain lock go; a migration already asked
@@ -334,12 +331,13 @@ impl Engine {
 
     fn expire_first_uses(&mut self) {
         let now = self.now;
-        let expired: Vec<(DbId, Vec<u8>)> = self
+        let mut expired: Vec<(DbId, Vec<u8>)> = self
             .keys
             .iter()
             .filter(|(_, state)| state.first_use.as_ref().is_some_and(|f| f.deadline <= now))
             .map(|(slot, _)| slot.clone())
             .collect();
+        expired.sort(); // a replay order independent of the hash map's seed
         for (db_id, key) in expired {
             log::debug!("engine: first use of a record in db {db_id:#x} timed out");
             self.end_first_use(db_id, &key, None);

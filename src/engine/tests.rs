@@ -253,3 +253,21 @@ fn lmaster_is_the_jenkins_hash_over_the_vnn_map() {
         assert_eq!(lmaster_of(key, &map), map[crate::hash::jenkins_hash(key) as usize % 3]);
     }
 }
+
+#[test]
+fn an_rsn_that_cannot_go_up_is_refused_not_wrapped() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    let reply = crate::wire::ReplyDmaster {
+        db_id: DB,
+        rsn: u64::MAX,
+        key: key.clone(),
+        data: vec![],
+        record_flags: 0,
+    };
+    let packet =
+        Packet { generation: GENERATION, destnode: 1, srcnode: 0, reqid: 1, body: Body::ReplyDmaster(reply) };
+    cluster.input(1, Input::Packet(packet));
+    assert_eq!(cluster.header(1, &key), None, "nothing stored");
+    assert_eq!(cluster.engines[1].stats().protocol_violations, 1);
+}
