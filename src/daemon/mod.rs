@@ -86,7 +86,9 @@ fn prepare_dbdir(dir: &Path) -> Result<(), String> {
         }
         let wiped = crate::local::Tdb::open(&path, 0, CLUSTERED_TDB_FLAGS, libc::O_RDWR, 0o600)
             .map_err(|e| e.to_string())
-            .and_then(|tdb| tdb.wipe_all().and_then(|()| tdb.close()).map_err(|e| e.to_string()));
+            .and_then(|tdb| {
+                tdb_store::wipe_without_waiting(&tdb).and_then(|()| tdb.close()).map_err(|e| e.to_string())
+            });
         if let Err(err) = wiped {
             return Err(format!("wiping the volatile database {}: {err}", path.display()));
         }

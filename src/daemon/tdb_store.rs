@@ -57,7 +57,7 @@ impl TdbStore {
         // A volatile database starts empty, as in CTDB. The daemon emptied the files of a
         // previous run when it started; emptying again at the first attach also drops what
         // a stale client of that run may have written since.
-        tdb.wipe_all()?;
+        wipe_without_waiting(&tdb)?;
         if tdb.chain_lock_offset(b"").is_none() {
             return Err(Error::einval(format!(
                 "{}: chain locks of this file cannot be waited for",
@@ -169,4 +169,23 @@ fn read_copies(tdb: &Tdb) -> Result<Vec<RecordCopy>> {
         true
     })?;
     Ok(copies)
+}
+
+/// Empties a volatile database, unless a process holds one of its locks: a stale client of a
+/// previous run, which must not make the daemon wait. The caller gets an error instead.
+pub fn wipe_without_waiting(tdb: &Tdb) -> Result<()> {
+    tdb.lockall_nonblock().map_err(|err| {
+        Error::new(
+            err.code,
+            format!(
+                "{}: a process still holds a lock on this volatile database, so it cannot be \
+                 emptied (a client of a previous rctdbd?): {}",
+                tdb.path().display(),
+                err.detail
+            ),
+        )
+    })?;
+    let wiped = tdb.wipe_all();
+    tdb.unlockall()?;
+    wiped
 }

@@ -326,7 +326,8 @@ impl Tdb {
         self.check(rc, "chainlock_unmark")
     }
 
-    /// Deletes every record, leaving a valid file that other processes may keep open.
+    /// Deletes every record, leaving a valid file that other processes may keep open. Waits
+    /// for the all-record lock unless the caller holds it (`lockall_nonblock`).
     pub fn wipe_all(&self) -> Result<()> {
         // SAFETY: the context is open; tdb_wipe_all takes the allrecord lock itself.
         let rc = unsafe { ffi::tdb_wipe_all(self.ctx.as_ptr()) };
@@ -344,6 +345,13 @@ impl Tdb {
         // SAFETY: the context is open; unlocking without the lock is a reported error.
         let rc = unsafe { ffi::tdb_unlockall(self.ctx.as_ptr()) };
         self.check(rc, "unlockall")
+    }
+
+    /// Locks every chain and the free list if no other process holds any of them; never waits.
+    pub fn lockall_nonblock(&self) -> Result<()> {
+        // SAFETY: the context is open.
+        let rc = unsafe { ffi::tdb_lockall_nonblock(self.ctx.as_ptr()) };
+        self.check(rc, "lockall_nonblock")
     }
 
     /// Read-locks every chain if no other process holds a chain's write lock; never waits.
