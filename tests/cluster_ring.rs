@@ -146,3 +146,27 @@ fn a_traverse_waits_for_chain_locks_without_stalling_the_node() {
     assert_eq!(seen[1].0, b"moving");
     assert!(seen[1].1.len() == 1 && seen[1].1[0] < 20, "{seen:?}");
 }
+
+/// Holding one key's chain lock while asking for a remote key of the same hash chain would
+/// deadlock against the daemon; the client says so at once instead of at its timeout.
+#[test]
+fn a_remote_key_in_a_chain_this_process_holds_is_refused_at_once() {
+    let cluster = start("samechain", 12);
+    let dir = cluster.dir().to_path_buf();
+    // Clustered files have 100001 chains, picked by tdb's Jenkins hash.
+    let bucket = |key: &[u8]| rctdb::hash::jenkins_hash(key) % 100_001;
+    let first = b"held".to_vec();
+    let second =
+        (0u64..).map(|i| format!("other{i}").into_bytes()).find(|k| bucket(k) == bucket(&first)).unwrap();
+
+    let mut remote = ClusteredDb::open(&socket_path(&dir, 1), DB, Duration::from_secs(10)).expect("attach");
+    remote.store(&second, &[b"on node 1"], StoreFlag::Replace).expect("store");
+    let mut local = ClusteredDb::open(&socket_path(&dir, 0), DB, Duration::from_secs(20)).expect("attach");
+    local.chainlock(&first).expect("chainlock");
+    let started = std::time::Instant::now();
+    let err = local.fetch(&second).expect_err("cannot migrate into a chain we hold");
+    assert_eq!(err.code, rctdb::error::ErrorCode::Lock, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once, not at the timeout");
+    local.chainunlock(&first).expect("chainunlock");
+    assert_eq!(local.fetch(&second).expect("fetch"), Some(b"on node 1".to_vec()), "fine once unlocked");
+}

@@ -292,6 +292,7 @@ impl ClusteredDb {
                 // Our turn came and went before we got the lock: let the others have it.
                 self.daemon.migration_done(self.db_id, key)?;
             }
+            self.refuse_if_chain_held(key)?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.migrate_timed_out());
@@ -301,6 +302,24 @@ impl ClusteredDb {
                 _ => err,
             })?;
             owes_done = true;
+        }
+    }
+
+    /// A record cannot migrate into a hash chain this process holds locked for another key:
+    /// the daemon would wait for the lock and we for the daemon. Say so now rather than at
+    /// the timeout.
+    fn refuse_if_chain_held(&self, key: &[u8]) -> Result<()> {
+        let chain = self.tdb.chain_lock_offset(key);
+        match self.held.iter().find(|held| chain.is_some() && self.tdb.chain_lock_offset(&held.key) == chain) {
+            None => Ok(()),
+            Some(_) => Err(Error::new(
+                ErrorCode::Lock,
+                format!(
+                    "{}: the record is on another node and this process holds the chain lock of \
+                     another key in the same hash chain, so it cannot migrate here (unlock first)",
+                    self.name
+                ),
+            )),
         }
     }
 
