@@ -128,7 +128,7 @@ pub struct RecordCopy {
 
 /// `count, then per record: keylen, datalen, rsn (u64), dmaster, flags, key, data`.
 pub fn encode_records(records: &[RecordCopy]) -> Vec<u8> {
-    let size: usize = records.iter().map(|r| 20 + r.key.len() + r.data.len()).sum();
+    let size: usize = records.iter().map(|r| 24 + r.key.len() + r.data.len()).sum();
     let mut out = Vec::with_capacity(4 + size);
     put_u32(&mut out, records.len() as u32);
     for record in records {

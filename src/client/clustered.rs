@@ -310,7 +310,8 @@ impl ClusteredDb {
     /// the timeout.
     fn refuse_if_chain_held(&self, key: &[u8]) -> Result<()> {
         let chain = self.tdb.chain_lock_offset(key);
-        match self.held.iter().find(|held| chain.is_some() && self.tdb.chain_lock_offset(&held.key) == chain) {
+        match self.held.iter().find(|held| chain.is_some() && self.tdb.chain_lock_offset(&held.key) == chain)
+        {
             None => Ok(()),
             Some(_) => Err(Error::new(
                 ErrorCode::Lock,

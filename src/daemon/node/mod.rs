@@ -22,7 +22,10 @@ use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::TdbStore;
 use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::{Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqId, CALL_FLAG_FIRST_USE};
+use crate::wire::codec::encoded_len;
+use crate::wire::{
+    Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqId, CALL_FLAG_FIRST_USE, MAX_PACKET_LEN,
+};
 
 const TICK: Duration = Duration::from_millis(10);
 pub struct Node {
@@ -199,13 +202,15 @@ impl Node {
 
     fn reply_to_client(&mut self, client: ClientId, reqid: ReqId, body: Body) {
         let Some(link) = self.clients.get(&client) else { return };
-        let packet = Packet {
-            generation: self.engine.generation(),
-            destnode: self.pnn,
-            srcnode: self.pnn,
-            reqid,
-            body,
-        };
+        let (generation, node) = (self.engine.generation(), self.pnn);
+        let mut packet = Packet { generation, destnode: node, srcnode: node, reqid, body };
+        let len = encoded_len(&packet);
+        if len > MAX_PACKET_LEN {
+            // The client would refuse the frame and lose its place in the stream.
+            let message =
+                format!("the reply would be {len} bytes, more than a packet may carry ({MAX_PACKET_LEN})");
+            packet.body = Body::ReplyControl(error_reply(&message));
+        }
         link.send(&packet);
     }
 }
