@@ -45,6 +45,8 @@ struct Params {
     duplicate_percent: u64,
     /// Per step, the chance that some client process dies.
     crash_percent: u64,
+    /// How long a migration may take before its request is sent again.
+    resend_ms: u64,
 }
 
 impl Params {
@@ -58,6 +60,7 @@ impl Params {
             fifo_links: rng.chance(70),
             duplicate_percent: if rng.chance(30) { 3 } else { 0 },
             crash_percent: if rng.chance(20) { 1 } else { 0 },
+            resend_ms: if rng.chance(30) { 5 + rng.below(300) as u64 } else { 2000 },
         }
     }
 }
@@ -135,7 +138,9 @@ impl Sim {
         let vnn_map: Vec<Pnn> = (0..params.nodes as Pnn).collect();
         let nodes = (0..params.nodes as Pnn)
             .map(|pnn| {
-                let mut engine = Engine::new(EngineConfig::new(pnn, GENERATION, vnn_map.clone()));
+                let mut config = EngineConfig::new(pnn, GENERATION, vnn_map.clone());
+                config.migration_resend_ms = params.resend_ms;
+                let mut engine = Engine::new(config);
                 engine.attach_db(DB);
                 Node { engine, store: MemStore::new(), lock_waits: vec![] }
             })
@@ -473,6 +478,7 @@ struct Coverage {
     lock_waits: u64,
     duplicates_dropped: u64,
     crashes: u64,
+    resends: u64,
 }
 
 fn run_seed(seed: u64, trace: bool) -> Coverage {
@@ -494,6 +500,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         coverage.parked += stats.calls_parked;
         coverage.lock_waits += stats.lock_waits;
         coverage.duplicates_dropped += stats.duplicates_dropped;
+        coverage.resends += stats.calls_resent;
     }
     coverage
 }
@@ -516,12 +523,13 @@ fn seeded_clusters_never_lose_an_increment() {
         total.lock_waits += run.lock_waits;
         total.duplicates_dropped += run.duplicates_dropped;
         total.crashes += run.crashes;
+        total.resends += run.resends;
     }
     println!("{seeds} seeds: {total:?}");
     // The seeds must keep reaching the interesting paths, or passing means little.
     assert!(total.migrations > seeds, "{total:?}");
     assert!(total.forwards > 0 && total.parked > 0 && total.lock_waits > 0, "{total:?}");
-    assert!(total.duplicates_dropped > 0 && total.crashes > 0, "{total:?}");
+    assert!(total.duplicates_dropped > 0 && total.crashes > 0 && total.resends > 0, "{total:?}");
 }
 
 #[test]

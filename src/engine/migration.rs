@@ -23,6 +23,7 @@ impl Engine {
             Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
             Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
+            Work::Resend { db_id, key } => self.resend(db_id, key, record, out),
         }
     }
 
@@ -67,10 +68,45 @@ impl Engine {
             migration.waiters.push(waiter);
             return;
         }
-        let call_reqid = self.next_reqid();
+        let reqid = self.next_reqid();
+        let sent_at = self.now;
         self.keys.entry(slot).or_default().migration =
-            Some(Migration { reqid: call_reqid, waiters: vec![waiter] });
-        let destnode = match &record {
+            Some(Migration { reqid, waiters: vec![waiter], sent_at, resends: 0 });
+        self.send_call(db_id, key, &record, reqid, out);
+    }
+
+    /// A migration of ours is late: its request or the record may have been dropped on a
+    /// link that went down. Ask again under a new reqid; whichever answer comes first
+    /// completes it, later ones are recognised as duplicates.
+    fn resend(&mut self, db_id: DbId, key: Vec<u8>, record: Option<Record>, out: &mut Vec<Output>) {
+        if !self.keys.get(&(db_id, key.clone())).is_some_and(|state| state.migration.is_some()) {
+            return; // it completed meanwhile
+        }
+        if self.is_dmaster(&key, &record) {
+            return self.finish_migration(db_id, &key, out);
+        }
+        let (reqid, now) = (self.next_reqid(), self.now);
+        if let Some(migration) = self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut()) {
+            migration.reqid = reqid;
+            migration.sent_at = now;
+            migration.resends += 1;
+        }
+        log::debug!("engine: migration of a key of db {db_id:#x} is late; asking again");
+        self.stats.calls_resent += 1;
+        self.send_call(db_id, key, &record, reqid, out);
+    }
+
+    /// REQ_CALL for a key this node is not DMASTER of: to where our copy says the record
+    /// went, else to its LMASTER.
+    fn send_call(
+        &mut self,
+        db_id: DbId,
+        key: Vec<u8>,
+        record: &Option<Record>,
+        reqid: ReqId,
+        out: &mut Vec<Output>,
+    ) {
+        let destnode = match record {
             Some(record) => record.header.dmaster,
             None => self.lmaster(&key),
         };
@@ -83,7 +119,7 @@ impl Engine {
             key,
             calldata: vec![],
         };
-        out.push(self.packet(destnode, self.config.pnn, call_reqid, Body::ReqCall(call)));
+        out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
     }
 
     fn remote_call(

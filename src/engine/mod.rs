@@ -40,13 +40,24 @@ pub struct EngineConfig {
     /// those clients had their turn (they say so with `ClientDone`) or this long at most.
     /// Without it, a busy record can bounce between nodes with no client ever using it.
     pub first_use_timeout_ms: Millis,
+    /// A migration not done after this long sends its request again (with a new reqid),
+    /// then after twice as long, and so on: links drop packets while they are down.
+    /// Duplicates are harmless.
+    pub migration_resend_ms: Millis,
     /// Requests forwarded more often than this are logged: routing is going in circles.
     pub hopcount_warning: u32,
 }
 
 impl EngineConfig {
     pub fn new(pnn: Pnn, generation: Generation, vnn_map: Vec<Pnn>) -> EngineConfig {
-        EngineConfig { pnn, generation, vnn_map, first_use_timeout_ms: 200, hopcount_warning: 100 }
+        EngineConfig {
+            pnn,
+            generation,
+            vnn_map,
+            first_use_timeout_ms: 200,
+            migration_resend_ms: 2000,
+            hopcount_warning: 100,
+        }
     }
 }
 
@@ -100,6 +111,7 @@ pub enum Output {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub calls_sent: u64,
+    pub calls_resent: u64,
     pub calls_forwarded: u64,
     pub calls_parked: u64,
     pub handovers: u64,
@@ -119,10 +131,11 @@ impl std::fmt::Display for EngineStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "calls_sent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
+            "calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
              protocol_violations={} store_errors={} lock_waits={} max_hopcount={}",
             self.calls_sent,
+            self.calls_resent,
             self.calls_forwarded,
             self.calls_parked,
             self.handovers,
@@ -151,6 +164,17 @@ struct Waiter {
 struct Migration {
     reqid: ReqId,
     waiters: Vec<Waiter>,
+    /// When the REQ_CALL went out (again): a request lost on a broken link is sent anew.
+    sent_at: Millis,
+    /// How often it was sent again; each time the wait doubles, so resends cannot storm.
+    resends: u32,
+}
+
+impl Migration {
+    fn resend_due(&self, now: Millis, resend_ms: Millis) -> bool {
+        let wait = resend_ms.saturating_mul(1 << self.resends.min(16));
+        now.saturating_sub(self.sent_at) >= wait
+    }
 }
 
 /// The clients answered by the last arrival, who get the first go at the record.
@@ -183,10 +207,32 @@ impl KeyState {
 /// One step of work on one key; each needs that key's chain lock.
 #[derive(Debug, Clone)]
 enum Work {
-    Call { origin: Pnn, reqid: ReqId, call: crate::wire::ReqCall },
-    ReqDmaster { from: Pnn, reqid: ReqId, req: crate::wire::ReqDmaster },
-    ReplyDmaster { from: Pnn, reply: crate::wire::ReplyDmaster },
-    ClientCall { client: ClientId, reqid: ReqId, db_id: DbId, key: Vec<u8>, first_use: bool },
+    Call {
+        origin: Pnn,
+        reqid: ReqId,
+        call: crate::wire::ReqCall,
+    },
+    ReqDmaster {
+        from: Pnn,
+        reqid: ReqId,
+        req: crate::wire::ReqDmaster,
+    },
+    ReplyDmaster {
+        from: Pnn,
+        reply: crate::wire::ReplyDmaster,
+    },
+    ClientCall {
+        client: ClientId,
+        reqid: ReqId,
+        db_id: DbId,
+        key: Vec<u8>,
+        first_use: bool,
+    },
+    /// Our migration of this key has taken too long: ask again.
+    Resend {
+        db_id: DbId,
+        key: Vec<u8>,
+    },
 }
 
 impl Work {
@@ -195,7 +241,7 @@ impl Work {
             Work::Call { call, .. } => (call.db_id, &call.key),
             Work::ReqDmaster { req, .. } => (req.db_id, &req.key),
             Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
-            Work::ClientCall { db_id, key, .. } => (*db_id, key),
+            Work::ClientCall { db_id, key, .. } | Work::Resend { db_id, key } => (*db_id, key),
         }
     }
 }
@@ -273,7 +319,10 @@ impl Engine {
                     self.ready.extend(state.lock_wait.drain(..));
                 }
             }
-            Input::Tick => self.expire_first_uses(),
+            Input::Tick => {
+                self.expire_first_uses();
+                self.resend_late_migrations();
+            }
         }
         while let Some(work) = self.ready.pop_front() {
             let slot = (work.slot().0, work.slot().1.to_vec());
@@ -342,6 +391,18 @@ impl Engine {
             log::debug!("engine: first use of a record in db {db_id:#x} timed out");
             self.end_first_use(db_id, &key, None);
         }
+    }
+
+    fn resend_late_migrations(&mut self) {
+        let (now, resend_ms) = (self.now, self.config.migration_resend_ms);
+        let mut late: Vec<(DbId, Vec<u8>)> = self
+            .keys
+            .iter()
+            .filter(|(_, state)| state.migration.as_ref().is_some_and(|m| m.resend_due(now, resend_ms)))
+            .map(|(slot, _)| slot.clone())
+            .collect();
+        late.sort(); // a replay order independent of the hash map's seed
+        self.ready.extend(late.into_iter().map(|(db_id, key)| Work::Resend { db_id, key }));
     }
 
     /// `client` is done with its first use (or, with `None`, everybody is): once no

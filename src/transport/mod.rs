@@ -17,8 +17,9 @@
 //!   waking the engine thread: on a 2-core VM a thread wakeup costs more than the protocol
 //!   step (measured: context switches are ~2/3 of the daemons' CPU in the ring).
 //! - A link whose outgoing connection is down drops what is sent to it, counting the drops:
-//!   the engine resends after recovery, which is simpler and more honest than a queue that
-//!   replays packets from an older view of the cluster.
+//!   a late migration sends its request again (and a recovery, later, starts afresh), which
+//!   is simpler and more honest than a queue that replays packets from an older view of the
+//!   cluster.
 //! - `LinkUp(p)` / `LinkDown(p)` follow the outgoing connection to `p`, which is reconnected
 //!   with exponential backoff. The outgoing socket is watched for EOF so a dead peer is
 //!   noticed without waiting for the next write.

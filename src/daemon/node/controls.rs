@@ -181,15 +181,11 @@ impl Node {
         kind: PendingKind,
         with_self: bool,
     ) -> ReqId {
-        let reqid = self.next_reqid;
-        self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
+        let reqid = self.take_control_reqid();
         let mut nodes: HashSet<Pnn> =
             self.transport.link_states().iter().filter(|link| link.up).map(|link| link.pnn).collect();
         for &peer in &nodes {
-            let body =
-                Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data: data.clone() });
-            let generation = self.engine.generation();
-            self.transport.send(peer, Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
+            self.send_control(peer, reqid, opcode, data.clone());
         }
         if with_self {
             nodes.insert(self.pnn);
@@ -201,6 +197,29 @@ impl Node {
             self.finish_control(reqid);
         }
         reqid
+    }
+
+    fn take_control_reqid(&mut self) -> ReqId {
+        let reqid = self.next_reqid;
+        self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
+        reqid
+    }
+
+    /// A peer whose link came up (it started, or restarted, after our databases were
+    /// attached) attaches them too, or it would drop every request for their records. Its
+    /// replies match no pending control and are ignored.
+    pub(super) fn attach_on_peer(&mut self, peer: Pnn) {
+        let names: Vec<String> = self.store.dbs().map(|(_, db)| db.name.clone()).collect();
+        for name in names {
+            let reqid = self.take_control_reqid();
+            self.send_control(peer, reqid, opcode::DB_ATTACH, name.into_bytes());
+        }
+    }
+
+    fn send_control(&mut self, peer: Pnn, reqid: ReqId, opcode: u32, data: Vec<u8>) {
+        let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
+        let generation = self.engine.generation();
+        self.transport.send(peer, Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
     }
 
     /// Attaches database `name` (a NUL may end it, as CTDB clients send it) on this node.

@@ -147,7 +147,10 @@ impl Node {
     fn on_transport(&mut self, event: TransportEvent) {
         match event {
             TransportEvent::Packet { from, packet } => self.on_peer_packet(from, packet),
-            TransportEvent::LinkUp(pnn) => log::info!("link to node {pnn} up"),
+            TransportEvent::LinkUp(pnn) => {
+                log::info!("link to node {pnn} up");
+                self.attach_on_peer(pnn);
+            }
             TransportEvent::LinkDown(pnn) => log::warn!("link to node {pnn} down"),
         }
     }
