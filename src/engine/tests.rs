@@ -271,3 +271,26 @@ fn an_rsn_that_cannot_go_up_is_refused_not_wrapped() {
     assert_eq!(cluster.header(1, &key), None, "nothing stored");
     assert_eq!(cluster.engines[1].stats().protocol_violations, 1);
 }
+
+#[test]
+fn a_lost_request_is_sent_again_later_with_a_new_reqid() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(1, 1, &key);
+    let lost = cluster.network.pop_front().expect("a REQ_CALL");
+    let resend_ms = cluster.engines[1].config.migration_resend_ms;
+    let mut tick = |cluster: &mut Cluster, now: Millis| {
+        let mut out = vec![];
+        cluster.engines[1].handle(now, Input::Tick, &mut cluster.stores[1], &mut out);
+        out
+    };
+    assert!(tick(&mut cluster, resend_ms - 1).is_empty(), "not before its time");
+    let again = tick(&mut cluster, resend_ms);
+    let [Output::Send(resent)] = again.as_slice() else { panic!("one REQ_CALL again, got {again:?}") };
+    assert_ne!(resent.reqid, lost.reqid);
+    assert!(tick(&mut cluster, 2 * resend_ms).is_empty(), "the next try waits twice as long");
+    cluster.network.push_back(resent.clone());
+    cluster.deliver_all();
+    assert_eq!(cluster.replies, vec![(1, 1, 1, CALL_OK)]);
+    assert_eq!(cluster.engines[1].stats().calls_resent, 1);
+}
