@@ -279,7 +279,7 @@ fn a_lost_request_is_sent_again_later_with_a_new_reqid() {
     cluster.ask(1, 1, &key);
     let lost = cluster.network.pop_front().expect("a REQ_CALL");
     let resend_ms = cluster.engines[1].config.migration_resend_ms;
-    let mut tick = |cluster: &mut Cluster, now: Millis| {
+    let tick = |cluster: &mut Cluster, now: Millis| {
         let mut out = vec![];
         cluster.engines[1].handle(now, Input::Tick, &mut cluster.stores[1], &mut out);
         out
