@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use rctdb::engine::store::LockOwner;
-use rctdb::engine::{ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore};
+use rctdb::engine::{ClientCall, ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore};
 use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
@@ -272,13 +272,13 @@ impl Sim {
             client.next_reqid += 1;
             let (reqid, first_use) = (client.next_reqid, client.first_use);
             client.state = ClientState::WaitingReply;
-            self.to_engine[index].push_back(Input::ClientCall {
+            self.to_engine[index].push_back(Input::ClientCall(ClientCall {
                 client: id,
                 reqid,
                 db_id: DB,
                 key,
                 first_use,
-            });
+            }));
         }
     }
 
@@ -481,6 +481,19 @@ struct Coverage {
     resends: u64,
 }
 
+impl Coverage {
+    fn add(&mut self, other: &Coverage) {
+        self.steps += other.steps;
+        self.migrations += other.migrations;
+        self.forwards += other.forwards;
+        self.parked += other.parked;
+        self.lock_waits += other.lock_waits;
+        self.duplicates_dropped += other.duplicates_dropped;
+        self.crashes += other.crashes;
+        self.resends += other.resends;
+    }
+}
+
 fn run_seed(seed: u64, trace: bool) -> Coverage {
     let mut sim = Sim::new(seed, trace);
     let mut coverage = Coverage::default();
@@ -493,14 +506,16 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
     }
     sim.check_final_values();
     coverage.crashes = sim.clients.iter().filter(|c| c.state == ClientState::Crashed).count() as u64;
-    for node in &sim.nodes {
-        let stats = node.engine.stats();
-        coverage.migrations += stats.migrations_completed;
-        coverage.forwards += stats.calls_forwarded;
-        coverage.parked += stats.calls_parked;
-        coverage.lock_waits += stats.lock_waits;
-        coverage.duplicates_dropped += stats.duplicates_dropped;
-        coverage.resends += stats.calls_resent;
+    for stats in sim.nodes.iter().map(|node| node.engine.stats()) {
+        coverage.add(&Coverage {
+            migrations: stats.migrations_completed,
+            forwards: stats.calls_forwarded,
+            parked: stats.calls_parked,
+            lock_waits: stats.lock_waits,
+            duplicates_dropped: stats.duplicates_dropped,
+            resends: stats.calls_resent,
+            ..Coverage::default()
+        });
     }
     coverage
 }
@@ -515,15 +530,7 @@ fn seeded_clusters_never_lose_an_increment() {
     let seeds: u64 = std::env::var("RCTDB_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000);
     let mut total = Coverage::default();
     for seed in 0..seeds {
-        let run = run_seed(seed, false);
-        total.steps += run.steps;
-        total.migrations += run.migrations;
-        total.forwards += run.forwards;
-        total.parked += run.parked;
-        total.lock_waits += run.lock_waits;
-        total.duplicates_dropped += run.duplicates_dropped;
-        total.crashes += run.crashes;
-        total.resends += run.resends;
+        total.add(&run_seed(seed, false));
     }
     println!("{seeds} seeds: {total:?}");
     // The seeds must keep reaching the interesting paths, or passing means little.

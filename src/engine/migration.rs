@@ -1,6 +1,8 @@
 //! The migration steps of DESIGN §8.2, each run with the key's chain lock held.
 
-use super::{ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work, CALL_OK};
+use super::{
+    ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work, CALL_OK,
+};
 use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqDmaster, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION,
@@ -16,7 +18,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         match work {
-            Work::ClientCall { client, reqid, db_id, key, first_use } => {
+            Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use }) => {
                 let waiter = Waiter { client, reqid, first_use };
                 self.client_call(waiter, db_id, key, record, store, out)
             }

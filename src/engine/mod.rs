@@ -61,20 +61,24 @@ impl EngineConfig {
     }
 }
 
+/// A local client's request to migrate a record here. With `first_use`, the client promises
+/// a `ClientDone` once it has used the record, and remote requests wait for that (up to
+/// `first_use_timeout_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCall {
+    pub client: ClientId,
+    pub reqid: ReqId,
+    pub db_id: DbId,
+    pub key: Vec<u8>,
+    pub first_use: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A packet from a peer, after the transport checked who sent it.
     Packet(Packet),
-    /// A local client found the record not here and asks for it to be migrated here. With
-    /// `first_use`, the client promises a `ClientDone` once it has used the record, and
-    /// remote requests wait for that (up to `first_use_timeout_ms`).
-    ClientCall {
-        client: ClientId,
-        reqid: ReqId,
-        db_id: DbId,
-        key: Vec<u8>,
-        first_use: bool,
-    },
+    /// A local client found the record not here and asks for it to be migrated here.
+    ClientCall(ClientCall),
     /// A client that was answered after a migration has used (or given up on) the record.
     ClientDone {
         client: ClientId,
@@ -221,13 +225,7 @@ enum Work {
         from: Pnn,
         reply: crate::wire::ReplyDmaster,
     },
-    ClientCall {
-        client: ClientId,
-        reqid: ReqId,
-        db_id: DbId,
-        key: Vec<u8>,
-        first_use: bool,
-    },
+    ClientCall(ClientCall),
     /// Our migration of this key has taken too long: ask again.
     Resend {
         db_id: DbId,
@@ -241,7 +239,7 @@ impl Work {
             Work::Call { call, .. } => (call.db_id, &call.key),
             Work::ReqDmaster { req, .. } => (req.db_id, &req.key),
             Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
-            Work::ClientCall { db_id, key, .. } | Work::Resend { db_id, key } => (*db_id, key),
+            Work::ClientCall(ClientCall { db_id, key, .. }) | Work::Resend { db_id, key } => (*db_id, key),
         }
     }
 }
@@ -309,9 +307,7 @@ impl Engine {
         self.now = now;
         match input {
             Input::Packet(packet) => self.accept_packet(packet),
-            Input::ClientCall { client, reqid, db_id, key, first_use } => {
-                self.ready.push_back(Work::ClientCall { client, reqid, db_id, key, first_use })
-            }
+            Input::ClientCall(call) => self.ready.push_back(Work::ClientCall(call)),
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
             Input::ChainLockAvailable { db_id, key } => {
@@ -368,7 +364,7 @@ impl Engine {
                 // for it before it does.
                 state
                     .lock_wait
-                    .retain(|work| !matches!(work, Work::ClientCall { client: c, .. } if *c == client));
+                    .retain(|work| !matches!(work, Work::ClientCall(call) if call.client == client));
                 if let Some(migration) = state.migration.as_mut() {
                     migration.waiters.retain(|waiter| waiter.client != client);
                 }
@@ -433,8 +429,12 @@ impl Engine {
         if !self.dbs.contains(&db_id) {
             self.stats.unknown_db_dropped += 1;
             log::warn!("engine: request for unattached db {db_id:#x}");
-            if let Work::ClientCall { client, reqid, .. } = work {
-                out.push(Output::ClientReply { client, reqid, status: CALL_UNKNOWN_DB });
+            if let Work::ClientCall(call) = work {
+                out.push(Output::ClientReply {
+                    client: call.client,
+                    reqid: call.reqid,
+                    status: CALL_UNKNOWN_DB,
+                });
             }
             return;
         }

@@ -63,13 +63,13 @@ impl Cluster {
     fn ask(&mut self, pnn: Pnn, client: ClientId, key: &[u8]) {
         self.input(
             pnn,
-            Input::ClientCall {
+            Input::ClientCall(ClientCall {
                 client,
                 reqid: client as ReqId,
                 db_id: DB,
                 key: key.to_vec(),
                 first_use: true,
-            },
+            }),
         );
     }
 
@@ -173,8 +173,10 @@ fn a_remote_request_waits_until_the_local_askers_had_the_record() {
 fn clients_that_do_not_promise_done_get_no_first_use() {
     let mut cluster = Cluster::new(2);
     let key = key_on(0, 2);
-    cluster
-        .input(1, Input::ClientCall { client: 1, reqid: 1, db_id: DB, key: key.clone(), first_use: false });
+    cluster.input(
+        1,
+        Input::ClientCall(ClientCall { client: 1, reqid: 1, db_id: DB, key: key.clone(), first_use: false }),
+    );
     cluster.deliver_all();
     cluster.ask(0, 2, &key);
     cluster.deliver_all();
@@ -221,7 +223,7 @@ fn a_client_holding_the_chain_lock_defers_the_handover() {
     let mut out = vec![];
     cluster.engines[1].handle(
         0,
-        Input::ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone(), first_use: true },
+        Input::ClientCall(ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone(), first_use: true }),
         &mut cluster.stores[1],
         &mut out,
     );
@@ -241,7 +243,13 @@ fn requests_for_unattached_databases_are_refused() {
     let mut cluster = Cluster::new(2);
     cluster.input(
         1,
-        Input::ClientCall { client: 1, reqid: 3, db_id: DB + 1, key: b"k".to_vec(), first_use: true },
+        Input::ClientCall(ClientCall {
+            client: 1,
+            reqid: 3,
+            db_id: DB + 1,
+            key: b"k".to_vec(),
+            first_use: true,
+        }),
     );
     assert_eq!(cluster.replies, vec![(1, 1, 3, CALL_UNKNOWN_DB)]);
 }

@@ -20,7 +20,7 @@ use controls::{error_reply, CopiesFor, PendingControl};
 use super::clients::{ClientEvent, ClientLink};
 use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::TdbStore;
-use crate::engine::{ClientId, Engine, EngineConfig, Input, Output};
+use crate::engine::{ClientCall, ClientId, Engine, EngineConfig, Input, Output};
 use crate::transport::{Transport, TransportEvent};
 use crate::wire::codec::encoded_len;
 use crate::wire::{
@@ -188,13 +188,13 @@ impl Node {
 
     fn on_client_packet(&mut self, client: ClientId, packet: Packet) {
         match packet.body {
-            Body::ReqCall(call) => self.engine_input(Input::ClientCall {
+            Body::ReqCall(call) => self.engine_input(Input::ClientCall(ClientCall {
                 client,
                 reqid: packet.reqid,
                 db_id: call.db_id,
                 first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
                 key: call.key,
-            }),
+            })),
             Body::ReqControl(request) => self.client_control(client, packet.reqid, request),
             other => {
                 let message = format!("unexpected operation {} on the client socket", other.operation());
