@@ -10,4 +10,5 @@ pub mod local;
 pub mod record;
 pub mod tool;
 pub mod transport;
+pub mod tunables;
 pub mod wire;

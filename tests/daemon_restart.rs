@@ -28,7 +28,7 @@ fn a_restarted_node_starts_empty_and_stale_clients_get_errors() {
 
     cluster::kill_node(cluster.dir(), 0).expect("kill node 0");
     cluster::start_node(&spec, 0).expect("restart node 0");
-    cluster::wait_for_links(&spec).expect("links up again");
+    cluster::wait_until_healthy(&spec).expect("serving again");
 
     let err =
         stale.fetch(&key).expect_err("the old file holds no record any more, and the old daemon is gone");

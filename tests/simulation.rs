@@ -139,9 +139,10 @@ impl Sim {
         let nodes = (0..params.nodes as Pnn)
             .map(|pnn| {
                 let mut config = EngineConfig::new(pnn, GENERATION, vnn_map.clone());
-                config.migration_resend_ms = params.resend_ms;
+                config.tunables.migration_resend_ms = params.resend_ms;
+                config.tunables.migration_resend_max_ms = params.resend_ms.max(2000);
                 let mut engine = Engine::new(config);
-                engine.attach_db(DB);
+                engine.attach_db(DB, "sim.tdb");
                 Node { engine, store: MemStore::new(), lock_waits: vec![] }
             })
             .collect();
@@ -231,6 +232,7 @@ impl Sim {
                     assert_eq!(db_id, DB);
                     self.nodes[pnn as usize].lock_waits.push(key);
                 }
+                other => self.fail(&format!("a fixed cluster has no membership, yet {other:?}")),
             }
         }
     }
@@ -247,7 +249,7 @@ impl Sim {
                 if locked { ClientState::HoldingLock } else { ClientState::WaitingLock };
             return;
         }
-        let record = self.nodes[node].store.fetch(DB, &key);
+        let record = self.nodes[node].store.fetch(DB, &key).expect("memory store");
         let here = record.as_ref().is_some_and(|r| r.header.dmaster == node as Pnn);
         if let (true, Some(mut record)) = (here, record) {
             // A store under the chain lock keeps the header it read.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use rctdb::daemon::cluster_lock::ClusterLockSpec;
 use rctdb::daemon::{self, DaemonConfig, DEFAULT_PORT};
+use rctdb::tunables::Tunables;
 
 #[derive(Parser)]
 #[command(version, about = "rctdb node daemon: migrates records between nodes")]
@@ -27,6 +29,15 @@ struct Args {
     /// Log file (default: stderr). Level from RUST_LOG, default info.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Who may lead the cluster: FILE (an fcntl lock on a file every node sees) or
+    /// '!COMMAND ARGS' (CTDB's cluster mutex helper protocol, e.g.
+    /// '!/usr/libexec/ctdb/ctdb_mutex_fcntl_helper /shared/lock'). Without it a leader needs
+    /// a strict majority of the nodes file, so two-node clusters need the lock.
+    #[arg(long)]
+    cluster_lock: Option<String>,
+    /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`); may be repeated.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    tunables: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -44,12 +55,35 @@ fn main() -> ExitCode {
         }
     }
     logger.init();
+    let mut tunables = Tunables::default();
+    for setting in &args.tunables {
+        let parsed = setting
+            .split_once('=')
+            .ok_or_else(|| format!("--set {setting}: expected NAME=VALUE"))
+            .and_then(|(name, value)| {
+                let value = value.parse::<u64>().map_err(|e| format!("--set {setting}: {e}"))?;
+                tunables.set(name, value).map_err(|e| format!("--set {setting}: {e}"))
+            });
+        if let Err(err) = parsed {
+            eprintln!("rctdbd: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let cluster_lock = match args.cluster_lock.as_deref().map(ClusterLockSpec::parse).transpose() {
+        Ok(spec) => spec,
+        Err(err) => {
+            eprintln!("rctdbd: --cluster-lock: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = DaemonConfig {
         nodes_file: args.nodes,
         address: args.address,
         port: args.port,
         socket: args.socket,
         dbdir: args.dbdir,
+        cluster_lock,
+        tunables,
     };
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,6 +51,8 @@ pub enum LockTarget {
     Chain { db_id: DbId, key: Vec<u8> },
     /// Every chain of a database, read-locked: the engine may read a consistent snapshot.
     AllChains { db_id: DbId },
+    /// Every chain of a database, write-locked until thawed: no client uses its records.
+    Freeze { db_id: DbId },
 }
 
 /// A lock a waiter thread took on the node's behalf.
@@ -80,7 +82,7 @@ impl HeldLock {
 /// lock for a chain, a read lock for all chains) and hands the lock to the node.
 pub fn wait_for(files: Arc<LockFiles>, start: u64, len: u64, target: LockTarget, held: Sender<HeldLock>) {
     let kind = match target {
-        LockTarget::Chain { .. } => libc::F_WRLCK,
+        LockTarget::Chain { .. } | LockTarget::Freeze { .. } => libc::F_WRLCK,
         LockTarget::AllChains { .. } => libc::F_RDLCK,
     };
     let spawned = std::thread::Builder::new().name("lock-wait".into()).spawn(move || {

@@ -4,6 +4,7 @@
 //! mutex, the engine thread runs the timers, link events and lock waits.
 
 mod clients;
+pub mod cluster_lock;
 mod lock_wait;
 mod node;
 pub mod nodes;
@@ -30,6 +31,10 @@ pub struct DaemonConfig {
     pub port: u16,
     pub socket: PathBuf,
     pub dbdir: PathBuf,
+    /// Who may lead: the holder of this lock. Without one, a strict majority of the nodes
+    /// file (so a two-node cluster needs the lock).
+    pub cluster_lock: Option<cluster_lock::ClusterLockSpec>,
+    pub tunables: crate::tunables::Tunables,
 }
 
 /// Starts the daemon and serves until the process is killed.
@@ -67,7 +72,15 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         config.socket.display()
     );
 
-    let node = Arc::new(Mutex::new(node::Node::new(pnn, &nodes, &config.dbdir, transport)));
+    let node = node::Node::new(
+        pnn,
+        &nodes,
+        &config.dbdir,
+        transport,
+        config.cluster_lock.clone(),
+        config.tunables.clone(),
+    );
+    let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
     node::run(&node, transport_rx);
     Ok(())

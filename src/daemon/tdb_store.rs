@@ -31,11 +31,31 @@ pub struct TdbStore {
     dbs: HashMap<DbId, AttachedDb>,
     /// Chains a waiter thread holds for the engine: locked as far as the engine is concerned.
     held_for_us: HashSet<(DbId, Vec<u8>)>,
+    /// The header of every record of every database, as the engine last wrote it. Only the
+    /// engine changes headers (clients store under the header they read), so a recovery
+    /// reads them here instead of walking chains that clients may hold locked.
+    headers: HashMap<DbId, HashMap<Vec<u8>, RecordHeader>>,
 }
 
 impl TdbStore {
     pub fn new(dir: &Path) -> TdbStore {
-        TdbStore { dir: dir.to_owned(), dbs: HashMap::new(), held_for_us: HashSet::new() }
+        TdbStore {
+            dir: dir.to_owned(),
+            dbs: HashMap::new(),
+            held_for_us: HashSet::new(),
+            headers: HashMap::new(),
+        }
+    }
+
+    /// A freeze waiter holds every chain of `db_id` for us (or gave them back): while it
+    /// does, the engine's chain locks are satisfied by the whole-database lock mark.
+    pub fn frozen_for_us(&mut self, db_id: DbId, frozen: bool) -> Result<()> {
+        let db = self.db(db_id)?;
+        if frozen {
+            db.tdb.lockall_mark()
+        } else {
+            db.tdb.lockall_unmark()
+        }
     }
 
     /// Opens (creating it if needed) the file of database `name`; returns its path.
@@ -66,6 +86,7 @@ impl TdbStore {
         }
         let lock_files = Arc::new(LockFiles::new(&path));
         self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, lock_files });
+        self.headers.insert(db_id, HashMap::new());
         Ok(path)
     }
 
@@ -145,17 +166,34 @@ impl RecordStore for TdbStore {
         }
     }
 
-    fn fetch(&mut self, db: DbId, key: &[u8]) -> Option<Record> {
-        let db = self.db(db).ok()?;
-        let parsed = db.tdb.parse_record(key, |value| {
+    fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>> {
+        let parsed = self.db(db)?.tdb.parse_record(key, |value| {
             RecordHeader::decode(value).map(|(header, data)| Record { header, data: data.to_vec() })
-        });
-        parsed.ok().flatten().flatten()
+        })?;
+        Ok(parsed.flatten())
     }
 
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<()> {
         let header = record.header.encode();
-        self.db(db)?.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace)
+        self.db(db)?.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace)?;
+        self.headers.entry(db).or_default().insert(key.to_vec(), record.header);
+        Ok(())
+    }
+
+    fn headers(&mut self, db: DbId) -> Result<Vec<(Vec<u8>, RecordHeader)>> {
+        self.db(db)?;
+        let headers = self.headers.get(&db).into_iter().flatten();
+        Ok(headers.map(|(key, header)| (key.clone(), *header)).collect())
+    }
+
+    fn wipe(&mut self, db: DbId) -> Result<()> {
+        self.db(db)?.tdb.wipe_all()?;
+        self.headers.insert(db, HashMap::new());
+        Ok(())
+    }
+
+    fn attach(&mut self, db: DbId, name: &str) -> Result<()> {
+        TdbStore::attach(self, db, name).map(drop)
     }
 }
 

@@ -18,10 +18,15 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         match work {
+            // Queued behind a lock before this node stopped serving: it waits for the next
+            // generation like any request that arrives now.
+            Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
             Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use }) => {
                 let waiter = Waiter { client, reqid, first_use };
                 self.client_call(waiter, db_id, key, record, store, out)
             }
+            Work::Fix { db_id, key, fix } => self.apply_fix(db_id, key, fix, record, store, out),
+            Work::Resend { .. } if !self.active() => {}
             Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
             Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
@@ -108,9 +113,11 @@ impl Engine {
         reqid: ReqId,
         out: &mut Vec<Output>,
     ) {
+        // Our copy names where the record went, unless that node is no longer a member (the
+        // copy is from before a recovery); the LMASTER always knows.
         let destnode = match record {
-            Some(record) => record.header.dmaster,
-            None => self.lmaster(&key),
+            Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
+            _ => self.lmaster(&key),
         };
         self.stats.calls_sent += 1;
         let call = ReqCall {
@@ -154,7 +161,14 @@ impl Engine {
         } else if is_dmaster {
             if state.first_use.is_some() {
                 self.stats.calls_parked += 1;
-                state.parked.push_back(Work::Call { origin, reqid, call });
+                // Fairness: a request that travelled further has waited longer; it goes
+                // before the neighbour that lost the record a moment ago and asked again.
+                let at = state
+                    .parked
+                    .iter()
+                    .position(|w| matches!(w, Work::Call { call: c, .. } if c.hopcount < call.hopcount))
+                    .unwrap_or(state.parked.len());
+                state.parked.insert(at, Work::Call { origin, reqid, call });
                 return;
             }
             self.hand_over(origin, reqid, call, record, store, out);
@@ -182,15 +196,19 @@ impl Engine {
             _ => lmaster,
         };
         call.hopcount = call.hopcount.saturating_add(1);
-        self.stats.calls_forwarded += 1;
         self.stats.max_hopcount = self.stats.max_hopcount.max(call.hopcount);
-        if call.hopcount == self.config.hopcount_warning {
-            log::warn!(
-                "engine: request {reqid} of node {origin} for db {:#x} forwarded {} times",
-                call.db_id,
-                call.hopcount
+        if call.hopcount as u64 >= self.config.tunables.max_hops {
+            // Nobody claims the record: a handover was lost on the wire. Only a recovery
+            // can find it again (its newest copy is still on the old holder); the
+            // requester's resend succeeds after that.
+            self.stats.calls_dropped_max_hops += 1;
+            let reason = format!(
+                "request {reqid} of node {origin} for a record of db {:#x} was forwarded {} times",
+                call.db_id, call.hopcount
             );
+            return self.report_trouble(reason, out);
         }
+        self.stats.calls_forwarded += 1;
         out.push(self.packet(destnode, origin, reqid, Body::ReqCall(call)));
     }
 
@@ -284,13 +302,16 @@ impl Engine {
             let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
                 self.finish_migration(req.db_id, &req.key, out);
+            } else {
+                self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);
             }
             return;
         }
         let header = RecordHeader { rsn: req.rsn, dmaster: req.dmaster, flags: req.record_flags };
         let lmaster_copy = Record { header, data: req.data };
         if !self.write(store, req.db_id, &req.key, &lmaster_copy) {
-            return;
+            let why = format!("storing the LMASTER's copy of a record of db {:#x} failed", req.db_id);
+            return self.ban_self(&why, out);
         }
         let reply = ReplyDmaster {
             db_id: req.db_id,
@@ -326,14 +347,18 @@ impl Engine {
         let arrived = Record { header, data: reply.data };
         if self.write(store, reply.db_id, &reply.key, &arrived) {
             self.finish_migration(reply.db_id, &reply.key, out);
+        } else {
+            // The record's last copy in flight is in this packet; its older copy on the old
+            // holder is found by the recovery that follows this node's departure.
+            self.ban_self(&format!("storing a record that arrived for db {:#x} failed", reply.db_id), out);
         }
     }
 
     /// The record is here: answer the clients that asked, give them the first go, and let
     /// parked remote requests run once they had it.
-    fn finish_migration(&mut self, db_id: DbId, key: &[u8], out: &mut Vec<Output>) {
+    pub(super) fn finish_migration(&mut self, db_id: DbId, key: &[u8], out: &mut Vec<Output>) {
         self.stats.migrations_completed += 1;
-        let deadline = self.now + self.config.first_use_timeout_ms;
+        let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
         let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
@@ -362,7 +387,13 @@ impl Engine {
         self.stats.protocol_violations += 1;
     }
 
-    fn write(&mut self, store: &mut dyn RecordStore, db_id: DbId, key: &[u8], record: &Record) -> bool {
+    pub(super) fn write(
+        &mut self,
+        store: &mut dyn RecordStore,
+        db_id: DbId,
+        key: &[u8],
+        record: &Record,
+    ) -> bool {
         match store.store(db_id, key, record) {
             Ok(()) => true,
             Err(err) => {
@@ -373,7 +404,7 @@ impl Engine {
         }
     }
 
-    fn packet(&self, destnode: Pnn, srcnode: Pnn, reqid: ReqId, body: Body) -> Output {
+    pub(super) fn packet(&self, destnode: Pnn, srcnode: Pnn, reqid: ReqId, body: Body) -> Output {
         Output::Send(Packet { generation: self.config.generation, destnode, srcnode, reqid, body })
     }
 }

@@ -3,15 +3,26 @@
 //! timer tick — and pushes the actions it decides on (packets to send, answers to clients,
 //! locks to wait for). No sockets, threads, files or clocks in here: records are reached
 //! through `RecordStore`, time comes in as an argument. That is what lets `tests/simulation.rs`
-//! run thousands of seeded clusters with reordered and duplicated packets deterministically.
+//! run thousands of seeded clusters with reordered, duplicated and lost packets, crashes,
+//! restarts and partitions deterministically.
+//!
+//! Besides migration (`migration`), the engine keeps membership (`membership`: heartbeats,
+//! who is alive, who leads) and runs recoveries (`recovery`): a node serves only while it is
+//! active in a generation its leader admitted it to.
 
+mod membership;
 mod migration;
+mod recovery;
 pub mod store;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::hash::jenkins_hash;
-use crate::wire::{DbId, Generation, Packet, Pnn, ReqId};
+use crate::tunables::Tunables;
+use crate::wire::cluster::{ClusterMsg, RecordFix};
+use crate::wire::{DbId, Generation, Packet, Pnn, ReqId, INVALID_GENERATION};
+use membership::Membership;
+pub use membership::{ClusterStatus, LockOutcome};
 pub use store::{MemStore, Record, RecordStore};
 
 /// Milliseconds on the caller's monotonic clock.
@@ -23,6 +34,8 @@ pub type ClientId = u64;
 pub const CALL_OK: i32 = 0;
 /// `status` of a client reply: the database is not attached on this node.
 pub const CALL_UNKNOWN_DB: i32 = -libc::ENOENT;
+/// `status` of a client reply: the record could not be read or written on this node.
+pub const CALL_IO_ERROR: i32 = -libc::EIO;
 
 /// Where a key's LMASTER is: the same answer on every node with the same vnn_map.
 pub fn lmaster_of(key: &[u8], vnn_map: &[Pnn]) -> Pnn {
@@ -33,37 +46,57 @@ pub fn lmaster_of(key: &[u8], vnn_map: &[Pnn]) -> Pnn {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub pnn: Pnn,
+    /// Nodes in the nodes file: a majority is counted against this.
+    pub nodes: usize,
+    /// The generation a node starts in: `INVALID_GENERATION` until a recovery admits it,
+    /// unless membership is off.
     pub generation: Generation,
     /// Active nodes in LMASTER order.
     pub vnn_map: Vec<Pnn>,
-    /// After a record arrives for waiting local clients, remote requests for it wait until
-    /// those clients had their turn (they say so with `ClientDone`) or this long at most.
-    /// Without it, a busy record can bounce between nodes with no client ever using it.
-    pub first_use_timeout_ms: Millis,
-    /// A migration not done after this long sends its request again (with a new reqid),
-    /// then after twice as long, and so on: links drop packets while they are down.
-    /// Duplicates are harmless.
-    pub migration_resend_ms: Millis,
-    /// Requests forwarded more often than this are logged: routing is going in circles.
-    pub hopcount_warning: u32,
+    /// Timers and bounds, settable at run time (`rctdb setvar`).
+    pub tunables: Tunables,
+    /// Heartbeats, elections and recoveries. Off only in tests of single migration steps,
+    /// where every node is active in `generation` from the start and nobody ever fails.
+    pub membership: bool,
+    /// Leadership needs the cluster lock (`Output::TakeClusterLock`) instead of a majority.
+    pub cluster_lock: bool,
+    /// Seeds the generations this node picks when it leads a recovery.
+    pub seed: u64,
 }
 
 impl EngineConfig {
+    /// A fixed cluster: every node active in `generation` with `vnn_map`, no membership.
     pub fn new(pnn: Pnn, generation: Generation, vnn_map: Vec<Pnn>) -> EngineConfig {
         EngineConfig {
             pnn,
+            nodes: vnn_map.len(),
             generation,
             vnn_map,
-            first_use_timeout_ms: 200,
-            migration_resend_ms: 2000,
-            hopcount_warning: 100,
+            tunables: Tunables::default(),
+            membership: false,
+            cluster_lock: false,
+            seed: pnn as u64,
+        }
+    }
+
+    /// A node of a cluster of `nodes` that must be admitted by a recovery before it serves.
+    pub fn clustered(pnn: Pnn, nodes: usize, cluster_lock: bool, seed: u64) -> EngineConfig {
+        EngineConfig {
+            pnn,
+            nodes,
+            generation: INVALID_GENERATION,
+            vnn_map: (0..nodes as Pnn).collect(),
+            tunables: Tunables::default(),
+            membership: true,
+            cluster_lock,
+            seed,
         }
     }
 }
 
 /// A local client's request to migrate a record here. With `first_use`, the client promises
 /// a `ClientDone` once it has used the record, and remote requests wait for that (up to
-/// `first_use_timeout_ms`).
+/// `FirstUseTimeout`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCall {
     pub client: ClientId,
@@ -92,6 +125,21 @@ pub enum Input {
         db_id: DbId,
         key: Vec<u8>,
     },
+    /// Every chain of the database is held for us (`Output::FreezeDb`): no client can use a
+    /// record of it until `Output::ThawDb`.
+    Frozen {
+        db_id: DbId,
+    },
+    /// The connection to this peer broke or was refused: evidence that it is dead.
+    LinkDown(Pnn),
+    /// The connection to this peer is up again: what was lost on it may be asked again.
+    LinkUp(Pnn),
+    /// What became of `Output::TakeClusterLock`, or that a held lock was lost.
+    ClusterLock(LockOutcome),
+    /// Stop (or resume) talking to peers while staying alive: a fault for tests.
+    Quiet(bool),
+    /// Leave the cluster: tell the peers, stop serving.
+    Leave,
     Tick,
 }
 
@@ -108,6 +156,53 @@ pub enum Output {
     WaitForChainLock {
         db_id: DbId,
         key: Vec<u8>,
+    },
+    /// Hold every chain of the database for us (clients block) and say `Input::Frozen`.
+    FreezeDb {
+        db_id: DbId,
+    },
+    /// Give back what `FreezeDb` took, or stop waiting for it.
+    ThawDb {
+        db_id: DbId,
+    },
+    /// Try to take the cluster lock; answer with `Input::ClusterLock`.
+    TakeClusterLock,
+    ReleaseClusterLock,
+    /// Something an operator wants to see in the log.
+    Event(ClusterEvent),
+}
+
+/// Membership and recovery events, for the log and the statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    NodeDead(Pnn),
+    NodeAlive(Pnn),
+    BecameLeader {
+        term: u64,
+    },
+    SteppedDown {
+        why: String,
+    },
+    RecoveryStarted {
+        generation: Generation,
+        members: Vec<Pnn>,
+    },
+    /// A recovery finished: `fixed` records changed, `excluded` nodes left out.
+    RecoveryDone {
+        generation: Generation,
+        millis: Millis,
+        fixed: u64,
+        members: Vec<Pnn>,
+    },
+    Excluded {
+        pnn: Pnn,
+        why: String,
+    },
+    Deactivated {
+        why: String,
+    },
+    Activated {
+        generation: Generation,
     },
 }
 
@@ -128,6 +223,17 @@ pub struct EngineStats {
     pub store_errors: u64,
     pub lock_waits: u64,
     pub max_hopcount: u32,
+    /// Requests dropped because they were forwarded `MaxHops` times (a record lost in
+    /// flight: a recovery finds it again).
+    pub calls_dropped_max_hops: u64,
+    /// Client requests that waited while this node was not serving.
+    pub calls_deferred: u64,
+    pub recoveries_led: u64,
+    pub recoveries_joined: u64,
+    /// Milliseconds the last recovery this node led took, start to activation.
+    pub last_recovery_ms: u64,
+    pub records_fixed: u64,
+    pub nodes_died: u64,
 }
 
 impl std::fmt::Display for EngineStats {
@@ -137,7 +243,9 @@ impl std::fmt::Display for EngineStats {
             f,
             "calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
-             protocol_violations={} store_errors={} lock_waits={} max_hopcount={}",
+             protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
+             calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
+             nodes_died={}",
             self.calls_sent,
             self.calls_resent,
             self.calls_forwarded,
@@ -150,7 +258,14 @@ impl std::fmt::Display for EngineStats {
             self.protocol_violations,
             self.store_errors,
             self.lock_waits,
-            self.max_hopcount
+            self.max_hopcount,
+            self.calls_dropped_max_hops,
+            self.calls_deferred,
+            self.recoveries_led,
+            self.recoveries_joined,
+            self.last_recovery_ms,
+            self.records_fixed,
+            self.nodes_died
         )
     }
 }
@@ -175,8 +290,10 @@ struct Migration {
 }
 
 impl Migration {
-    fn resend_due(&self, now: Millis, resend_ms: Millis) -> bool {
-        let wait = resend_ms.saturating_mul(1 << self.resends.min(16));
+    /// Waits double with every resend, up to `max_ms`: a lost request is asked again soon,
+    /// an unreachable record is not asked for in a storm.
+    fn resend_due(&self, now: Millis, resend_ms: Millis, max_ms: Millis) -> bool {
+        let wait = resend_ms.saturating_mul(1 << self.resends.min(16)).min(max_ms);
         now.saturating_sub(self.sent_at) >= wait
     }
 }
@@ -231,6 +348,19 @@ enum Work {
         db_id: DbId,
         key: Vec<u8>,
     },
+    /// A recovery's change to this node's copy of the record.
+    Fix {
+        db_id: DbId,
+        key: Vec<u8>,
+        fix: RecordFix,
+    },
+}
+
+impl Work {
+    /// Work a peer sent in this generation: void once the generation ends.
+    fn is_remote(&self) -> bool {
+        matches!(self, Work::Call { .. } | Work::ReqDmaster { .. } | Work::ReplyDmaster { .. })
+    }
 }
 
 impl Work {
@@ -239,31 +369,43 @@ impl Work {
             Work::Call { call, .. } => (call.db_id, &call.key),
             Work::ReqDmaster { req, .. } => (req.db_id, &req.key),
             Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
-            Work::ClientCall(ClientCall { db_id, key, .. }) | Work::Resend { db_id, key } => (*db_id, key),
+            Work::ClientCall(ClientCall { db_id, key, .. })
+            | Work::Resend { db_id, key }
+            | Work::Fix { db_id, key, .. } => (*db_id, key),
         }
     }
 }
 
 pub struct Engine {
     config: EngineConfig,
-    dbs: HashSet<DbId>,
+    /// Attached databases by id, with their names (a recovery attaches them everywhere).
+    dbs: BTreeMap<DbId, String>,
     keys: HashMap<(DbId, Vec<u8>), KeyState>,
     ready: VecDeque<Work>,
+    /// Cluster messages from peers and from this node itself (the leader is a member of its
+    /// own recoveries), handled in arrival order.
+    inbox: VecDeque<(Pnn, ClusterMsg)>,
     next_reqid: ReqId,
     now: Millis,
     stats: EngineStats,
+    cluster: Membership,
+    recoveries: recovery::Recoveries,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
+        let cluster = Membership::new(&config);
         Engine {
             config,
-            dbs: HashSet::new(),
+            dbs: BTreeMap::new(),
             keys: HashMap::new(),
             ready: VecDeque::new(),
+            inbox: VecDeque::new(),
             next_reqid: 1,
             now: 0,
             stats: EngineStats::default(),
+            cluster,
+            recoveries: recovery::Recoveries::default(),
         }
     }
 
@@ -284,8 +426,16 @@ impl Engine {
     }
 
     /// Volatile databases the engine migrates records of; packets for others are dropped.
-    pub fn attach_db(&mut self, db_id: DbId) {
-        self.dbs.insert(db_id);
+    pub fn attach_db(&mut self, db_id: DbId, name: &str) {
+        self.dbs.insert(db_id, name.to_owned());
+    }
+
+    pub fn tunables(&self) -> &Tunables {
+        &self.config.tunables
+    }
+
+    pub fn tunables_mut(&mut self) -> &mut Tunables {
+        &mut self.config.tunables
     }
 
     pub fn lmaster(&self, key: &[u8]) -> Pnn {
@@ -305,8 +455,19 @@ impl Engine {
 
     pub fn handle(&mut self, now: Millis, input: Input, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         self.now = now;
+        if self.cluster.quiet && !matches!(input, Input::Quiet(_) | Input::Leave) {
+            // Quiet: deaf to peers; clients' requests wait like while not serving.
+            match input {
+                Input::Packet(_) | Input::LinkDown(_) | Input::LinkUp(_) => return,
+                _ => {}
+            }
+        }
         match input {
             Input::Packet(packet) => self.accept_packet(packet),
+            Input::ClientCall(call) if !self.active() => {
+                self.stats.calls_deferred += 1;
+                self.cluster.deferred.push_back(call);
+            }
             Input::ClientCall(call) => self.ready.push_back(Work::ClientCall(call)),
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
@@ -315,16 +476,41 @@ impl Engine {
                     self.ready.extend(state.lock_wait.drain(..));
                 }
             }
+            Input::Frozen { db_id } => self.frozen(db_id, store, out),
+            Input::LinkDown(pnn) => self.link_down(pnn),
+            Input::LinkUp(pnn) => self.link_up(pnn),
+            Input::ClusterLock(outcome) => self.cluster_lock_outcome(outcome, out),
+            Input::Quiet(quiet) => self.set_quiet(quiet, out),
+            Input::Leave => self.leave(out),
             Input::Tick => {
                 self.expire_first_uses();
-                self.resend_late_migrations();
+                if self.active() {
+                    self.resend_late_migrations();
+                }
+                self.membership_tick(store, out);
             }
         }
-        while let Some(work) = self.ready.pop_front() {
-            let slot = (work.slot().0, work.slot().1.to_vec());
-            self.step(work, store, out);
-            self.drop_if_idle(&slot);
+        self.run_ready(store, out);
+    }
+
+    /// Runs queued work and messages to ourselves until none is left.
+    fn run_ready(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        loop {
+            if let Some(work) = self.ready.pop_front() {
+                let slot = (work.slot().0, work.slot().1.to_vec());
+                self.step(work, store, out);
+                self.drop_if_idle(&slot);
+            } else if let Some((from, msg)) = self.inbox.pop_front() {
+                self.cluster_message(from, msg, store, out);
+            } else {
+                return;
+            }
         }
+    }
+
+    /// Whether this node serves: it may answer migrations and mint records.
+    pub fn active(&self) -> bool {
+        self.cluster.active
     }
 
     /// Keeps `keys` to the keys with something pending, so nothing grows with traffic.
@@ -336,7 +522,10 @@ impl Engine {
 
     fn accept_packet(&mut self, packet: Packet) {
         use crate::wire::Body;
-        if packet.generation != self.config.generation {
+        if let Body::Cluster(msg) = packet.body {
+            return self.inbox.push_back((packet.srcnode, msg));
+        }
+        if !self.active() || packet.generation != self.config.generation {
             // A packet from before a recovery: its view of who holds what is void.
             self.stats.stale_generation_dropped += 1;
             return;
@@ -390,11 +579,15 @@ impl Engine {
     }
 
     fn resend_late_migrations(&mut self) {
-        let (now, resend_ms) = (self.now, self.config.migration_resend_ms);
+        let now = self.now;
+        let (resend_ms, max_ms) =
+            (self.config.tunables.migration_resend_ms, self.config.tunables.migration_resend_max_ms);
         let mut late: Vec<(DbId, Vec<u8>)> = self
             .keys
             .iter()
-            .filter(|(_, state)| state.migration.as_ref().is_some_and(|m| m.resend_due(now, resend_ms)))
+            .filter(|(_, state)| {
+                state.migration.as_ref().is_some_and(|m| m.resend_due(now, resend_ms, max_ms))
+            })
             .map(|(slot, _)| slot.clone())
             .collect();
         late.sort(); // a replay order independent of the hash map's seed
@@ -426,7 +619,7 @@ impl Engine {
     /// Runs one piece of work under its key's chain lock, or queues it behind the lock.
     fn step(&mut self, work: Work, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         let (db_id, key) = work.slot();
-        if !self.dbs.contains(&db_id) {
+        if !self.dbs.contains_key(&db_id) {
             self.stats.unknown_db_dropped += 1;
             log::warn!("engine: request for unattached db {db_id:#x}");
             if let Work::ClientCall(call) = work {
@@ -453,9 +646,31 @@ impl Engine {
             return;
         }
         let key = work.slot().1.to_vec();
-        let record = store.fetch(db_id, &key);
-        self.step_locked(work, record, store, out);
+        match store.fetch(db_id, &key) {
+            Ok(record) => self.step_locked(work, record, store, out),
+            Err(err) => self.unreadable(work, &err.to_string(), out),
+        }
         store.unlock(db_id, &key);
+    }
+
+    /// A record could not be read. Never taken for "absent": at an LMASTER that would mint a
+    /// second DMASTER. A record arriving here that cannot be read over cannot be kept
+    /// either, so this node leaves the cluster and a recovery finds the record's other copy.
+    fn unreadable(&mut self, work: Work, err: &str, out: &mut Vec<Output>) {
+        self.stats.store_errors += 1;
+        let (db_id, _) = work.slot();
+        log::error!("engine: reading a record of db {db_id:#x} failed: {err}");
+        match work {
+            Work::ClientCall(call) => out.push(Output::ClientReply {
+                client: call.client,
+                reqid: call.reqid,
+                status: CALL_IO_ERROR,
+            }),
+            Work::ReqDmaster { .. } | Work::ReplyDmaster { .. } | Work::Fix { .. } => {
+                self.ban_self(&format!("reading a record of db {db_id:#x} failed: {err}"), out)
+            }
+            Work::Call { .. } | Work::Resend { .. } => {}
+        }
     }
 }
 

@@ -19,8 +19,17 @@ pub trait RecordStore {
     fn try_lock(&mut self, db: DbId, key: &[u8]) -> bool;
     fn unlock(&mut self, db: DbId, key: &[u8]);
     /// The record, read under the chain lock; `None` when absent or too short for a header.
-    fn fetch(&mut self, db: DbId, key: &[u8]) -> Option<Record>;
+    /// A read that fails is an error, never "absent": at an LMASTER "absent" mints a record.
+    fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>, Error>;
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<(), Error>;
+    /// Every record's key and header, without taking a lock: a recovery must not wait for
+    /// clients. Headers change only through the engine, so they are known without reading
+    /// chains that clients hold.
+    fn headers(&mut self, db: DbId) -> Result<Vec<(Vec<u8>, RecordHeader)>, Error>;
+    /// Empties the database. Only called while it is frozen (`Input::Frozen`).
+    fn wipe(&mut self, db: DbId) -> Result<(), Error>;
+    /// Makes sure database `name` exists here (a recovery attaches every member's databases).
+    fn attach(&mut self, db: DbId, name: &str) -> Result<(), Error>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +43,10 @@ pub enum LockOwner {
 pub struct MemStore {
     records: HashMap<(DbId, Vec<u8>), Record>,
     locks: HashMap<(DbId, Vec<u8>), LockOwner>,
+    /// Frozen for the engine: no client can take a lock.
+    pub frozen: bool,
+    /// Stores fail (a full disk), for fault tests.
+    pub failing: bool,
 }
 
 impl MemStore {
@@ -43,7 +56,7 @@ impl MemStore {
 
     pub fn lock_as(&mut self, db: DbId, key: &[u8], owner: LockOwner) -> bool {
         let slot = (db, key.to_vec());
-        if self.locks.contains_key(&slot) {
+        if self.locks.contains_key(&slot) || self.frozen && owner != LockOwner::Engine {
             return false;
         }
         self.locks.insert(slot, owner);
@@ -71,6 +84,16 @@ impl MemStore {
     pub fn records(&self) -> impl Iterator<Item = (&(DbId, Vec<u8>), &Record)> {
         self.records.iter()
     }
+
+    /// Whether a client holds any lock: a freeze waits until none does.
+    pub fn client_holds_a_lock(&self) -> bool {
+        self.locks.values().any(|owner| matches!(owner, LockOwner::Client(_)))
+    }
+
+    /// A restart: the process's records are gone, and so are its locks.
+    pub fn clear(&mut self) {
+        *self = MemStore::default();
+    }
 }
 
 impl RecordStore for MemStore {
@@ -83,12 +106,35 @@ impl RecordStore for MemStore {
         debug_assert_eq!(owner, Some(LockOwner::Engine), "engine unlocked a lock it did not hold");
     }
 
-    fn fetch(&mut self, db: DbId, key: &[u8]) -> Option<Record> {
-        self.peek(db, key).cloned()
+    fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>, Error> {
+        Ok(self.peek(db, key).cloned())
     }
 
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<(), Error> {
+        if self.failing {
+            return Err(Error::io("simulated full disk".to_string()));
+        }
         self.put(db, key, record.clone());
+        Ok(())
+    }
+
+    fn headers(&mut self, db: DbId) -> Result<Vec<(Vec<u8>, RecordHeader)>, Error> {
+        let mut headers: Vec<(Vec<u8>, RecordHeader)> = self
+            .records
+            .iter()
+            .filter(|((id, _), _)| *id == db)
+            .map(|((_, key), record)| (key.clone(), record.header))
+            .collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0)); // the same order on every run
+        Ok(headers)
+    }
+
+    fn wipe(&mut self, db: DbId) -> Result<(), Error> {
+        self.records.retain(|(id, _), _| *id != db);
+        Ok(())
+    }
+
+    fn attach(&mut self, _db: DbId, _name: &str) -> Result<(), Error> {
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ impl Cluster {
         let engines = (0..nodes)
             .map(|pnn| {
                 let mut engine = Engine::new(EngineConfig::new(pnn, GENERATION, vnn_map.clone()));
-                engine.attach_db(DB);
+                engine.attach_db(DB, "test.tdb");
                 engine
             })
             .collect();
@@ -48,6 +48,7 @@ impl Cluster {
                     self.replies.push((pnn, client, reqid, status))
                 }
                 Output::WaitForChainLock { .. } => {}
+                other => panic!("a fixed cluster has no membership: {other:?}"),
             }
         }
     }
@@ -192,7 +193,7 @@ fn first_use_ends_at_its_deadline_if_the_client_never_says_done() {
     cluster.ask(0, 2, &key);
     cluster.deliver_all();
     let mut out = vec![];
-    let later = cluster.engines[1].config.first_use_timeout_ms + 1;
+    let later = cluster.engines[1].config.tunables.first_use_timeout_ms + 1;
     cluster.engines[1].handle(later, Input::Tick, &mut cluster.stores[1], &mut out);
     cluster.network.extend(out.into_iter().filter_map(|o| match o {
         Output::Send(p) => Some(p),
@@ -286,7 +287,7 @@ fn a_lost_request_is_sent_again_later_with_a_new_reqid() {
     let key = key_on(0, 2);
     cluster.ask(1, 1, &key);
     let lost = cluster.network.pop_front().expect("a REQ_CALL");
-    let resend_ms = cluster.engines[1].config.migration_resend_ms;
+    let resend_ms = cluster.engines[1].config.tunables.migration_resend_ms;
     let tick = |cluster: &mut Cluster, now: Millis| {
         let mut out = vec![];
         cluster.engines[1].handle(now, Input::Tick, &mut cluster.stores[1], &mut out);

@@ -21,6 +21,10 @@ pub struct ClusterSpec {
     pub port: u16,
     /// How long to wait for every link to come up.
     pub timeout: Duration,
+    /// `--cluster-lock` of every node; `up` defaults it to a lock file in `dir`.
+    pub cluster_lock: Option<String>,
+    /// Tunables every node starts with (`--set NAME=VALUE`).
+    pub tunables: Vec<(String, u64)>,
 }
 
 impl ClusterSpec {
@@ -31,7 +35,20 @@ impl ClusterSpec {
             first_address: Ipv4Addr::new(127, 0, 0, 11),
             port: crate::daemon::DEFAULT_PORT,
             timeout: Duration::from_secs(20),
+            cluster_lock: Some(dir.join("cluster.lock").display().to_string()),
+            tunables: vec![],
         }
+    }
+
+    /// The same cluster without a cluster lock: leadership by majority.
+    pub fn without_lock(mut self) -> ClusterSpec {
+        self.cluster_lock = None;
+        self
+    }
+
+    pub fn with_tunable(mut self, name: &str, value: u64) -> ClusterSpec {
+        self.tunables.push((name.to_owned(), value));
+        self
     }
 
     pub fn address(&self, node: usize) -> Ipv4Addr {
@@ -87,7 +104,7 @@ impl Drop for RunningCluster {
     }
 }
 
-/// Starts the nodes and returns once every node reports every link up.
+/// Starts the nodes and returns once every node serves with every link up.
 pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     if spec.nodes == 0 || spec.nodes > 200 {
         return Err(format!("--nodes {}: give 1 to 200 nodes", spec.nodes));
@@ -99,7 +116,7 @@ pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     for node in 0..spec.nodes {
         start_node(spec, node)?;
     }
-    wait_for_links(spec)
+    wait_until_healthy(spec)
 }
 
 /// Starts (or, after it died, restarts) node `node` of the cluster `up` wrote into
@@ -115,7 +132,14 @@ pub fn start_node(spec: &ClusterSpec, node: usize) -> Result<(), String> {
         .open(&log)
         .map_err(|e| format!("{}: {e}", log.display()))?;
     let rctdbd = rctdbd_binary();
-    let child = Command::new(&rctdbd)
+    let mut command = Command::new(&rctdbd);
+    if let Some(lock) = &spec.cluster_lock {
+        command.arg("--cluster-lock").arg(lock);
+    }
+    for (name, value) in &spec.tunables {
+        command.arg("--set").arg(format!("{name}={value}"));
+    }
+    let child = command
         .arg("--nodes")
         .arg(spec.dir.join("nodes"))
         .arg("--address")
@@ -167,14 +191,31 @@ fn exits_within(dir: &Path, node: usize, grace: Duration) -> bool {
     true
 }
 
-pub fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
+/// Waits until every node serves, in one generation, with every link up and every peer
+/// alive.
+pub fn wait_until_healthy(spec: &ClusterSpec) -> Result<(), String> {
+    let nodes: Vec<usize> = (0..spec.nodes).collect();
+    wait_until_serving(spec, &nodes)
+}
+
+/// Waits until the nodes `serving` are active in one generation and see each other alive
+/// with links up (other nodes may be down).
+pub fn wait_until_serving(spec: &ClusterSpec, serving: &[usize]) -> Result<(), String> {
     let deadline = Instant::now() + spec.timeout;
-    for node in 0..spec.nodes {
+    let mut generations = std::collections::BTreeSet::new();
+    for &node in serving {
         loop {
             let status = DaemonConnection::connect(&socket_path(&spec.dir, node))
                 .and_then(|mut daemon| daemon.status(Duration::from_secs(2)));
             if let Ok(status) = &status {
-                if status.lines().filter(|l| l.starts_with("node ")).all(|l| !l.ends_with(" down")) {
+                let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name).map(str::to_owned));
+                let peers_ok = serving.iter().filter(|&&p| p != node).all(|p| {
+                    status
+                        .lines()
+                        .any(|l| l.starts_with(&format!("node {p} ")) && l.contains(" alive link-up"))
+                });
+                if field("state ").as_deref() == Some("active") && peers_ok {
+                    generations.insert(field("generation ").unwrap_or_default());
                     break;
                 }
             }
@@ -185,10 +226,17 @@ pub fn wait_for_links(spec: &ClusterSpec) -> Result<(), String> {
                 ));
             }
             if Instant::now() > deadline {
-                return Err(format!("node {node}: links not all up after {:?}: {status:?}", spec.timeout));
+                return Err(format!(
+                    "node {node}: not serving with all links up after {:?}: {status:?}",
+                    spec.timeout
+                ));
             }
             std::thread::sleep(Duration::from_millis(20)); // polling a starting daemon, not a race
         }
+    }
+    if generations.len() > 1 {
+        // A recovery ran between our status reads: look again.
+        return wait_until_serving(spec, serving);
     }
     Ok(())
 }

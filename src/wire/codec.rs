@@ -16,6 +16,7 @@
 //! | REQ_CONTROL 7   | 32 opcode, 36 pad, 40 srvid (u64), 48 client_id, 52 flags, 56 datalen, 60 data |
 //! | REPLY_CONTROL 8 | 32 status, 36 datalen, 40 errorlen, 44 data ++ errmsg                 |
 //! | REQ_KEEPALIVE 9 | 32 version, 36 uptime                                                 |
+//! | CLUSTER 0x100   | 32 bodylen, 36 body (ours: `cluster::ClusterMsg`)                     |
 //!
 //! The u64 fields sit at offset 40 because the C structs align them to 8 bytes; the
 //! dissector does the same (`offset = (offset + 7) & ~7`). CTDB appends the record flags
@@ -79,6 +80,8 @@ pub enum WireError {
         operation: u32,
         offset: usize,
     },
+    /// A membership or recovery message whose named field does not fit.
+    BadClusterMessage(&'static str),
     /// The encoded packet would exceed [`MAX_PACKET_LEN`]: peers refuse such frames.
     TooLarge {
         len: usize,
@@ -114,6 +117,7 @@ impl fmt::Display for WireError {
             WireError::NonZeroPadding { operation, offset } => {
                 write!(f, "{}: non-zero padding byte at offset {offset}", operation_name(operation))
             }
+            WireError::BadClusterMessage(field) => write!(f, "CLUSTER: malformed field {field}"),
             WireError::TooLarge { len, max } => write!(f, "packet of {len} bytes exceeds the limit of {max}"),
         }
     }
@@ -134,6 +138,7 @@ pub fn operation_name(operation: u32) -> &'static str {
         op::REPLY_CONTROL => "REPLY_CONTROL",
         op::REQ_KEEPALIVE => "REQ_KEEPALIVE",
         op::REQ_TUNNEL => "REQ_TUNNEL",
+        op::CLUSTER => "CLUSTER",
         _ => "unknown operation",
     }
 }
@@ -156,6 +161,7 @@ fn body_len(body: &Body) -> usize {
         Body::ReqControl(c) => sum(28, &[&c.data]),
         Body::ReplyControl(c) => sum(12, &[&c.data, &c.errmsg]),
         Body::Keepalive(_) => 8,
+        Body::Cluster(m) => 4usize.saturating_add(m.encoded_len()),
     }
 }
 
@@ -283,6 +289,13 @@ fn write_encoded(packet: &Packet, len: usize, out: &mut Vec<u8>) {
         Body::Keepalive(k) => {
             put_u32(out, k.version);
             put_u32(out, k.uptime);
+        }
+        Body::Cluster(m) => {
+            let at = out.len();
+            put_u32(out, 0);
+            m.encode_into(out);
+            let len = u32::try_from(out.len() - at - 4).expect("packet larger than 4 GiB");
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
     }
     // Tail padding to the 8-byte multiple that `length` already announced.
@@ -464,6 +477,17 @@ fn decode_body(f: &mut Fields<'_>, operation: u32) -> Result<Body, WireError> {
             let version = f.u32("version")?;
             let uptime = f.u32("uptime")?;
             Body::Keepalive(Keepalive { version, uptime })
+        }
+        op::CLUSTER => {
+            let len = f.u32("cluster body length")?;
+            let bytes = f.counted("cluster body", len)?;
+            let mut reader = super::cluster::Reader(&bytes);
+            let msg = super::cluster::ClusterMsg::decode(&mut reader)
+                .map_err(|e| WireError::BadClusterMessage(e.0))?;
+            if !reader.is_empty() {
+                return Err(WireError::BadClusterMessage("bytes after the message"));
+            }
+            Body::Cluster(msg)
         }
         other => return Err(WireError::UnknownOperation(other)),
     };

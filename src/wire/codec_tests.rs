@@ -406,6 +406,11 @@ pub(crate) fn arb_body() -> impl Strategy<Value = Body> {
             .prop_map(|(status, data, errmsg)| Body::ReplyControl(ReplyControl { status, data, errmsg })),
         (any::<u32>(), any::<u32>())
             .prop_map(|(version, uptime)| Body::Keepalive(Keepalive { version, uptime })),
+        (any::<u64>(), bytes(40), any::<u32>()).prop_map(|(term, key, db_id)| {
+            use crate::wire::cluster::{ClusterMsg, HeaderEntry};
+            let entries = vec![HeaderEntry { key, rsn: term, dmaster: db_id }];
+            Body::Cluster(ClusterMsg::Headers { generation: db_id, db_id, entries, last: term % 2 == 0 })
+        }),
     ]
 }
 
@@ -525,6 +530,7 @@ proptest! {
             Body::ReplyDmaster(_) => 48,
             Body::ReqControl(_) => 56,
             Body::ReplyControl(_) => 36,
+            Body::Cluster(_) => 32,
             Body::Keepalive(_) => return Ok(()),
         };
         let old = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);

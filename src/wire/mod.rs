@@ -6,6 +6,7 @@
 //! `ctdb/protocol/protocol.h`, `ctdb/include/ctdb_protocol.h` (the `_old` wire structs) and
 //! Wireshark's `epan/dissectors/packet-ctdb.c`; see `codec` for the byte offsets.
 
+pub mod cluster;
 pub mod codec;
 #[cfg(test)]
 mod dissector_tests;
@@ -62,6 +63,8 @@ pub mod op {
     pub const REQ_KEEPALIVE: u32 = 9;
     /// CTDB's; refused by the codec like REQ_MESSAGE. Operations of our own start above it.
     pub const REQ_TUNNEL: u32 = 10;
+    /// Ours: membership and recovery between daemons (`cluster::ClusterMsg`).
+    pub const CLUSTER: u32 = 0x100;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,7 @@ pub enum Body {
     ReqControl(ReqControl),
     ReplyControl(ReplyControl),
     Keepalive(Keepalive),
+    Cluster(cluster::ClusterMsg),
 }
 
 /// "Run call `callid` on record `key`": with IMMEDIATE_MIGRATION, "migrate it to `srcnode`".
@@ -164,6 +168,7 @@ impl Body {
             Body::ReqControl(_) => op::REQ_CONTROL,
             Body::ReplyControl(_) => op::REPLY_CONTROL,
             Body::Keepalive(_) => op::REQ_KEEPALIVE,
+            Body::Cluster(_) => op::CLUSTER,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::daemon::lock_wait::{wait_for, LockTarget};
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
+use crate::tunables::{self, Tunables};
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
 /// How long attach and traverse wait for peers before answering with what they have.
@@ -162,6 +163,52 @@ impl Node {
                 }
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
+            tunables::opcode::GET_TUNABLE => {
+                let reply = match tunables::payload::decode_get_request(&request.data) {
+                    Ok(name) => match self.engine.tunables().get(&name) {
+                        Some(value) => ok_reply(tunables::payload::encode_value(
+                            u32::try_from(value).unwrap_or(u32::MAX),
+                        )),
+                        None => error_reply(&format!("no tunable named {name:?} (see rctdb listvars)")),
+                    },
+                    Err(err) => error_reply(&err),
+                };
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+            }
+            tunables::opcode::SET_TUNABLE => {
+                let reply = match tunables::payload::decode_set_request(&request.data) {
+                    Ok((name, value)) => match self.engine.tunables_mut().set(&name, value as u64) {
+                        Ok(()) => {
+                            log::info!("tunable {name} set to {value}");
+                            ok_reply(vec![])
+                        }
+                        Err(err) => error_reply(&err),
+                    },
+                    Err(err) => error_reply(&err),
+                };
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+            }
+            tunables::opcode::LIST_TUNABLES => {
+                let reply = ok_reply(tunables::payload::encode_list_reply(Tunables::names()));
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+            }
+            tunables::opcode::QUIET | tunables::opcode::UNQUIET => {
+                let quiet = request.opcode == tunables::opcode::QUIET;
+                log::warn!(
+                    "node {}: told to go {}",
+                    self.pnn,
+                    if quiet { "quiet" } else { "back to normal" }
+                );
+                self.engine_input(Input::Quiet(quiet));
+                self.quiet = quiet;
+                self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
+            }
+            tunables::opcode::STOP_NODE => {
+                log::warn!("node {}: told to leave the cluster", self.pnn);
+                self.engine_input(Input::Leave);
+                self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
+                self.stopping = true;
+            }
             other => {
                 let message = format!("unknown control {other:#x}");
                 self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
@@ -219,7 +266,7 @@ impl Node {
     fn send_control(&mut self, peer: Pnn, reqid: ReqId, opcode: u32, data: Vec<u8>) {
         let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
         let generation = self.engine.generation();
-        self.transport.send(peer, Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
+        self.send_to_peer(Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
     }
 
     /// Attaches database `name` (a NUL may end it, as CTDB clients send it) on this node.
@@ -228,16 +275,20 @@ impl Node {
         let name = std::str::from_utf8(name).map_err(|_| "database name is not UTF-8".to_string())?;
         let db_id = control::db_id_of(name);
         let path = self.store.attach(db_id, name).map_err(|e| e.to_string())?;
-        self.engine.attach_db(db_id);
+        self.engine.attach_db(db_id, name);
         let path = path.to_str().ok_or("database path is not UTF-8")?.to_owned();
         Ok(AttachReply { db_id, pnn: self.pnn, tdb_flags: CLUSTERED_TDB_FLAGS as u32, path })
     }
 
     /// `key value` lines a person can read and a script can parse.
     fn status_text(&self) -> String {
+        let cluster = self.engine.cluster_status();
+        let leader = cluster.leader.map_or("none".to_string(), |l| l.to_string());
         let mut text = format!(
-            "pnn {}\ngeneration {:#010x}\nvnn_map {:?}\n",
+            "pnn {}\nstate {}\nleader {leader}\nterm {}\ngeneration {:#010x}\nvnn_map {:?}\n",
             self.pnn,
+            cluster.state,
+            cluster.term,
             self.engine.generation(),
             self.engine.vnn_map()
         );
@@ -246,11 +297,15 @@ impl Node {
             let state = if pnn as Pnn == self.pnn {
                 "self".to_string()
             } else {
+                let alive = if cluster.alive.contains(&(pnn as Pnn)) { "alive" } else { "dead" };
                 match links.iter().find(|l| l.pnn == pnn as Pnn) {
                     Some(link) if link.up => {
-                        format!("up sent={} received={}", link.packets_sent, link.packets_received)
+                        format!(
+                            "{alive} link-up sent={} received={}",
+                            link.packets_sent, link.packets_received
+                        )
                     }
-                    _ => "down".to_string(),
+                    _ => format!("{alive} link-down"),
                 }
             };
             text.push_str(&format!("node {pnn} {addr} {state}\n"));

@@ -18,9 +18,10 @@ mod controls;
 use controls::{error_reply, CopiesFor, PendingControl};
 
 use super::clients::{ClientEvent, ClientLink};
+use super::cluster_lock::{ClusterLock, ClusterLockSpec};
 use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::TdbStore;
-use crate::engine::{ClientCall, ClientId, Engine, EngineConfig, Input, Output};
+use crate::engine::{ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output};
 use crate::transport::{Transport, TransportEvent};
 use crate::wire::codec::encoded_len;
 use crate::wire::{
@@ -28,10 +29,26 @@ use crate::wire::{
 };
 
 const TICK: Duration = Duration::from_millis(10);
+
+/// A database frozen for the engine (`Output::FreezeDb`), or on its way.
+enum FreezeLock {
+    Waiting,
+    Held(HeldLock),
+}
+
 pub struct Node {
     pnn: Pnn,
     nodes: Vec<IpAddr>,
     engine: Engine,
+    cluster_lock: Option<ClusterLockSpec>,
+    /// The attempt or the held lock, while the engine wants it.
+    lock_attempt: Option<ClusterLock>,
+    lock_outcomes: (Sender<super::cluster_lock::LockOutcome>, Receiver<super::cluster_lock::LockOutcome>),
+    freezes: HashMap<DbId, FreezeLock>,
+    /// Not talking to peers (`rctdb quiet`).
+    quiet: bool,
+    /// Told to leave: the engine thread exits the process.
+    stopping: bool,
     store: TdbStore,
     transport: Transport,
     clients: HashMap<ClientId, ClientLink>,
@@ -49,6 +66,7 @@ pub struct Node {
 pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
     let mut next_tick = Instant::now() + TICK;
     let held_locks = node.lock().held_locks.1.clone();
+    let lock_outcomes = node.lock().lock_outcomes.1.clone();
     loop {
         select! {
             recv(transport) -> event => match event {
@@ -60,7 +78,16 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
                     node.lock().on_lock_held(lock);
                 }
             }
+            recv(lock_outcomes) -> outcome => {
+                if let Ok(outcome) = outcome {
+                    node.lock().on_cluster_lock(outcome);
+                }
+            }
             default(next_tick.saturating_duration_since(Instant::now())) => {}
+        }
+        if node.lock().stopping {
+            log::warn!("node left the cluster; exiting");
+            std::process::exit(0);
         }
         let now = Instant::now();
         if now >= next_tick {
@@ -72,21 +99,34 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
     }
 }
 
-/// Every node derives the same generation from the same nodes file, so a cluster without
-/// recoveries agrees on it from the start. Never 0, never the recovery generation 1.
-fn initial_generation(nodes: &[IpAddr]) -> u32 {
-    let text: String = nodes.iter().map(|n| format!("{n}\n")).collect();
-    crate::hash::jenkins_hash(text.as_bytes()).max(2)
-}
-
 impl Node {
-    pub fn new(pnn: Pnn, nodes: &[IpAddr], dbdir: &Path, transport: Transport) -> Node {
-        let vnn_map = (0..nodes.len() as Pnn).collect();
-        let engine = Engine::new(EngineConfig::new(pnn, initial_generation(nodes), vnn_map));
+    /// A node starts serving nothing: a recovery admits it (DESIGN §5).
+    pub fn new(
+        pnn: Pnn,
+        nodes: &[IpAddr],
+        dbdir: &Path,
+        transport: Transport,
+        cluster_lock: Option<ClusterLockSpec>,
+        tunables: crate::tunables::Tunables,
+    ) -> Node {
+        // Generations this node picks must differ from any other node's and run's.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32)
+            ^ pnn as u64;
+        let mut config = EngineConfig::clustered(pnn, nodes.len(), cluster_lock.is_some(), seed);
+        config.tunables = tunables;
         Node {
             pnn,
             nodes: nodes.to_vec(),
-            engine,
+            engine: Engine::new(config),
+            cluster_lock,
+            lock_attempt: None,
+            lock_outcomes: crossbeam_channel::unbounded(),
+            freezes: HashMap::new(),
+            quiet: false,
+            stopping: false,
             store: TdbStore::new(dbdir),
             transport,
             clients: HashMap::new(),
@@ -107,7 +147,7 @@ impl Node {
         self.engine.handle(self.now_ms(), input, &mut self.store, &mut out);
         for output in out {
             match output {
-                Output::Send(packet) => self.transport.send(packet.destnode, packet),
+                Output::Send(packet) => self.send_to_peer(packet),
                 Output::ClientReply { client, reqid, status } => {
                     let reply = Body::ReplyCall(ReplyCall { status, data: vec![] });
                     self.reply_to_client(client, reqid, reply);
@@ -121,8 +161,63 @@ impl Node {
                         log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
                     }
                 },
+                Output::FreezeDb { db_id } => self.freeze(db_id),
+                Output::ThawDb { db_id } => self.thaw(db_id),
+                Output::TakeClusterLock => match &self.cluster_lock {
+                    Some(spec) => {
+                        self.lock_attempt = Some(ClusterLock::attempt(spec, self.lock_outcomes.0.clone()))
+                    }
+                    None => log::error!("the engine wants a cluster lock but none is configured"),
+                },
+                Output::ReleaseClusterLock => {
+                    if let Some(lock) = self.lock_attempt.take() {
+                        lock.release();
+                    }
+                }
+                Output::Event(event) => log_event(self.pnn, &event),
             }
         }
+    }
+
+    fn freeze(&mut self, db_id: DbId) {
+        if self.freezes.contains_key(&db_id) {
+            return;
+        }
+        match self.store.all_chains_site(db_id) {
+            Some((file, start, len)) => {
+                self.freezes.insert(db_id, FreezeLock::Waiting);
+                wait_for(file, start, len, LockTarget::Freeze { db_id }, self.held_locks.0.clone());
+            }
+            None => log::error!("db {db_id:#x}: no chain locks to freeze"),
+        }
+    }
+
+    fn thaw(&mut self, db_id: DbId) {
+        match self.freezes.remove(&db_id) {
+            Some(FreezeLock::Held(lock)) => {
+                if let Err(err) = self.store.frozen_for_us(db_id, false) {
+                    log::error!("thawing db {db_id:#x}: {err}");
+                }
+                lock.release();
+            }
+            // Still on its way: released when it arrives.
+            Some(FreezeLock::Waiting) | None => {}
+        }
+    }
+
+    fn on_cluster_lock(&mut self, outcome: super::cluster_lock::LockOutcome) {
+        use super::cluster_lock::LockOutcome as Helper;
+        let outcome = match outcome {
+            Helper::Held => LockOutcome::Held,
+            Helper::Contention => LockOutcome::Contention,
+            Helper::Timeout => LockOutcome::Timeout,
+            Helper::Error(err) => LockOutcome::Error(err),
+            Helper::Lost => LockOutcome::Lost,
+        };
+        if !matches!(outcome, LockOutcome::Held) {
+            self.lock_attempt = None;
+        }
+        self.engine_input(Input::ClusterLock(outcome));
     }
 
     /// A waiter holds a lock for us: do the work that waited for it, as if the engine
@@ -140,6 +235,19 @@ impl Node {
                     self.deliver_copies(wanted, copies.clone());
                 }
             }
+            LockTarget::Freeze { db_id } => {
+                let db_id = *db_id;
+                if !matches!(self.freezes.get(&db_id), Some(FreezeLock::Waiting)) {
+                    return lock.release(); // thawed while it was on its way
+                }
+                if let Err(err) = self.store.frozen_for_us(db_id, true) {
+                    log::error!("freezing db {db_id:#x}: {err}");
+                    self.freezes.remove(&db_id);
+                    return lock.release();
+                }
+                self.freezes.insert(db_id, FreezeLock::Held(lock));
+                return self.engine_input(Input::Frozen { db_id });
+            }
         }
         lock.release();
     }
@@ -149,15 +257,22 @@ impl Node {
             TransportEvent::Packet { from, packet } => self.on_peer_packet(from, packet),
             TransportEvent::LinkUp(pnn) => {
                 log::info!("link to node {pnn} up");
+                self.engine_input(Input::LinkUp(pnn));
                 self.attach_on_peer(pnn);
             }
-            TransportEvent::LinkDown(pnn) => log::warn!("link to node {pnn} down"),
+            TransportEvent::LinkDown(pnn) => {
+                log::warn!("link to node {pnn} down");
+                self.engine_input(Input::LinkDown(pnn));
+            }
         }
     }
 
     pub fn on_peer_packet(&mut self, from: Pnn, packet: Packet) {
+        if self.quiet {
+            return;
+        }
         match packet.body {
-            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) => {
+            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) | Body::Cluster(_) => {
                 self.engine_input(Input::Packet(packet))
             }
             Body::ReqControl(request) => self.peer_control(from, packet.reqid, request),
@@ -167,10 +282,17 @@ impl Node {
         }
     }
 
+    /// Sends to a peer unless this node is quiet.
+    fn send_to_peer(&mut self, packet: Packet) {
+        if !self.quiet {
+            self.transport.send(packet.destnode, packet);
+        }
+    }
+
     fn reply_to_peer(&mut self, node: Pnn, reqid: ReqId, reply: ReplyControl) {
         let generation = self.engine.generation();
         let body = Body::ReplyControl(reply);
-        self.transport.send(node, Packet { generation, destnode: node, srcnode: self.pnn, reqid, body });
+        self.send_to_peer(Packet { generation, destnode: node, srcnode: self.pnn, reqid, body });
     }
 
     pub fn on_client(&mut self, event: ClientEvent) {
@@ -215,5 +337,15 @@ impl Node {
             packet.body = Body::ReplyControl(error_reply(&message));
         }
         link.send(&packet);
+    }
+}
+
+fn log_event(pnn: Pnn, event: &ClusterEvent) {
+    match event {
+        ClusterEvent::NodeDead(_) | ClusterEvent::SteppedDown { .. } | ClusterEvent::Excluded { .. } => {
+            log::warn!("node {pnn}: {event:?}")
+        }
+        ClusterEvent::Deactivated { .. } => log::warn!("node {pnn}: {event:?}"),
+        _ => log::info!("node {pnn}: {event:?}"),
     }
 }

@@ -1,0 +1,688 @@
+//! Membership (DESIGN §5): heartbeats, who is alive, elections, who leads, and whether this
+//! node serves.
+//!
+//! The rules that keep one DMASTER per record:
+//! - A node serves (is *active*) only after its leader activated it in a generation, and
+//!   only while it hears that leader. A node that starts, loses its leader, goes quiet, is
+//!   banned or sees the cluster move on without it stops at once and freezes its databases
+//!   (clients block), so a node the others gave up on cannot keep changing records.
+//! - One leader at a time: with a cluster lock, whoever holds it; without one, a candidate
+//!   needs the votes of a strict majority of the nodes file, one vote per node per term,
+//!   and a node that hears a live leader votes for nobody. A leader that loses its lock or
+//!   its majority steps down.
+//! - Liveness: a heartbeat to every peer each `KeepaliveInterval`; a peer silent for
+//!   `KeepaliveInterval * KeepaliveLimit` is dead. A broken connection is evidence: a peer
+//!   not heard from within two intervals after it broke is dead (the transport reconnects
+//!   at once, so a reset link to a live peer costs no membership change, a dead peer is
+//!   noticed in a fraction of the dead time).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::{ClientCall, ClusterEvent, Engine, EngineConfig, Millis, Output, RecordStore};
+use crate::wire::cluster::{flags, ClusterMsg, Epoch, Heartbeat, NO_LEADER};
+use crate::wire::{Body, DbId, Generation, Packet, Pnn, INVALID_GENERATION};
+
+/// What became of an attempt to take the cluster lock (CTDB's cluster mutex helper answers
+/// `0` held, `1` contention, `2` timeout, `3` error; a held lock can be lost later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    Held,
+    Contention,
+    /// Never taken as success: another node may hold the lock.
+    Timeout,
+    Error(String),
+    Lost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Follower,
+    /// Asked for votes in `term` at `since`.
+    Candidate {
+        term: u64,
+        since: Millis,
+    },
+    /// Asked for the cluster lock at `since`.
+    AwaitingLock {
+        since: Millis,
+    },
+    Leader,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct PeerView {
+    last_heard: Option<Millis>,
+    pub(super) alive: bool,
+    pub(super) heartbeat: Option<Heartbeat>,
+    pub(super) heartbeat_at: Millis,
+    left: bool,
+    /// Our connection to it broke then: unless it is heard from again soon, it is dead.
+    suspect_since: Option<Millis>,
+}
+
+/// Whether a database is frozen for us, or on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Freeze {
+    Waiting,
+    Held,
+}
+
+pub(super) struct Membership {
+    pub(super) enabled: bool,
+    pub(super) active: bool,
+    pub(super) term: u64,
+    /// The highest term seen anywhere: a new candidacy goes above it.
+    max_term: u64,
+    voted: Option<(u64, Pnn)>,
+    votes: BTreeSet<Pnn>,
+    pub(super) leader: Option<Pnn>,
+    pub(super) role: Role,
+    pub(super) peers: Vec<PeerView>,
+    /// The last history entry this node committed, the generation and members it named.
+    pub(super) epoch: Epoch,
+    pub(super) epoch_generation: Generation,
+    pub(super) epoch_members: Vec<Pnn>,
+    /// This node asks its leader for a recovery (heartbeat flag).
+    pub(super) wants_recovery: bool,
+    pub(super) banned_until: Option<Millis>,
+    pub(super) quiet: bool,
+    left: bool,
+    leaderless_since: Option<Millis>,
+    next_attempt: Millis,
+    last_heartbeat: Option<Millis>,
+    pub(super) frozen: BTreeMap<DbId, Freeze>,
+    /// Client requests that arrived while this node did not serve, replayed at activation.
+    pub(super) deferred: VecDeque<ClientCall>,
+    pub(super) rng: u64,
+    /// A node the leader left out of a recovery for failing it stays out until then.
+    pub(super) excluded_until: BTreeMap<Pnn, Millis>,
+    /// When the last recovery this node led ended: older heartbeats say nothing about it.
+    pub(super) settled_at: Millis,
+    pub(super) last_check: Millis,
+}
+
+impl Membership {
+    pub(super) fn new(config: &EngineConfig) -> Membership {
+        Membership {
+            enabled: config.membership,
+            active: !config.membership,
+            term: 0,
+            max_term: 0,
+            voted: None,
+            votes: BTreeSet::new(),
+            leader: None,
+            role: Role::Follower,
+            peers: vec![PeerView::default(); config.nodes],
+            epoch: Epoch::default(),
+            epoch_generation: config.generation,
+            epoch_members: config.vnn_map.clone(),
+            wants_recovery: false,
+            banned_until: None,
+            quiet: false,
+            left: false,
+            leaderless_since: None,
+            next_attempt: 0,
+            last_heartbeat: None,
+            frozen: BTreeMap::new(),
+            deferred: VecDeque::new(),
+            rng: config.seed ^ 0x5851_f42d_4c95_7f2d,
+            excluded_until: BTreeMap::new(),
+            settled_at: 0,
+            last_check: 0,
+        }
+    }
+
+    /// splitmix64: generations must differ between recoveries and nodes; deterministic
+    /// from the seed so simulations replay.
+    pub(super) fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// What `rctdb status` shows of membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// `active`, `recovering`, `inactive`, `banned` or `quiet`.
+    pub state: &'static str,
+    pub leader: Option<Pnn>,
+    pub term: u64,
+    /// Nodes this node believes alive, itself included.
+    pub alive: Vec<Pnn>,
+}
+
+impl Engine {
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let c = &self.cluster;
+        let state = if c.quiet {
+            "quiet"
+        } else if c.banned_until.is_some() {
+            "banned"
+        } else if c.active {
+            "active"
+        } else if self.recoveries.member.is_some() {
+            "recovering"
+        } else {
+            "inactive"
+        };
+        let alive = (0..self.config.nodes as Pnn).filter(|&p| self.is_alive(p)).collect();
+        ClusterStatus { state, leader: c.leader, term: c.term, alive }
+    }
+
+    fn dead_after(&self) -> Millis {
+        let t = &self.config.tunables;
+        t.keepalive_interval_ms.saturating_mul(t.keepalive_limit)
+    }
+
+    pub(super) fn is_alive(&self, pnn: Pnn) -> bool {
+        pnn == self.config.pnn || self.cluster.peers.get(pnn as usize).is_some_and(|p| p.alive)
+    }
+
+    /// Alive nodes that may be members: not banned, not leaving, not excluded by us.
+    pub(super) fn eligible_nodes(&self) -> BTreeSet<Pnn> {
+        let now = self.now;
+        let me = self.config.pnn;
+        (0..self.config.nodes as Pnn)
+            .filter(|&p| {
+                if p == me {
+                    return self.cluster.banned_until.is_none() && !self.cluster.left;
+                }
+                let peer = &self.cluster.peers[p as usize];
+                peer.alive
+                    && !peer.left
+                    && !peer.heartbeat.as_ref().is_some_and(|h| h.flags & flags::BANNED != 0)
+                    && !self.cluster.excluded_until.get(&p).is_some_and(|&until| until > now)
+            })
+            .collect()
+    }
+
+    fn has_live_leader(&self) -> bool {
+        self.cluster.leader.is_some_and(|l| self.is_alive(l))
+    }
+
+    pub(super) fn send_cluster(&mut self, to: Pnn, msg: ClusterMsg, out: &mut Vec<Output>) {
+        if to == self.config.pnn {
+            self.inbox.push_back((to, msg));
+        } else if !self.cluster.quiet {
+            let generation = self.config.generation;
+            let body = Body::Cluster(msg);
+            out.push(Output::Send(Packet {
+                generation,
+                destnode: to,
+                srcnode: self.config.pnn,
+                reqid: 0,
+                body,
+            }));
+        }
+    }
+
+    fn peers_except_me(&self) -> Vec<Pnn> {
+        (0..self.config.nodes as Pnn).filter(|&p| p != self.config.pnn).collect()
+    }
+
+    pub(super) fn membership_tick(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        if !self.cluster.enabled || self.cluster.quiet {
+            return;
+        }
+        let now = self.now;
+        let interval = self.config.tunables.keepalive_interval_ms;
+        if self.cluster.last_heartbeat.is_none_or(|at| now.saturating_sub(at) >= interval) {
+            self.cluster.last_heartbeat = Some(now);
+            let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
+            for peer in self.peers_except_me() {
+                self.send_cluster(peer, heartbeat.clone(), out);
+            }
+        }
+        let dead_after = self.dead_after();
+        for pnn in self.peers_except_me() {
+            let peer = &self.cluster.peers[pnn as usize];
+            let heard_recently = peer.last_heard.is_some_and(|at| now.saturating_sub(at) < dead_after);
+            let cut_off = peer.suspect_since.is_some_and(|since| {
+                peer.last_heard.is_none_or(|at| at <= since) && now.saturating_sub(since) >= 2 * interval
+            });
+            if peer.alive && (!heard_recently || cut_off) {
+                self.peer_died(pnn, out);
+            }
+        }
+        if self.cluster.banned_until.is_some_and(|until| until <= now) {
+            log::warn!("node {}: ban over; asking to be admitted again", self.config.pnn);
+            self.cluster.banned_until = None;
+            self.cluster.wants_recovery = true;
+        }
+        match self.cluster.leader {
+            Some(leader) if leader == self.config.pnn => self.lead_tick(store, out),
+            Some(_) if self.has_live_leader() => {}
+            _ => self.leaderless_tick(out),
+        }
+        self.recovery_tick(out);
+    }
+
+    pub(super) fn heartbeat(&self) -> Heartbeat {
+        let c = &self.cluster;
+        let mut bits = 0;
+        if c.leader == Some(self.config.pnn) {
+            bits |= flags::LEADER;
+        }
+        if c.active {
+            bits |= flags::ACTIVE;
+        }
+        if c.wants_recovery {
+            bits |= flags::WANTS_RECOVERY;
+        }
+        if c.banned_until.is_some() {
+            bits |= flags::BANNED;
+        }
+        Heartbeat {
+            term: c.term,
+            leader: c.leader.unwrap_or(NO_LEADER),
+            flags: bits,
+            epoch: c.epoch,
+            generation: c.epoch_generation,
+        }
+    }
+
+    fn peer_died(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
+        let peer = &mut self.cluster.peers[pnn as usize];
+        if !peer.alive {
+            return;
+        }
+        peer.alive = false;
+        peer.last_heard = None;
+        peer.suspect_since = None;
+        self.stats.nodes_died += 1;
+        out.push(Output::Event(ClusterEvent::NodeDead(pnn)));
+        if self.cluster.leader == Some(pnn) {
+            self.lose_leader(&format!("leader node {pnn} died"), out);
+        }
+    }
+
+    pub(super) fn link_down(&mut self, pnn: Pnn) {
+        let now = self.now;
+        if let Some(peer) = self.cluster.peers.get_mut(pnn as usize) {
+            peer.suspect_since.get_or_insert(now);
+        }
+    }
+
+    /// What was sent on a broken link is lost: ask again now rather than after a backoff
+    /// that grew while the link was down.
+    pub(super) fn link_up(&mut self, _pnn: Pnn) {
+        for state in self.keys.values_mut() {
+            if let Some(migration) = state.migration.as_mut() {
+                migration.resends = 0;
+                migration.sent_at = 0;
+            }
+        }
+    }
+
+    fn lose_leader(&mut self, why: &str, out: &mut Vec<Output>) {
+        self.cluster.leader = None;
+        self.cluster.leaderless_since = Some(self.now);
+        if self.cluster.role == Role::Leader {
+            self.step_down(why, out);
+        }
+        self.deactivate(why, out);
+    }
+
+    /// Stops serving: nothing migrates, nothing is minted, work of the old generation is
+    /// void, and the databases freeze so clients stop using the records they hold.
+    pub(super) fn deactivate(&mut self, why: &str, out: &mut Vec<Output>) {
+        if !self.cluster.enabled {
+            return;
+        }
+        if self.cluster.active {
+            log::warn!("node {}: stops serving: {why}", self.config.pnn);
+            out.push(Output::Event(ClusterEvent::Deactivated { why: why.to_owned() }));
+        }
+        self.cluster.active = false;
+        self.config.generation = INVALID_GENERATION;
+        self.drop_generation_work();
+        let dbs: Vec<DbId> = self.dbs.keys().copied().collect();
+        for db_id in dbs {
+            if !self.cluster.frozen.contains_key(&db_id) {
+                self.cluster.frozen.insert(db_id, Freeze::Waiting);
+                out.push(Output::FreezeDb { db_id });
+            }
+        }
+    }
+
+    /// Peers' requests and handovers of the old generation are void (their senders ask
+    /// again under the new one); our own migrations keep their waiters and are sent again
+    /// at activation; a recovery's fixes not applied yet are recomputed by the next one.
+    pub(super) fn drop_generation_work(&mut self) {
+        for state in self.keys.values_mut() {
+            state.parked.clear();
+            state.first_use = None;
+            state.lock_wait.retain(|work| !work.is_remote() && !matches!(work, super::Work::Fix { .. }));
+        }
+        self.keys.retain(|_, state| !state.is_idle());
+    }
+
+    pub(super) fn thaw_all(&mut self, out: &mut Vec<Output>) {
+        for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
+            out.push(Output::ThawDb { db_id });
+        }
+    }
+
+    pub(super) fn ban_self(&mut self, why: &str, out: &mut Vec<Output>) {
+        if !self.cluster.enabled {
+            return;
+        }
+        log::error!("node {}: leaving the cluster for {} ms: {why}", self.config.pnn, self.ban_period());
+        self.cluster.banned_until = Some(self.now + self.ban_period());
+        if self.cluster.role == Role::Leader {
+            self.step_down(why, out);
+        }
+        self.cluster.leader = None;
+        self.deactivate(why, out);
+    }
+
+    pub(super) fn ban_period(&self) -> Millis {
+        self.config.tunables.recovery_ban_period_ms
+    }
+
+    /// Something only a recovery can mend: tell the leader (or, leading, note it).
+    pub(super) fn report_trouble(&mut self, reason: String, out: &mut Vec<Output>) {
+        log::warn!("node {}: {reason}; asking for a recovery", self.config.pnn);
+        self.cluster.wants_recovery = true;
+        if let Some(leader) = self.cluster.leader {
+            if leader != self.config.pnn {
+                self.send_cluster(leader, ClusterMsg::Trouble { reason }, out);
+            }
+        }
+    }
+
+    pub(super) fn set_quiet(&mut self, quiet: bool, out: &mut Vec<Output>) {
+        if quiet == self.cluster.quiet || !self.cluster.enabled {
+            return;
+        }
+        if quiet {
+            self.lose_leader("told to go quiet", out);
+            self.cluster.quiet = true;
+        } else {
+            // Whatever happened meanwhile, this node serves again only once admitted.
+            self.cluster.quiet = false;
+            self.cluster.wants_recovery = true;
+            for peer in &mut self.cluster.peers {
+                *peer = PeerView::default();
+            }
+        }
+    }
+
+    pub(super) fn leave(&mut self, out: &mut Vec<Output>) {
+        for peer in self.peers_except_me() {
+            self.send_cluster(peer, ClusterMsg::Leaving, out);
+        }
+        self.cluster.left = true;
+        self.lose_leader("leaving the cluster", out);
+    }
+
+    fn step_down(&mut self, why: &str, out: &mut Vec<Output>) {
+        log::warn!("node {}: no longer leads: {why}", self.config.pnn);
+        out.push(Output::Event(ClusterEvent::SteppedDown { why: why.to_owned() }));
+        self.cluster.role = Role::Follower;
+        if self.config.cluster_lock {
+            out.push(Output::ReleaseClusterLock);
+        }
+        self.abandon_lead();
+        if self.cluster.leader == Some(self.config.pnn) {
+            self.cluster.leader = None;
+            self.cluster.leaderless_since = Some(self.now);
+        }
+        self.cluster.next_attempt = self.now + self.config.tunables.election_timeout_ms;
+        self.deactivate(why, out);
+    }
+
+    /// No live leader: the lowest eligible node stands first, the next after one
+    /// `ElectionTimeout` more, and so on, so that a node that cannot win does not block.
+    fn leaderless_tick(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        let since = *self.cluster.leaderless_since.get_or_insert(now);
+        if self.cluster.active {
+            self.deactivate("no leader", out);
+        }
+        let eligible = self.eligible_nodes();
+        let Some(rank) = eligible.iter().position(|&p| p == self.config.pnn) else { return };
+        let timeout = self.config.tunables.election_timeout_ms;
+        if now < since + rank as Millis * timeout || now < self.cluster.next_attempt {
+            return;
+        }
+        match self.cluster.role {
+            Role::Candidate { since, .. } | Role::AwaitingLock { since } if now < since + timeout => {}
+            _ => self.stand(out),
+        }
+    }
+
+    fn stand(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        if self.config.cluster_lock {
+            self.cluster.role = Role::AwaitingLock { since: now };
+            out.push(Output::TakeClusterLock);
+            return;
+        }
+        let term = self.cluster.max_term.max(self.cluster.term) + 1;
+        self.cluster.term = term;
+        self.cluster.max_term = term;
+        self.cluster.voted = Some((term, self.config.pnn));
+        self.cluster.votes = BTreeSet::from([self.config.pnn]);
+        self.cluster.role = Role::Candidate { term, since: now };
+        log::info!("node {}: stands for leader in term {term}", self.config.pnn);
+        for peer in self.peers_except_me() {
+            if self.is_alive(peer) {
+                self.send_cluster(peer, ClusterMsg::VoteRequest { term }, out);
+            }
+        }
+        self.count_votes(term, out);
+    }
+
+    fn count_votes(&mut self, term: u64, out: &mut Vec<Output>) {
+        if self.cluster.role == (Role::Candidate { term, since: self.candidate_since() })
+            && self.cluster.votes.len() * 2 > self.config.nodes
+        {
+            self.become_leader(term, out);
+        }
+    }
+
+    fn candidate_since(&self) -> Millis {
+        match self.cluster.role {
+            Role::Candidate { since, .. } | Role::AwaitingLock { since } => since,
+            _ => 0,
+        }
+    }
+
+    fn become_leader(&mut self, term: u64, out: &mut Vec<Output>) {
+        log::info!("node {}: leads the cluster in term {term}", self.config.pnn);
+        self.cluster.term = term;
+        self.cluster.max_term = self.cluster.max_term.max(term);
+        self.cluster.role = Role::Leader;
+        self.cluster.leader = Some(self.config.pnn);
+        self.cluster.leaderless_since = None;
+        out.push(Output::Event(ClusterEvent::BecameLeader { term }));
+        self.start_recovery(out);
+    }
+
+    pub(super) fn cluster_lock_outcome(&mut self, outcome: LockOutcome, out: &mut Vec<Output>) {
+        let awaiting = matches!(self.cluster.role, Role::AwaitingLock { .. });
+        match outcome {
+            LockOutcome::Held if awaiting && !self.has_live_leader() => {
+                let term = self.cluster.max_term.max(self.cluster.term) + 1;
+                self.become_leader(term, out);
+            }
+            // Someone else leads by now, or we gave up: not ours to keep.
+            LockOutcome::Held => out.push(Output::ReleaseClusterLock),
+            LockOutcome::Lost if self.cluster.role == Role::Leader => {
+                self.step_down("the cluster lock was lost", out)
+            }
+            LockOutcome::Lost => {}
+            LockOutcome::Contention | LockOutcome::Timeout | LockOutcome::Error(_) => {
+                if awaiting {
+                    log::info!("node {}: cluster lock not taken: {outcome:?}", self.config.pnn);
+                    self.cluster.role = Role::Follower;
+                    self.cluster.next_attempt = self.now + self.config.tunables.election_timeout_ms;
+                }
+            }
+        }
+    }
+
+    fn lead_tick(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        if !self.config.cluster_lock && self.eligible_nodes().len() * 2 <= self.config.nodes {
+            return self.step_down("lost the majority of the nodes file", out);
+        }
+        let _ = store;
+        let now = self.now;
+        if self.recovery_running() || now < self.cluster.last_check + self.config.tunables.recover_interval_ms
+        {
+            return;
+        }
+        self.cluster.last_check = now;
+        if let Some(why) = self.why_recover() {
+            log::info!("node {}: recovery needed: {why}", self.config.pnn);
+            self.start_recovery(out);
+        }
+    }
+
+    /// Why the cluster as this leader sees it needs a recovery, if it does.
+    fn why_recover(&self) -> Option<String> {
+        let c = &self.cluster;
+        if !c.active {
+            return Some("this node does not serve".into());
+        }
+        if c.wants_recovery {
+            return Some("asked for".into());
+        }
+        let eligible: Vec<Pnn> = self.eligible_nodes().into_iter().collect();
+        if eligible != c.epoch_members {
+            return Some(format!("members {:?}, alive {eligible:?}", c.epoch_members));
+        }
+        for &p in &c.epoch_members {
+            let peer = &c.peers[p as usize];
+            let Some(h) = peer.heartbeat.as_ref().filter(|_| peer.heartbeat_at > c.settled_at) else {
+                continue;
+            };
+            if p != self.config.pnn
+                && (h.generation != c.epoch_generation
+                    || h.flags & flags::ACTIVE == 0
+                    || h.flags & flags::WANTS_RECOVERY != 0
+                    || h.leader != self.config.pnn)
+            {
+                return Some(format!("node {p} reports {h:?}"));
+            }
+        }
+        None
+    }
+
+    /// A cluster message from a peer or from this node itself (`send_cluster`): membership
+    /// here, recovery steps in `recovery`.
+    pub(super) fn cluster_message(
+        &mut self,
+        from: Pnn,
+        msg: ClusterMsg,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.cluster.enabled || from as usize >= self.cluster.peers.len() {
+            return;
+        }
+        if from != self.config.pnn {
+            // Anything from a peer shows it is alive; heartbeats also carry its state.
+            let now = self.now;
+            let peer = &mut self.cluster.peers[from as usize];
+            peer.last_heard = Some(now);
+            peer.suspect_since = None;
+            peer.left = false;
+            if !peer.alive {
+                peer.alive = true;
+                out.push(Output::Event(ClusterEvent::NodeAlive(from)));
+            }
+        }
+        match msg {
+            ClusterMsg::Heartbeat(h) => self.heartbeat_from(from, h, out),
+            ClusterMsg::VoteRequest { term } => self.vote_request(from, term, out),
+            ClusterMsg::Vote { term, granted } => {
+                if granted && self.cluster.role == (Role::Candidate { term, since: self.candidate_since() }) {
+                    self.cluster.votes.insert(from);
+                    self.count_votes(term, out);
+                }
+            }
+            ClusterMsg::Leaving => {
+                self.cluster.peers[from as usize].left = true;
+                self.peer_died(from, out);
+            }
+            ClusterMsg::Trouble { reason } => {
+                if self.cluster.role == Role::Leader {
+                    log::warn!("node {from} asks for a recovery: {reason}");
+                    self.cluster.wants_recovery = true;
+                }
+            }
+            other => self.recovery_message(from, other, store, out),
+        }
+    }
+
+    fn heartbeat_from(&mut self, from: Pnn, h: Heartbeat, out: &mut Vec<Output>) {
+        let now = self.now;
+        self.cluster.max_term = self.cluster.max_term.max(h.term);
+        let claims_lead = h.flags & flags::LEADER != 0;
+        {
+            let peer = &mut self.cluster.peers[from as usize];
+            peer.heartbeat = Some(h.clone());
+            peer.heartbeat_at = now;
+        }
+        if claims_lead {
+            self.leader_claim(from, h.term, out);
+        }
+        // Our leader serves a generation we are not in: we were left out.
+        if self.cluster.leader == Some(from)
+            && self.cluster.active
+            && h.flags & flags::ACTIVE != 0
+            && h.generation != self.cluster.epoch_generation
+        {
+            self.cluster.wants_recovery = true;
+            self.deactivate("the leader serves a generation without this node", out);
+        }
+    }
+
+    /// `from` says it leads in `term`: follow it if we have no live leader or it is newer.
+    pub(super) fn leader_claim(&mut self, from: Pnn, term: u64, out: &mut Vec<Output>) -> bool {
+        if self.cluster.leader == Some(from) {
+            self.cluster.term = self.cluster.term.max(term);
+            return true;
+        }
+        let newer = term > self.cluster.term;
+        let i_lead = self.cluster.role == Role::Leader;
+        if i_lead && !newer {
+            return false; // it steps down when it hears our heartbeat with the higher term
+        }
+        if !newer && self.has_live_leader() {
+            return false;
+        }
+        if i_lead {
+            self.step_down(&format!("node {from} leads in a newer term {term}"), out);
+        }
+        self.cluster.term = self.cluster.term.max(term);
+        self.cluster.max_term = self.cluster.max_term.max(term);
+        self.cluster.role = Role::Follower;
+        self.cluster.leader = Some(from);
+        self.cluster.leaderless_since = None;
+        log::info!("node {}: follows node {from} (term {term})", self.config.pnn);
+        self.deactivate(&format!("new leader node {from}"), out);
+        true
+    }
+
+    fn vote_request(&mut self, from: Pnn, term: u64, out: &mut Vec<Output>) {
+        self.cluster.max_term = self.cluster.max_term.max(term);
+        let granted = !self.has_live_leader()
+            && self.cluster.banned_until.is_none()
+            && term >= self.cluster.term
+            && self.cluster.voted.is_none_or(|(t, p)| t < term || p == from);
+        if granted {
+            self.cluster.term = term;
+            self.cluster.voted = Some((term, from));
+            if matches!(self.cluster.role, Role::Candidate { .. }) {
+                self.cluster.role = Role::Follower;
+            }
+        }
+        self.send_cluster(from, ClusterMsg::Vote { term, granted }, out);
+    }
+}

@@ -1,0 +1,664 @@
+//! Recovery (DESIGN §8.4), led by the leader, run by every member. Its cost follows what
+//! changed, not the size of the databases:
+//!
+//! 1. Start: every member stops serving (its generation becomes invalid, peers' work of the
+//!    old generation is void) and says where it is in the cluster's history (`Epoch`) and
+//!    which databases it has. Clients keep using the records their node holds.
+//! 2. Trust: the members at the newest epoch, and the members that epoch's recovery
+//!    included, carry the cluster's history. The others were left out of it: whatever they
+//!    hold was given up for lost and may have been replaced, so they empty their databases.
+//! 3. Collect: trusted members send the headers of their records (key, RSN, DMASTER),
+//!    streamed in chunks, no data. Headers change only through the engine, so they are read
+//!    without waiting for any client's lock.
+//! 4. Plan, per record: a member that holds it (its copy names itself) keeps it where it is.
+//!    If no member holds it (its holder died, or the handover was lost on the wire) the
+//!    newest copy becomes the holder, at the next RSN, so every other copy is older. The
+//!    key's LMASTER under the new map learns the holder. Nothing else moves.
+//! 5. Commit: each member records the new epoch, map and generation, then applies its fixes
+//!    under the chain locks (a fix on a chain a client holds waits behind that lock, and so
+//!    does any later request for the record).
+//! 6. Activate: members serve the new generation; client requests that waited are sent.
+//!
+//! A member that does not answer within `RecoverTimeout` is left out for
+//! `RecoveryBanPeriod` and the recovery starts again without it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::membership::{Freeze, Role};
+use super::{lmaster_of, ClusterEvent, Engine, Millis, Output, Record, RecordStore, Work};
+use crate::record::{RecordHeader, FLAG_AUTOMATIC};
+use crate::wire::cluster::{ClusterMsg, DbName, Epoch, FixEntry, HeaderEntry, RecordFix};
+use crate::wire::{DbId, Generation, Pnn, INVALID_GENERATION};
+
+/// Headers or fixes per message: large databases stream in many packets, none near the
+/// packet size limit.
+const CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ready,
+    Collect,
+    Commit,
+}
+
+/// One member's copy of a record, as its header says.
+#[derive(Debug, Clone, Copy)]
+struct Copy {
+    node: Pnn,
+    rsn: u64,
+    dmaster: Pnn,
+}
+
+/// The leader's side of a recovery in progress.
+pub(super) struct LeadRecovery {
+    generation: Generation,
+    started_at: Millis,
+    deadline: Millis,
+    phase: Phase,
+    members: BTreeSet<Pnn>,
+    /// Members whose answer to the current phase has not come.
+    waiting: BTreeSet<Pnn>,
+    ready: BTreeMap<Pnn, (Epoch, Vec<Pnn>)>,
+    dbs: BTreeMap<DbId, String>,
+    pulls: BTreeMap<Pnn, BTreeSet<DbId>>,
+    copies: HashMap<(DbId, Vec<u8>), Vec<Copy>>,
+    epoch: Epoch,
+    fixed: u64,
+}
+
+/// A member's side of the recovery it takes part in.
+pub(super) struct MemberRecovery {
+    leader: Pnn,
+    generation: Generation,
+    fixes: Vec<(DbId, FixEntry)>,
+    /// Databases to empty once they are frozen.
+    wiping: Option<BTreeSet<DbId>>,
+    committed: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Recoveries {
+    pub(super) lead: Option<LeadRecovery>,
+    pub(super) member: Option<MemberRecovery>,
+}
+
+impl Engine {
+    pub(super) fn recovery_running(&self) -> bool {
+        self.recoveries.lead.is_some()
+    }
+
+    pub(super) fn abandon_lead(&mut self) {
+        self.recoveries.lead = None;
+    }
+
+    fn db_names(&self) -> Vec<DbName> {
+        self.dbs.iter().map(|(&db_id, name)| DbName { db_id, name: name.clone() }).collect()
+    }
+
+    pub(super) fn start_recovery(&mut self, out: &mut Vec<Output>) {
+        let members = self.eligible_nodes();
+        if !members.contains(&self.config.pnn) {
+            self.recoveries.lead = None;
+            return;
+        }
+        let generation = loop {
+            let candidate = self.cluster.random() as Generation;
+            if candidate > INVALID_GENERATION && candidate != self.cluster.epoch_generation {
+                break candidate;
+            }
+        };
+        let now = self.now;
+        self.stats.recoveries_led += 1;
+        let list: Vec<Pnn> = members.iter().copied().collect();
+        log::info!("node {}: recovery to generation {generation:#x} with nodes {list:?}", self.config.pnn);
+        out.push(Output::Event(ClusterEvent::RecoveryStarted { generation, members: list }));
+        self.recoveries.lead = Some(LeadRecovery {
+            generation,
+            started_at: now,
+            deadline: now + self.config.tunables.recover_timeout_ms,
+            phase: Phase::Ready,
+            members: members.clone(),
+            waiting: members.clone(),
+            ready: BTreeMap::new(),
+            dbs: BTreeMap::new(),
+            pulls: BTreeMap::new(),
+            copies: HashMap::new(),
+            epoch: Epoch::default(),
+            fixed: 0,
+        });
+        let term = self.cluster.term;
+        for member in members {
+            self.send_cluster(member, ClusterMsg::RecoveryStart { term, generation }, out);
+        }
+    }
+
+    /// Members that did not answer in time are left out for a while; the recovery starts
+    /// again without them.
+    pub(super) fn recovery_tick(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        let Some(lead) = self.recoveries.lead.as_ref() else { return };
+        if now < lead.deadline || lead.waiting.is_empty() {
+            return;
+        }
+        let laggards: Vec<Pnn> = lead.waiting.iter().copied().collect();
+        for pnn in laggards {
+            let why = format!(
+                "no answer in recovery phase {:?} within {} ms",
+                lead.phase, self.config.tunables.recover_timeout_ms
+            );
+            if pnn == self.config.pnn {
+                return self.ban_self(&why, out);
+            }
+            log::warn!("node {}: leaves node {pnn} out: {why}", self.config.pnn);
+            self.cluster.excluded_until.insert(pnn, now + self.ban_period());
+            out.push(Output::Event(ClusterEvent::Excluded { pnn, why }));
+        }
+        self.start_recovery(out);
+    }
+
+    pub(super) fn recovery_message(
+        &mut self,
+        from: Pnn,
+        msg: ClusterMsg,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        match msg {
+            ClusterMsg::RecoveryStart { term, generation } => self.join_recovery(from, term, generation, out),
+            ClusterMsg::Pull { generation, dbs } if self.from_my_leader(from, generation) => {
+                self.send_headers(from, generation, &dbs, store, out)
+            }
+            ClusterMsg::Wipe { generation, dbs } if self.from_my_leader(from, generation) => {
+                self.start_wipe(&dbs, store, out)
+            }
+            ClusterMsg::Fixes { generation, db_id, fixes } if self.from_my_leader(from, generation) => {
+                if let Some(member) = self.recoveries.member.as_mut() {
+                    member.fixes.extend(fixes.into_iter().map(|fix| (db_id, fix)));
+                }
+            }
+            ClusterMsg::Commit { generation, epoch, vnn_map, dbs }
+                if self.from_my_leader(from, generation) =>
+            {
+                self.commit(generation, epoch, vnn_map, &dbs, store, out)
+            }
+            ClusterMsg::Activate { generation } if self.from_my_leader(from, generation) => {
+                self.activate(generation, out)
+            }
+            ClusterMsg::RecoveryReady { generation, epoch, participants, dbs } => {
+                if let Some(lead) = self.lead_in_phase(generation, Phase::Ready, from) {
+                    lead.ready.insert(from, (epoch, participants));
+                    lead.dbs.extend(dbs.into_iter().map(|db| (db.db_id, db.name)));
+                    lead.waiting.remove(&from);
+                    if lead.waiting.is_empty() {
+                        self.begin_collect(out);
+                    }
+                }
+            }
+            ClusterMsg::Headers { generation, db_id, entries, last } => {
+                if let Some(lead) = self.lead_in_phase(generation, Phase::Collect, from) {
+                    for e in entries {
+                        let copy = Copy { node: from, rsn: e.rsn, dmaster: e.dmaster };
+                        lead.copies.entry((db_id, e.key)).or_default().push(copy);
+                    }
+                    if last {
+                        let pulls = lead.pulls.entry(from).or_default();
+                        pulls.remove(&db_id);
+                        if pulls.is_empty() {
+                            lead.waiting.remove(&from);
+                        }
+                    }
+                    self.commit_when_collected(out);
+                }
+            }
+            ClusterMsg::Wiped { generation } => {
+                if let Some(lead) = self.lead_in_phase(generation, Phase::Collect, from) {
+                    lead.waiting.remove(&from);
+                    self.commit_when_collected(out);
+                }
+            }
+            ClusterMsg::Committed { generation } => {
+                if let Some(lead) = self.lead_in_phase(generation, Phase::Commit, from) {
+                    lead.waiting.remove(&from);
+                    if lead.waiting.is_empty() {
+                        self.finish_recovery(out);
+                    }
+                }
+            }
+            other => log::debug!("node {}: ignored {other:?} from node {from}", self.config.pnn),
+        }
+    }
+
+    fn from_my_leader(&self, from: Pnn, generation: Generation) -> bool {
+        self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation)
+    }
+
+    fn lead_in_phase(
+        &mut self,
+        generation: Generation,
+        phase: Phase,
+        from: Pnn,
+    ) -> Option<&mut LeadRecovery> {
+        self.recoveries.lead.as_mut().filter(|lead| {
+            lead.generation == generation && lead.phase == phase && lead.waiting.contains(&from)
+        })
+    }
+
+    // ---- member side
+
+    fn join_recovery(&mut self, from: Pnn, term: u64, generation: Generation, out: &mut Vec<Output>) {
+        let me = self.config.pnn;
+        if from != me && !self.leader_claim(from, term, out) {
+            return;
+        }
+        if from == me && self.cluster.role != Role::Leader {
+            return;
+        }
+        if self.cluster.active {
+            self.cluster.active = false;
+            self.config.generation = INVALID_GENERATION;
+            self.drop_generation_work();
+            out.push(Output::Event(ClusterEvent::Deactivated { why: format!("recovery by node {from}") }));
+        }
+        self.recoveries.member =
+            Some(MemberRecovery { leader: from, generation, fixes: vec![], wiping: None, committed: false });
+        self.stats.recoveries_joined += 1;
+        let ready = ClusterMsg::RecoveryReady {
+            generation,
+            epoch: self.cluster.epoch,
+            participants: self.cluster.epoch_members.clone(),
+            dbs: self.db_names(),
+        };
+        self.send_cluster(from, ready, out);
+    }
+
+    fn send_headers(
+        &mut self,
+        leader: Pnn,
+        generation: Generation,
+        dbs: &[DbId],
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        for &db_id in dbs {
+            let headers = if self.dbs.contains_key(&db_id) {
+                match store.headers(db_id) {
+                    Ok(headers) => headers,
+                    Err(err) => {
+                        return self.ban_self(&format!("reading the headers of db {db_id:#x}: {err}"), out)
+                    }
+                }
+            } else {
+                vec![]
+            };
+            let mut chunk = vec![];
+            let mut bytes = 0;
+            for (key, header) in headers {
+                bytes += key.len() + 16;
+                chunk.push(HeaderEntry { key, rsn: header.rsn, dmaster: header.dmaster });
+                if bytes >= CHUNK_BYTES {
+                    let entries = std::mem::take(&mut chunk);
+                    bytes = 0;
+                    self.send_cluster(
+                        leader,
+                        ClusterMsg::Headers { generation, db_id, entries, last: false },
+                        out,
+                    );
+                }
+            }
+            self.send_cluster(
+                leader,
+                ClusterMsg::Headers { generation, db_id, entries: chunk, last: true },
+                out,
+            );
+        }
+    }
+
+    fn attach_all(&mut self, dbs: &[DbName], store: &mut dyn RecordStore, out: &mut Vec<Output>) -> bool {
+        for db in dbs {
+            if self.dbs.contains_key(&db.db_id) {
+                continue;
+            }
+            if let Err(err) = store.attach(db.db_id, &db.name) {
+                self.ban_self(&format!("attaching {}: {err}", db.name), out);
+                return false;
+            }
+            self.dbs.insert(db.db_id, db.name.clone());
+        }
+        true
+    }
+
+    fn start_wipe(&mut self, dbs: &[DbName], store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        if !self.attach_all(dbs, store, out) {
+            return;
+        }
+        let all: BTreeSet<DbId> = self.dbs.keys().copied().collect();
+        for &db_id in &all {
+            if !self.cluster.frozen.contains_key(&db_id) {
+                self.cluster.frozen.insert(db_id, Freeze::Waiting);
+                out.push(Output::FreezeDb { db_id });
+            }
+        }
+        if let Some(member) = self.recoveries.member.as_mut() {
+            member.wiping = Some(all);
+        }
+        self.finish_wipe_when_frozen(store, out);
+    }
+
+    /// `Input::Frozen`: every chain of the database is held for us now.
+    pub(super) fn frozen(&mut self, db_id: DbId, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        match self.cluster.frozen.get_mut(&db_id) {
+            Some(state) => *state = Freeze::Held,
+            // Thawed while the freeze was on its way: give it back.
+            None => return out.push(Output::ThawDb { db_id }),
+        }
+        self.finish_wipe_when_frozen(store, out);
+    }
+
+    fn finish_wipe_when_frozen(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        let Some(member) = self.recoveries.member.as_ref() else { return };
+        let Some(wiping) = member.wiping.as_ref() else { return };
+        if !wiping.iter().all(|db| self.cluster.frozen.get(db) == Some(&Freeze::Held)) {
+            return;
+        }
+        let (leader, generation) = (member.leader, member.generation);
+        for db_id in wiping.clone() {
+            if let Err(err) = store.wipe(db_id) {
+                return self.ban_self(&format!("emptying db {db_id:#x}: {err}"), out);
+            }
+        }
+        if let Some(member) = self.recoveries.member.as_mut() {
+            member.wiping = None;
+        }
+        self.send_cluster(leader, ClusterMsg::Wiped { generation }, out);
+    }
+
+    fn commit(
+        &mut self,
+        generation: Generation,
+        epoch: Epoch,
+        vnn_map: Vec<Pnn>,
+        dbs: &[DbName],
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.attach_all(dbs, store, out) {
+            return;
+        }
+        // The history entry first: if the leader dies before activating, the next leader
+        // knows this node took part in it, whatever fixes are still to come.
+        self.cluster.epoch = epoch;
+        self.cluster.epoch_generation = generation;
+        self.cluster.epoch_members = vnn_map.clone();
+        self.config.vnn_map = vnn_map;
+        let Some(member) = self.recoveries.member.as_mut() else { return };
+        member.committed = true;
+        let leader = member.leader;
+        let fixes = std::mem::take(&mut member.fixes);
+        for (db_id, FixEntry { key, fix }) in fixes {
+            let slot = (db_id, key.clone());
+            self.step(Work::Fix { db_id, key, fix }, store, out);
+            self.drop_if_idle(&slot);
+        }
+        self.send_cluster(leader, ClusterMsg::Committed { generation }, out);
+    }
+
+    /// Applies one fix under the record's chain lock (`Work::Fix`).
+    pub(super) fn apply_fix(
+        &mut self,
+        db_id: DbId,
+        key: Vec<u8>,
+        fix: RecordFix,
+        record: Option<Record>,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
+        let me = self.config.pnn;
+        let (header, data) = match record {
+            Some(Record { header, data }) => (header, data),
+            None => (RecordHeader { rsn: 0, dmaster: me, flags: 0 }, vec![]),
+        };
+        let flags = header.flags & !FLAG_AUTOMATIC;
+        let header = match fix {
+            RecordFix::Promote { rsn } => RecordHeader { rsn, dmaster: me, flags },
+            RecordFix::Point { dmaster } => RecordHeader { rsn: header.rsn, dmaster, flags },
+        };
+        self.stats.records_fixed += 1;
+        if !self.write(store, db_id, &key, &Record { header, data }) {
+            self.ban_self(&format!("a recovery could not store a record of db {db_id:#x}"), out);
+        }
+    }
+
+    fn activate(&mut self, generation: Generation, out: &mut Vec<Output>) {
+        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed) {
+            return;
+        }
+        self.recoveries.member = None;
+        self.config.generation = generation;
+        self.cluster.active = true;
+        self.cluster.wants_recovery = false;
+        self.thaw_all(out);
+        log::info!(
+            "node {}: serves generation {generation:#x}, map {:?}",
+            self.config.pnn,
+            self.config.vnn_map
+        );
+        out.push(Output::Event(ClusterEvent::Activated { generation }));
+        let deferred: Vec<_> = self.cluster.deferred.drain(..).collect();
+        self.ready.extend(deferred.into_iter().map(Work::ClientCall));
+        // Our migrations that were cut off go out again now, under the new generation.
+        let mut pending: Vec<(DbId, Vec<u8>)> =
+            self.keys.iter().filter(|(_, s)| s.migration.is_some()).map(|(slot, _)| slot.clone()).collect();
+        pending.sort();
+        for (db_id, key) in pending {
+            if let Some(migration) =
+                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
+            {
+                migration.resends = 0;
+            }
+            self.ready.push_back(Work::Resend { db_id, key });
+        }
+    }
+
+    // ---- leader side
+
+    /// Everyone answered: decide whom to trust and ask for headers (or an empty database).
+    fn begin_collect(&mut self, out: &mut Vec<Output>) {
+        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        let newest = lead.ready.values().map(|(epoch, _)| *epoch).max().unwrap_or_default();
+        let newest_members: BTreeSet<Pnn> = lead
+            .ready
+            .values()
+            .filter(|(epoch, _)| *epoch == newest)
+            .flat_map(|(_, members)| members.iter().copied())
+            .collect();
+        let trusted: BTreeSet<Pnn> = lead
+            .ready
+            .iter()
+            .filter(|(pnn, (epoch, _))| *epoch == newest || newest_members.contains(pnn))
+            .map(|(pnn, _)| *pnn)
+            .collect();
+        let term = self.cluster.term;
+        lead.epoch = if newest.term < term {
+            Epoch { term, seq: 1 }
+        } else {
+            Epoch { term: newest.term, seq: newest.seq + 1 }
+        };
+        lead.phase = Phase::Collect;
+        lead.deadline = self.now + self.config.tunables.recover_timeout_ms;
+        lead.waiting = lead.members.clone();
+        let db_ids: Vec<DbId> = lead.dbs.keys().copied().collect();
+        let names: Vec<DbName> =
+            lead.dbs.iter().map(|(&db_id, name)| DbName { db_id, name: name.clone() }).collect();
+        let generation = lead.generation;
+        let members: Vec<Pnn> = lead.members.iter().copied().collect();
+        for member in members {
+            if trusted.contains(&member) {
+                if let Some(lead) = self.recoveries.lead.as_mut() {
+                    lead.pulls.insert(member, db_ids.iter().copied().collect());
+                    if db_ids.is_empty() {
+                        lead.waiting.remove(&member);
+                    }
+                }
+                self.send_cluster(member, ClusterMsg::Pull { generation, dbs: db_ids.clone() }, out);
+            } else {
+                log::warn!(
+                    "node {}: node {member} is behind the cluster's history; it empties its databases",
+                    self.config.pnn
+                );
+                self.send_cluster(member, ClusterMsg::Wipe { generation, dbs: names.clone() }, out);
+            }
+        }
+        self.commit_when_collected(out);
+    }
+
+    fn commit_when_collected(&mut self, out: &mut Vec<Output>) {
+        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        if lead.phase != Phase::Collect || !lead.waiting.is_empty() {
+            return;
+        }
+        let vnn_map: Vec<Pnn> = lead.members.iter().copied().collect();
+        let mut fixes: BTreeMap<(Pnn, DbId), Vec<FixEntry>> = BTreeMap::new();
+        let copies = std::mem::take(&mut lead.copies);
+        for ((db_id, key), copies) in copies {
+            for (node, fix) in plan_record(&key, &copies, &vnn_map) {
+                fixes.entry((node, db_id)).or_default().push(FixEntry { key: key.clone(), fix });
+            }
+        }
+        lead.fixed = fixes.values().map(|f| f.len() as u64).sum();
+        lead.phase = Phase::Commit;
+        lead.deadline = self.now + self.config.tunables.recover_timeout_ms;
+        lead.waiting = lead.members.clone();
+        let (generation, epoch) = (lead.generation, lead.epoch);
+        let dbs: Vec<DbName> =
+            lead.dbs.iter().map(|(&db_id, name)| DbName { db_id, name: name.clone() }).collect();
+        for ((node, db_id), mut entries) in fixes {
+            entries.sort_by(|a, b| a.key.cmp(&b.key)); // the same order on every run
+            let mut chunk = vec![];
+            let mut bytes = 0;
+            for entry in entries {
+                bytes += entry.key.len() + 16;
+                chunk.push(entry);
+                if bytes >= CHUNK_BYTES {
+                    bytes = 0;
+                    let fixes = std::mem::take(&mut chunk);
+                    self.send_cluster(node, ClusterMsg::Fixes { generation, db_id, fixes }, out);
+                }
+            }
+            if !chunk.is_empty() {
+                self.send_cluster(node, ClusterMsg::Fixes { generation, db_id, fixes: chunk }, out);
+            }
+        }
+        for &member in &vnn_map {
+            let commit = ClusterMsg::Commit { generation, epoch, vnn_map: vnn_map.clone(), dbs: dbs.clone() };
+            self.send_cluster(member, commit, out);
+        }
+    }
+
+    fn finish_recovery(&mut self, out: &mut Vec<Output>) {
+        let Some(lead) = self.recoveries.lead.take() else { return };
+        let millis = self.now.saturating_sub(lead.started_at);
+        self.stats.last_recovery_ms = millis;
+        self.cluster.settled_at = self.now;
+        self.cluster.wants_recovery = false;
+        let members: Vec<Pnn> = lead.members.iter().copied().collect();
+        log::info!(
+            "node {}: recovery to generation {:#x} done in {millis} ms: members {members:?}, {} records fixed",
+            self.config.pnn,
+            lead.generation,
+            lead.fixed
+        );
+        out.push(Output::Event(ClusterEvent::RecoveryDone {
+            generation: lead.generation,
+            millis,
+            fixed: lead.fixed,
+            members: members.clone(),
+        }));
+        for member in members {
+            self.send_cluster(member, ClusterMsg::Activate { generation: lead.generation }, out);
+        }
+    }
+}
+
+/// The fixes one record needs, by node: a member that holds it keeps it; otherwise the
+/// newest copy becomes the holder one RSN above every other copy; the LMASTER under the new
+/// map learns the holder.
+fn plan_record(key: &[u8], copies: &[Copy], vnn_map: &[Pnn]) -> Vec<(Pnn, RecordFix)> {
+    let lmaster = lmaster_of(key, vnn_map);
+    let mut fixes = vec![];
+    let claims: Vec<&Copy> = copies.iter().filter(|c| c.dmaster == c.node).collect();
+    // Ties go to the lower node number, so every leader plans alike.
+    let newest = |a: &&Copy, b: &&Copy| a.rsn.cmp(&b.rsn).then(b.node.cmp(&a.node));
+    let holder = match claims.iter().copied().max_by(newest) {
+        Some(holder) => {
+            // More than one claim breaks the protocol's invariant; keep the newest.
+            for other in claims.iter().filter(|c| c.node != holder.node) {
+                log::error!(
+                    "recovery: nodes {} and {} both hold a record; keeping node {}'s",
+                    holder.node,
+                    other.node,
+                    holder.node
+                );
+                fixes.push((other.node, RecordFix::Point { dmaster: holder.node }));
+            }
+            holder.node
+        }
+        None => {
+            let Some(newest) = copies.iter().max_by(newest) else { return fixes };
+            fixes.push((newest.node, RecordFix::Promote { rsn: newest.rsn.saturating_add(1) }));
+            newest.node
+        }
+    };
+    let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == holder)
+        || fixes.iter().any(|(node, _)| *node == lmaster);
+    if lmaster != holder && !lmaster_knows {
+        fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
+    }
+    fixes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(node: Pnn, rsn: u64, dmaster: Pnn) -> Copy {
+        Copy { node, rsn, dmaster }
+    }
+
+    /// A key whose LMASTER under `map` is `lmaster`.
+    fn key_with_lmaster(lmaster: Pnn, map: &[Pnn]) -> Vec<u8> {
+        (0u32..)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| lmaster_of(k, map) == lmaster)
+            .expect("some key")
+    }
+
+    #[test]
+    fn a_living_holder_keeps_its_record_and_the_lmaster_learns_of_it() {
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(0, &map);
+        // Node 2 holds it at RSN 5; node 0, the new LMASTER, has an old copy naming node 1.
+        let fixes = plan_record(&key, &[copy(2, 5, 2), copy(0, 3, 1), copy(1, 4, 2)], &map);
+        assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 2 })]);
+        // Nothing to do when the LMASTER knows already.
+        assert!(plan_record(&key, &[copy(2, 5, 2), copy(0, 4, 2)], &map).is_empty());
+    }
+
+    #[test]
+    fn a_record_nobody_holds_goes_to_its_newest_copy_above_every_other_rsn() {
+        let map = [0, 1];
+        let key = key_with_lmaster(1, &map);
+        // Handed over by node 0 to a node that died: copies on 0 (RSN 7) and the LMASTER 1 (RSN 7).
+        let fixes = plan_record(&key, &[copy(0, 7, 2), copy(1, 7, 2)], &map);
+        assert_eq!(fixes, vec![(0, RecordFix::Promote { rsn: 8 }), (1, RecordFix::Point { dmaster: 0 })]);
+        let fixes = plan_record(&key, &[copy(0, 6, 2), copy(1, 7, 2)], &map);
+        assert_eq!(fixes, vec![(1, RecordFix::Promote { rsn: 8 })]);
+    }
+
+    #[test]
+    fn two_claims_keep_the_newer() {
+        let map = [0, 1];
+        let key = key_with_lmaster(0, &map);
+        let fixes = plan_record(&key, &[copy(0, 3, 0), copy(1, 9, 1)], &map);
+        assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 1 })]);
+    }
+}

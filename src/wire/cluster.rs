@@ -1,0 +1,538 @@
+//! The membership and recovery messages between daemons (DESIGN §5, §8.4): heartbeats,
+//! elections and the steps of a recovery. They travel as one operation of our own,
+//! [`op::CLUSTER`](super::op::CLUSTER), so CTDB's dissector shows them as unknown rather than
+//! as something they are not. Body: `u32 kind`, then the kind's fields, little endian;
+//! lists are a u32 count then their items, byte strings a u32 length then the bytes. Like
+//! the rest of the codec, decoding is canonical and checks every length.
+
+use super::{DbId, Generation, Pnn};
+
+/// No leader known (in a heartbeat).
+pub const NO_LEADER: Pnn = u32::MAX;
+
+/// Heartbeat flags.
+pub mod flags {
+    /// The sender leads the cluster.
+    pub const LEADER: u32 = 1;
+    /// The sender serves: it is in the generation its leader activated.
+    pub const ACTIVE: u32 = 2;
+    /// The sender asks for a recovery (it came back from quiet, lost a record in flight...).
+    pub const WANTS_RECOVERY: u32 = 4;
+    /// The sender took itself out (a store failed) and must not be a member for a while.
+    pub const BANNED: u32 = 8;
+    pub const ALL: u32 = LEADER | ACTIVE | WANTS_RECOVERY | BANNED;
+}
+
+/// Where a node is in the cluster's history of recoveries: the leader's term, then the
+/// recovery's number within it. Ordered; `Epoch::default()` is "never admitted".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch {
+    pub term: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub term: u64,
+    pub leader: Pnn,
+    pub flags: u32,
+    pub epoch: Epoch,
+    pub generation: Generation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DbName {
+    pub db_id: DbId,
+    pub name: String,
+}
+
+/// One record's header as a node holds it (`dmaster == sender`: the sender holds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderEntry {
+    pub key: Vec<u8>,
+    pub rsn: u64,
+    pub dmaster: Pnn,
+}
+
+/// What a recovery changes in one node's copy of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFix {
+    /// Nobody alive holds the record and this node's copy is the newest: it holds it now,
+    /// at this RSN.
+    Promote { rsn: u64 },
+    /// This node's copy (created empty if it has none) names `dmaster` as the holder: what
+    /// a new LMASTER must know.
+    Point { dmaster: Pnn },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixEntry {
+    pub key: Vec<u8>,
+    pub fix: RecordFix,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterMsg {
+    Heartbeat(Heartbeat),
+    /// A candidate asks for votes in `term` (clusters without a cluster lock).
+    VoteRequest {
+        term: u64,
+    },
+    Vote {
+        term: u64,
+        granted: bool,
+    },
+    /// Leader -> member: stop serving, a recovery to `generation` begins.
+    RecoveryStart {
+        term: u64,
+        generation: Generation,
+    },
+    /// Member -> leader: stopped; where it is in the history, and what it has attached.
+    RecoveryReady {
+        generation: Generation,
+        epoch: Epoch,
+        participants: Vec<Pnn>,
+        dbs: Vec<DbName>,
+    },
+    /// Leader -> trusted member: send the headers of your records of these databases.
+    Pull {
+        generation: Generation,
+        dbs: Vec<DbId>,
+    },
+    /// Member -> leader: a chunk of headers; `last` ends the database.
+    Headers {
+        generation: Generation,
+        db_id: DbId,
+        entries: Vec<HeaderEntry>,
+        last: bool,
+    },
+    /// Leader -> untrusted member: your records are from a history the cluster left; empty
+    /// these databases (attaching them first).
+    Wipe {
+        generation: Generation,
+        dbs: Vec<DbName>,
+    },
+    Wiped {
+        generation: Generation,
+    },
+    /// Leader -> member: a chunk of the record fixes the member applies at `Commit`.
+    Fixes {
+        generation: Generation,
+        db_id: DbId,
+        fixes: Vec<FixEntry>,
+    },
+    /// Leader -> member: the new history entry and map; apply the fixes.
+    Commit {
+        generation: Generation,
+        epoch: Epoch,
+        vnn_map: Vec<Pnn>,
+        dbs: Vec<DbName>,
+    },
+    Committed {
+        generation: Generation,
+    },
+    /// Leader -> member: serve under `generation`.
+    Activate {
+        generation: Generation,
+    },
+    /// Member -> leader: something only a recovery can mend (a record lost in flight).
+    Trouble {
+        reason: String,
+    },
+    /// Member -> all: leaving the cluster now.
+    Leaving,
+}
+
+const HEARTBEAT: u32 = 1;
+const VOTE_REQUEST: u32 = 2;
+const VOTE: u32 = 3;
+const RECOVERY_START: u32 = 4;
+const RECOVERY_READY: u32 = 5;
+const PULL: u32 = 6;
+const HEADERS: u32 = 7;
+const WIPE: u32 = 8;
+const WIPED: u32 = 9;
+const FIXES: u32 = 10;
+const COMMIT: u32 = 11;
+const COMMITTED: u32 = 12;
+const ACTIVATE: u32 = 13;
+const TROUBLE: u32 = 14;
+const LEAVING: u32 = 15;
+
+const FIX_PROMOTE: u32 = 1;
+const FIX_POINT: u32 = 2;
+
+/// Why a cluster message could not be read: the field that did not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMsgError(pub &'static str);
+
+impl std::fmt::Display for ClusterMsgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed cluster message: {}", self.0)
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(u32::try_from(b.len()).expect("cluster message part larger than 4 GiB"));
+        self.0.extend_from_slice(b);
+    }
+    fn count(&mut self, n: usize) {
+        self.u32(u32::try_from(n).expect("more than 4G items in a cluster message"));
+    }
+    fn pnns(&mut self, pnns: &[Pnn]) {
+        self.count(pnns.len());
+        pnns.iter().for_each(|&p| self.u32(p));
+    }
+    fn epoch(&mut self, e: Epoch) {
+        self.u64(e.term);
+        self.u64(e.seq);
+    }
+    fn dbs(&mut self, dbs: &[DbName]) {
+        self.count(dbs.len());
+        for db in dbs {
+            self.u32(db.db_id);
+            self.bytes(db.name.as_bytes());
+        }
+    }
+}
+
+/// Reads fields off the front of a body, checking each length; never allocates more than
+/// the bytes it was given.
+pub(super) struct Reader<'a>(pub &'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ClusterMsgError> {
+        if self.0.len() < n {
+            return Err(ClusterMsgError(what));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, ClusterMsgError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, ClusterMsgError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bool(&mut self, what: &'static str) -> Result<bool, ClusterMsgError> {
+        match self.u32(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ClusterMsgError(what)),
+        }
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, ClusterMsgError> {
+        let len = self.u32(what)? as usize;
+        Ok(self.take(len, what)?.to_vec())
+    }
+    /// A count of items each at least `min_item` bytes long: refused before any allocation
+    /// when the rest of the body cannot hold them.
+    fn count(&mut self, min_item: usize, what: &'static str) -> Result<usize, ClusterMsgError> {
+        let n = self.u32(what)? as usize;
+        match n.checked_mul(min_item) {
+            Some(needed) if needed <= self.0.len() => Ok(n),
+            _ => Err(ClusterMsgError(what)),
+        }
+    }
+    fn pnns(&mut self, what: &'static str) -> Result<Vec<Pnn>, ClusterMsgError> {
+        let n = self.count(4, what)?;
+        (0..n).map(|_| self.u32(what)).collect()
+    }
+    fn epoch(&mut self) -> Result<Epoch, ClusterMsgError> {
+        Ok(Epoch { term: self.u64("epoch term")?, seq: self.u64("epoch seq")? })
+    }
+    fn dbs(&mut self) -> Result<Vec<DbName>, ClusterMsgError> {
+        let n = self.count(8, "database count")?;
+        (0..n)
+            .map(|_| {
+                let db_id = self.u32("db id")?;
+                let name =
+                    String::from_utf8(self.bytes("db name")?).map_err(|_| ClusterMsgError("db name"))?;
+                Ok(DbName { db_id, name })
+            })
+            .collect()
+    }
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ClusterMsg {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        match self {
+            ClusterMsg::Heartbeat(h) => {
+                w.u32(HEARTBEAT);
+                w.u64(h.term);
+                w.u32(h.leader);
+                w.u32(h.flags);
+                w.epoch(h.epoch);
+                w.u32(h.generation);
+            }
+            ClusterMsg::VoteRequest { term } => {
+                w.u32(VOTE_REQUEST);
+                w.u64(*term);
+            }
+            ClusterMsg::Vote { term, granted } => {
+                w.u32(VOTE);
+                w.u64(*term);
+                w.u32(*granted as u32);
+            }
+            ClusterMsg::RecoveryStart { term, generation } => {
+                w.u32(RECOVERY_START);
+                w.u64(*term);
+                w.u32(*generation);
+            }
+            ClusterMsg::RecoveryReady { generation, epoch, participants, dbs } => {
+                w.u32(RECOVERY_READY);
+                w.u32(*generation);
+                w.epoch(*epoch);
+                w.pnns(participants);
+                w.dbs(dbs);
+            }
+            ClusterMsg::Pull { generation, dbs } => {
+                w.u32(PULL);
+                w.u32(*generation);
+                w.pnns(dbs);
+            }
+            ClusterMsg::Headers { generation, db_id, entries, last } => {
+                w.u32(HEADERS);
+                w.u32(*generation);
+                w.u32(*db_id);
+                w.u32(*last as u32);
+                w.count(entries.len());
+                for e in entries {
+                    w.bytes(&e.key);
+                    w.u64(e.rsn);
+                    w.u32(e.dmaster);
+                }
+            }
+            ClusterMsg::Wipe { generation, dbs } => {
+                w.u32(WIPE);
+                w.u32(*generation);
+                w.dbs(dbs);
+            }
+            ClusterMsg::Wiped { generation } => {
+                w.u32(WIPED);
+                w.u32(*generation);
+            }
+            ClusterMsg::Fixes { generation, db_id, fixes } => {
+                w.u32(FIXES);
+                w.u32(*generation);
+                w.u32(*db_id);
+                w.count(fixes.len());
+                for f in fixes {
+                    w.bytes(&f.key);
+                    match f.fix {
+                        RecordFix::Promote { rsn } => {
+                            w.u32(FIX_PROMOTE);
+                            w.u64(rsn);
+                        }
+                        RecordFix::Point { dmaster } => {
+                            w.u32(FIX_POINT);
+                            w.u64(dmaster as u64);
+                        }
+                    }
+                }
+            }
+            ClusterMsg::Commit { generation, epoch, vnn_map, dbs } => {
+                w.u32(COMMIT);
+                w.u32(*generation);
+                w.epoch(*epoch);
+                w.pnns(vnn_map);
+                w.dbs(dbs);
+            }
+            ClusterMsg::Committed { generation } => {
+                w.u32(COMMITTED);
+                w.u32(*generation);
+            }
+            ClusterMsg::Activate { generation } => {
+                w.u32(ACTIVATE);
+                w.u32(*generation);
+            }
+            ClusterMsg::Trouble { reason } => {
+                w.u32(TROUBLE);
+                w.bytes(reason.as_bytes());
+            }
+            ClusterMsg::Leaving => w.u32(LEAVING),
+        }
+    }
+
+    /// The encoded size, for the packet's length field.
+    pub fn encoded_len(&self) -> usize {
+        let mut buf = Vec::new();
+        self.encode_into(&mut buf);
+        buf.len()
+    }
+
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<ClusterMsg, ClusterMsgError> {
+        let msg = match r.u32("kind")? {
+            HEARTBEAT => {
+                let term = r.u64("term")?;
+                let leader = r.u32("leader")?;
+                let flags = r.u32("flags")?;
+                if flags & !flags::ALL != 0 {
+                    return Err(ClusterMsgError("heartbeat flags"));
+                }
+                let epoch = r.epoch()?;
+                let generation = r.u32("generation")?;
+                ClusterMsg::Heartbeat(Heartbeat { term, leader, flags, epoch, generation })
+            }
+            VOTE_REQUEST => ClusterMsg::VoteRequest { term: r.u64("term")? },
+            VOTE => ClusterMsg::Vote { term: r.u64("term")?, granted: r.bool("granted")? },
+            RECOVERY_START => {
+                ClusterMsg::RecoveryStart { term: r.u64("term")?, generation: r.u32("generation")? }
+            }
+            RECOVERY_READY => ClusterMsg::RecoveryReady {
+                generation: r.u32("generation")?,
+                epoch: r.epoch()?,
+                participants: r.pnns("participants")?,
+                dbs: r.dbs()?,
+            },
+            PULL => ClusterMsg::Pull { generation: r.u32("generation")?, dbs: r.pnns("db ids")? },
+            HEADERS => {
+                let generation = r.u32("generation")?;
+                let db_id = r.u32("db id")?;
+                let last = r.bool("last")?;
+                let n = r.count(16, "header count")?;
+                let entries = (0..n)
+                    .map(|_| {
+                        Ok(HeaderEntry {
+                            key: r.bytes("key")?,
+                            rsn: r.u64("rsn")?,
+                            dmaster: r.u32("dmaster")?,
+                        })
+                    })
+                    .collect::<Result<_, ClusterMsgError>>()?;
+                ClusterMsg::Headers { generation, db_id, entries, last }
+            }
+            WIPE => ClusterMsg::Wipe { generation: r.u32("generation")?, dbs: r.dbs()? },
+            WIPED => ClusterMsg::Wiped { generation: r.u32("generation")? },
+            FIXES => {
+                let generation = r.u32("generation")?;
+                let db_id = r.u32("db id")?;
+                let n = r.count(16, "fix count")?;
+                let fixes = (0..n)
+                    .map(|_| {
+                        let key = r.bytes("key")?;
+                        let kind = r.u32("fix kind")?;
+                        let value = r.u64("fix value")?;
+                        let fix = match kind {
+                            FIX_PROMOTE => RecordFix::Promote { rsn: value },
+                            FIX_POINT => RecordFix::Point {
+                                dmaster: Pnn::try_from(value).map_err(|_| ClusterMsgError("fix dmaster"))?,
+                            },
+                            _ => return Err(ClusterMsgError("fix kind")),
+                        };
+                        Ok(FixEntry { key, fix })
+                    })
+                    .collect::<Result<_, ClusterMsgError>>()?;
+                ClusterMsg::Fixes { generation, db_id, fixes }
+            }
+            COMMIT => ClusterMsg::Commit {
+                generation: r.u32("generation")?,
+                epoch: r.epoch()?,
+                vnn_map: r.pnns("vnn map")?,
+                dbs: r.dbs()?,
+            },
+            COMMITTED => ClusterMsg::Committed { generation: r.u32("generation")? },
+            ACTIVATE => ClusterMsg::Activate { generation: r.u32("generation")? },
+            TROUBLE => ClusterMsg::Trouble {
+                reason: String::from_utf8(r.bytes("reason")?).map_err(|_| ClusterMsgError("reason"))?,
+            },
+            LEAVING => ClusterMsg::Leaving,
+            _ => return Err(ClusterMsgError("kind")),
+        };
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(msg: ClusterMsg) {
+        let mut buf = vec![];
+        msg.encode_into(&mut buf);
+        assert_eq!(buf.len(), msg.encoded_len());
+        let mut r = Reader(&buf);
+        assert_eq!(ClusterMsg::decode(&mut r), Ok(msg));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let dbs = vec![DbName { db_id: 7, name: "locking.tdb".into() }];
+        let epoch = Epoch { term: 3, seq: 9 };
+        for msg in [
+            ClusterMsg::Heartbeat(Heartbeat {
+                term: 2,
+                leader: 1,
+                flags: flags::ACTIVE,
+                epoch,
+                generation: 77,
+            }),
+            ClusterMsg::VoteRequest { term: 4 },
+            ClusterMsg::Vote { term: 4, granted: true },
+            ClusterMsg::RecoveryStart { term: 4, generation: 99 },
+            ClusterMsg::RecoveryReady { generation: 99, epoch, participants: vec![0, 2], dbs: dbs.clone() },
+            ClusterMsg::Pull { generation: 99, dbs: vec![7] },
+            ClusterMsg::Headers {
+                generation: 99,
+                db_id: 7,
+                entries: vec![HeaderEntry { key: b"k".to_vec(), rsn: 5, dmaster: 2 }],
+                last: true,
+            },
+            ClusterMsg::Wipe { generation: 99, dbs: dbs.clone() },
+            ClusterMsg::Wiped { generation: 99 },
+            ClusterMsg::Fixes {
+                generation: 99,
+                db_id: 7,
+                fixes: vec![
+                    FixEntry { key: b"a".to_vec(), fix: RecordFix::Promote { rsn: 6 } },
+                    FixEntry { key: vec![], fix: RecordFix::Point { dmaster: 1 } },
+                ],
+            },
+            ClusterMsg::Commit { generation: 99, epoch, vnn_map: vec![0, 1], dbs },
+            ClusterMsg::Committed { generation: 99 },
+            ClusterMsg::Activate { generation: 99 },
+            ClusterMsg::Trouble { reason: "lost".into() },
+            ClusterMsg::Leaving,
+        ] {
+            round_trip(msg);
+        }
+    }
+
+    #[test]
+    fn a_count_larger_than_the_body_is_refused_before_allocating() {
+        let mut buf = vec![];
+        Writer(&mut buf).u32(HEADERS);
+        Writer(&mut buf).u32(1);
+        Writer(&mut buf).u32(7);
+        Writer(&mut buf).u32(0);
+        Writer(&mut buf).u32(u32::MAX);
+        assert_eq!(ClusterMsg::decode(&mut Reader(&buf)), Err(ClusterMsgError("header count")));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = ClusterMsg::decode(&mut Reader(&bytes));
+        }
+    }
+}
