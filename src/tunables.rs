@@ -466,7 +466,7 @@ mod tests {
     fn decoders_take_what_ctdb_sends() {
         // ctdbd's list starts with ':' (ctdb_tunable_names_to_string).
         assert_eq!(
-            decode_list_reply(b"\x0c\0\0\0:Ab:Cd:Efg\0"),
+            decode_list_reply(b"\x0b\0\0\0:Ab:Cd:Efg\0"),
             Ok(vec!["Ab".to_string(), "Cd".into(), "Efg".into()])
         );
         assert_eq!(decode_list_reply(b"\0\0\0\0"), Ok(vec![]));

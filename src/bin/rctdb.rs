@@ -11,6 +11,7 @@ use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::ring;
+use rctdb::tunables::opcode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,6 +40,31 @@ enum Command {
     Readkey { db: String, key: String },
     /// Every record of database DB in the cluster, newest copy.
     Dump { db: String },
+    /// Print the value of tunable NAME on this node (names match in any case).
+    Getvar {
+        /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
+        name: String,
+    },
+    /// Set tunable NAME to VALUE on this node only (timers are in milliseconds).
+    Setvar {
+        /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
+        name: String,
+        /// The new value; the daemon refuses values out of the tunable's range.
+        value: u64,
+    },
+    /// Print every tunable of this node and its value, as `Name = value` lines.
+    Listvars,
+    /// Make this node fall silent to its peers, a fault for tests.
+    ///
+    /// The node stops sending to and answering its peers but keeps running and serving its
+    /// socket, so the others see it fail; `rctdb unquiet` ends it.
+    Quiet,
+    /// End `quiet`: this node talks to its peers again.
+    Unquiet,
+    /// Make this node leave the cluster and exit.
+    ///
+    /// This is what ctdb calls `shutdown`; ctdb's `stop` keeps the daemon running.
+    Stop,
     /// Measure rctdb.
     Bench {
         #[command(subcommand)]
@@ -194,6 +220,27 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{count} records");
             Ok(())
         }
+        Command::Getvar { name } => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            let value = daemon.get_tunable(&name, TIMEOUT).map_err(|e| e.to_string())?;
+            print_var(&name, value);
+            Ok(())
+        }
+        Command::Setvar { name, value } => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            daemon.set_tunable(&name, value, TIMEOUT).map_err(|e| e.to_string())
+        }
+        Command::Listvars => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            for name in daemon.list_tunables(TIMEOUT).map_err(|e| e.to_string())? {
+                let value = daemon.get_tunable(&name, TIMEOUT).map_err(|e| e.to_string())?;
+                print_var(&name, value);
+            }
+            Ok(())
+        }
+        Command::Quiet => node_control(&socket()?, opcode::QUIET),
+        Command::Unquiet => node_control(&socket()?, opcode::UNQUIET),
+        Command::Stop => node_control(&socket()?, opcode::STOP_NODE),
         Command::Bench { bench: BenchCmd::Local { keys, value_size, rounds, hash_size, mutex, dir } } => {
             let tdb_flags = if mutex {
                 flags::TDB_MUTEX_LOCKING | flags::TDB_INCOMPATIBLE_HASH | flags::TDB_CLEAR_IF_FIRST
@@ -209,6 +256,16 @@ fn run(cli: Cli) -> Result<(), String> {
             bench_ring(nodes, seconds, lmaster, dir, first_address)
         }
     }
+}
+
+/// One tunable as `ctdb getvar` and `ctdb listvars` print it.
+fn print_var(name: &str, value: u64) {
+    println!("{name:<26} = {value}");
+}
+
+fn node_control(socket: &std::path::Path, opcode: u32) -> Result<(), String> {
+    let mut daemon = DaemonConnection::connect(socket).map_err(|e| e.to_string())?;
+    daemon.node_control(opcode, TIMEOUT).map_err(|e| e.to_string())
 }
 
 fn bench_ring(

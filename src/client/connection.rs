@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::error::{Error, ErrorCode, Result};
+use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::{
     Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE, CALL_FLAG_IMMEDIATE_MIGRATION,
@@ -78,6 +79,36 @@ impl DaemonConnection {
         });
         let reqid = self.take_reqid();
         self.send(reqid, body)
+    }
+
+    /// The value of tunable `name` on the daemon's node (`ctdb getvar`).
+    pub fn get_tunable(&mut self, name: &str, timeout: Duration) -> Result<u64> {
+        let request = payload::encode_get_request(name);
+        let data = self.control(tunables::opcode::GET_TUNABLE, request, timeout)?;
+        let value = payload::decode_value(&data).map_err(|e| self.malformed(&e))?;
+        Ok(u64::from(value))
+    }
+
+    /// Sets tunable `name` on the daemon's node (`ctdb setvar`); the daemon checks the range.
+    pub fn set_tunable(&mut self, name: &str, value: u64, timeout: Duration) -> Result<()> {
+        // CTDB's SET_TUNABLE carries a u32: refuse here rather than send a truncated value.
+        let value = u32::try_from(value).map_err(|_| {
+            Error::einval(format!("{name} = {value}: tunables are 32-bit values, at most {}", u32::MAX))
+        })?;
+        let request = payload::encode_set_request(name, value);
+        self.control(tunables::opcode::SET_TUNABLE, request, timeout).map(drop)
+    }
+
+    /// The names of every tunable of the daemon (`ctdb listvars` asks for these first).
+    pub fn list_tunables(&mut self, timeout: Duration) -> Result<Vec<String>> {
+        let data = self.control(tunables::opcode::LIST_TUNABLES, vec![], timeout)?;
+        payload::decode_list_reply(&data).map_err(|e| self.malformed(&e))
+    }
+
+    /// A control with an empty payload and an empty answer, about the node itself:
+    /// `tunables::opcode::{QUIET, UNQUIET, STOP_NODE}`.
+    pub fn node_control(&mut self, opcode: u32, timeout: Duration) -> Result<()> {
+        self.control(opcode, vec![], timeout).map(drop)
     }
 
     fn control(&mut self, opcode: u32, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
@@ -151,6 +182,10 @@ impl DaemonConnection {
                 std::io::Error::last_os_error()
             ))),
         }
+    }
+
+    fn malformed(&self, problem: &str) -> Error {
+        Error::io(format!("rctdbd at {} sent a malformed reply: {problem}", self.socket))
     }
 
     fn unexpected(&self, body: &Body) -> Error {

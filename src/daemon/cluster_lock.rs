@@ -86,7 +86,7 @@ struct HelperHandle {
     reporter: Reporter,
     /// Closing this write end wakes the watcher, which then terminates and reaps the helper.
     stop: OwnedFd,
-    /// Dropped with the handle, which detaches the thread; tests join it.
+    /// `None` once taken by a test that joins it.
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -116,9 +116,15 @@ impl ClusterLock {
             }
             State::Helper(handle) => {
                 handle.reporter.silence();
-                log::info!("releasing the cluster lock held by helper pid {}", handle.pid);
-                // The watcher is detached: it reaps the helper on its own time.
+                log::debug!("releasing the cluster lock attempt of helper pid {}", handle.pid);
                 drop(handle.stop);
+                // A running watcher is detached: it reaps the helper in its own time. One that
+                // has already ended is joined, so that a panic in it does not go unseen.
+                if let Some(watcher) = handle.watcher.filter(|watcher| watcher.is_finished()) {
+                    if watcher.join().is_err() {
+                        log::error!("the cluster lock watcher thread panicked");
+                    }
+                }
             }
         }
     }
@@ -159,6 +165,8 @@ fn try_lock_file(path: &Path) -> Result<Option<File>, String> {
         .read(true)
         .write(true)
         .create(true)
+        // Other nodes' locks live on this file: never truncate it.
+        .truncate(false)
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("opening cluster lock file {}: {e}", path.display()))?;
@@ -603,6 +611,21 @@ mod tests {
         assert_eq!(first_outcomes.try_recv(), Err(TryRecvError::Disconnected), "no Lost after release");
         let (_third, third_outcomes) = attempt(&helper);
         assert_eq!(next(&third_outcomes), LockOutcome::Held);
+    }
+
+    #[test]
+    fn ctdb_fcntl_helper_gives_up_the_lock_when_its_file_is_removed() {
+        if !Path::new(FCNTL_HELPER).exists() {
+            println!("skipped: {FCNTL_HELPER} is not installed (package ctdb)");
+            return;
+        }
+        let file = scratch_dir().join("reclock");
+        // The second argument is its recheck interval in seconds (default 5).
+        let helper = ClusterLockSpec::parse(&format!("!{FCNTL_HELPER} {} 1", file.display())).expect("spec");
+        let (_lock, outcomes) = attempt(&helper);
+        assert_eq!(next(&outcomes), LockOutcome::Held);
+        std::fs::remove_file(&file).expect("remove the lock file");
+        assert_eq!(next(&outcomes), LockOutcome::Lost);
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl Engine {
         }
         let now = self.now;
         let interval = self.config.tunables.keepalive_interval_ms;
-        if self.cluster.last_heartbeat.is_none_or(|at| now.saturating_sub(at) >= interval) {
+        if self.cluster.last_heartbeat.map_or(true, |at| now.saturating_sub(at) >= interval) {
             self.cluster.last_heartbeat = Some(now);
             let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
             for peer in self.peers_except_me() {
@@ -241,7 +241,7 @@ impl Engine {
             let peer = &self.cluster.peers[pnn as usize];
             let heard_recently = peer.last_heard.is_some_and(|at| now.saturating_sub(at) < dead_after);
             let cut_off = peer.suspect_since.is_some_and(|since| {
-                peer.last_heard.is_none_or(|at| at <= since) && now.saturating_sub(since) >= 2 * interval
+                peer.last_heard.map_or(true, |at| at <= since) && now.saturating_sub(since) >= 2 * interval
             });
             if peer.alive && (!heard_recently || cut_off) {
                 self.peer_died(pnn, out);
@@ -341,8 +341,8 @@ impl Engine {
         self.drop_generation_work();
         let dbs: Vec<DbId> = self.dbs.keys().copied().collect();
         for db_id in dbs {
-            if !self.cluster.frozen.contains_key(&db_id) {
-                self.cluster.frozen.insert(db_id, Freeze::Waiting);
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
+                entry.insert(Freeze::Waiting);
                 out.push(Output::FreezeDb { db_id });
             }
         }
@@ -372,6 +372,7 @@ impl Engine {
         }
         log::error!("node {}: leaving the cluster for {} ms: {why}", self.config.pnn, self.ban_period());
         self.cluster.banned_until = Some(self.now + self.ban_period());
+        self.recoveries.member = None;
         if self.cluster.role == Role::Leader {
             self.step_down(why, out);
         }
@@ -445,18 +446,25 @@ impl Engine {
         }
         let eligible = self.eligible_nodes();
         let Some(rank) = eligible.iter().position(|&p| p == self.config.pnn) else { return };
+        if !self.config.cluster_lock && eligible.len() * 2 <= self.config.nodes {
+            return; // no majority in sight: standing would only split the votes to come
+        }
         let timeout = self.config.tunables.election_timeout_ms;
         if now < since + rank as Millis * timeout || now < self.cluster.next_attempt {
             return;
         }
         match self.cluster.role {
-            Role::Candidate { since, .. } | Role::AwaitingLock { since } if now < since + timeout => {}
+            Role::AwaitingLock { .. } => {} // the lock helper answers, even if only "timeout"
             _ => self.stand(out),
         }
     }
 
     fn stand(&mut self, out: &mut Vec<Output>) {
         let now = self.now;
+        // Should this attempt fail, the next waits a random part of a timeout more, so
+        // that two candidates that collided do not collide again.
+        let timeout = self.config.tunables.election_timeout_ms;
+        self.cluster.next_attempt = now + timeout + self.cluster.random() % timeout.max(1);
         if self.config.cluster_lock {
             self.cluster.role = Role::AwaitingLock { since: now };
             out.push(Output::TakeClusterLock);
@@ -520,7 +528,6 @@ impl Engine {
                 if awaiting {
                     log::info!("node {}: cluster lock not taken: {outcome:?}", self.config.pnn);
                     self.cluster.role = Role::Follower;
-                    self.cluster.next_attempt = self.now + self.config.tunables.election_timeout_ms;
                 }
             }
         }
@@ -631,6 +638,8 @@ impl Engine {
         }
         if claims_lead {
             self.leader_claim(from, h.term, out);
+        } else if self.cluster.leader == Some(from) {
+            return self.lose_leader(&format!("leader node {from} stepped down"), out);
         }
         // Our leader serves a generation we are not in: we were left out.
         if self.cluster.leader == Some(from)
@@ -675,7 +684,7 @@ impl Engine {
         let granted = !self.has_live_leader()
             && self.cluster.banned_until.is_none()
             && term >= self.cluster.term
-            && self.cluster.voted.is_none_or(|(t, p)| t < term || p == from);
+            && self.cluster.voted.map_or(true, |(t, p)| t < term || p == from);
         if granted {
             self.cluster.term = term;
             self.cluster.voted = Some((term, from));

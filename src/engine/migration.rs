@@ -119,6 +119,12 @@ impl Engine {
             Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
             _ => self.lmaster(&key),
         };
+        if destnode == self.config.pnn {
+            // We are the LMASTER and our copy names a node that left: the recovery that
+            // should have told us where the record is did not. Only another can.
+            return self
+                .report_trouble(format!("db {db_id:#x}: the LMASTER's copy names a node that left"), out);
+        }
         self.stats.calls_sent += 1;
         let call = ReqCall {
             flags: CALL_FLAG_IMMEDIATE_MIGRATION,

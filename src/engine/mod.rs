@@ -204,6 +204,8 @@ pub enum ClusterEvent {
     Activated {
         generation: Generation,
     },
+    /// This node's databases were emptied: its copies are from a history the cluster left.
+    Emptied,
 }
 
 /// Counters an operator (and a test) can read.

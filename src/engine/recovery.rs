@@ -60,7 +60,8 @@ pub(super) struct LeadRecovery {
     waiting: BTreeSet<Pnn>,
     ready: BTreeMap<Pnn, (Epoch, Vec<Pnn>)>,
     dbs: BTreeMap<DbId, String>,
-    pulls: BTreeMap<Pnn, BTreeSet<DbId>>,
+    /// Per member, the databases whose headers are still coming, and the next chunk of each.
+    pulls: BTreeMap<Pnn, BTreeMap<DbId, u32>>,
     copies: HashMap<(DbId, Vec<u8>), Vec<Copy>>,
     epoch: Epoch,
     fixed: u64,
@@ -165,23 +166,23 @@ impl Engine {
     ) {
         match msg {
             ClusterMsg::RecoveryStart { term, generation } => self.join_recovery(from, term, generation, out),
-            ClusterMsg::Pull { generation, dbs } if self.from_my_leader(from, generation) => {
+            ClusterMsg::Pull { generation, dbs } if self.sent_by_my_leader(from, generation) => {
                 self.send_headers(from, generation, &dbs, store, out)
             }
-            ClusterMsg::Wipe { generation, dbs } if self.from_my_leader(from, generation) => {
+            ClusterMsg::Wipe { generation, dbs } if self.sent_by_my_leader(from, generation) => {
                 self.start_wipe(&dbs, store, out)
             }
-            ClusterMsg::Fixes { generation, db_id, fixes } if self.from_my_leader(from, generation) => {
+            ClusterMsg::Fixes { generation, db_id, fixes } if self.sent_by_my_leader(from, generation) => {
                 if let Some(member) = self.recoveries.member.as_mut() {
                     member.fixes.extend(fixes.into_iter().map(|fix| (db_id, fix)));
                 }
             }
-            ClusterMsg::Commit { generation, epoch, vnn_map, dbs }
-                if self.from_my_leader(from, generation) =>
+            ClusterMsg::Commit { generation, epoch, vnn_map, dbs, fixes }
+                if self.sent_by_my_leader(from, generation) =>
             {
-                self.commit(generation, epoch, vnn_map, &dbs, store, out)
+                self.commit(generation, epoch, vnn_map, &dbs, fixes, store, out)
             }
-            ClusterMsg::Activate { generation } if self.from_my_leader(from, generation) => {
+            ClusterMsg::Activate { generation } if self.sent_by_my_leader(from, generation) => {
                 self.activate(generation, out)
             }
             ClusterMsg::RecoveryReady { generation, epoch, participants, dbs } => {
@@ -194,26 +195,36 @@ impl Engine {
                     }
                 }
             }
-            ClusterMsg::Headers { generation, db_id, entries, last } => {
-                if let Some(lead) = self.lead_in_phase(generation, Phase::Collect, from) {
-                    for e in entries {
-                        let copy = Copy { node: from, rsn: e.rsn, dmaster: e.dmaster };
-                        lead.copies.entry((db_id, e.key)).or_default().push(copy);
-                    }
-                    if last {
-                        let pulls = lead.pulls.entry(from).or_default();
-                        pulls.remove(&db_id);
-                        if pulls.is_empty() {
-                            lead.waiting.remove(&from);
-                        }
-                    }
-                    self.commit_when_collected(out);
+            ClusterMsg::Headers { generation, db_id, chunk, entries, last } => {
+                let Some(lead) = self.lead_in_phase(generation, Phase::Collect, from) else { return };
+                let pulls = lead.pulls.entry(from).or_default();
+                if pulls.get(&db_id) != Some(&chunk) {
+                    log::warn!("recovery: headers of node {from} arrived with a gap; starting again");
+                    return self.start_recovery(out);
                 }
+                pulls.insert(db_id, chunk + 1);
+                if last {
+                    pulls.remove(&db_id);
+                    if pulls.is_empty() {
+                        lead.waiting.remove(&from);
+                    }
+                }
+                for e in entries {
+                    let copy = Copy { node: from, rsn: e.rsn, dmaster: e.dmaster };
+                    lead.copies.entry((db_id, e.key)).or_default().push(copy);
+                }
+                self.commit_when_collected(out);
             }
             ClusterMsg::Wiped { generation } => {
                 if let Some(lead) = self.lead_in_phase(generation, Phase::Collect, from) {
                     lead.waiting.remove(&from);
                     self.commit_when_collected(out);
+                }
+            }
+            ClusterMsg::RecoveryFailed { generation } => {
+                if self.recoveries.lead.as_ref().is_some_and(|lead| lead.generation == generation) {
+                    log::warn!("recovery: node {from} missed part of it; starting again");
+                    self.start_recovery(out);
                 }
             }
             ClusterMsg::Committed { generation } => {
@@ -228,7 +239,7 @@ impl Engine {
         }
     }
 
-    fn from_my_leader(&self, from: Pnn, generation: Generation) -> bool {
+    fn sent_by_my_leader(&self, from: Pnn, generation: Generation) -> bool {
         self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation)
     }
 
@@ -252,6 +263,9 @@ impl Engine {
         }
         if from == me && self.cluster.role != Role::Leader {
             return;
+        }
+        if self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation) {
+            return; // a copy of the start we answered
         }
         if self.cluster.active {
             self.cluster.active = false;
@@ -290,26 +304,20 @@ impl Engine {
             } else {
                 vec![]
             };
-            let mut chunk = vec![];
-            let mut bytes = 0;
+            let (mut entries, mut bytes, mut chunk) = (vec![], 0, 0);
             for (key, header) in headers {
                 bytes += key.len() + 16;
-                chunk.push(HeaderEntry { key, rsn: header.rsn, dmaster: header.dmaster });
+                entries.push(HeaderEntry { key, rsn: header.rsn, dmaster: header.dmaster });
                 if bytes >= CHUNK_BYTES {
-                    let entries = std::mem::take(&mut chunk);
+                    let entries = std::mem::take(&mut entries);
                     bytes = 0;
-                    self.send_cluster(
-                        leader,
-                        ClusterMsg::Headers { generation, db_id, entries, last: false },
-                        out,
-                    );
+                    let msg = ClusterMsg::Headers { generation, db_id, chunk, entries, last: false };
+                    self.send_cluster(leader, msg, out);
+                    chunk += 1;
                 }
             }
-            self.send_cluster(
-                leader,
-                ClusterMsg::Headers { generation, db_id, entries: chunk, last: true },
-                out,
-            );
+            let msg = ClusterMsg::Headers { generation, db_id, chunk, entries, last: true };
+            self.send_cluster(leader, msg, out);
         }
     }
 
@@ -333,8 +341,8 @@ impl Engine {
         }
         let all: BTreeSet<DbId> = self.dbs.keys().copied().collect();
         for &db_id in &all {
-            if !self.cluster.frozen.contains_key(&db_id) {
-                self.cluster.frozen.insert(db_id, Freeze::Waiting);
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
+                entry.insert(Freeze::Waiting);
                 out.push(Output::FreezeDb { db_id });
             }
         }
@@ -369,18 +377,29 @@ impl Engine {
         if let Some(member) = self.recoveries.member.as_mut() {
             member.wiping = None;
         }
+        out.push(Output::Event(ClusterEvent::Emptied));
         self.send_cluster(leader, ClusterMsg::Wiped { generation }, out);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         generation: Generation,
         epoch: Epoch,
         vnn_map: Vec<Pnn>,
         dbs: &[DbName],
+        fixes: u64,
         store: &mut dyn RecordStore,
         out: &mut Vec<Output>,
     ) {
+        let Some(member) = self.recoveries.member.as_ref() else { return };
+        let (received, leader) = (member.fixes.len() as u64, member.leader);
+        if received != fixes {
+            // Some were lost on a reset link: committing without them could mint a record.
+            log::warn!("recovery: {received} of {fixes} fixes arrived; not committing");
+            self.recoveries.member = None;
+            return self.send_cluster(leader, ClusterMsg::RecoveryFailed { generation }, out);
+        }
         if !self.attach_all(dbs, store, out) {
             return;
         }
@@ -399,7 +418,10 @@ impl Engine {
             self.step(Work::Fix { db_id, key, fix }, store, out);
             self.drop_if_idle(&slot);
         }
-        self.send_cluster(leader, ClusterMsg::Committed { generation }, out);
+        if self.recoveries.member.is_some() {
+            // Not banned by a fix that could not be stored.
+            self.send_cluster(leader, ClusterMsg::Committed { generation }, out);
+        }
     }
 
     /// Applies one fix under the record's chain lock (`Work::Fix`).
@@ -429,7 +451,9 @@ impl Engine {
     }
 
     fn activate(&mut self, generation: Generation, out: &mut Vec<Output>) {
-        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed) {
+        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed)
+            || self.cluster.banned_until.is_some()
+        {
             return;
         }
         self.recoveries.member = None;
@@ -494,7 +518,7 @@ impl Engine {
         for member in members {
             if trusted.contains(&member) {
                 if let Some(lead) = self.recoveries.lead.as_mut() {
-                    lead.pulls.insert(member, db_ids.iter().copied().collect());
+                    lead.pulls.insert(member, db_ids.iter().map(|&db| (db, 0)).collect());
                     if db_ids.is_empty() {
                         lead.waiting.remove(&member);
                     }
@@ -531,6 +555,10 @@ impl Engine {
         let (generation, epoch) = (lead.generation, lead.epoch);
         let dbs: Vec<DbName> =
             lead.dbs.iter().map(|(&db_id, name)| DbName { db_id, name: name.clone() }).collect();
+        let mut counts: BTreeMap<Pnn, u64> = BTreeMap::new();
+        for ((node, _), entries) in &fixes {
+            *counts.entry(*node).or_default() += entries.len() as u64;
+        }
         for ((node, db_id), mut entries) in fixes {
             entries.sort_by(|a, b| a.key.cmp(&b.key)); // the same order on every run
             let mut chunk = vec![];
@@ -549,7 +577,14 @@ impl Engine {
             }
         }
         for &member in &vnn_map {
-            let commit = ClusterMsg::Commit { generation, epoch, vnn_map: vnn_map.clone(), dbs: dbs.clone() };
+            let count = counts.get(&member).copied().unwrap_or(0);
+            let commit = ClusterMsg::Commit {
+                generation,
+                epoch,
+                vnn_map: vnn_map.clone(),
+                dbs: dbs.clone(),
+                fixes: count,
+            };
             self.send_cluster(member, commit, out);
         }
     }

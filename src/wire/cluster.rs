@@ -99,10 +99,12 @@ pub enum ClusterMsg {
         generation: Generation,
         dbs: Vec<DbId>,
     },
-    /// Member -> leader: a chunk of headers; `last` ends the database.
+    /// Member -> leader: chunk number `chunk` of a database's headers; `last` ends it. A
+    /// chunk lost on a reset link shows as a gap, and the recovery starts again.
     Headers {
         generation: Generation,
         db_id: DbId,
+        chunk: u32,
         entries: Vec<HeaderEntry>,
         last: bool,
     },
@@ -121,14 +123,20 @@ pub enum ClusterMsg {
         db_id: DbId,
         fixes: Vec<FixEntry>,
     },
-    /// Leader -> member: the new history entry and map; apply the fixes.
+    /// Leader -> member: the new history entry and map; apply the `fixes` fixes sent before
+    /// (a member that received another number commits nothing and says so).
     Commit {
         generation: Generation,
         epoch: Epoch,
         vnn_map: Vec<Pnn>,
         dbs: Vec<DbName>,
+        fixes: u64,
     },
     Committed {
+        generation: Generation,
+    },
+    /// Member -> leader: part of the recovery did not arrive; start it again.
+    RecoveryFailed {
         generation: Generation,
     },
     /// Leader -> member: serve under `generation`.
@@ -158,6 +166,7 @@ const COMMITTED: u32 = 12;
 const ACTIVATE: u32 = 13;
 const TROUBLE: u32 = 14;
 const LEAVING: u32 = 15;
+const RECOVERY_FAILED: u32 = 16;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -309,10 +318,11 @@ impl ClusterMsg {
                 w.u32(*generation);
                 w.pnns(dbs);
             }
-            ClusterMsg::Headers { generation, db_id, entries, last } => {
+            ClusterMsg::Headers { generation, db_id, chunk, entries, last } => {
                 w.u32(HEADERS);
                 w.u32(*generation);
                 w.u32(*db_id);
+                w.u32(*chunk);
                 w.u32(*last as u32);
                 w.count(entries.len());
                 for e in entries {
@@ -349,15 +359,20 @@ impl ClusterMsg {
                     }
                 }
             }
-            ClusterMsg::Commit { generation, epoch, vnn_map, dbs } => {
+            ClusterMsg::Commit { generation, epoch, vnn_map, dbs, fixes } => {
                 w.u32(COMMIT);
                 w.u32(*generation);
                 w.epoch(*epoch);
                 w.pnns(vnn_map);
                 w.dbs(dbs);
+                w.u64(*fixes);
             }
             ClusterMsg::Committed { generation } => {
                 w.u32(COMMITTED);
+                w.u32(*generation);
+            }
+            ClusterMsg::RecoveryFailed { generation } => {
+                w.u32(RECOVERY_FAILED);
                 w.u32(*generation);
             }
             ClusterMsg::Activate { generation } => {
@@ -407,6 +422,7 @@ impl ClusterMsg {
             HEADERS => {
                 let generation = r.u32("generation")?;
                 let db_id = r.u32("db id")?;
+                let chunk = r.u32("chunk")?;
                 let last = r.bool("last")?;
                 let n = r.count(16, "header count")?;
                 let entries = (0..n)
@@ -418,7 +434,7 @@ impl ClusterMsg {
                         })
                     })
                     .collect::<Result<_, ClusterMsgError>>()?;
-                ClusterMsg::Headers { generation, db_id, entries, last }
+                ClusterMsg::Headers { generation, db_id, chunk, entries, last }
             }
             WIPE => ClusterMsg::Wipe { generation: r.u32("generation")?, dbs: r.dbs()? },
             WIPED => ClusterMsg::Wiped { generation: r.u32("generation")? },
@@ -448,8 +464,10 @@ impl ClusterMsg {
                 epoch: r.epoch()?,
                 vnn_map: r.pnns("vnn map")?,
                 dbs: r.dbs()?,
+                fixes: r.u64("fix count")?,
             },
             COMMITTED => ClusterMsg::Committed { generation: r.u32("generation")? },
+            RECOVERY_FAILED => ClusterMsg::RecoveryFailed { generation: r.u32("generation")? },
             ACTIVATE => ClusterMsg::Activate { generation: r.u32("generation")? },
             TROUBLE => ClusterMsg::Trouble {
                 reason: String::from_utf8(r.bytes("reason")?).map_err(|_| ClusterMsgError("reason"))?,
@@ -495,6 +513,7 @@ mod tests {
             ClusterMsg::Headers {
                 generation: 99,
                 db_id: 7,
+                chunk: 2,
                 entries: vec![HeaderEntry { key: b"k".to_vec(), rsn: 5, dmaster: 2 }],
                 last: true,
             },
@@ -508,8 +527,9 @@ mod tests {
                     FixEntry { key: vec![], fix: RecordFix::Point { dmaster: 1 } },
                 ],
             },
-            ClusterMsg::Commit { generation: 99, epoch, vnn_map: vec![0, 1], dbs },
+            ClusterMsg::Commit { generation: 99, epoch, vnn_map: vec![0, 1], dbs, fixes: 12 },
             ClusterMsg::Committed { generation: 99 },
+            ClusterMsg::RecoveryFailed { generation: 99 },
             ClusterMsg::Activate { generation: 99 },
             ClusterMsg::Trouble { reason: "lost".into() },
             ClusterMsg::Leaving,
@@ -524,6 +544,7 @@ mod tests {
         Writer(&mut buf).u32(HEADERS);
         Writer(&mut buf).u32(1);
         Writer(&mut buf).u32(7);
+        Writer(&mut buf).u32(0);
         Writer(&mut buf).u32(0);
         Writer(&mut buf).u32(u32::MAX);
         assert_eq!(ClusterMsg::decode(&mut Reader(&buf)), Err(ClusterMsgError("header count")));

@@ -409,7 +409,13 @@ pub(crate) fn arb_body() -> impl Strategy<Value = Body> {
         (any::<u64>(), bytes(40), any::<u32>()).prop_map(|(term, key, db_id)| {
             use crate::wire::cluster::{ClusterMsg, HeaderEntry};
             let entries = vec![HeaderEntry { key, rsn: term, dmaster: db_id }];
-            Body::Cluster(ClusterMsg::Headers { generation: db_id, db_id, entries, last: term % 2 == 0 })
+            Body::Cluster(ClusterMsg::Headers {
+                generation: db_id,
+                db_id,
+                chunk: 0,
+                entries,
+                last: term % 2 == 0,
+            })
         }),
     ]
 }
