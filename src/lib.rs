@@ -1,7 +1,6 @@
 //! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
 pub mod capi;
 pub mod client;
-pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod error;

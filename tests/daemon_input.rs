@@ -6,9 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rctdb::client::DaemonConnection;
-use rctdb::control::opcode;
 use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::codec::{read_packet, write_packet};
+use rctdb::wire::control::opcode;
 use rctdb::wire::{Body, Packet, ReqCall, ReqControl, CURRENT_NODE, MAX_PACKET_LEN};
 
 const TIMEOUT: Duration = Duration::from_secs(10);

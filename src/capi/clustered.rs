@@ -18,9 +18,9 @@ use std::{
 use super::context::{Failure, Outcome};
 use crate::{
     client::ClusteredDb,
-    control::valid_db_name,
     error::{Error, ErrorCode},
     local::{flags, MallocBuf, StoreFlag, KNOWN_TDB_FLAGS},
+    wire::control::valid_db_name,
 };
 
 /// The environment variable with the time a record may take to migrate here, in ms.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::DaemonConnection;
-use crate::control::RecordCopy;
 use crate::error::{Error, ErrorCode, Result};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::{RecordHeader, HEADER_LEN};
+use crate::wire::control::RecordCopy;
 use crate::wire::{DbId, Pnn};
 
 /// How long attach and status requests may take.

@@ -6,10 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
+use crate::wire::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::wire::{
     Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE, CALL_FLAG_IMMEDIATE_MIGRATION,
     CALL_NULL_FUNC, CURRENT_NODE, MAX_PACKET_LEN,
@@ -59,10 +59,7 @@ impl DaemonConnection {
         };
         match self.request(Body::ReqCall(call), timeout)? {
             Body::ReplyCall(reply) if reply.status == 0 => Ok(()),
-            Body::ReplyCall(reply) => Err(Error::io(format!(
-                "rctdbd at {} could not migrate the record: status {}",
-                self.socket, reply.status
-            ))),
+            Body::ReplyCall(reply) => Err(self.migrate_refused(reply.status)),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -122,6 +119,16 @@ impl DaemonConnection {
             ))),
             other => Err(self.unexpected(&other)),
         }
+    }
+
+    /// The daemon's refusal as tdb's code and a message (its status is a negated errno).
+    fn migrate_refused(&self, status: i32) -> Error {
+        let (code, why) = match -status {
+            libc::ENOENT => (ErrorCode::Einval, "the database is not attached on that node".to_string()),
+            libc::EIO => (ErrorCode::Io, "the node could not read or store the record".to_string()),
+            errno => (ErrorCode::Io, std::io::Error::from_raw_os_error(errno).to_string()),
+        };
+        Error::new(code, format!("rctdbd at {} could not migrate the record: {why}", self.socket))
     }
 
     fn take_reqid(&mut self) -> ReqId {

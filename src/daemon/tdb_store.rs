@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::lock_wait::LockFiles;
-use crate::control::{valid_db_name, RecordCopy};
 use crate::engine::{Record, RecordStore};
 use crate::error::{Error, ErrorCode, Result};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::RecordHeader;
+use crate::wire::control::{valid_db_name, RecordCopy};
 use crate::wire::DbId;
 
 /// tdb_flags of clustered database files; clients open them with the same flags. The

@@ -5,6 +5,7 @@
 //! lists are a u32 count then their items, byte strings a u32 length then the bytes. Like
 //! the rest of the codec, decoding is canonical and checks every length.
 
+use super::payload::{PayloadError, Reader, Writer};
 use super::{DbId, Generation, Pnn};
 
 /// No leader known (in a heartbeat).
@@ -171,32 +172,8 @@ const RECOVERY_FAILED: u32 = 16;
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
 
-/// Why a cluster message could not be read: the field that did not fit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterMsgError(pub &'static str);
-
-impl std::fmt::Display for ClusterMsgError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed cluster message: {}", self.0)
-    }
-}
-
-struct Writer<'a>(&'a mut Vec<u8>);
-
+/// The composite fields of cluster messages, on the payload reader and writer.
 impl Writer<'_> {
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u32(u32::try_from(b.len()).expect("cluster message part larger than 4 GiB"));
-        self.0.extend_from_slice(b);
-    }
-    fn count(&mut self, n: usize) {
-        self.u32(u32::try_from(n).expect("more than 4G items in a cluster message"));
-    }
     fn pnns(&mut self, pnns: &[Pnn]) {
         self.count(pnns.len());
         pnns.iter().for_each(|&p| self.u32(p));
@@ -209,74 +186,31 @@ impl Writer<'_> {
         self.count(dbs.len());
         for db in dbs {
             self.u32(db.db_id);
-            self.bytes(db.name.as_bytes());
+            self.counted(db.name.as_bytes());
         }
     }
 }
 
-/// Reads fields off the front of a body, checking each length; never allocates more than
-/// the bytes it was given.
-pub(super) struct Reader<'a>(pub &'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ClusterMsgError> {
-        if self.0.len() < n {
-            return Err(ClusterMsgError(what));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, ClusterMsgError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, ClusterMsgError> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn bool(&mut self, what: &'static str) -> Result<bool, ClusterMsgError> {
-        match self.u32(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(ClusterMsgError(what)),
-        }
-    }
-    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, ClusterMsgError> {
-        let len = self.u32(what)? as usize;
-        Ok(self.take(len, what)?.to_vec())
-    }
-    /// A count of items each at least `min_item` bytes long: refused before any allocation
-    /// when the rest of the body cannot hold them.
-    fn count(&mut self, min_item: usize, what: &'static str) -> Result<usize, ClusterMsgError> {
-        let n = self.u32(what)? as usize;
-        match n.checked_mul(min_item) {
-            Some(needed) if needed <= self.0.len() => Ok(n),
-            _ => Err(ClusterMsgError(what)),
-        }
-    }
-    fn pnns(&mut self, what: &'static str) -> Result<Vec<Pnn>, ClusterMsgError> {
+impl Reader<'_> {
+    fn pnns(&mut self, what: &'static str) -> Result<Vec<Pnn>, PayloadError> {
         let n = self.count(4, what)?;
         (0..n).map(|_| self.u32(what)).collect()
     }
-    fn epoch(&mut self) -> Result<Epoch, ClusterMsgError> {
+    fn epoch(&mut self) -> Result<Epoch, PayloadError> {
         Ok(Epoch { term: self.u64("epoch term")?, seq: self.u64("epoch seq")? })
     }
-    fn dbs(&mut self) -> Result<Vec<DbName>, ClusterMsgError> {
+    fn dbs(&mut self) -> Result<Vec<DbName>, PayloadError> {
         let n = self.count(8, "database count")?;
         (0..n)
             .map(|_| {
                 let db_id = self.u32("db id")?;
-                let name =
-                    String::from_utf8(self.bytes("db name")?).map_err(|_| ClusterMsgError("db name"))?;
+                let name = self.string("db name")?;
                 Ok(DbName { db_id, name })
             })
             .collect()
     }
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    fn string(&mut self, what: &'static str) -> Result<String, PayloadError> {
+        String::from_utf8(self.counted(what)?).map_err(|_| PayloadError(what))
     }
 }
 
@@ -326,7 +260,7 @@ impl ClusterMsg {
                 w.u32(*last as u32);
                 w.count(entries.len());
                 for e in entries {
-                    w.bytes(&e.key);
+                    w.counted(&e.key);
                     w.u64(e.rsn);
                     w.u32(e.dmaster);
                 }
@@ -346,7 +280,7 @@ impl ClusterMsg {
                 w.u32(*db_id);
                 w.count(fixes.len());
                 for f in fixes {
-                    w.bytes(&f.key);
+                    w.counted(&f.key);
                     match f.fix {
                         RecordFix::Promote { rsn } => {
                             w.u32(FIX_PROMOTE);
@@ -381,7 +315,7 @@ impl ClusterMsg {
             }
             ClusterMsg::Trouble { reason } => {
                 w.u32(TROUBLE);
-                w.bytes(reason.as_bytes());
+                w.counted(reason.as_bytes());
             }
             ClusterMsg::Leaving => w.u32(LEAVING),
         }
@@ -394,14 +328,14 @@ impl ClusterMsg {
         buf.len()
     }
 
-    pub(super) fn decode(r: &mut Reader<'_>) -> Result<ClusterMsg, ClusterMsgError> {
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<ClusterMsg, PayloadError> {
         let msg = match r.u32("kind")? {
             HEARTBEAT => {
                 let term = r.u64("term")?;
                 let leader = r.u32("leader")?;
                 let flags = r.u32("flags")?;
                 if flags & !flags::ALL != 0 {
-                    return Err(ClusterMsgError("heartbeat flags"));
+                    return Err(PayloadError("heartbeat flags"));
                 }
                 let epoch = r.epoch()?;
                 let generation = r.u32("generation")?;
@@ -428,12 +362,12 @@ impl ClusterMsg {
                 let entries = (0..n)
                     .map(|_| {
                         Ok(HeaderEntry {
-                            key: r.bytes("key")?,
+                            key: r.counted("key")?,
                             rsn: r.u64("rsn")?,
                             dmaster: r.u32("dmaster")?,
                         })
                     })
-                    .collect::<Result<_, ClusterMsgError>>()?;
+                    .collect::<Result<_, PayloadError>>()?;
                 ClusterMsg::Headers { generation, db_id, chunk, entries, last }
             }
             WIPE => ClusterMsg::Wipe { generation: r.u32("generation")?, dbs: r.dbs()? },
@@ -444,19 +378,19 @@ impl ClusterMsg {
                 let n = r.count(16, "fix count")?;
                 let fixes = (0..n)
                     .map(|_| {
-                        let key = r.bytes("key")?;
+                        let key = r.counted("key")?;
                         let kind = r.u32("fix kind")?;
                         let value = r.u64("fix value")?;
                         let fix = match kind {
                             FIX_PROMOTE => RecordFix::Promote { rsn: value },
                             FIX_POINT => RecordFix::Point {
-                                dmaster: Pnn::try_from(value).map_err(|_| ClusterMsgError("fix dmaster"))?,
+                                dmaster: Pnn::try_from(value).map_err(|_| PayloadError("fix dmaster"))?,
                             },
-                            _ => return Err(ClusterMsgError("fix kind")),
+                            _ => return Err(PayloadError("fix kind")),
                         };
                         Ok(FixEntry { key, fix })
                     })
-                    .collect::<Result<_, ClusterMsgError>>()?;
+                    .collect::<Result<_, PayloadError>>()?;
                 ClusterMsg::Fixes { generation, db_id, fixes }
             }
             COMMIT => ClusterMsg::Commit {
@@ -469,11 +403,9 @@ impl ClusterMsg {
             COMMITTED => ClusterMsg::Committed { generation: r.u32("generation")? },
             RECOVERY_FAILED => ClusterMsg::RecoveryFailed { generation: r.u32("generation")? },
             ACTIVATE => ClusterMsg::Activate { generation: r.u32("generation")? },
-            TROUBLE => ClusterMsg::Trouble {
-                reason: String::from_utf8(r.bytes("reason")?).map_err(|_| ClusterMsgError("reason"))?,
-            },
+            TROUBLE => ClusterMsg::Trouble { reason: r.string("reason")? },
             LEAVING => ClusterMsg::Leaving,
-            _ => return Err(ClusterMsgError("kind")),
+            _ => return Err(PayloadError("kind")),
         };
         Ok(msg)
     }
@@ -547,7 +479,7 @@ mod tests {
         Writer(&mut buf).u32(0);
         Writer(&mut buf).u32(0);
         Writer(&mut buf).u32(u32::MAX);
-        assert_eq!(ClusterMsg::decode(&mut Reader(&buf)), Err(ClusterMsgError("header count")));
+        assert_eq!(ClusterMsg::decode(&mut Reader(&buf)), Err(PayloadError("header count")));
     }
 
     proptest! {

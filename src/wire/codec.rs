@@ -481,7 +481,7 @@ fn decode_body(f: &mut Fields<'_>, operation: u32) -> Result<Body, WireError> {
         op::CLUSTER => {
             let len = f.u32("cluster body length")?;
             let bytes = f.counted("cluster body", len)?;
-            let mut reader = super::cluster::Reader(&bytes);
+            let mut reader = super::payload::Reader(&bytes);
             let msg = super::cluster::ClusterMsg::decode(&mut reader)
                 .map_err(|e| WireError::BadClusterMessage(e.0))?;
             if !reader.is_empty() {

@@ -8,8 +8,10 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod control;
 #[cfg(test)]
 mod dissector_tests;
+mod payload;
 
 pub use codec::{
     decode, encode, encode_into, encoded_len, read_frame, read_packet, write_packet, ReadError, WireError,

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::Node;
-use crate::control::{self, opcode, AttachReply, RecordCopy};
 use crate::daemon::lock_wait::{wait_for, LockTarget};
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
 use crate::tunables::{self, Tunables};
+use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
 /// How long attach and traverse wait for peers before answering with what they have.

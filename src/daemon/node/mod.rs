@@ -173,6 +173,9 @@ impl Node {
                     if let Some(lock) = self.lock_attempt.take() {
                         lock.release();
                     }
+                    // Nothing is reported after a release: what is queued is about the attempt
+                    // just given up, and must not be taken for the next one's.
+                    while self.lock_outcomes.1.try_recv().is_ok() {}
                 }
                 Output::Event(event) => log_event(self.pnn, &event),
             }

@@ -2,6 +2,8 @@
 //! daemon and between daemons. The packet framing is `wire`'s; this is what goes inside.
 //! Opcodes are our own, far above CTDB's, so a capture never confuses the two.
 
+pub use super::payload::PayloadError;
+use super::payload::{Reader, Writer};
 use crate::record::{RecordHeader, HEADER_LEN};
 use crate::wire::{DbId, Pnn};
 
@@ -20,46 +22,6 @@ pub mod opcode {
 
 /// REQ_CONTROL flag: the sender wants no reply (CTDB's CTDB_CTRL_FLAG_NOREPLY).
 pub const FLAG_NOREPLY: u32 = 1;
-
-/// Why a payload could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PayloadError(pub &'static str);
-
-impl std::fmt::Display for PayloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed control payload: {}", self.0)
-    }
-}
-
-impl std::error::Error for PayloadError {}
-
-/// Reads little-endian fields off the front of a payload, checking each length.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
-        if self.0.len() < n {
-            return Err(PayloadError(what));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
-        let b = self.bytes(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
-        Ok(self.u32(what)? as u64 | (self.u32(what)? as u64) << 32)
-    }
-    fn rest(self) -> &'a [u8] {
-        self.0
-    }
-}
-
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
 
 /// A database id is the Jenkins hash of its name, as in CTDB: every node derives the same id.
 pub fn db_id_of(name: &str) -> DbId {
@@ -83,9 +45,9 @@ pub struct AttachReply {
 impl AttachReply {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(12 + self.path.len());
-        put_u32(&mut out, self.db_id);
-        put_u32(&mut out, self.pnn);
-        put_u32(&mut out, self.tdb_flags);
+        Writer(&mut out).u32(self.db_id);
+        Writer(&mut out).u32(self.pnn);
+        Writer(&mut out).u32(self.tdb_flags);
         out.extend_from_slice(self.path.as_bytes());
         out
     }
@@ -103,7 +65,7 @@ impl AttachReply {
 /// `db_id ++ key`: the payload of MIGRATION_DONE.
 pub fn encode_db_key(db_id: DbId, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + key.len());
-    put_u32(&mut out, db_id);
+    Writer(&mut out).u32(db_id);
     out.extend_from_slice(key);
     out
 }
@@ -130,13 +92,13 @@ pub struct RecordCopy {
 pub fn encode_records(records: &[RecordCopy]) -> Vec<u8> {
     let size: usize = records.iter().map(|r| 24 + r.key.len() + r.data.len()).sum();
     let mut out = Vec::with_capacity(4 + size);
-    put_u32(&mut out, records.len() as u32);
+    Writer(&mut out).u32(records.len() as u32);
     for record in records {
-        put_u32(&mut out, record.key.len() as u32);
-        put_u32(&mut out, record.data.len() as u32);
+        Writer(&mut out).u32(record.key.len() as u32);
+        Writer(&mut out).u32(record.data.len() as u32);
         out.extend_from_slice(&record.header.rsn.to_le_bytes());
-        put_u32(&mut out, record.header.dmaster);
-        put_u32(&mut out, record.header.flags);
+        Writer(&mut out).u32(record.header.dmaster);
+        Writer(&mut out).u32(record.header.flags);
         out.extend_from_slice(&record.key);
         out.extend_from_slice(&record.data);
     }
@@ -154,8 +116,8 @@ pub fn decode_records(data: &[u8]) -> Result<Vec<RecordCopy>, PayloadError> {
         let rsn = r.u64("record rsn")?;
         let dmaster = r.u32("record dmaster")?;
         let flags = r.u32("record flags")?;
-        let key = r.bytes(keylen, "record key")?.to_vec();
-        let data = r.bytes(datalen, "record data")?.to_vec();
+        let key = r.take(keylen, "record key")?.to_vec();
+        let data = r.take(datalen, "record data")?.to_vec();
         records.push(RecordCopy { key, header: RecordHeader { rsn, dmaster, flags }, data });
     }
     if !r.rest().is_empty() {
