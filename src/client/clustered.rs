@@ -276,7 +276,7 @@ impl ClusteredDb {
         let deadline = Instant::now() + self.migrate_timeout;
         let mut owes_done = false;
         loop {
-            self.tdb.lock_chain(key)?;
+            self.lock_chain_until(key, deadline)?;
             let record = match self.read_locked(key) {
                 Ok(record) => record,
                 Err(err) => {
@@ -302,6 +302,34 @@ impl ClusteredDb {
                 _ => err,
             })?;
             owes_done = true;
+        }
+    }
+
+    /// The chain lock, waited for until `deadline` at most. Other clients hold a chain for
+    /// the length of a read-modify-write; a node that is not serving (it left the cluster, or
+    /// it waits to be admitted again) holds every chain until it serves again, which may be
+    /// long: the caller gets a clear error instead of hanging. Waits in growing pauses,
+    /// since fcntl locks cannot be waited for with a timeout.
+    fn lock_chain_until(&self, key: &[u8], deadline: Instant) -> Result<()> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match self.tdb.lock_chain_nonblock(key) {
+                Err(err) if err.code == ErrorCode::Lock => {}
+                done => return done,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorCode::LockTimeout,
+                    format!(
+                        "{}: the chain lock stayed taken for {:?}: another process holds it, or node {} \
+                         does not serve (it is out of the cluster or recovering)",
+                        self.name, self.migrate_timeout, self.pnn
+                    ),
+                ));
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
     }
 
