@@ -2,7 +2,8 @@
 //! heartbeats, elections (with or without a cluster lock) and recoveries, on a seeded network
 //! that delays, reorders, duplicates and drops packets and resets links, while nodes crash
 //! and restart with empty databases, go quiet, are partitioned off and fail to store.
-//! Clients increment counters the way smbd uses records.
+//! Clients increment counters the way smbd uses records; in some seeds keys share hash
+//! chains, so work on one record waits for a client's lock on another.
 //!
 //! Checked after every step: no two active nodes of one generation hold a record, and no
 //! node's RSN of a record goes down. At the end, with every fault healed: every increment
@@ -59,6 +60,8 @@ struct Params {
     /// Faults injected over the run, and the per-mille chance per step of the next one.
     faults: u32,
     fault_rate: u64,
+    /// Hash chains per node's store: with few, keys share chain locks.
+    chains: Option<u32>,
 }
 
 impl Params {
@@ -77,6 +80,7 @@ impl Params {
             duplicate: if rng.chance(200) { 10 } else { 0 },
             faults: rng.below(4) as u32,
             fault_rate: 1 + rng.below(3),
+            chains: if rng.chance(300) { Some(1 + rng.below(2) as u32) } else { None },
         }
     }
 }
@@ -153,6 +157,7 @@ struct Coverage {
     dropped: u64,
     max_hop_drops: u64,
     deaths: u64,
+    lock_waits: u64,
 }
 
 impl Coverage {
@@ -169,6 +174,7 @@ impl Coverage {
         self.dropped += o.dropped;
         self.max_hop_drops += o.max_hop_drops;
         self.deaths += o.deaths;
+        self.lock_waits += o.lock_waits;
     }
 }
 
@@ -201,7 +207,7 @@ impl Sim {
         let nodes = (0..p.nodes as Pnn)
             .map(|pnn| SimNode {
                 engine: new_engine(pnn, &p, seed.wrapping_mul(31).wrapping_add(pnn as u64)),
-                store: MemStore::new(),
+                store: MemStore::with_chains(p.chains),
                 up: true,
                 lock_waits: vec![],
                 freeze_pending: false,
@@ -417,12 +423,15 @@ impl Sim {
 
     fn release_client_lock(&mut self, node: usize, key: &[u8]) {
         self.nodes[node].store.unlock_any(DB, key);
-        let waits = &mut self.nodes[node].lock_waits;
-        if let Some(at) = waits.iter().position(|k| k == key) {
-            waits.remove(at);
-            self.lock_available.push_back((node as Pnn, key.to_vec()));
+        // Every key that waited for this chain may go on (the engine retries the others).
+        let n = &mut self.nodes[node];
+        let (freed, waiting): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            n.lock_waits.drain(..).partition(|k| n.store.same_chain(DB, k, key));
+        n.lock_waits = waiting;
+        for k in freed {
+            self.lock_available.push_back((node as Pnn, k));
         }
-        self.wake_lock_waiters(node as Pnn, Some(key));
+        self.wake_lock_waiters(node as Pnn, None);
     }
 
     fn crash_node(&mut self, k: Pnn) {
@@ -461,7 +470,7 @@ impl Sim {
         node.incarnation += 1;
         let seed = self.seed.wrapping_mul(31).wrapping_add(k as u64).wrapping_add(node.incarnation << 20);
         node.engine = new_engine(k, &self.p, seed);
-        node.store = MemStore::new();
+        node.store = MemStore::with_chains(self.p.chains);
         node.up = true;
         node.restart_at = None;
         for peer in 0..self.nodes.len() as Pnn {
@@ -764,6 +773,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         let stats = node.engine.stats();
         sim.coverage.migrations += stats.migrations_completed;
         sim.coverage.max_hop_drops += stats.calls_dropped_max_hops;
+        sim.coverage.lock_waits += stats.lock_waits;
     }
     sim.coverage
 }
@@ -787,6 +797,7 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_increment() {
     assert!(total.crashes > 0 && total.quiets > 0 && total.partitions > 0, "{total:?}");
     assert!(total.store_failures > 0 && total.link_resets > 0 && total.dropped > 0, "{total:?}");
     assert!(total.records_fixed > 0 && total.max_hop_drops > 0 && total.deaths > 0, "{total:?}");
+    assert!(total.lock_waits > 0, "{total:?}");
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct MemStore {
     pub frozen: bool,
     /// Stores fail (a full disk), for fault tests.
     pub failing: bool,
+    /// Hash chains: with `Some(n)`, keys share `n` chain locks as in a tdb file, so work on
+    /// one key can wait for a lock held for another. `None`: a lock per key.
+    pub chains: Option<u32>,
 }
 
 impl MemStore {
@@ -54,8 +57,26 @@ impl MemStore {
         MemStore::default()
     }
 
+    /// A store whose keys share `chains` chain locks (`None`: a lock per key).
+    pub fn with_chains(chains: Option<u32>) -> MemStore {
+        MemStore { chains, ..MemStore::default() }
+    }
+
+    /// The lock a key's chain lock is: the key itself, or its hash chain.
+    fn lock_slot(&self, db: DbId, key: &[u8]) -> (DbId, Vec<u8>) {
+        match self.chains {
+            Some(n) => (db, (crate::hash::jenkins_hash(key) % n.max(1)).to_le_bytes().to_vec()),
+            None => (db, key.to_vec()),
+        }
+    }
+
+    /// Whether two keys share a chain lock.
+    pub fn same_chain(&self, db: DbId, a: &[u8], b: &[u8]) -> bool {
+        self.lock_slot(db, a) == self.lock_slot(db, b)
+    }
+
     pub fn lock_as(&mut self, db: DbId, key: &[u8], owner: LockOwner) -> bool {
-        let slot = (db, key.to_vec());
+        let slot = self.lock_slot(db, key);
         if self.locks.contains_key(&slot) || self.frozen && owner != LockOwner::Engine {
             return false;
         }
@@ -65,11 +86,12 @@ impl MemStore {
 
     /// Releases the lock, returning who held it.
     pub fn unlock_any(&mut self, db: DbId, key: &[u8]) -> Option<LockOwner> {
-        self.locks.remove(&(db, key.to_vec()))
+        let slot = self.lock_slot(db, key);
+        self.locks.remove(&slot)
     }
 
     pub fn lock_owner(&self, db: DbId, key: &[u8]) -> Option<LockOwner> {
-        self.locks.get(&(db, key.to_vec())).copied()
+        self.locks.get(&self.lock_slot(db, key)).copied()
     }
 
     /// Reads without the lock: for invariant checks that look at every node at once.
@@ -92,7 +114,7 @@ impl MemStore {
 
     /// A restart: the process's records are gone, and so are its locks.
     pub fn clear(&mut self) {
-        *self = MemStore::default();
+        *self = MemStore { chains: self.chains, ..MemStore::default() };
     }
 }
 
