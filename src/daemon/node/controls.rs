@@ -252,17 +252,6 @@ impl Node {
         reqid
     }
 
-    /// A peer whose link came up (it started, or restarted, after our databases were
-    /// attached) attaches them too, or it would drop every request for their records. Its
-    /// replies match no pending control and are ignored.
-    pub(super) fn attach_on_peer(&mut self, peer: Pnn) {
-        let names: Vec<String> = self.store.dbs().map(|(_, db)| db.name.clone()).collect();
-        for name in names {
-            let reqid = self.take_control_reqid();
-            self.send_control(peer, reqid, opcode::DB_ATTACH, name.into_bytes());
-        }
-    }
-
     fn send_control(&mut self, peer: Pnn, reqid: ReqId, opcode: u32, data: Vec<u8>) {
         let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
         let generation = self.engine.generation();

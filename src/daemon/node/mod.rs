@@ -260,8 +260,8 @@ impl Node {
             TransportEvent::Packet { from, packet } => self.on_peer_packet(from, packet),
             TransportEvent::LinkUp(pnn) => {
                 log::info!("link to node {pnn} up");
+                // A peer that (re)started attaches our databases when a recovery admits it.
                 self.engine_input(Input::LinkUp(pnn));
-                self.attach_on_peer(pnn);
             }
             TransportEvent::LinkDown(pnn) => {
                 log::warn!("link to node {pnn} down");
