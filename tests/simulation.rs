@@ -8,31 +8,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+mod sim_support;
+
+use sim_support::{counter_value, key_name, Rng};
+
 use rctdb::engine::store::LockOwner;
 use rctdb::engine::{ClientCall, ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore};
 use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
 const GENERATION: u32 = 7;
-
-/// splitmix64: tiny, seedable, and the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Params {
@@ -57,10 +42,10 @@ impl Params {
             clients_per_node: 1 + rng.below(3),
             increments: 5 + rng.below(20),
             keys: 1 + rng.below(3),
-            fifo_links: rng.chance(70),
-            duplicate_percent: if rng.chance(30) { 3 } else { 0 },
-            crash_percent: if rng.chance(20) { 1 } else { 0 },
-            resend_ms: if rng.chance(30) { 5 + rng.below(300) as u64 } else { 2000 },
+            fifo_links: rng.percent(70),
+            duplicate_percent: if rng.percent(30) { 3 } else { 0 },
+            crash_percent: if rng.percent(20) { 1 } else { 0 },
+            resend_ms: if rng.percent(30) { 5 + rng.below(300) as u64 } else { 2000 },
         }
     }
 }
@@ -113,16 +98,6 @@ struct Sim {
     trace: bool,
 }
 
-fn key_name(index: usize) -> Vec<u8> {
-    format!("counter-{index}").into_bytes()
-}
-
-fn counter_value(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
-    u64::from_le_bytes(bytes)
-}
-
 fn packet_key(packet: &Packet) -> Option<&[u8]> {
     match &packet.body {
         Body::ReqCall(c) => Some(&c.key),
@@ -159,7 +134,7 @@ impl Sim {
                     remaining: params.increments,
                     next_reqid: 1,
                     owes_done: false,
-                    first_use: rng.chance(80),
+                    first_use: rng.percent(80),
                 });
             }
         }
@@ -206,13 +181,13 @@ impl Sim {
                     {
                         self.fail(&format!("node {pnn} sent a malformed packet {packet:?}"));
                     }
-                    let copies = if self.duplicates_left > 0 && self.rng.chance(self.params.duplicate_percent)
-                    {
-                        self.duplicates_left -= 1;
-                        2
-                    } else {
-                        1
-                    };
+                    let copies =
+                        if self.duplicates_left > 0 && self.rng.percent(self.params.duplicate_percent) {
+                            self.duplicates_left -= 1;
+                            2
+                        } else {
+                            1
+                        };
                     let link = self.links.entry((pnn, packet.destnode)).or_default();
                     for _ in 0..copies {
                         link.push_back(packet.clone());
@@ -267,7 +242,7 @@ impl Sim {
         if here {
             client.remaining -= 1;
             client.state = if client.remaining == 0 { ClientState::Finished } else { ClientState::Ready };
-            if client.remaining > 0 && self.rng.chance(30) {
+            if client.remaining > 0 && self.rng.percent(30) {
                 self.clients[index].key = key_name(self.rng.below(self.params.keys));
             }
         } else {
@@ -344,7 +319,7 @@ impl Sim {
         let alive: Vec<usize> = (0..self.clients.len())
             .filter(|&i| !matches!(self.clients[i].state, ClientState::Finished | ClientState::Crashed))
             .collect();
-        if self.params.crash_percent > 0 && !alive.is_empty() && self.rng.chance(self.params.crash_percent) {
+        if self.params.crash_percent > 0 && !alive.is_empty() && self.rng.percent(self.params.crash_percent) {
             let index = alive[self.rng.below(alive.len())];
             self.crash_client(index);
             return true;
@@ -383,7 +358,7 @@ impl Sim {
                 self.run_engine(pnn, Input::ChainLockAvailable { db_id: DB, key });
             }
         }
-        if self.rng.chance(5) {
+        if self.rng.percent(5) {
             for pnn in 0..self.nodes.len() as Pnn {
                 self.run_engine(pnn, Input::Tick);
             }

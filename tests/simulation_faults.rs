@@ -15,6 +15,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod sim_support;
+
+use sim_support::{counter_value, key_name, Rng};
+
 use rctdb::engine::store::LockOwner;
 use rctdb::engine::{
     ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
@@ -26,25 +30,6 @@ const DB: DbId = 0x5eed;
 const TICK_MS: u64 = 10;
 /// No client request may wait longer (simulated ms): well past a few recoveries.
 const MAX_WAIT_MS: u64 = 60_000;
-
-/// splitmix64: tiny, seedable, the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Params {
@@ -67,20 +52,20 @@ struct Params {
 impl Params {
     fn for_seed(seed: u64) -> Params {
         let mut rng = Rng(seed ^ 0x5a5a);
-        let nodes = 2 + rng.below(4) as usize;
+        let nodes = 2 + rng.below64(4) as usize;
         Params {
             nodes,
-            clients_per_node: 1 + rng.below(2) as usize,
-            increments: 5 + rng.below(15) as usize,
-            keys: 1 + rng.below(4) as usize,
+            clients_per_node: 1 + rng.below64(2) as usize,
+            increments: 5 + rng.below64(15) as usize,
+            keys: 1 + rng.below64(4) as usize,
             // Two nodes have no majority without one of them: they need the lock.
-            cluster_lock: nodes == 2 || rng.chance(400),
-            fifo_links: rng.chance(800),
-            drop: if rng.chance(400) { 1 + rng.below(20) } else { 0 },
-            duplicate: if rng.chance(200) { 10 } else { 0 },
-            faults: rng.below(4) as u32,
-            fault_rate: 1 + rng.below(3),
-            chains: if rng.chance(300) { Some(1 + rng.below(2) as u32) } else { None },
+            cluster_lock: nodes == 2 || rng.per_mille(400),
+            fifo_links: rng.per_mille(800),
+            drop: if rng.per_mille(400) { 1 + rng.below64(20) } else { 0 },
+            duplicate: if rng.per_mille(200) { 10 } else { 0 },
+            faults: rng.below64(4) as u32,
+            fault_rate: 1 + rng.below64(3),
+            chains: if rng.per_mille(300) { Some(1 + rng.below64(2) as u32) } else { None },
         }
     }
 }
@@ -178,16 +163,6 @@ impl Coverage {
     }
 }
 
-fn key_name(index: usize) -> Vec<u8> {
-    format!("counter-{index}").into_bytes()
-}
-
-fn counter_value(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
-    u64::from_le_bytes(bytes)
-}
-
 fn new_engine(pnn: Pnn, p: &Params, seed: u64) -> Engine {
     let mut config = EngineConfig::clustered(pnn, p.nodes, p.cluster_lock, seed);
     config.tunables.keepalive_interval_ms = 100;
@@ -223,7 +198,7 @@ impl Sim {
                 clients.push(Client {
                     id: clients.len() as ClientId,
                     node: node as Pnn,
-                    key: key_name(rng.below(p.keys as u64) as usize),
+                    key: key_name(rng.below64(p.keys as u64) as usize),
                     state: ClientState::Ready,
                     remaining: p.increments,
                     next_reqid: 1,
@@ -296,7 +271,7 @@ impl Sim {
                 }
                 // TCP never duplicates; resends of migration requests do, so only those are.
                 let duplicable = !matches!(packet.body, Body::Cluster(_));
-                let copies = if duplicable && self.rng.chance(self.p.duplicate) { 2 } else { 1 };
+                let copies = if duplicable && self.rng.per_mille(self.p.duplicate) { 2 } else { 1 };
                 let link = self.links.entry((pnn, packet.destnode)).or_default();
                 for _ in 0..copies {
                     link.push_back(packet.clone());
@@ -409,8 +384,8 @@ impl Sim {
         if here {
             client.remaining -= 1;
             client.state = if client.remaining == 0 { ClientState::Finished } else { ClientState::Ready };
-            if client.remaining > 0 && self.rng.chance(300) {
-                self.clients[index].key = key_name(self.rng.below(self.p.keys as u64) as usize);
+            if client.remaining > 0 && self.rng.per_mille(300) {
+                self.clients[index].key = key_name(self.rng.below64(self.p.keys as u64) as usize);
             }
         } else {
             client.next_reqid += 1;
@@ -444,7 +419,7 @@ impl Sim {
         node.freeze_pending = false;
         node.quiet_until = None;
         node.failing_until = None;
-        node.restart_at = Some(self.now + 50 + self.rng.below(1500));
+        node.restart_at = Some(self.now + 50 + self.rng.below64(1500));
         if self.lock_holder == Some(k) {
             self.lock_holder = None; // the kernel drops a dead process's lock
         }
@@ -482,40 +457,40 @@ impl Sim {
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len() as u64;
-        let k = self.rng.below(n) as Pnn;
+        let k = self.rng.below64(n) as Pnn;
         if !self.nodes[k as usize].up || self.partition.is_some() {
             return;
         }
         self.faults_left -= 1;
-        match self.rng.below(5) {
+        match self.rng.below64(5) {
             0 => self.crash_node(k),
             1 => {
                 self.coverage.quiets += 1;
                 self.disrupt();
-                self.nodes[k as usize].quiet_until = Some(self.now + 100 + self.rng.below(2000));
+                self.nodes[k as usize].quiet_until = Some(self.now + 100 + self.rng.below64(2000));
                 self.run_engine(k, Input::Quiet(true));
             }
             2 => {
                 self.coverage.partitions += 1;
                 self.disrupt();
-                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng.chance(500)).collect();
+                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng.per_mille(500)).collect();
                 let side =
                     if side.is_empty() || side.len() == n as usize { BTreeSet::from([k]) } else { side };
-                self.partition = Some((side, self.now + 200 + self.rng.below(3000)));
+                self.partition = Some((side, self.now + 200 + self.rng.below64(3000)));
             }
             3 => {
                 self.coverage.store_failures += 1;
                 self.store_failures_seen = true;
                 self.disrupt();
                 self.nodes[k as usize].store.failing = true;
-                self.nodes[k as usize].failing_until = Some(self.now + 5 + self.rng.below(100));
+                self.nodes[k as usize].failing_until = Some(self.now + 5 + self.rng.below64(100));
             }
             _ => {
                 // A connection reset: what was queued on it is gone. Not a fault that may
                 // lose records: the protocol must find a handover lost this way.
                 let busy: Vec<(Pnn, Pnn)> =
                     self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
-                if let Some(&(a, b)) = busy.get(self.rng.below(busy.len().max(1) as u64) as usize) {
+                if let Some(&(a, b)) = busy.get(self.rng.below64(busy.len().max(1) as u64) as usize) {
                     self.coverage.link_resets += 1;
                     self.links.remove(&(a, b));
                     self.run_engine(a, Input::LinkDown(b));
@@ -565,7 +540,7 @@ impl Sim {
     fn step(&mut self) -> bool {
         self.now += 1;
         self.heal();
-        if self.faults_left > 0 && self.rng.chance(self.p.fault_rate) {
+        if self.faults_left > 0 && self.rng.per_mille(self.p.fault_rate) {
             self.inject_fault();
         }
         if self.now % TICK_MS == 0 {
@@ -619,18 +594,19 @@ impl Sim {
         if choices.is_empty() {
             return;
         }
-        match choices[self.rng.below(choices.len() as u64) as usize] {
+        match choices[self.rng.below64(choices.len() as u64) as usize] {
             0 => {
-                let (a, b) = busy[self.rng.below(busy.len() as u64) as usize];
+                let (a, b) = busy[self.rng.below64(busy.len() as u64) as usize];
                 let queue = self.links.get_mut(&(a, b)).expect("busy link");
-                let mut at = if self.p.fifo_links { 0 } else { self.rng.below(queue.len() as u64) as usize };
+                let mut at =
+                    if self.p.fifo_links { 0 } else { self.rng.below64(queue.len() as u64) as usize };
                 if matches!(queue[at].body, Body::Cluster(_)) {
                     // Membership and recovery rely on TCP's order, as CTDB's do; only
                     // migration packets are shuffled.
                     at = queue.iter().position(|p| matches!(p.body, Body::Cluster(_))).expect("one is");
                 }
                 let packet = queue.remove(at).expect("in range");
-                if self.cut_off(a, b) || self.rng.chance(self.p.drop) {
+                if self.cut_off(a, b) || self.rng.per_mille(self.p.drop) {
                     self.coverage.dropped += 1;
                     return;
                 }
@@ -638,16 +614,16 @@ impl Sim {
                 self.run_engine(b, Input::Packet(packet));
             }
             1 => {
-                let index = ready[self.rng.below(ready.len() as u64) as usize];
+                let index = ready[self.rng.below64(ready.len() as u64) as usize];
                 self.run_client(index);
             }
             2 => {
-                let index = engine_inbox[self.rng.below(engine_inbox.len() as u64) as usize];
+                let index = engine_inbox[self.rng.below64(engine_inbox.len() as u64) as usize];
                 let input = self.to_engine[index].pop_front().expect("non-empty");
                 self.run_engine(self.clients[index].node, input);
             }
             3 => {
-                let index = client_inbox[self.rng.below(client_inbox.len() as u64) as usize];
+                let index = client_inbox[self.rng.below64(client_inbox.len() as u64) as usize];
                 let status = self.to_client[index].pop_front().expect("non-empty");
                 let ClientState::WaitingReply { since } = self.clients[index].state else {
                     self.fail(&format!("client {index} got a reply it did not wait for"));

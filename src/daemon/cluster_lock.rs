@@ -51,18 +51,7 @@ impl ClusterLockSpec {
     }
 }
 
-/// The result of an attempt, and later `Lost` if a held helper lock goes away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockOutcome {
-    Held,
-    /// Someone else holds the lock.
-    Contention,
-    /// The helper gave up waiting. Never to be taken for success.
-    Timeout,
-    Error(String),
-    /// The helper that held the lock is gone, and the lock with it.
-    Lost,
-}
+pub use crate::engine::LockOutcome;
 
 /// One attempt at the cluster lock, and the lock itself while held. Dropping it releases.
 pub struct ClusterLock {

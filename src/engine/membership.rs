@@ -27,10 +27,12 @@ use crate::wire::{Body, DbId, Generation, Packet, Pnn, INVALID_GENERATION};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockOutcome {
     Held,
+    /// Someone else holds the lock.
     Contention,
-    /// Never taken as success: another node may hold the lock.
+    /// The helper gave up waiting. Never taken for success: another node may hold the lock.
     Timeout,
     Error(String),
+    /// The lock went away (the helper that held it ended).
     Lost,
 }
 

@@ -43,7 +43,7 @@ pub struct Node {
     cluster_lock: Option<ClusterLockSpec>,
     /// The attempt or the held lock, while the engine wants it.
     lock_attempt: Option<ClusterLock>,
-    lock_outcomes: (Sender<super::cluster_lock::LockOutcome>, Receiver<super::cluster_lock::LockOutcome>),
+    lock_outcomes: (Sender<LockOutcome>, Receiver<LockOutcome>),
     freezes: HashMap<DbId, FreezeLock>,
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
@@ -208,15 +208,7 @@ impl Node {
         }
     }
 
-    fn on_cluster_lock(&mut self, outcome: super::cluster_lock::LockOutcome) {
-        use super::cluster_lock::LockOutcome as Helper;
-        let outcome = match outcome {
-            Helper::Held => LockOutcome::Held,
-            Helper::Contention => LockOutcome::Contention,
-            Helper::Timeout => LockOutcome::Timeout,
-            Helper::Error(err) => LockOutcome::Error(err),
-            Helper::Lost => LockOutcome::Lost,
-        };
+    fn on_cluster_lock(&mut self, outcome: LockOutcome) {
         if !matches!(outcome, LockOutcome::Held) {
             self.lock_attempt = None;
         }
