@@ -225,7 +225,7 @@ impl Engine {
         (0..self.config.nodes as Pnn).filter(|&p| p != self.config.pnn).collect()
     }
 
-    pub(super) fn membership_tick(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+    pub(super) fn membership_tick(&mut self, out: &mut Vec<Output>) {
         if !self.cluster.enabled || self.cluster.quiet {
             return;
         }
@@ -255,7 +255,7 @@ impl Engine {
             self.cluster.wants_recovery = true;
         }
         match self.cluster.leader {
-            Some(leader) if leader == self.config.pnn => self.lead_tick(store, out),
+            Some(leader) if leader == self.config.pnn => self.lead_tick(out),
             Some(_) if self.has_live_leader() => {}
             _ => self.leaderless_tick(out),
         }
@@ -535,11 +535,10 @@ impl Engine {
         }
     }
 
-    fn lead_tick(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+    fn lead_tick(&mut self, out: &mut Vec<Output>) {
         if !self.config.cluster_lock && self.eligible_nodes().len() * 2 <= self.config.nodes {
             return self.step_down("lost the majority of the nodes file", out);
         }
-        let _ = store;
         let now = self.now;
         if self.recovery_running() || now < self.cluster.last_check + self.config.tunables.recover_interval_ms
         {
@@ -570,10 +569,13 @@ impl Engine {
             let Some(h) = peer.heartbeat.as_ref().filter(|_| peer.heartbeat_at > c.settled_at) else {
                 continue;
             };
+            // A heartbeat sent just before the member got `Activate` still says inactive.
+            let activating = h.generation == c.epoch_generation
+                && peer.heartbeat_at < c.settled_at + 2 * self.config.tunables.keepalive_interval_ms;
             if p != self.config.pnn
                 && (h.generation != c.epoch_generation
-                    || h.flags & flags::ACTIVE == 0
-                    || h.flags & flags::WANTS_RECOVERY != 0
+                    || h.flags & flags::ACTIVE == 0 && !activating
+                    || h.flags & flags::WANTS_RECOVERY != 0 && !activating
                     || h.leader != self.config.pnn)
             {
                 return Some(format!("node {p} reports {h:?}"));
