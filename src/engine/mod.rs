@@ -489,7 +489,7 @@ impl Engine {
                 if self.active() {
                     self.resend_late_migrations();
                 }
-                self.membership_tick(store, out);
+                self.membership_tick(out);
             }
         }
         self.run_ready(store, out);
