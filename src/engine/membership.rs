@@ -92,6 +92,7 @@ pub(super) struct Membership {
     leaderless_since: Option<Millis>,
     next_attempt: Millis,
     last_heartbeat: Option<Millis>,
+    last_tick: Option<Millis>,
     pub(super) frozen: BTreeMap<DbId, Freeze>,
     /// Client requests that arrived while this node did not serve, replayed at activation.
     pub(super) deferred: VecDeque<ClientCall>,
@@ -125,6 +126,7 @@ impl Membership {
             leaderless_since: None,
             next_attempt: 0,
             last_heartbeat: None,
+            last_tick: None,
             frozen: BTreeMap::new(),
             deferred: VecDeque::new(),
             rng: config.seed ^ 0x5851_f42d_4c95_7f2d,
@@ -231,6 +233,21 @@ impl Engine {
         }
         let now = self.now;
         let interval = self.config.tunables.keepalive_interval_ms;
+        let stalled = self.cluster.last_tick.is_some_and(|at| now.saturating_sub(at) > 2 * interval);
+        self.cluster.last_tick = Some(now);
+        if stalled {
+            // This node was not running (stopped, or starved of CPU): the silence was its
+            // own, not its peers'. They get a fresh dead time, counted from now.
+            log::warn!(
+                "node {}: no tick for a while; not counting that silence against peers",
+                self.config.pnn
+            );
+            for peer in self.cluster.peers.iter_mut().filter(|p| p.alive) {
+                peer.last_heard = Some(now);
+                peer.suspect_since = None;
+            }
+            self.extend_recovery_deadline(now);
+        }
         if self.cluster.last_heartbeat.map_or(true, |at| now.saturating_sub(at) >= interval) {
             self.cluster.last_heartbeat = Some(now);
             let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
@@ -310,13 +327,14 @@ impl Engine {
 
     /// What was sent on a broken link is lost: ask again now rather than after a backoff
     /// that grew while the link was down.
-    pub(super) fn link_up(&mut self, _pnn: Pnn) {
+    pub(super) fn link_up(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
         for state in self.keys.values_mut() {
             if let Some(migration) = state.migration.as_mut() {
                 migration.resends = 0;
                 migration.sent_at = 0;
             }
         }
+        self.recovery_link_up(pnn, out);
     }
 
     fn lose_leader(&mut self, why: &str, out: &mut Vec<Output>) {

@@ -480,7 +480,7 @@ impl Engine {
             }
             Input::Frozen { db_id } => self.frozen(db_id, store, out),
             Input::LinkDown(pnn) => self.link_down(pnn),
-            Input::LinkUp(pnn) => self.link_up(pnn),
+            Input::LinkUp(pnn) => self.link_up(pnn, out),
             Input::ClusterLock(outcome) => self.cluster_lock_outcome(outcome, out),
             Input::Quiet(quiet) => self.set_quiet(quiet, out),
             Input::Leave => self.leave(out),

@@ -133,6 +133,27 @@ impl Engine {
         }
     }
 
+    /// A member we wait for whose link just came up may have missed what we sent while it
+    /// was down (a node that just started is heard before our link to it is up): start
+    /// again, now that it can hear us.
+    pub(super) fn recovery_link_up(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
+        if self.recoveries.lead.as_ref().is_some_and(|lead| lead.waiting.contains(&pnn)) {
+            log::info!(
+                "node {}: link to node {pnn} up during a recovery; starting it again",
+                self.config.pnn
+            );
+            self.start_recovery(out);
+        }
+    }
+
+    /// After this node stalled, members get the full timeout again from now.
+    pub(super) fn extend_recovery_deadline(&mut self, now: Millis) {
+        let timeout = self.config.tunables.recover_timeout_ms;
+        if let Some(lead) = self.recoveries.lead.as_mut() {
+            lead.deadline = lead.deadline.max(now + timeout);
+        }
+    }
+
     /// Members that did not answer in time are left out for a while; the recovery starts
     /// again without them.
     pub(super) fn recovery_tick(&mut self, out: &mut Vec<Output>) {
@@ -265,7 +286,7 @@ impl Engine {
             return;
         }
         if self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation) {
-            return; // a copy of the start we answered
+            return; // a copy of the start we answered already
         }
         if self.cluster.active {
             self.cluster.active = false;

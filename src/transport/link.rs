@@ -35,6 +35,8 @@ pub(super) enum WriterMsg {
     Flush,
     /// The watcher saw the outgoing connection with this id close.
     ConnectionLost(u64),
+    /// The peer just connected to us, so it is up: stop waiting out a reconnect backoff.
+    PeerCalled,
     Shutdown,
     /// Tests: write these bytes as they are on the live connection (garbage, forgeries).
     #[cfg(test)]
@@ -201,6 +203,12 @@ impl Peer {
         }
     }
 
+    /// The peer connected to us: if our connection to it waits out a backoff, try now
+    /// (a restarted node is heard before we could reach it otherwise).
+    pub(super) fn peer_called(&self) {
+        let _ = self.tx.send(WriterMsg::PeerCalled);
+    }
+
     /// A packet the writer took off the channel will not be written.
     fn drop_queued(&self, count: u64) {
         self.queued.fetch_sub(count as usize, Ordering::AcqRel);
@@ -318,7 +326,7 @@ fn pump(peer: &Peer, rx: &Receiver<WriterMsg>, conn_id: u64) -> LinkEnd {
                         warn!("dropping packet for node {}: {e}", peer.pnn);
                     }
                 },
-                WriterMsg::Flush => {}
+                WriterMsg::Flush | WriterMsg::PeerCalled => {}
                 WriterMsg::ConnectionLost(id) if id == conn_id => {
                     end = Some(LinkEnd::Broken("the peer closed the connection".into()));
                 }
@@ -370,6 +378,7 @@ fn wait_dropping(peer: &Peer, rx: &Receiver<WriterMsg>, delay: Duration) -> bool
         match rx.recv_deadline(deadline) {
             Ok(WriterMsg::Packet(_)) => peer.drop_queued(1),
             Ok(WriterMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return false,
+            Ok(WriterMsg::PeerCalled) => return true,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => return true,
         }

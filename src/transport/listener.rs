@@ -91,6 +91,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
 /// before we saw the old one die): close it.
 fn claim(shared: &Shared, pnn: Pnn, conn_id: u64, addr: SocketAddr) {
     let Some(peer) = shared.peer(pnn) else { return };
+    peer.peer_called();
     let mut current = peer.incoming_conn.lock();
     match current.replace(conn_id) {
         Some(old) => {

@@ -216,7 +216,7 @@ impl Node {
         }
     }
 
-    /// Sends a control to every peer whose link is up (and counts this node in, with
+    /// Sends a control to every live peer whose link is up (and counts this node in, with
     /// `with_self`, for the caller to answer itself) and answers the client once all
     /// replied, or the control timed out. Returns the control's reqid.
     fn ask_nodes(
@@ -229,8 +229,16 @@ impl Node {
         with_self: bool,
     ) -> ReqId {
         let reqid = self.take_control_reqid();
-        let mut nodes: HashSet<Pnn> =
-            self.transport.link_states().iter().filter(|link| link.up).map(|link| link.pnn).collect();
+        // Peers membership believes alive and our link reaches: a dead or stopped peer
+        // would only make the client wait for the timeout.
+        let alive = self.engine.cluster_status().alive;
+        let mut nodes: HashSet<Pnn> = self
+            .transport
+            .link_states()
+            .iter()
+            .filter(|link| link.up && alive.contains(&link.pnn))
+            .map(|link| link.pnn)
+            .collect();
         for &peer in &nodes {
             self.send_control(peer, reqid, opcode, data.clone());
         }
