@@ -10,6 +10,7 @@ use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
+use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
 use rctdb::tunables::opcode;
 
@@ -158,6 +159,29 @@ enum BenchCmd {
         #[arg(long, default_value = "127.0.0.31")]
         first_address: Ipv4Addr,
     },
+    /// Faults on a fresh 3-node cluster holding N records: cold start, kill -9 of a node and
+    /// of the leader, SIGSTOP of a node, and each victim coming back; milliseconds from the
+    /// fault until it is detected, the cluster recovered, and a client's request served.
+    Recovery {
+        /// Records in the cluster, each created on its LMASTER (a third on each node).
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Records the victim takes from the other nodes before each fault; their previous
+        /// holders keep copies, so the recovery gives them back.
+        #[arg(long, default_value_t = 1000)]
+        moved: usize,
+        /// Directory of the cluster the bench starts (and stops); DIR/nodeK.log are its logs.
+        #[arg(long, default_value = "/tmp/rctdb-bench-recovery")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.51")]
+        first_address: Ipv4Addr,
+        /// A tunable every node starts with, NAME=VALUE (see `rctdb listvars`); may be repeated.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        tunables: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -255,6 +279,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { bench: BenchCmd::Ring { nodes, seconds, lmaster, dir, first_address } } => {
             bench_ring(nodes, seconds, lmaster, dir, first_address)
         }
+        Command::Bench {
+            bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables },
+        } => bench_recovery(&RecoveryBench { records, value_size, moved, dir, first_address, tunables }),
     }
 }
 

@@ -82,6 +82,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     );
     let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
+    node::start_liveness_pump(&node);
     node::run(&node, transport_rx);
     Ok(())
 }

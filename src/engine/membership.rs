@@ -635,6 +635,7 @@ impl Engine {
                     self.count_votes(term, out);
                 }
             }
+            ClusterMsg::Alive => {} // being heard is all it says
             ClusterMsg::Leaving => {
                 self.cluster.peers[from as usize].left = true;
                 self.peer_died(from, out);

@@ -62,6 +62,8 @@ pub(super) struct LeadRecovery {
     dbs: BTreeMap<DbId, String>,
     /// Per member, the databases whose headers are still coming, and the next chunk of each.
     pulls: BTreeMap<Pnn, BTreeMap<DbId, u32>>,
+    /// Members whose records the plan keeps (the others empty their databases).
+    trusted: BTreeSet<Pnn>,
     copies: HashMap<(DbId, Vec<u8>), Vec<Copy>>,
     epoch: Epoch,
     fixed: u64,
@@ -81,6 +83,9 @@ pub(super) struct MemberRecovery {
 pub(super) struct Recoveries {
     pub(super) lead: Option<LeadRecovery>,
     pub(super) member: Option<MemberRecovery>,
+    /// When the first of the recoveries that end in the next activation started: live nodes
+    /// are waited for until ten `RecoverTimeout`s after it.
+    first_started: Option<Millis>,
 }
 
 impl Engine {
@@ -90,6 +95,7 @@ impl Engine {
 
     pub(super) fn abandon_lead(&mut self) {
         self.recoveries.lead = None;
+        self.recoveries.first_started = None;
     }
 
     fn db_names(&self) -> Vec<DbName> {
@@ -109,6 +115,7 @@ impl Engine {
             }
         };
         let now = self.now;
+        self.recoveries.first_started.get_or_insert(now);
         self.stats.recoveries_led += 1;
         let list: Vec<Pnn> = members.iter().copied().collect();
         log::info!("node {}: recovery to generation {generation:#x} with nodes {list:?}", self.config.pnn);
@@ -123,6 +130,7 @@ impl Engine {
             ready: BTreeMap::new(),
             dbs: BTreeMap::new(),
             pulls: BTreeMap::new(),
+            trusted: BTreeSet::new(),
             copies: HashMap::new(),
             epoch: Epoch::default(),
             fixed: 0,
@@ -154,20 +162,32 @@ impl Engine {
         }
     }
 
-    /// Members that did not answer in time are left out for a while; the recovery starts
-    /// again without them.
+    /// Members that did not answer in time are left out for a while and the recovery starts
+    /// again without them, unless leaving them out would cost records: a member that is
+    /// alive and whose records count (it is trusted, or we do not know yet) is only slow —
+    /// recovering a large database, or starved of CPU — so it gets more time, up to
+    /// `RecoverTimeout` ten times over. A member emptying its databases waits for its
+    /// clients' locks, and loses nothing by being left out.
     pub(super) fn recovery_tick(&mut self, out: &mut Vec<Output>) {
         let now = self.now;
+        let timeout = self.config.tunables.recover_timeout_ms;
         let Some(lead) = self.recoveries.lead.as_ref() else { return };
         if now < lead.deadline || lead.waiting.is_empty() {
             return;
         }
+        let first_started = self.recoveries.first_started.unwrap_or(lead.started_at);
+        let patient = now < first_started + 10 * timeout;
+        let holds_records = |pnn: &Pnn| lead.phase == Phase::Ready || lead.trusted.contains(pnn);
         let laggards: Vec<Pnn> = lead.waiting.iter().copied().collect();
+        if patient && laggards.iter().all(|p| *p != self.config.pnn && self.is_alive(*p) && holds_records(p))
+        {
+            // Slow, or a message was dropped (a full send queue drops silently): ask again.
+            log::warn!("node {}: recovery waits on live nodes {laggards:?}; starting again", self.config.pnn);
+            return self.start_recovery(out);
+        }
+        let phase = lead.phase;
         for pnn in laggards {
-            let why = format!(
-                "no answer in recovery phase {:?} within {} ms",
-                lead.phase, self.config.tunables.recover_timeout_ms
-            );
+            let why = format!("no answer in recovery phase {phase:?} within {timeout} ms");
             if pnn == self.config.pnn {
                 return self.ban_self(&why, out);
             }
@@ -522,6 +542,7 @@ impl Engine {
             .filter(|(pnn, (epoch, _))| *epoch == newest || newest_members.contains(pnn))
             .map(|(pnn, _)| *pnn)
             .collect();
+        lead.trusted = trusted.clone();
         let term = self.cluster.term;
         lead.epoch = if newest.term < term {
             Epoch { term, seq: 1 }
@@ -612,7 +633,8 @@ impl Engine {
 
     fn finish_recovery(&mut self, out: &mut Vec<Output>) {
         let Some(lead) = self.recoveries.lead.take() else { return };
-        let millis = self.now.saturating_sub(lead.started_at);
+        let first_started = self.recoveries.first_started.take().unwrap_or(lead.started_at);
+        let millis = self.now.saturating_sub(first_started);
         self.stats.last_recovery_ms = millis;
         self.cluster.settled_at = self.now;
         self.cluster.wants_recovery = false;

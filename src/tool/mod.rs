@@ -2,4 +2,5 @@
 
 pub mod cluster;
 pub mod local_bench;
+pub mod recovery_bench;
 pub mod ring;

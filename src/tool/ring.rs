@@ -103,3 +103,56 @@ pub fn loopback_floor(seconds: f64) -> Result<Latencies, String> {
     let _ = echo.join();
     Ok(Latencies::from_samples(samples, elapsed))
 }
+
+/// How many times the nodes of the cluster in `dir` declared a peer dead (their
+/// `nodes_died` counters): during a run without faults, every one is a false death.
+pub fn deaths_declared(dir: &Path, nodes: usize) -> Result<u64, String> {
+    let mut total = 0;
+    for node in 0..nodes {
+        let mut daemon = DaemonConnection::connect(&socket_path(dir, node)).map_err(|e| e.to_string())?;
+        let status = daemon.status(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let died = status
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("nodes_died="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| format!("node {node}: no nodes_died counter in its status"))?;
+        total += died;
+    }
+    Ok(total)
+}
+
+/// Threads that keep every CPU busy until dropped: a benchmark's noisy neighbour.
+pub struct CpuHog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    pub fn start() -> CpuHog {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cpus)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x: u64 = 1;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                })
+            })
+            .collect();
+        CpuHog { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

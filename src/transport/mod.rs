@@ -164,7 +164,36 @@ struct Shared {
     dropped_to_self: AtomicU64,
 }
 
+/// Sends on a running transport (see [`Transport::sender`]).
+#[derive(Clone)]
+pub struct TransportSender {
+    shared: Arc<Shared>,
+}
+
+impl TransportSender {
+    /// As [`Transport::send`].
+    pub fn send(&self, to: Pnn, packet: Packet) {
+        self.shared.send(to, packet)
+    }
+}
+
 impl Shared {
+    fn send(&self, to: Pnn, packet: Packet) {
+        if to == self.config.my_pnn {
+            let event = TransportEvent::Packet { from: to, packet };
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.events.try_send(event) {
+                self.dropped_to_self.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(peer) = self.peer(to) else {
+            self.dropped_unknown_destination.fetch_add(1, Ordering::Relaxed);
+            warn!("dropping packet for node {to}: not in the nodes list");
+            return;
+        };
+        peer.queue(packet);
+    }
+
     fn peer(&self, pnn: Pnn) -> Option<&Arc<link::Peer>> {
         self.peers.get(pnn as usize).and_then(Option::as_ref)
     }
@@ -273,21 +302,13 @@ impl Transport {
     /// down, the queue is full, or `to` is unknown. A packet to ourselves comes straight
     /// back as an event.
     pub fn send(&self, to: Pnn, packet: Packet) {
-        let shared = &self.shared;
-        if to == shared.config.my_pnn {
-            let event = TransportEvent::Packet { from: to, packet };
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = shared.events.try_send(event)
-            {
-                shared.dropped_to_self.fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        let Some(peer) = shared.peer(to) else {
-            shared.dropped_unknown_destination.fetch_add(1, Ordering::Relaxed);
-            warn!("dropping packet for node {to}: not in the nodes list");
-            return;
-        };
-        peer.queue(packet);
+        self.shared.send(to, packet)
+    }
+
+    /// A handle that sends like `send`, for a thread that must not wait for the owner of
+    /// the `Transport`.
+    pub fn sender(&self) -> TransportSender {
+        TransportSender { shared: Arc::clone(&self.shared) }
     }
 
     /// Tests: write `bytes` unframed on the live outgoing connection to `to`.

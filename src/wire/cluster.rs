@@ -150,6 +150,9 @@ pub enum ClusterMsg {
     },
     /// Member -> all: leaving the cluster now.
     Leaving,
+    /// "Still here": sent outside the node's lock while a long step (a recovery of a large
+    /// database) keeps its heartbeats from going out.
+    Alive,
 }
 
 const HEARTBEAT: u32 = 1;
@@ -168,6 +171,7 @@ const ACTIVATE: u32 = 13;
 const TROUBLE: u32 = 14;
 const LEAVING: u32 = 15;
 const RECOVERY_FAILED: u32 = 16;
+const ALIVE: u32 = 17;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -318,6 +322,7 @@ impl ClusterMsg {
                 w.counted(reason.as_bytes());
             }
             ClusterMsg::Leaving => w.u32(LEAVING),
+            ClusterMsg::Alive => w.u32(ALIVE),
         }
     }
 
@@ -405,6 +410,7 @@ impl ClusterMsg {
             ACTIVATE => ClusterMsg::Activate { generation: r.u32("generation")? },
             TROUBLE => ClusterMsg::Trouble { reason: r.string("reason")? },
             LEAVING => ClusterMsg::Leaving,
+            ALIVE => ClusterMsg::Alive,
             _ => return Err(PayloadError("kind")),
         };
         Ok(msg)
@@ -465,6 +471,7 @@ mod tests {
             ClusterMsg::Activate { generation: 99 },
             ClusterMsg::Trouble { reason: "lost".into() },
             ClusterMsg::Leaving,
+            ClusterMsg::Alive,
         ] {
             round_trip(msg);
         }

@@ -10,6 +10,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
@@ -23,12 +26,58 @@ use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::TdbStore;
 use crate::engine::{ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output};
 use crate::transport::{Transport, TransportEvent};
+use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
 use crate::wire::{
-    Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqId, CALL_FLAG_FIRST_USE, MAX_PACKET_LEN,
+    Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqId, CALL_FLAG_FIRST_USE, INVALID_GENERATION,
+    MAX_PACKET_LEN,
 };
 
 const TICK: Duration = Duration::from_millis(10);
+
+/// When the engine last ticked, as the liveness pump sees it.
+#[derive(Default)]
+struct Liveness {
+    ticked_at_ms: AtomicU64,
+    interval_ms: AtomicU64,
+    quiet: AtomicBool,
+}
+
+impl Liveness {
+    fn ticked(&self, now_ms: u64, interval_ms: u64, quiet: bool) {
+        self.ticked_at_ms.store(now_ms, Ordering::Relaxed);
+        self.interval_ms.store(interval_ms, Ordering::Relaxed);
+        self.quiet.store(quiet, Ordering::Relaxed);
+    }
+}
+
+/// Starts the thread that keeps peers hearing from this node while a long step (a recovery
+/// of a large database, on a reader thread) holds the node's lock and so keeps the engine
+/// from ticking and sending heartbeats: without it, peers would declare a busy node dead.
+/// It sends `Alive` only when the engine has not ticked for a keepalive interval.
+pub fn start_liveness_pump(node: &Mutex<Node>) {
+    let (liveness, sender, pnn, nodes, started) = {
+        let node = node.lock();
+        (Arc::clone(&node.liveness), node.transport.sender(), node.pnn, node.nodes.len(), node.started)
+    };
+    let pump = move || loop {
+        let interval = liveness.interval_ms.load(Ordering::Relaxed).max(10);
+        std::thread::sleep(Duration::from_millis(interval / 2));
+        let now = started.elapsed().as_millis() as u64;
+        let silent = now.saturating_sub(liveness.ticked_at_ms.load(Ordering::Relaxed)) > interval;
+        if !silent || liveness.quiet.load(Ordering::Relaxed) {
+            continue;
+        }
+        for peer in (0..nodes as Pnn).filter(|&p| p != pnn) {
+            let body = Body::Cluster(ClusterMsg::Alive);
+            let generation = INVALID_GENERATION;
+            sender.send(peer, Packet { generation, destnode: peer, srcnode: pnn, reqid: 0, body });
+        }
+    };
+    if let Err(err) = std::thread::Builder::new().name("rctdb-alive".into()).spawn(pump) {
+        log::error!("starting the liveness pump: {err}; a long recovery may look like a dead node");
+    }
+}
 
 /// A database frozen for the engine (`Output::FreezeDb`), or on its way.
 enum FreezeLock {
@@ -47,6 +96,8 @@ pub struct Node {
     freezes: HashMap<DbId, FreezeLock>,
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
+    /// What the liveness pump needs to know, without the node's lock.
+    liveness: Arc<Liveness>,
     /// Told to leave: the engine thread exits the process.
     stopping: bool,
     store: TdbStore,
@@ -95,6 +146,9 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             let mut node = node.lock();
             node.engine_input(Input::Tick);
             node.expire_controls(now);
+            let (ms, interval, quiet) =
+                (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
+            node.liveness.ticked(ms, interval, quiet);
         }
     }
 }
@@ -126,6 +180,7 @@ impl Node {
             lock_outcomes: crossbeam_channel::unbounded(),
             freezes: HashMap::new(),
             quiet: false,
+            liveness: Arc::new(Liveness::default()),
             stopping: false,
             store: TdbStore::new(dbdir),
             transport,
