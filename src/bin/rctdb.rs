@@ -158,6 +158,10 @@ enum BenchCmd {
         /// Address of node 0 of the bench cluster.
         #[arg(long, default_value = "127.0.0.31")]
         first_address: Ipv4Addr,
+        /// Keep every CPU busy with spinning threads meanwhile: the nodes must not take the
+        /// delays for deaths (the run reports how many they declared).
+        #[arg(long)]
+        cpu_hog: bool,
     },
     /// Faults on a fresh 3-node cluster holding N records: cold start, kill -9 of a node and
     /// of the leader, SIGSTOP of a node, and each victim coming back; milliseconds from the
@@ -276,8 +280,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { bench: BenchCmd::Hit { keys, value_size, rounds, dir, address } } => {
             bench_hit(&HitBench { keys, value_size, rounds: rounds.max(1), dir, address })
         }
-        Command::Bench { bench: BenchCmd::Ring { nodes, seconds, lmaster, dir, first_address } } => {
-            bench_ring(nodes, seconds, lmaster, dir, first_address)
+        Command::Bench { bench: BenchCmd::Ring { nodes, seconds, lmaster, dir, first_address, cpu_hog } } => {
+            bench_ring(nodes, seconds, lmaster, dir, first_address, cpu_hog)
         }
         Command::Bench {
             bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables },
@@ -301,6 +305,7 @@ fn bench_ring(
     lmaster: LmasterPlacement,
     dir: PathBuf,
     first_address: Ipv4Addr,
+    cpu_hog: bool,
 ) -> Result<(), String> {
     const CLUSTER_NODES: usize = 3;
     if !(2..=CLUSTER_NODES).contains(&ring_nodes) {
@@ -316,7 +321,10 @@ fn bench_ring(
     let mut spec = ClusterSpec::new(CLUSTER_NODES, &dir);
     spec.first_address = first_address;
     let cluster = RunningCluster::start(spec)?;
+    let hog = cpu_hog.then(ring::CpuHog::start);
     let ours = ring::ring(cluster.dir(), "ring.tdb", &ring, &key, seconds)?;
+    drop(hog);
+    let deaths = ring::deaths_declared(cluster.dir(), CLUSTER_NODES)?;
     drop(cluster);
     println!(
         "bench ring: {ring_nodes} ring nodes of {CLUSTER_NODES}, key {:?} with its LMASTER {} the ring, {seconds} s",
@@ -327,5 +335,9 @@ fn bench_ring(
     println!("  rctdbd migrations  {:>9.0}   {:>8.1} {:>8.1}", ours.rate(), ours.p50_us, ours.p99_us);
     println!("  loopback TCP RTT   {:>9.0}   {:>8.1} {:>8.1}", floor.rate(), floor.p50_us, floor.p99_us);
     println!("  p99 / loopback p50 {:.2}", ours.p99_us / floor.p50_us);
+    println!(
+        "  nodes declared dead during the run: {deaths} (none failed{})",
+        if cpu_hog { ", every CPU kept busy beside them" } else { "" }
+    );
     Ok(())
 }
