@@ -75,8 +75,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCmd {
-    /// Start N rctdbd writing DIR/nodes, DIR/nodeK.{sock,pid,log} and DIR/nodeK/; returns
-    /// once every link is up.
+    /// Start N rctdbd writing DIR/nodes, DIR/nodeK.{sock,pid,log} and DIR/nodeK/, with the
+    /// cluster lock DIR/cluster.lock; returns once every node serves.
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
@@ -92,6 +92,23 @@ enum ClusterCmd {
     Down {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Kill node K of the cluster in DIR at once (SIGKILL), as a crash would.
+    Kill {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: usize,
+    },
+    /// Start node K of the cluster in DIR again (after `kill`); returns once the cluster
+    /// has admitted it and every node serves.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: usize,
+        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        port: u16,
     },
 }
 
@@ -210,6 +227,19 @@ fn run(cli: Cli) -> Result<(), String> {
             spec.port = port;
             cluster::up(&spec)?;
             println!("{nodes} nodes up in {}; sockets {}/nodeK.sock", dir.display(), dir.display());
+            Ok(())
+        }
+        Command::Cluster { action: ClusterCmd::Kill { dir, node } } => {
+            cluster::kill_node(&dir, node)?;
+            println!("node {node} killed");
+            Ok(())
+        }
+        Command::Cluster { action: ClusterCmd::Start { dir, node, port } } => {
+            let mut spec = ClusterSpec::from_dir(&dir)?;
+            spec.port = port;
+            cluster::start_node(&spec, node)?;
+            cluster::wait_until_healthy(&spec)?;
+            println!("node {node} started and admitted; every node serves");
             Ok(())
         }
         Command::Cluster { action: ClusterCmd::Down { dir } } => {

@@ -40,6 +40,19 @@ impl ClusterSpec {
         }
     }
 
+    /// The cluster `up` started in `dir`, from its nodes file (node 0's address and the
+    /// count; the default port and the lock file in `dir`).
+    pub fn from_dir(dir: &Path) -> Result<ClusterSpec, String> {
+        let path = dir.join("nodes");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let nodes = crate::daemon::nodes::parse_nodes(&text)?;
+        let first = match nodes.first() {
+            Some(std::net::IpAddr::V4(first)) => *first,
+            _ => return Err(format!("{}: node 0 is not an IPv4 address", path.display())),
+        };
+        Ok(ClusterSpec { first_address: first, ..ClusterSpec::new(nodes.len(), dir) })
+    }
+
     /// The same cluster without a cluster lock: leadership by majority.
     pub fn without_lock(mut self) -> ClusterSpec {
         self.cluster_lock = None;
