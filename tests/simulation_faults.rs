@@ -556,7 +556,10 @@ impl Sim {
                 self.run_engine(pnn as Pnn, Input::Frozen { db_id: DB });
             }
         }
-        let engines_idle = self.nodes.iter().all(|n| n.engine.keys_pending() == 0);
+        // A record may be in flight even when no engine waits for it (a stale request
+        // moved it): at rest means nothing but membership traffic on the wire.
+        let engines_idle = self.nodes.iter().all(|n| n.engine.keys_pending() == 0)
+            && self.links.values().flatten().all(|p| matches!(p.body, Body::Cluster(_)));
         if self.all_clients_done() && self.faults_left == 0 && self.healed() && self.settled() && engines_idle
         {
             return false;
