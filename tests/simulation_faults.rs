@@ -436,6 +436,9 @@ impl Sim {
         for peer in 0..self.nodes.len() as Pnn {
             if peer != k {
                 self.run_engine(peer, Input::LinkDown(k));
+                if self.rng.percent(50) {
+                    self.run_engine(peer, Input::Refused(k)); // its reconnect found no listener
+                }
             }
         }
     }

@@ -14,7 +14,8 @@
 //!   `KeepaliveInterval * KeepaliveLimit` is dead. A broken connection is evidence: a peer
 //!   not heard from within two intervals after it broke is dead (the transport reconnects
 //!   at once, so a reset link to a live peer costs no membership change, a dead peer is
-//!   noticed in a fraction of the dead time).
+//!   noticed in a fraction of the dead time). A refused reconnect (nothing listens at the
+//!   peer's address) is death at once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -315,6 +316,13 @@ impl Engine {
         out.push(Output::Event(ClusterEvent::NodeDead(pnn)));
         if self.cluster.leader == Some(pnn) {
             self.lose_leader(&format!("leader node {pnn} died"), out);
+        }
+    }
+
+    /// Nothing listens where the peer should: its process is gone.
+    pub(super) fn refused(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
+        if self.cluster.enabled && (pnn as usize) < self.cluster.peers.len() && pnn != self.config.pnn {
+            self.peer_died(pnn, out);
         }
     }
 

@@ -130,8 +130,10 @@ pub enum Input {
     Frozen {
         db_id: DbId,
     },
-    /// The connection to this peer broke or was refused: evidence that it is dead.
+    /// The connection to this peer broke: it is dead unless heard from again soon.
     LinkDown(Pnn),
+    /// Connecting to this peer was refused: no daemon runs there, it is dead now.
+    Refused(Pnn),
     /// The connection to this peer is up again: what was lost on it may be asked again.
     LinkUp(Pnn),
     /// What became of `Output::TakeClusterLock`, or that a held lock was lost.
@@ -460,7 +462,7 @@ impl Engine {
         if self.cluster.quiet && !matches!(input, Input::Quiet(_) | Input::Leave) {
             // Quiet: deaf to peers; clients' requests wait like while not serving.
             match input {
-                Input::Packet(_) | Input::LinkDown(_) | Input::LinkUp(_) => return,
+                Input::Packet(_) | Input::LinkDown(_) | Input::LinkUp(_) | Input::Refused(_) => return,
                 _ => {}
             }
         }
@@ -480,6 +482,7 @@ impl Engine {
             }
             Input::Frozen { db_id } => self.frozen(db_id, store, out),
             Input::LinkDown(pnn) => self.link_down(pnn),
+            Input::Refused(pnn) => self.refused(pnn, out),
             Input::LinkUp(pnn) => self.link_up(pnn, out),
             Input::ClusterLock(outcome) => self.cluster_lock_outcome(outcome, out),
             Input::Quiet(quiet) => self.set_quiet(quiet, out),

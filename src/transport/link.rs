@@ -236,6 +236,9 @@ pub(super) fn writer_loop(shared: Arc<Shared>, peer: Arc<Peer>, rx: Receiver<Wri
             Ok(stream) => stream,
             Err(e) => {
                 failures += 1;
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    shared.deliver(TransportEvent::Refused(peer.pnn));
+                }
                 if failures == 1 {
                     info!("cannot connect to node {} at {}: {e}; retrying", peer.pnn, peer.addr);
                 } else {

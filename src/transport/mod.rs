@@ -58,6 +58,9 @@ pub enum TransportEvent {
     /// The outgoing connection to this node broke: packets sent to it are dropped until the
     /// next `LinkUp`.
     LinkDown(Pnn),
+    /// Connecting to this node was refused: nothing listens at its address, so no rctdbd
+    /// runs there. Said on every refused attempt.
+    Refused(Pnn),
 }
 
 #[derive(Debug, Clone)]

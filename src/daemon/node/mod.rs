@@ -310,6 +310,7 @@ impl Node {
                 // A peer that (re)started attaches our databases when a recovery admits it.
                 self.engine_input(Input::LinkUp(pnn));
             }
+            TransportEvent::Refused(pnn) => self.engine_input(Input::Refused(pnn)),
             TransportEvent::LinkDown(pnn) => {
                 log::warn!("link to node {pnn} down");
                 self.engine_input(Input::LinkDown(pnn));
