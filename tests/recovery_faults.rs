@@ -503,11 +503,11 @@ fn kill_the_leader_the_survivors_recover_and_it_is_admitted_again() {
     kill_recover_restart("kill-leader", 21, true);
 }
 
-/// Product bug: a restarted node is admitted only after ~8 s (most runs). The leader hears the
-/// node on the node's new connection, counts it alive and sends it RecoveryStart at once,
-/// on its own link to the node, which is not up again yet: the transport drops the packet
-/// (`Link::queue` while down), nothing resends it, and the leader waits RecoverTimeout
-/// (3 s) and then leaves the node out for RecoveryBanPeriod (5 s).
+/// Regression: a restarted node was admitted only after ~8 s. The leader hears the node on
+/// the node's new connection and sends it RecoveryStart at once, on its own link to the
+/// node, which is not up again yet: the packet was dropped, and the leader waited
+/// RecoverTimeout and then left the node out for RecoveryBanPeriod. Now the recovery starts
+/// again when that link comes up, and the node's call ends our reconnect backoff.
 #[test]
 fn a_restarted_node_is_admitted_promptly() {
     const ADMIT_LIMIT: Duration = Duration::from_millis(2500);
@@ -833,19 +833,18 @@ fn while_the_stopped_leader_holds_the_lock_the_other_node_does_not_serve() {
     stop_the_leader("stop-leader", 25, false);
 }
 
-/// Product bug, seen in about one run in four of the whole file (rarely alone): the
-/// continued leader judges its peer dead on its first tick, before it reads the heartbeats
-/// waiting in its socket ("recovery needed: members [0, 1], alive [0]"), recovers alone,
-/// then admits the peer as "behind the cluster's history" and empties it: the records the
-/// peer held are lost although no node failed. The silence was the leader's own stall.
+/// Regression: the continued leader judged its peer dead on its first tick, before it read
+/// the heartbeats waiting in its socket, recovered alone, then admitted the peer as "behind
+/// the cluster's history" and emptied it: the records the peer held were lost although no
+/// node failed. Now a node that did not tick for a while does not count its own silence.
 #[test]
 fn a_stopped_and_continued_leader_loses_no_record_of_the_other_node() {
     stop_the_leader("stop-leader-records", 27, true);
 }
 
-/// Product bug: attaching a database asks every peer whose TCP link is up and waits for
-/// all of them, up to the daemon's control timeout (5 s), even for a peer membership knows
-/// to be dead (stopped, quiet): a client opening a database meanwhile waits 5 s.
+/// Regression: attaching a database asked every peer whose TCP link was up and waited for
+/// all of them, up to the daemon's control timeout (5 s), even for a peer membership knew
+/// to be dead (stopped, quiet). Now only live peers are asked.
 #[test]
 fn attaching_does_not_wait_for_a_stopped_peer() {
     const ATTACH_LIMIT: Duration = Duration::from_secs(2);
