@@ -24,6 +24,7 @@ use rctdb::engine::{
     ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
     CALL_IO_ERROR,
 };
+use rctdb::wire::cluster::{ClusterMsg, DbName};
 use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
@@ -72,10 +73,15 @@ impl Params {
 
 #[derive(Debug, PartialEq, Clone, Copy)]
 enum ClientState {
+    /// Attaches the database (cluster-wide) before its first increment.
+    Attaching,
+    WaitingAttach,
     Ready,
     WaitingLock,
     HoldingLock,
-    WaitingReply { since: u64 },
+    WaitingReply {
+        since: u64,
+    },
     Finished,
     Crashed,
 }
@@ -88,6 +94,8 @@ struct Client {
     remaining: usize,
     next_reqid: ReqId,
     owes_done: bool,
+    /// When the client process starts (and attaches its database).
+    starts_at: u64,
 }
 
 struct SimNode {
@@ -143,6 +151,7 @@ struct Coverage {
     max_hop_drops: u64,
     deaths: u64,
     lock_waits: u64,
+    attaches_sent: u64,
 }
 
 impl Coverage {
@@ -160,6 +169,7 @@ impl Coverage {
         self.max_hop_drops += o.max_hop_drops;
         self.deaths += o.deaths;
         self.lock_waits += o.lock_waits;
+        self.attaches_sent += o.attaches_sent;
     }
 }
 
@@ -170,9 +180,9 @@ fn new_engine(pnn: Pnn, p: &Params, seed: u64) -> Engine {
     config.tunables.recover_timeout_ms = 1000;
     config.tunables.recovery_ban_period_ms = 500;
     config.tunables.max_hops = 20;
-    let mut engine = Engine::new(config);
-    engine.attach_db(DB, "sim.tdb");
-    engine
+    // No database: clients attach it, and a restarted node gets it from the recovery that
+    // admits it.
+    Engine::new(config)
 }
 
 impl Sim {
@@ -199,10 +209,11 @@ impl Sim {
                     id: clients.len() as ClientId,
                     node: node as Pnn,
                     key: key_name(rng.below64(p.keys as u64) as usize),
-                    state: ClientState::Ready,
+                    state: ClientState::Attaching,
                     remaining: p.increments,
                     next_reqid: 1,
                     owes_done: false,
+                    starts_at: rng.below64(1500),
                 });
             }
         }
@@ -266,6 +277,9 @@ impl Sim {
     fn output(&mut self, pnn: Pnn, output: Output) {
         match output {
             Output::Send(packet) => {
+                if matches!(packet.body, Body::Cluster(ClusterMsg::Attach { .. })) {
+                    self.coverage.attaches_sent += 1;
+                }
                 if packet.destnode == pnn || packet.destnode as usize >= self.nodes.len() {
                     self.fail(&format!("node {pnn} sent a misaddressed packet {packet:?}"));
                 }
@@ -288,6 +302,17 @@ impl Sim {
                 self.to_client[client as usize].push_back(status);
             }
             Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
+            Output::AttachDone { client, reqid, result, .. } => {
+                let c = &mut self.clients[client as usize];
+                if c.state != ClientState::WaitingAttach || reqid != c.next_reqid {
+                    return; // a dead client's
+                }
+                c.state = match result {
+                    Ok(()) => ClientState::Ready,
+                    Err(_) if self.store_failures_seen => ClientState::Attaching,
+                    Err(err) => self.fail(&format!("client {client}: attach failed: {err}")),
+                };
+            }
             Output::FreezeDb { .. } => self.nodes[pnn as usize].freeze_pending = true,
             Output::ThawDb { .. } => {
                 let node = &mut self.nodes[pnn as usize];
@@ -358,6 +383,18 @@ impl Sim {
             let c = &self.clients[index];
             (c.node as usize, c.id, c.key.clone())
         };
+        if self.clients[index].state == ClientState::Attaching {
+            let client = &mut self.clients[index];
+            if self.now < client.starts_at {
+                return;
+            }
+            client.next_reqid += 1;
+            client.state = ClientState::WaitingAttach;
+            let db = DbName { db_id: DB, name: "sim.tdb".into() };
+            let attach = Input::Attach { client: id, reqid: client.next_reqid, db };
+            self.to_engine[index].push_back(attach);
+            return;
+        }
         if self.clients[index].state == ClientState::Ready {
             let locked = self.nodes[node].store.lock_as(DB, &key, LockOwner::Client(id));
             self.clients[index].state =
@@ -578,7 +615,12 @@ impl Sim {
         let busy: Vec<(Pnn, Pnn)> =
             self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
         let ready: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| matches!(self.clients[i].state, ClientState::Ready | ClientState::HoldingLock))
+            .filter(|&i| {
+                matches!(
+                    self.clients[i].state,
+                    ClientState::Ready | ClientState::HoldingLock | ClientState::Attaching
+                )
+            })
             .collect();
         let engine_inbox: Vec<usize> =
             (0..self.clients.len()).filter(|&i| !self.to_engine[i].is_empty()).collect();
@@ -779,7 +821,7 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_increment() {
     assert!(total.crashes > 0 && total.quiets > 0 && total.partitions > 0, "{total:?}");
     assert!(total.store_failures > 0 && total.link_resets > 0 && total.dropped > 0, "{total:?}");
     assert!(total.records_fixed > 0 && total.max_hop_drops > 0 && total.deaths > 0, "{total:?}");
-    assert!(total.lock_waits > 0, "{total:?}");
+    assert!(total.lock_waits > 0 && total.attaches_sent > 0, "{total:?}");
 }
 
 #[test]

@@ -314,6 +314,7 @@ impl Engine {
         peer.suspect_since = None;
         self.stats.nodes_died += 1;
         out.push(Output::Event(ClusterEvent::NodeDead(pnn)));
+        self.attach_answered(pnn, None, out);
         if self.cluster.leader == Some(pnn) {
             self.lose_leader(&format!("leader node {pnn} died"), out);
         }
@@ -644,6 +645,8 @@ impl Engine {
                 }
             }
             ClusterMsg::Alive => {} // being heard is all it says
+            ClusterMsg::Attach { id, db } => self.attach_asked(from, id, db, store, out),
+            ClusterMsg::Attached { id, error } => self.attach_answered(from, Some((id, error)), out),
             ClusterMsg::Leaving => {
                 self.cluster.peers[from as usize].left = true;
                 self.peer_died(from, out);

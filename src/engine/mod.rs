@@ -10,12 +10,15 @@
 //! who is alive, who leads) and runs recoveries (`recovery`): a node serves only while it is
 //! active in a generation its leader admitted it to.
 
+mod attach;
 mod membership;
 mod migration;
 mod recovery;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::wire::cluster::DbName;
 
 use crate::hash::jenkins_hash;
 use crate::tunables::Tunables;
@@ -118,6 +121,12 @@ pub enum Input {
         db_id: DbId,
         key: Vec<u8>,
     },
+    /// A client attaches database `db`: here, and on every live peer.
+    Attach {
+        client: ClientId,
+        reqid: ReqId,
+        db: DbName,
+    },
     /// A client connection closed: it waits for nothing and holds nothing any more.
     ClientGone(ClientId),
     /// The chain lock the engine asked to wait for (`Output::WaitForChainLock`) is free now.
@@ -166,6 +175,13 @@ pub enum Output {
     /// Give back what `FreezeDb` took, or stop waiting for it.
     ThawDb {
         db_id: DbId,
+    },
+    /// The answer to `Input::Attach`: attached here and on every peer that answered.
+    AttachDone {
+        client: ClientId,
+        reqid: ReqId,
+        db_id: DbId,
+        result: Result<(), String>,
     },
     /// Try to take the cluster lock; answer with `Input::ClusterLock`.
     TakeClusterLock,
@@ -394,6 +410,8 @@ pub struct Engine {
     stats: EngineStats,
     cluster: Membership,
     recoveries: recovery::Recoveries,
+    attaches: BTreeMap<u32, attach::PendingAttach>,
+    next_attach_id: u32,
 }
 
 impl Engine {
@@ -410,6 +428,8 @@ impl Engine {
             stats: EngineStats::default(),
             cluster,
             recoveries: recovery::Recoveries::default(),
+            attaches: BTreeMap::new(),
+            next_attach_id: 1,
         }
     }
 
@@ -473,6 +493,7 @@ impl Engine {
                 self.cluster.deferred.push_back(call);
             }
             Input::ClientCall(call) => self.ready.push_back(Work::ClientCall(call)),
+            Input::Attach { client, reqid, db } => self.attach_for_client(client, reqid, db, store, out),
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
             Input::ChainLockAvailable { db_id, key } => {
@@ -489,6 +510,7 @@ impl Engine {
             Input::Leave => self.leave(out),
             Input::Tick => {
                 self.expire_first_uses();
+                self.expire_attaches(out);
                 if self.active() {
                     self.resend_late_migrations();
                 }
@@ -627,6 +649,11 @@ impl Engine {
         if !self.dbs.contains_key(&db_id) {
             self.stats.unknown_db_dropped += 1;
             log::warn!("engine: request for unattached db {db_id:#x}");
+            if work.is_remote() {
+                // A peer has it: we missed its attach. The recovery this asks for attaches
+                // every member's databases.
+                self.report_trouble(format!("a peer uses db {db_id:#x}, which is not attached here"), out);
+            }
             if let Work::ClientCall(call) = work {
                 out.push(Output::ClientReply {
                     client: call.client,

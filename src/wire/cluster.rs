@@ -153,6 +153,17 @@ pub enum ClusterMsg {
     /// "Still here": sent outside the node's lock while a long step (a recovery of a large
     /// database) keeps its heartbeats from going out.
     Alive,
+    /// A client attached database `db` on the sender: attach it too, and say so (`id`
+    /// names the request).
+    Attach {
+        id: u32,
+        db: DbName,
+    },
+    /// The answer to `Attach`: `error` empty when attached.
+    Attached {
+        id: u32,
+        error: String,
+    },
 }
 
 const HEARTBEAT: u32 = 1;
@@ -172,6 +183,8 @@ const TROUBLE: u32 = 14;
 const LEAVING: u32 = 15;
 const RECOVERY_FAILED: u32 = 16;
 const ALIVE: u32 = 17;
+const ATTACH: u32 = 18;
+const ATTACHED: u32 = 19;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -323,6 +336,16 @@ impl ClusterMsg {
             }
             ClusterMsg::Leaving => w.u32(LEAVING),
             ClusterMsg::Alive => w.u32(ALIVE),
+            ClusterMsg::Attach { id, db } => {
+                w.u32(ATTACH);
+                w.u32(*id);
+                w.dbs(std::slice::from_ref(db));
+            }
+            ClusterMsg::Attached { id, error } => {
+                w.u32(ATTACHED);
+                w.u32(*id);
+                w.counted(error.as_bytes());
+            }
         }
     }
 
@@ -411,6 +434,15 @@ impl ClusterMsg {
             TROUBLE => ClusterMsg::Trouble { reason: r.string("reason")? },
             LEAVING => ClusterMsg::Leaving,
             ALIVE => ClusterMsg::Alive,
+            ATTACH => {
+                let id = r.u32("attach id")?;
+                let mut dbs = r.dbs()?;
+                match (dbs.pop(), dbs.is_empty()) {
+                    (Some(db), true) => ClusterMsg::Attach { id, db },
+                    _ => return Err(PayloadError("attach: one database")),
+                }
+            }
+            ATTACHED => ClusterMsg::Attached { id: r.u32("attach id")?, error: r.string("attach error")? },
             _ => return Err(PayloadError("kind")),
         };
         Ok(msg)
@@ -472,6 +504,8 @@ mod tests {
             ClusterMsg::Trouble { reason: "lost".into() },
             ClusterMsg::Leaving,
             ClusterMsg::Alive,
+            ClusterMsg::Attach { id: 3, db: DbName { db_id: 7, name: "brlock.tdb".into() } },
+            ClusterMsg::Attached { id: 3, error: String::new() },
         ] {
             round_trip(msg);
         }

@@ -1,5 +1,5 @@
-//! The controls a node serves besides migration steps: attaching databases cluster-wide,
-//! status, and collecting records for a cluster-wide traverse (this node's part waits for
+//! The controls a node serves besides migration steps: status, tunables, fault controls,
+//! and collecting records for a cluster-wide traverse (this node's part waits for
 //! client-held chain locks on a lock waiter, never on the engine's thread).
 
 use std::collections::HashSet;
@@ -10,30 +10,27 @@ use crate::daemon::lock_wait::{wait_for, LockTarget};
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
 use crate::tunables::{self, Tunables};
+use crate::wire::cluster::DbName;
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
-/// How long attach and traverse wait for peers before answering with what they have.
+/// How long a traverse waits for peers before answering with what it has.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A control this node sent to its peers on behalf of a client, waiting for their replies.
+/// A cluster-wide traverse this node asked its peers for on behalf of a client, waiting for
+/// their copies.
 pub(super) struct PendingControl {
     client: ClientId,
     client_reqid: ReqId,
     waiting_for: HashSet<Pnn>,
     deadline: Instant,
-    kind: PendingKind,
+    copies: Vec<RecordCopy>,
 }
 
 /// Who asked for this node's copies of a database's records.
 pub(super) enum CopiesFor {
     Peer { node: Pnn, reqid: ReqId },
     Traverse { reqid: ReqId },
-}
-
-enum PendingKind {
-    Attach { reply: AttachReply },
-    Traverse { copies: Vec<RecordCopy> },
 }
 
 impl Node {
@@ -72,13 +69,6 @@ impl Node {
 
     pub(super) fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
         match request.opcode {
-            opcode::DB_ATTACH => {
-                let reply = match self.attach(&request.data) {
-                    Ok(attached) => ok_reply(attached.encode()),
-                    Err(err) => error_reply(&err),
-                };
-                self.reply_to_peer(from, reqid, reply);
-            }
             opcode::PULL_DB => match self.attached_db_id(&request.data) {
                 Ok(db_id) => self.want_copies(db_id, CopiesFor::Peer { node: from, reqid }),
                 Err(err) => self.reply_to_peer(from, reqid, error_reply(&err)),
@@ -103,9 +93,9 @@ impl Node {
         }
         if reply.status != 0 {
             log::warn!("node {from} failed a control: {}", String::from_utf8_lossy(&reply.errmsg));
-        } else if let PendingKind::Traverse { copies } = &mut pending.kind {
+        } else {
             match control::decode_records(&reply.data) {
-                Ok(records) => copies.extend(records),
+                Ok(records) => pending.copies.extend(records),
                 Err(err) => log::warn!("node {from}: {err}"),
             }
         }
@@ -125,14 +115,9 @@ impl Node {
 
     fn finish_control(&mut self, reqid: ReqId) {
         let Some(pending) = self.pending.remove(&reqid) else { return };
-        let data = match pending.kind {
-            PendingKind::Attach { reply } => reply.encode(),
-            PendingKind::Traverse { copies } => {
-                let newest: Vec<RecordCopy> =
-                    control::merge_newest(copies).into_iter().filter(|copy| !copy.data.is_empty()).collect();
-                control::encode_records(&newest)
-            }
-        };
+        let newest: Vec<RecordCopy> =
+            control::merge_newest(pending.copies).into_iter().filter(|copy| !copy.data.is_empty()).collect();
+        let data = control::encode_records(&newest);
         self.reply_to_client(pending.client, pending.client_reqid, Body::ReplyControl(ok_reply(data)));
     }
 
@@ -147,18 +132,16 @@ impl Node {
                 let status = self.status_text();
                 self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(status.into_bytes())));
             }
-            opcode::DB_ATTACH => match self.attach(&request.data) {
-                Ok(reply) => {
-                    let kind = PendingKind::Attach { reply };
-                    self.ask_nodes(client, reqid, opcode::DB_ATTACH, request.data, kind, false);
-                }
+            // Attaching cluster-wide is the engine's (`engine::attach`): `Output::AttachDone`
+            // answers the client.
+            opcode::DB_ATTACH => match db_name(&request.data) {
+                Ok(db) => self.engine_input(Input::Attach { client, reqid, db }),
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
             opcode::TRAVERSE_ALL => match self.attached_db_id(&request.data) {
                 Ok(db_id) => {
                     let data = db_id.to_le_bytes().to_vec();
-                    let kind = PendingKind::Traverse { copies: vec![] };
-                    let traverse = self.ask_nodes(client, reqid, opcode::PULL_DB, data, kind, true);
+                    let traverse = self.ask_nodes(client, reqid, opcode::PULL_DB, data);
                     self.want_copies(db_id, CopiesFor::Traverse { reqid: traverse });
                 }
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
@@ -216,18 +199,10 @@ impl Node {
         }
     }
 
-    /// Sends a control to every live peer whose link is up (and counts this node in, with
-    /// `with_self`, for the caller to answer itself) and answers the client once all
-    /// replied, or the control timed out. Returns the control's reqid.
-    fn ask_nodes(
-        &mut self,
-        client: ClientId,
-        client_reqid: ReqId,
-        opcode: u32,
-        data: Vec<u8>,
-        kind: PendingKind,
-        with_self: bool,
-    ) -> ReqId {
+    /// Sends a control to every live peer whose link is up (and counts this node in, for
+    /// the caller to answer itself) and answers the client once all replied, or the control
+    /// timed out. Returns the control's reqid.
+    fn ask_nodes(&mut self, client: ClientId, client_reqid: ReqId, opcode: u32, data: Vec<u8>) -> ReqId {
         let reqid = self.take_control_reqid();
         // Peers membership believes alive and our link reaches: a dead or stopped peer
         // would only make the client wait for the timeout.
@@ -242,15 +217,10 @@ impl Node {
         for &peer in &nodes {
             self.send_control(peer, reqid, opcode, data.clone());
         }
-        if with_self {
-            nodes.insert(self.pnn);
-        }
+        nodes.insert(self.pnn);
         let deadline = Instant::now() + CONTROL_TIMEOUT;
-        self.pending
-            .insert(reqid, PendingControl { client, client_reqid, waiting_for: nodes, deadline, kind });
-        if self.pending[&reqid].waiting_for.is_empty() {
-            self.finish_control(reqid);
-        }
+        let pending = PendingControl { client, client_reqid, waiting_for: nodes, deadline, copies: vec![] };
+        self.pending.insert(reqid, pending);
         reqid
     }
 
@@ -266,14 +236,10 @@ impl Node {
         self.send_to_peer(Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });
     }
 
-    /// Attaches database `name` (a NUL may end it, as CTDB clients send it) on this node.
-    fn attach(&mut self, name: &[u8]) -> Result<AttachReply, String> {
-        let name = name.strip_suffix(b"\0").unwrap_or(name);
-        let name = std::str::from_utf8(name).map_err(|_| "database name is not UTF-8".to_string())?;
-        let db_id = control::db_id_of(name);
-        let path = self.store.attach(db_id, name).map_err(|e| e.to_string())?;
-        self.engine.attach_db(db_id, name);
-        let path = path.to_str().ok_or("database path is not UTF-8")?.to_owned();
+    /// What a client that attached `db_id` needs to open this node's file of it.
+    pub(super) fn attach_reply(&self, db_id: DbId) -> Result<AttachReply, String> {
+        let (_, db) = self.store.dbs().find(|(id, _)| **id == db_id).ok_or("database not attached")?;
+        let path = db.tdb.path().to_str().ok_or("database path is not UTF-8")?.to_owned();
         Ok(AttachReply { db_id, pnn: self.pnn, tdb_flags: CLUSTERED_TDB_FLAGS as u32, path })
     }
 
@@ -317,7 +283,14 @@ impl Node {
     }
 }
 
-fn ok_reply(data: Vec<u8>) -> ReplyControl {
+/// Database `name` of an attach request (a NUL may end it, as CTDB clients send it).
+fn db_name(data: &[u8]) -> Result<DbName, String> {
+    let name = data.strip_suffix(b"\0").unwrap_or(data);
+    let name = std::str::from_utf8(name).map_err(|_| "database name is not UTF-8".to_string())?;
+    Ok(DbName { db_id: control::db_id_of(name), name: name.to_owned() })
+}
+
+pub(super) fn ok_reply(data: Vec<u8>) -> ReplyControl {
     ReplyControl { status: 0, data, errmsg: vec![] }
 }
 

@@ -233,6 +233,13 @@ impl Node {
                     while self.lock_outcomes.1.try_recv().is_ok() {}
                 }
                 Output::Event(event) => log_event(self.pnn, &event),
+                Output::AttachDone { client, reqid, db_id, result } => {
+                    let reply = match result.and_then(|()| self.attach_reply(db_id)) {
+                        Ok(attached) => controls::ok_reply(attached.encode()),
+                        Err(err) => error_reply(&err),
+                    };
+                    self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+                }
             }
         }
     }
