@@ -72,7 +72,7 @@ fn bad_client_input_is_refused_and_the_daemon_carries_on() {
     assert!(error_text(request(&mut stream, 4, control(opcode::TRAVERSE_ALL, b"x"))).contains("malformed"));
     let call = ReqCall { flags: 1, db_id: 7, callid: 0, hopcount: 0, key: b"k".to_vec(), calldata: vec![] };
     match request(&mut stream, 5, Body::ReqCall(call)) {
-        Body::ReplyCall(reply) => assert_eq!(reply.status, -libc::ENOENT, "migration in an unattached db"),
+        Body::ReplyError(reply) => assert_eq!(reply.status, -libc::ENOENT, "migration in an unattached db"),
         other => panic!("expected REPLY_CALL, got {other:?}"),
     }
 

@@ -193,7 +193,7 @@ impl Sim {
                         link.push_back(packet.clone());
                     }
                 }
-                Output::ClientReply { client, reqid, status } => {
+                Output::ClientReply { client, reqid, status, .. } => {
                     if self.clients[client as usize].state == ClientState::Crashed {
                         continue; // nobody reads a dead process's socket
                     }
@@ -255,6 +255,7 @@ impl Sim {
                 db_id: DB,
                 key,
                 first_use,
+                wants_data: false,
             }));
         }
     }

@@ -291,7 +291,7 @@ impl Sim {
                     link.push_back(packet.clone());
                 }
             }
-            Output::ClientReply { client, reqid, status } => {
+            Output::ClientReply { client, reqid, status, .. } => {
                 let c = &self.clients[client as usize];
                 if c.state == ClientState::Crashed {
                     return;
@@ -428,7 +428,7 @@ impl Sim {
             client.next_reqid += 1;
             let reqid = client.next_reqid;
             client.state = ClientState::WaitingReply { since: self.now };
-            let call = ClientCall { client: id, reqid, db_id: DB, key, first_use: true };
+            let call = ClientCall { client: id, reqid, db_id: DB, key, first_use: true, wants_data: false };
             self.to_engine[index].push_back(Input::ClientCall(call));
         }
     }

@@ -11,8 +11,8 @@ use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
 use crate::wire::{
-    Body, DbId, Packet, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE, CALL_FLAG_IMMEDIATE_MIGRATION,
-    CALL_NULL_FUNC, CURRENT_NODE, MAX_PACKET_LEN,
+    Body, DbId, Packet, ReplyCall, ReplyError, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE,
+    CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC, CURRENT_NODE, MAX_PACKET_LEN,
 };
 
 pub struct DaemonConnection {
@@ -59,7 +59,10 @@ impl DaemonConnection {
         };
         match self.request(Body::ReqCall(call), timeout)? {
             Body::ReplyCall(reply) if reply.status == 0 => Ok(()),
-            Body::ReplyCall(reply) => Err(self.migrate_refused(reply.status)),
+            // The daemon refuses a call with REPLY_ERROR, as ctdbd does.
+            Body::ReplyCall(ReplyCall { status, .. }) | Body::ReplyError(ReplyError { status, .. }) => {
+                Err(self.migrate_refused(status))
+            }
             other => Err(self.unexpected(&other)),
         }
     }

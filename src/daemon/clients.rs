@@ -16,15 +16,23 @@ use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::engine::ClientId;
-use crate::wire::codec::{encode, read_packet, ReadError};
+use crate::wire::codec::{encode, read_unpadded_packet, ReadError};
 use crate::wire::{Packet, MAX_PACKET_LEN};
 
 /// Handles client events on the thread that read them (under the node's mutex).
 pub type ClientHandler = Arc<dyn Fn(ClientEvent) + Send + Sync>;
 
 pub enum ClientEvent {
-    Connected { client: ClientId, link: ClientLink },
-    Packet { client: ClientId, packet: Packet },
+    /// `pid` is the peer's process (SO_PEERCRED): CTDB clients are known by it.
+    Connected {
+        client: ClientId,
+        pid: Option<i32>,
+        link: ClientLink,
+    },
+    Packet {
+        client: ClientId,
+        packet: Packet,
+    },
     Gone(ClientId),
 }
 
@@ -99,8 +107,15 @@ fn serve(client: ClientId, stream: UnixStream, events: ClientHandler) -> std::io
     thread::Builder::new()
         .name(format!("client{client}-w"))
         .spawn(move || write_loop(writer, outgoing, writer_queued))?;
+    let pid = match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(creds) => Some(creds.pid()),
+        Err(err) => {
+            log::warn!("client {client}: no peer credentials ({err}); it cannot be asked about by pid");
+            None
+        }
+    };
     let link = ClientLink { stream: stream.try_clone()?, queue, queued };
-    events(ClientEvent::Connected { client, link });
+    events(ClientEvent::Connected { client, pid, link });
     thread::Builder::new()
         .name(format!("client{client}-r"))
         .spawn(move || read_loop(client, stream, events))?;
@@ -109,7 +124,7 @@ fn serve(client: ClientId, stream: UnixStream, events: ClientHandler) -> std::io
 
 fn read_loop(client: ClientId, mut stream: UnixStream, events: ClientHandler) {
     loop {
-        match read_packet(&mut stream, MAX_PACKET_LEN) {
+        match read_unpadded_packet(&mut stream, MAX_PACKET_LEN) {
             Ok(packet) => events(ClientEvent::Packet { client, packet }),
             Err(ReadError::Eof) => break,
             Err(err) => {

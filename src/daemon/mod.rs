@@ -75,6 +75,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let node = node::Node::new(
         pnn,
         &nodes,
+        config.port,
         &config.dbdir,
         transport,
         config.cluster_lock.clone(),

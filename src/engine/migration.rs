@@ -21,8 +21,8 @@ impl Engine {
             // Queued behind a lock before this node stopped serving: it waits for the next
             // generation like any request that arrives now.
             Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
-            Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use }) => {
-                let waiter = Waiter { client, reqid, first_use };
+            Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, wants_data }) => {
+                let waiter = Waiter { client, reqid, first_use, wants_data };
                 self.client_call(waiter, db_id, key, record, store, out)
             }
             Work::Fix { db_id, key, fix } => self.apply_fix(db_id, key, fix, record, store, out),
@@ -62,11 +62,18 @@ impl Engine {
                         client: waiter.client,
                         reqid: waiter.reqid,
                         status: -libc::EIO,
+                        data: None,
                     });
                     return;
                 }
             }
-            out.push(Output::ClientReply { client: waiter.client, reqid: waiter.reqid, status: CALL_OK });
+            let data = waiter.wants_data.then(|| record.map(|r| r.data).unwrap_or_default());
+            out.push(Output::ClientReply {
+                client: waiter.client,
+                reqid: waiter.reqid,
+                status: CALL_OK,
+                data,
+            });
             return;
         }
         let slot = (db_id, key.clone());
@@ -90,7 +97,8 @@ impl Engine {
             return; // it completed meanwhile
         }
         if self.is_dmaster(&key, &record) {
-            return self.finish_migration(db_id, &key, out);
+            let data = record.map(|r| r.data).unwrap_or_default();
+            return self.finish_migration(db_id, &key, &data, out);
         }
         let (reqid, now) = (self.next_reqid(), self.now);
         if let Some(migration) = self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut()) {
@@ -161,7 +169,8 @@ impl Engine {
             }
             if is_dmaster {
                 // Our own request came round to us after the record did.
-                self.finish_migration(call.db_id, &call.key, out);
+                let data = record.as_ref().map_or(&[][..], |r| &r.data);
+                self.finish_migration(call.db_id, &call.key, data, out);
                 return;
             }
         } else if is_dmaster {
@@ -307,7 +316,7 @@ impl Engine {
             };
             let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
-                self.finish_migration(req.db_id, &req.key, out);
+                self.finish_migration(req.db_id, &req.key, &arrived.data, out);
             } else {
                 self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);
             }
@@ -352,7 +361,7 @@ impl Engine {
         };
         let arrived = Record { header, data: reply.data };
         if self.write(store, reply.db_id, &reply.key, &arrived) {
-            self.finish_migration(reply.db_id, &reply.key, out);
+            self.finish_migration(reply.db_id, &reply.key, &arrived.data, out);
         } else {
             // The record's last copy in flight is in this packet; its older copy on the old
             // holder is found by the recovery that follows this node's departure.
@@ -360,9 +369,9 @@ impl Engine {
         }
     }
 
-    /// The record is here: answer the clients that asked, give them the first go, and let
-    /// parked remote requests run once they had it.
-    pub(super) fn finish_migration(&mut self, db_id: DbId, key: &[u8], out: &mut Vec<Output>) {
+    /// The record (holding `data`) is here: answer the clients that asked, give them the
+    /// first go, and let parked remote requests run once they had it.
+    pub(super) fn finish_migration(&mut self, db_id: DbId, key: &[u8], data: &[u8], out: &mut Vec<Output>) {
         self.stats.migrations_completed += 1;
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
@@ -372,6 +381,7 @@ impl Engine {
             client: w.client,
             reqid: w.reqid,
             status: CALL_OK,
+            data: w.wants_data.then(|| data.to_vec()),
         }));
         if first_users.is_empty() {
             self.ready.extend(state.parked.drain(..));

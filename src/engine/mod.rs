@@ -107,6 +107,8 @@ pub struct ClientCall {
     pub db_id: DbId,
     pub key: Vec<u8>,
     pub first_use: bool,
+    /// The reply carries the record's data (CTDB's FETCH_FUNC), not only "it is here".
+    pub wants_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +163,8 @@ pub enum Output {
         client: ClientId,
         reqid: ReqId,
         status: i32,
+        /// The record's data (no header), for calls that asked for it (`ClientCall::wants_data`).
+        data: Option<Vec<u8>>,
     },
     /// A client holds this chain lock; tell the engine (`Input::ChainLockAvailable`) once it
     /// is released. Work on that key waits; work on other keys goes on.
@@ -296,6 +300,7 @@ struct Waiter {
     client: ClientId,
     reqid: ReqId,
     first_use: bool,
+    wants_data: bool,
 }
 
 /// A migration this node asked for and has not received yet.
@@ -659,6 +664,7 @@ impl Engine {
                     client: call.client,
                     reqid: call.reqid,
                     status: CALL_UNKNOWN_DB,
+                    data: None,
                 });
             }
             return;
@@ -697,6 +703,7 @@ impl Engine {
                 client: call.client,
                 reqid: call.reqid,
                 status: CALL_IO_ERROR,
+                data: None,
             }),
             Work::ReqDmaster { .. } | Work::ReplyDmaster { .. } | Work::Fix { .. } => {
                 self.ban_self(&format!("reading a record of db {db_id:#x} failed: {err}"), out)

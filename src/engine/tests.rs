@@ -44,7 +44,7 @@ impl Cluster {
         for output in out {
             match output {
                 Output::Send(packet) => self.network.push_back(packet),
-                Output::ClientReply { client, reqid, status } => {
+                Output::ClientReply { client, reqid, status, .. } => {
                     self.replies.push((pnn, client, reqid, status))
                 }
                 Output::WaitForChainLock { .. } => {}
@@ -70,6 +70,7 @@ impl Cluster {
                 db_id: DB,
                 key: key.to_vec(),
                 first_use: true,
+                wants_data: false,
             }),
         );
     }
@@ -176,7 +177,14 @@ fn clients_that_do_not_promise_done_get_no_first_use() {
     let key = key_on(0, 2);
     cluster.input(
         1,
-        Input::ClientCall(ClientCall { client: 1, reqid: 1, db_id: DB, key: key.clone(), first_use: false }),
+        Input::ClientCall(ClientCall {
+            client: 1,
+            reqid: 1,
+            db_id: DB,
+            key: key.clone(),
+            first_use: false,
+            wants_data: false,
+        }),
     );
     cluster.deliver_all();
     cluster.ask(0, 2, &key);
@@ -224,7 +232,14 @@ fn a_client_holding_the_chain_lock_defers_the_handover() {
     let mut out = vec![];
     cluster.engines[1].handle(
         0,
-        Input::ClientCall(ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone(), first_use: true }),
+        Input::ClientCall(ClientCall {
+            client: 2,
+            reqid: 2,
+            db_id: DB,
+            key: key.clone(),
+            first_use: true,
+            wants_data: false,
+        }),
         &mut cluster.stores[1],
         &mut out,
     );
@@ -250,6 +265,7 @@ fn requests_for_unattached_databases_are_refused() {
             db_id: DB + 1,
             key: b"k".to_vec(),
             first_use: true,
+            wants_data: false,
         }),
     );
     assert_eq!(cluster.replies, vec![(1, 1, 3, CALL_UNKNOWN_DB)]);

@@ -38,7 +38,7 @@ use std::io::{self, Read, Write};
 
 use super::{
     op, Body, Keepalive, Packet, ReplyCall, ReplyControl, ReplyDmaster, ReplyError, ReqCall, ReqControl,
-    ReqDmaster, CTDB_MAGIC, MAX_PACKET_LEN, PACKET_HEADER_LEN, PROTOCOL_VERSION,
+    ReqDmaster, ReqMessage, CTDB_MAGIC, MAX_PACKET_LEN, PACKET_HEADER_LEN, PROTOCOL_VERSION,
 };
 
 /// Every packet's length is a multiple of this (CTDB's `CTDB_TCP_ALIGNMENT`).
@@ -160,6 +160,8 @@ fn body_len(body: &Body) -> usize {
         Body::ReplyError(c) => sum(8, &[&c.msg]),
         Body::ReqControl(c) => sum(28, &[&c.data]),
         Body::ReplyControl(c) => sum(12, &[&c.data, &c.errmsg]),
+        // srvid, datalen
+        Body::Message(m) => sum(12, &[&m.data]),
         Body::Keepalive(_) => 8,
         Body::Cluster(m) => 4usize.saturating_add(m.encoded_len()),
     }
@@ -286,6 +288,11 @@ fn write_encoded(packet: &Packet, len: usize, out: &mut Vec<u8>) {
             out.extend_from_slice(&c.data);
             out.extend_from_slice(&c.errmsg);
         }
+        Body::Message(m) => {
+            put_u64(out, m.srvid);
+            put_len(out, &m.data);
+            out.extend_from_slice(&m.data);
+        }
         Body::Keepalive(k) => {
             put_u32(out, k.version);
             put_u32(out, k.uptime);
@@ -374,9 +381,20 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Parses exactly one packet; `buf` must be the whole frame (its length equal to the header's
-/// `length` field).
+/// Parses exactly one packet from a node link; `buf` must be the whole frame (its length
+/// equal to the header's `length` field), padded to [`PACKET_ALIGNMENT`] as CTDB's TCP reader
+/// requires.
 pub fn decode(buf: &[u8]) -> Result<Packet, WireError> {
+    decode_frame(buf, true)
+}
+
+/// Parses one packet from the client socket, where CTDB's clients (smbd, the `ctdb` tool)
+/// send frames of any length: ctdbd's unix-socket reader does not ask for padding.
+pub fn decode_unpadded(buf: &[u8]) -> Result<Packet, WireError> {
+    decode_frame(buf, false)
+}
+
+fn decode_frame(buf: &[u8], padded: bool) -> Result<Packet, WireError> {
     if buf.len() < PACKET_HEADER_LEN {
         return Err(WireError::ShortPacket { len: buf.len() });
     }
@@ -393,7 +411,7 @@ pub fn decode(buf: &[u8]) -> Result<Packet, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::BadVersion(version));
     }
-    if buf.len() % PACKET_ALIGNMENT != 0 {
+    if padded && buf.len() % PACKET_ALIGNMENT != 0 {
         return Err(WireError::Unaligned { len: buf.len() });
     }
     let generation = f.u32("generation")?;
@@ -472,6 +490,12 @@ fn decode_body(f: &mut Fields<'_>, operation: u32) -> Result<Body, WireError> {
             let data = f.counted("data", datalen)?;
             let errmsg = f.counted("errmsg", errorlen)?;
             Body::ReplyControl(ReplyControl { status, data, errmsg })
+        }
+        op::REQ_MESSAGE => {
+            let srvid = f.u64("srvid")?;
+            let datalen = f.u32("datalen")?;
+            let data = f.counted("data", datalen)?;
+            Body::Message(ReqMessage { srvid, data })
         }
         op::REQ_KEEPALIVE => {
             let version = f.u32("version")?;
@@ -555,6 +579,13 @@ pub fn read_packet(r: &mut impl Read, max_len: usize) -> Result<Packet, ReadErro
     let mut frame = Vec::new();
     read_frame(r, max_len, &mut frame)?;
     decode(&frame).map_err(ReadError::Wire)
+}
+
+/// [`read_packet`] for the client socket: frames need not be padded ([`decode_unpadded`]).
+pub fn read_unpadded_packet(r: &mut impl Read, max_len: usize) -> Result<Packet, ReadError> {
+    let mut frame = Vec::new();
+    read_frame(r, max_len, &mut frame)?;
+    decode_unpadded(&frame).map_err(ReadError::Wire)
 }
 
 /// Reads one frame's bytes into `frame` (replacing its contents) without decoding it, so a

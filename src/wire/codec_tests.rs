@@ -205,8 +205,8 @@ fn header_checks() {
     let mut b = good.clone();
     set_u32(&mut b, 16, 6); // removed from CTDB
     assert_eq!(decode(&b), Err(WireError::UnknownOperation(6)));
-    set_u32(&mut b, 16, op::REQ_MESSAGE);
-    assert_eq!(decode(&b), Err(WireError::UnknownOperation(5)));
+    set_u32(&mut b, 16, op::REQ_TUNNEL);
+    assert_eq!(decode(&b), Err(WireError::UnknownOperation(10)));
 
     // The length field must describe exactly the buffer handed in.
     let mut b = good.clone();
@@ -215,10 +215,27 @@ fn header_checks() {
     set_u32(&mut b, 0, 72);
     assert_eq!(decode(&b), Err(WireError::TrailingBytes { operation: 0, extra: 13 }));
 
-    // Unpadded lengths are refused, as CTDB's TCP reader does.
+    // Unpadded lengths are refused on node links, as CTDB's TCP reader does, and taken on
+    // the client socket, where smbd sends them.
     let mut b = good[..61].to_vec();
     set_u32(&mut b, 0, 61);
     assert_eq!(decode(&b), Err(WireError::Unaligned { len: 61 }));
+    assert_eq!(decode_unpadded(&b), decode(&good));
+}
+
+#[test]
+fn req_message_layout() {
+    // srvid at 32, datalen at 40, data at 44: `struct ctdb_req_message_old`.
+    let p = packet(Body::Message(ReqMessage { srvid: 0x0102_0304_0506_0708, data: b"abc".to_vec() }));
+    let b = encode(&p);
+    assert_eq!(b.len(), 48);
+    assert_eq!(&b[32..40], &0x0102_0304_0506_0708u64.to_le_bytes());
+    assert_eq!(&b[40..44], &3u32.to_le_bytes());
+    assert_eq!(&b[44..47], b"abc");
+    // smbd writes it unpadded: 47 bytes.
+    let mut unpadded = b[..47].to_vec();
+    set_u32(&mut unpadded, 0, 47);
+    assert_eq!(decode_unpadded(&unpadded), Ok(p));
 }
 
 #[test]
@@ -404,6 +421,7 @@ pub(crate) fn arb_body() -> impl Strategy<Value = Body> {
         ),
         (any::<i32>(), bytes(300), bytes(100))
             .prop_map(|(status, data, errmsg)| Body::ReplyControl(ReplyControl { status, data, errmsg })),
+        (any::<u64>(), bytes(300)).prop_map(|(srvid, data)| Body::Message(ReqMessage { srvid, data })),
         (any::<u32>(), any::<u32>())
             .prop_map(|(version, uptime)| Body::Keepalive(Keepalive { version, uptime })),
         (any::<u64>(), bytes(40), any::<u32>()).prop_map(|(term, key, db_id)| {
@@ -536,6 +554,7 @@ proptest! {
             Body::ReplyDmaster(_) => 48,
             Body::ReqControl(_) => 56,
             Body::ReplyControl(_) => 36,
+            Body::Message(_) => 40,
             Body::Cluster(_) => 32,
             Body::Keepalive(_) => return Ok(()),
         };

@@ -9,12 +9,14 @@
 pub mod cluster;
 pub mod codec;
 pub mod control;
+pub mod ctdb;
 #[cfg(test)]
 mod dissector_tests;
 mod payload;
 
 pub use codec::{
-    decode, encode, encode_into, encoded_len, read_frame, read_packet, write_packet, ReadError, WireError,
+    decode, decode_unpadded, encode, encode_into, encoded_len, read_frame, read_packet, read_unpadded_packet,
+    write_packet, ReadError, WireError,
 };
 
 pub use crate::record::Pnn;
@@ -57,13 +59,13 @@ pub mod op {
     pub const REQ_DMASTER: u32 = 2;
     pub const REPLY_DMASTER: u32 = 3;
     pub const REPLY_ERROR: u32 = 4;
-    /// CTDB's; we have no body for it yet, so the codec refuses it.
+    /// A message to a client's registered srvid, on this node or routed to another.
     pub const REQ_MESSAGE: u32 = 5;
     // 6 was removed from CTDB: never reuse it.
     pub const REQ_CONTROL: u32 = 7;
     pub const REPLY_CONTROL: u32 = 8;
     pub const REQ_KEEPALIVE: u32 = 9;
-    /// CTDB's; refused by the codec like REQ_MESSAGE. Operations of our own start above it.
+    /// CTDB's; refused by the codec. Operations of our own start above it.
     pub const REQ_TUNNEL: u32 = 10;
     /// Ours: membership and recovery between daemons (`cluster::ClusterMsg`).
     pub const CLUSTER: u32 = 0x100;
@@ -87,6 +89,7 @@ pub enum Body {
     ReplyError(ReplyError),
     ReqControl(ReqControl),
     ReplyControl(ReplyControl),
+    Message(ReqMessage),
     Keepalive(Keepalive),
     Cluster(cluster::ClusterMsg),
 }
@@ -153,6 +156,14 @@ pub struct ReplyControl {
     pub errmsg: Vec<u8>,
 }
 
+/// A message for whoever registered `srvid` (CTDB's REQ_MESSAGE): smbd's messaging between
+/// processes on different nodes, and the records of a traverse streamed to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReqMessage {
+    pub srvid: u64,
+    pub data: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keepalive {
     pub version: u32,
@@ -169,6 +180,7 @@ impl Body {
             Body::ReplyError(_) => op::REPLY_ERROR,
             Body::ReqControl(_) => op::REQ_CONTROL,
             Body::ReplyControl(_) => op::REPLY_CONTROL,
+            Body::Message(_) => op::REQ_MESSAGE,
             Body::Keepalive(_) => op::REQ_KEEPALIVE,
             Body::Cluster(_) => op::CLUSTER,
         }

@@ -12,6 +12,7 @@ use crate::engine::{ClientId, Input};
 use crate::tunables::{self, Tunables};
 use crate::wire::cluster::DbName;
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
+use crate::wire::ctdb::TraverseStart;
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
 /// How long a traverse waits for peers before answering with what it has.
@@ -20,11 +21,17 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A cluster-wide traverse this node asked its peers for on behalf of a client, waiting for
 /// their copies.
 pub(super) struct PendingControl {
-    client: ClientId,
-    client_reqid: ReqId,
+    answer: TraverseAnswer,
     waiting_for: HashSet<Pnn>,
     deadline: Instant,
     copies: Vec<RecordCopy>,
+}
+
+/// Who gets a traverse's records, and how: librctdb's TRAVERSE_ALL wants them in its
+/// reply, a CTDB client as messages to its srvid.
+enum TraverseAnswer {
+    Reply { client: ClientId, client_reqid: ReqId },
+    Ctdb { client: ClientId, start: TraverseStart },
 }
 
 /// Who asked for this node's copies of a database's records.
@@ -73,7 +80,11 @@ impl Node {
                 Ok(db_id) => self.want_copies(db_id, CopiesFor::Peer { node: from, reqid }),
                 Err(err) => self.reply_to_peer(from, reqid, error_reply(&err)),
             },
-            other => self.reply_to_peer(from, reqid, error_reply(&format!("unknown control {other:#x}"))),
+            other => {
+                let reply = self.ctdb_query(other, &request.data);
+                let reply = reply.unwrap_or_else(|| error_reply(&format!("unknown control {other:#x}")));
+                self.reply_to_peer(from, reqid, reply)
+            }
         }
     }
 
@@ -87,6 +98,9 @@ impl Node {
     }
 
     pub(super) fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {
+        if self.ctdb_forward_replied(reqid, &reply) {
+            return;
+        }
         let Some(pending) = self.pending.get_mut(&reqid) else { return };
         if !pending.waiting_for.remove(&from) {
             return;
@@ -105,6 +119,7 @@ impl Node {
     }
 
     pub(super) fn expire_controls(&mut self, now: Instant) {
+        self.ctdb_expire_forwards(now);
         let expired: Vec<ReqId> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(reqid, _)| *reqid).collect();
         for reqid in expired {
@@ -115,10 +130,24 @@ impl Node {
 
     fn finish_control(&mut self, reqid: ReqId) {
         let Some(pending) = self.pending.remove(&reqid) else { return };
-        let newest: Vec<RecordCopy> =
-            control::merge_newest(pending.copies).into_iter().filter(|copy| !copy.data.is_empty()).collect();
-        let data = control::encode_records(&newest);
-        self.reply_to_client(pending.client, pending.client_reqid, Body::ReplyControl(ok_reply(data)));
+        let newest = control::merge_newest(pending.copies);
+        match pending.answer {
+            TraverseAnswer::Reply { client, client_reqid } => {
+                let records: Vec<RecordCopy> =
+                    newest.into_iter().filter(|copy| !copy.data.is_empty()).collect();
+                let data = control::encode_records(&records);
+                self.reply_to_client(client, client_reqid, Body::ReplyControl(ok_reply(data)));
+            }
+            TraverseAnswer::Ctdb { client, start } => self.ctdb_traverse_done(client, start, newest),
+        }
+    }
+
+    /// A CTDB client's traverse (TRAVERSE_START), already answered: its records follow as
+    /// messages once every node sent its copies.
+    pub(super) fn traverse_for_ctdb(&mut self, client: ClientId, start: TraverseStart) {
+        let data = start.db_id.to_le_bytes().to_vec();
+        let traverse = self.ask_nodes(TraverseAnswer::Ctdb { client, start }, opcode::PULL_DB, data);
+        self.want_copies(start.db_id, CopiesFor::Traverse { reqid: traverse });
     }
 
     pub(super) fn client_control(&mut self, client: ClientId, reqid: ReqId, request: ReqControl) {
@@ -141,7 +170,8 @@ impl Node {
             opcode::TRAVERSE_ALL => match self.attached_db_id(&request.data) {
                 Ok(db_id) => {
                     let data = db_id.to_le_bytes().to_vec();
-                    let traverse = self.ask_nodes(client, reqid, opcode::PULL_DB, data);
+                    let answer = TraverseAnswer::Reply { client, client_reqid: reqid };
+                    let traverse = self.ask_nodes(answer, opcode::PULL_DB, data);
                     self.want_copies(db_id, CopiesFor::Traverse { reqid: traverse });
                 }
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
@@ -192,17 +222,15 @@ impl Node {
                 self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
                 self.stopping = true;
             }
-            other => {
-                let message = format!("unknown control {other:#x}");
-                self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
-            }
+            // Everything else is ctdbd's client protocol (smbd, Samba's `ctdb` tool).
+            _ => self.ctdb_client_control(client, reqid, crate::wire::CURRENT_NODE, request),
         }
     }
 
     /// Sends a control to every live peer whose link is up (and counts this node in, for
     /// the caller to answer itself) and answers the client once all replied, or the control
     /// timed out. Returns the control's reqid.
-    fn ask_nodes(&mut self, client: ClientId, client_reqid: ReqId, opcode: u32, data: Vec<u8>) -> ReqId {
+    fn ask_nodes(&mut self, answer: TraverseAnswer, opcode: u32, data: Vec<u8>) -> ReqId {
         let reqid = self.take_control_reqid();
         // Peers membership believes alive and our link reaches: a dead or stopped peer
         // would only make the client wait for the timeout.
@@ -219,12 +247,12 @@ impl Node {
         }
         nodes.insert(self.pnn);
         let deadline = Instant::now() + CONTROL_TIMEOUT;
-        let pending = PendingControl { client, client_reqid, waiting_for: nodes, deadline, copies: vec![] };
+        let pending = PendingControl { answer, waiting_for: nodes, deadline, copies: vec![] };
         self.pending.insert(reqid, pending);
         reqid
     }
 
-    fn take_control_reqid(&mut self) -> ReqId {
+    pub(super) fn take_control_reqid(&mut self) -> ReqId {
         let reqid = self.next_reqid;
         self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
         reqid
@@ -284,7 +312,7 @@ impl Node {
 }
 
 /// Database `name` of an attach request (a NUL may end it, as CTDB clients send it).
-fn db_name(data: &[u8]) -> Result<DbName, String> {
+pub(super) fn db_name(data: &[u8]) -> Result<DbName, String> {
     let name = data.strip_suffix(b"\0").unwrap_or(data);
     let name = std::str::from_utf8(name).map_err(|_| "database name is not UTF-8".to_string())?;
     Ok(DbName { db_id: control::db_id_of(name), name: name.to_owned() })

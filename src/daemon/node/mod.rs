@@ -17,8 +17,10 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
 mod controls;
+mod ctdb_clients;
 
 use controls::{error_reply, CopiesFor, PendingControl};
+use ctdb_clients::CtdbClients;
 
 use super::clients::{ClientEvent, ClientLink};
 use super::cluster_lock::{ClusterLock, ClusterLockSpec};
@@ -29,8 +31,8 @@ use crate::transport::{Transport, TransportEvent};
 use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
 use crate::wire::{
-    Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReqId, CALL_FLAG_FIRST_USE, INVALID_GENERATION,
-    MAX_PACKET_LEN,
+    Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReplyError, ReqId, CALL_FETCH_FUNC,
+    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, INVALID_GENERATION, MAX_PACKET_LEN,
 };
 
 const TICK: Duration = Duration::from_millis(10);
@@ -88,6 +90,8 @@ enum FreezeLock {
 pub struct Node {
     pnn: Pnn,
     nodes: Vec<IpAddr>,
+    /// The port every node listens on, for the node map CTDB clients read.
+    port: u16,
     engine: Engine,
     cluster_lock: Option<ClusterLockSpec>,
     /// The attempt or the held lock, while the engine wants it.
@@ -103,6 +107,8 @@ pub struct Node {
     store: TdbStore,
     transport: Transport,
     clients: HashMap<ClientId, ClientLink>,
+    /// What ctdbd's client protocol needs: pids, registered srvids, forwarded controls.
+    ctdb: CtdbClients,
     pending: HashMap<ReqId, PendingControl>,
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
@@ -158,6 +164,7 @@ impl Node {
     pub fn new(
         pnn: Pnn,
         nodes: &[IpAddr],
+        port: u16,
         dbdir: &Path,
         transport: Transport,
         cluster_lock: Option<ClusterLockSpec>,
@@ -174,6 +181,7 @@ impl Node {
         Node {
             pnn,
             nodes: nodes.to_vec(),
+            port,
             engine: Engine::new(config),
             cluster_lock,
             lock_attempt: None,
@@ -185,6 +193,7 @@ impl Node {
             store: TdbStore::new(dbdir),
             transport,
             clients: HashMap::new(),
+            ctdb: CtdbClients::default(),
             pending: HashMap::new(),
             held_locks: crossbeam_channel::unbounded(),
             copies_wanted: HashMap::new(),
@@ -203,8 +212,21 @@ impl Node {
         for output in out {
             match output {
                 Output::Send(packet) => self.send_to_peer(packet),
-                Output::ClientReply { client, reqid, status } => {
-                    let reply = Body::ReplyCall(ReplyCall { status, data: vec![] });
+                Output::ClientReply { client, reqid, status, data } => {
+                    let reply = match status {
+                        0 => Body::ReplyCall(ReplyCall { status, data: data.unwrap_or_default() }),
+                        // ctdbd refuses a call with REPLY_ERROR; smbd takes a REPLY_CALL of any
+                        // status for success.
+                        _ => Body::ReplyError(ReplyError {
+                            status,
+                            msg: format!(
+                                "node {}: call failed: {}",
+                                self.pnn,
+                                nix::errno::Errno::from_raw(-status)
+                            )
+                            .into_bytes(),
+                        }),
+                    };
                     self.reply_to_client(client, reqid, reply);
                 }
                 Output::WaitForChainLock { db_id, key } => match self.store.chain_site(db_id, &key) {
@@ -234,7 +256,9 @@ impl Node {
                 }
                 Output::Event(event) => log_event(self.pnn, &event),
                 Output::AttachDone { client, reqid, db_id, result } => {
+                    let ctdb_form = self.ctdb.take_attach(client, reqid);
                     let reply = match result.and_then(|()| self.attach_reply(db_id)) {
+                        Ok(_) if ctdb_form => controls::ok_reply(db_id.to_le_bytes().to_vec()),
                         Ok(attached) => controls::ok_reply(attached.encode()),
                         Err(err) => error_reply(&err),
                     };
@@ -335,6 +359,7 @@ impl Node {
             }
             Body::ReqControl(request) => self.peer_control(from, packet.reqid, request),
             Body::ReplyControl(reply) => self.peer_replied(from, packet.reqid, reply),
+            Body::Message(message) => self.deliver_message(from, message),
             Body::Keepalive(_) => {}
             other => log::warn!("node {from}: unexpected operation {}", other.operation()),
         }
@@ -355,11 +380,13 @@ impl Node {
 
     pub fn on_client(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Connected { client, link } => {
+            ClientEvent::Connected { client, pid, link } => {
                 self.clients.insert(client, link);
+                self.ctdb.connected(client, pid);
             }
             ClientEvent::Gone(client) => {
                 self.clients.remove(&client);
+                self.ctdb.gone(client);
                 self.engine_input(Input::ClientGone(client));
             }
             ClientEvent::Packet { client, packet } => self.on_client_packet(client, packet),
@@ -368,14 +395,30 @@ impl Node {
 
     fn on_client_packet(&mut self, client: ClientId, packet: Packet) {
         match packet.body {
-            Body::ReqCall(call) => self.engine_input(Input::ClientCall(ClientCall {
-                client,
-                reqid: packet.reqid,
-                db_id: call.db_id,
-                first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
-                key: call.key,
-            })),
+            // NULL_FUNC migrates the record here (librctdb, smbd's fetch_locked); FETCH_FUNC
+            // (smbd's parse of a record it has no copy of) does too, and answers its data.
+            Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => self
+                .engine_input(Input::ClientCall(ClientCall {
+                    client,
+                    reqid: packet.reqid,
+                    db_id: call.db_id,
+                    first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
+                    wants_data: call.callid == CALL_FETCH_FUNC,
+                    key: call.key,
+                })),
+            Body::ReqCall(call) => {
+                let msg = format!("call function {:#x} is not served by rctdbd", call.callid).into_bytes();
+                self.reply_to_client(
+                    client,
+                    packet.reqid,
+                    Body::ReplyError(ReplyError { status: -libc::ENOSYS, msg }),
+                );
+            }
+            Body::ReqControl(request) if packet.destnode != CURRENT_NODE && packet.destnode != self.pnn => {
+                self.ctdb_client_control(client, packet.reqid, packet.destnode, request)
+            }
             Body::ReqControl(request) => self.client_control(client, packet.reqid, request),
+            Body::Message(message) => self.ctdb_client_message(client, packet.destnode, message),
             other => {
                 let message = format!("unexpected operation {} on the client socket", other.operation());
                 self.reply_to_client(client, packet.reqid, Body::ReplyControl(error_reply(&message)));

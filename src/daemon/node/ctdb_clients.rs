@@ -1,0 +1,414 @@
+//! ctdbd's client protocol on the node's socket, so that stock smbd with `clustering = yes`
+//! (and Samba's `ctdb` tool) run on rctdbd unchanged (DESIGN §6). smbd reads and writes the
+//! node's tdb files itself and asks for records with REQ_CALL, which the engine serves like
+//! librctdb's calls; this module adds what smbd needs besides: srvids registered per
+//! connection, messages routed to them on any node, the liveness of processes on other
+//! nodes, and the controls that describe the cluster and its databases.
+//!
+//! Every request gets an answer, an error at worst: smbd waits for ever by default.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::controls::{error_reply, ok_reply};
+use super::Node;
+use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
+use crate::engine::{ClientId, Input};
+use crate::wire::ctdb::{self, opcode, NodeEntry, TraverseStart};
+use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqControl, ReqId, ReqMessage, CURRENT_NODE};
+
+/// How long a control sent on to another node may take before the client gets an error.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the node knows of its CTDB clients.
+#[derive(Default)]
+pub(super) struct CtdbClients {
+    /// Each connection's process, from SO_PEERCRED.
+    pids: HashMap<ClientId, i32>,
+    /// srvids each connection registered, and who registered each srvid.
+    registered: HashMap<ClientId, HashSet<u64>>,
+    listeners: HashMap<u64, Vec<ClientId>>,
+    /// Controls a client addressed to another node, waiting for its answer.
+    forwarded: HashMap<ReqId, Forwarded>,
+    /// Attach requests in CTDB's form: the answer is the db id alone.
+    attaches: HashSet<(ClientId, ReqId)>,
+}
+
+struct Forwarded {
+    client: ClientId,
+    client_reqid: ReqId,
+    deadline: Instant,
+}
+
+impl CtdbClients {
+    pub(super) fn connected(&mut self, client: ClientId, pid: Option<i32>) {
+        if let Some(pid) = pid {
+            self.pids.insert(client, pid);
+        }
+    }
+
+    pub(super) fn gone(&mut self, client: ClientId) {
+        self.pids.remove(&client);
+        for srvid in self.registered.remove(&client).unwrap_or_default() {
+            self.unlisten(client, srvid);
+        }
+        self.forwarded.retain(|_, f| f.client != client);
+        self.attaches.retain(|(c, _)| *c != client);
+    }
+
+    fn register(&mut self, client: ClientId, srvid: u64) {
+        if self.registered.entry(client).or_default().insert(srvid) {
+            self.listeners.entry(srvid).or_default().push(client);
+        }
+    }
+
+    fn deregister(&mut self, client: ClientId, srvid: u64) -> bool {
+        let known = self.registered.get_mut(&client).is_some_and(|set| set.remove(&srvid));
+        if known {
+            self.unlisten(client, srvid);
+        }
+        known
+    }
+
+    fn unlisten(&mut self, client: ClientId, srvid: u64) {
+        if let Some(clients) = self.listeners.get_mut(&srvid) {
+            clients.retain(|c| *c != client);
+            if clients.is_empty() {
+                self.listeners.remove(&srvid);
+            }
+        }
+    }
+
+    /// Whether the attach `(client, reqid)` was CTDB's DB_ATTACH (and forget it).
+    pub(super) fn take_attach(&mut self, client: ClientId, reqid: ReqId) -> bool {
+        self.attaches.remove(&(client, reqid))
+    }
+
+    /// CTDB's PROCESS_EXISTS: the pid is a client of this node and still runs.
+    fn process_exists(&self, pid: i32) -> bool {
+        self.pids.values().any(|&p| p == pid)
+            && !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+    }
+
+    /// CTDB's CHECK_PID_SRVID: a connection of process `pid` registered `srvid`.
+    fn pid_has_srvid(&self, pid: i32, srvid: u64) -> bool {
+        self.pids.iter().any(|(client, &p)| {
+            p == pid && self.registered.get(client).is_some_and(|set| set.contains(&srvid))
+        })
+    }
+}
+
+fn status_reply(status: i32) -> ReplyControl {
+    ReplyControl { status, data: vec![], errmsg: vec![] }
+}
+
+impl Node {
+    /// A CTDB control from a local client: served here, or sent on to the node it names.
+    pub(super) fn ctdb_client_control(
+        &mut self,
+        client: ClientId,
+        reqid: ReqId,
+        destnode: Pnn,
+        request: ReqControl,
+    ) {
+        let no_reply = request.flags & crate::wire::control::FLAG_NOREPLY != 0;
+        if destnode != CURRENT_NODE && destnode != self.pnn {
+            return self.forward_control(client, reqid, destnode, request);
+        }
+        if let Some(reply) = self.ctdb_local_control(client, reqid, request) {
+            if !no_reply {
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+            }
+        }
+    }
+
+    /// Serves a control about this node; `None` when the answer comes later.
+    fn ctdb_local_control(
+        &mut self,
+        client: ClientId,
+        reqid: ReqId,
+        request: ReqControl,
+    ) -> Option<ReplyControl> {
+        let data = &request.data;
+        let reply = match request.opcode {
+            opcode::REGISTER_SRVID => {
+                self.ctdb.register(client, request.srvid);
+                ok_reply(vec![])
+            }
+            opcode::DEREGISTER_SRVID => match self.ctdb.deregister(client, request.srvid) {
+                true => ok_reply(vec![]),
+                false => status_reply(-1),
+            },
+            opcode::DB_ATTACH => match super::controls::db_name(data) {
+                Ok(db) => {
+                    self.ctdb.attaches.insert((client, reqid));
+                    self.engine_input(Input::Attach { client, reqid, db });
+                    return None;
+                }
+                Err(err) => error_reply(&err),
+            },
+            opcode::DB_ATTACH_PERSISTENT | opcode::DB_ATTACH_REPLICATED => {
+                let name = String::from_utf8_lossy(data.strip_suffix(b"\0").unwrap_or(data)).into_owned();
+                log::warn!(
+                    "a client asked for persistent database {name:?}: rctdb clusters volatile \
+                     databases only; keep it local (smb.conf: ctdb:{name} = no)"
+                );
+                error_reply(&format!(
+                    "persistent database {name:?} is not clustered by rctdb; set `ctdb:{name} = no`"
+                ))
+            }
+            opcode::GETDBPATH => match self.ctdb_db(data) {
+                Ok((_, path, _)) => ok_reply(ctdb::c_string(&path)),
+                Err(err) => error_reply(&err),
+            },
+            opcode::DB_OPEN_FLAGS => match self.ctdb_db(data) {
+                Ok(_) => ok_reply(CLUSTERED_TDB_FLAGS.to_le_bytes().to_vec()),
+                Err(err) => error_reply(&err),
+            },
+            opcode::GET_DBNAME => match self.ctdb_db(data) {
+                Ok((_, _, name)) => ok_reply(ctdb::c_string(&name)),
+                Err(err) => error_reply(&err),
+            },
+            // Sequence numbers, read-only delegations and notifications are not kept: smbd
+            // works without them (a parse without a local copy asks for the record).
+            opcode::ENABLE_SEQNUM
+            | opcode::SET_DB_READONLY
+            | opcode::REGISTER_NOTIFY
+            | opcode::DEREGISTER_NOTIFY => match self.ctdb_db(data) {
+                Ok(_) => ok_reply(vec![]),
+                Err(_) if !matches!(request.opcode, opcode::ENABLE_SEQNUM | opcode::SET_DB_READONLY) => {
+                    ok_reply(vec![])
+                }
+                Err(err) => error_reply(&err),
+            },
+            // rctdb moves no public addresses, so there is nothing to tickle on failover.
+            opcode::TCP_CLIENT => ok_reply(vec![]),
+            opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_no_public_ips()),
+            // Deleted records stay as empty records until vacuuming exists (issue 9).
+            opcode::SCHEDULE_FOR_DELETION => match ctdb::decode_schedule_for_deletion(data) {
+                Ok(_) => ok_reply(vec![]),
+                Err(err) => error_reply(&err.to_string()),
+            },
+            opcode::TRAVERSE_START | opcode::TRAVERSE_START_EXT => {
+                match TraverseStart::decode(data, request.opcode == opcode::TRAVERSE_START_EXT) {
+                    Ok(start) => return self.ctdb_traverse(client, reqid, start),
+                    Err(err) => error_reply(&err.to_string()),
+                }
+            }
+            other => match self.ctdb_query(other, data) {
+                Some(reply) => reply,
+                None => {
+                    log::warn!("client {client}: CTDB control {other} is not served by rctdbd");
+                    error_reply(&format!("control {other} is not served by rctdbd"))
+                }
+            },
+        };
+        Some(reply)
+    }
+
+    /// The controls any node answers the same for a local client or a peer that forwards
+    /// one: facts about this node, its processes and its databases.
+    pub(super) fn ctdb_query(&self, opcode: u32, data: &[u8]) -> Option<ReplyControl> {
+        let reply = match opcode {
+            opcode::GET_PNN => status_reply(self.pnn as i32),
+            opcode::GET_PID => status_reply(std::process::id() as i32),
+            opcode::PING => status_reply(self.clients.len() as i32),
+            opcode::PROCESS_EXISTS => match ctdb::decode_pid(data) {
+                Ok(pid) => status_reply(if self.ctdb.process_exists(pid) { 0 } else { -1 }),
+                Err(err) => error_reply(&err.to_string()),
+            },
+            opcode::CHECK_PID_SRVID => match ctdb::decode_pid_srvid(data) {
+                Ok((pid, srvid)) => status_reply(if self.ctdb.pid_has_srvid(pid, srvid) { 0 } else { -1 }),
+                Err(err) => error_reply(&err.to_string()),
+            },
+            opcode::GET_NODEMAP => ok_reply(ctdb::encode_node_map(&self.node_entries(), self.port)),
+            opcode::GETVNNMAP => {
+                ok_reply(ctdb::encode_vnn_map(self.engine.generation(), self.engine.vnn_map()))
+            }
+            opcode::GET_RECMODE => {
+                let active = self.engine.cluster_status().state == "active";
+                status_reply(if active { ctdb::RECOVERY_NORMAL } else { ctdb::RECOVERY_ACTIVE })
+            }
+            opcode::GET_RECMASTER => match self.engine.cluster_status().leader {
+                Some(leader) => status_reply(leader as i32),
+                None => error_reply("no leader yet"),
+            },
+            opcode::GET_CAPABILITIES => ok_reply(ctdb::CAPABILITIES.to_le_bytes().to_vec()),
+            opcode::GET_RUNSTATE => {
+                let running = self.engine.cluster_status().state == "active";
+                let state = if running { ctdb::RUNSTATE_RUNNING } else { ctdb::RUNSTATE_FIRST_RECOVERY };
+                ok_reply(state.to_le_bytes().to_vec())
+            }
+            opcode::GET_DBMAP => {
+                let mut ids: Vec<_> = self.store.dbs().map(|(id, _)| *id).collect();
+                ids.sort_unstable();
+                ok_reply(ctdb::encode_db_map(&ids))
+            }
+            _ => return None,
+        };
+        Some(reply)
+    }
+
+    /// Every node of the nodes file with CTDB's flags: dead peers are DISCONNECTED, a
+    /// banned node BANNED.
+    fn node_entries(&self) -> Vec<NodeEntry> {
+        let status = self.engine.cluster_status();
+        (0..self.nodes.len())
+            .map(|index| {
+                let pnn = index as Pnn;
+                let flags = if pnn == self.pnn {
+                    if status.state == "banned" {
+                        ctdb::NODE_FLAGS_BANNED
+                    } else {
+                        0
+                    }
+                } else if status.alive.contains(&pnn) {
+                    0
+                } else {
+                    ctdb::NODE_FLAGS_DISCONNECTED
+                };
+                NodeEntry { pnn, flags, addr: self.nodes[index] }
+            })
+            .collect()
+    }
+
+    /// The attached database a control's db id argument names: `(id, path, name)`.
+    fn ctdb_db(&self, data: &[u8]) -> Result<(u32, String, String), String> {
+        let db_id = ctdb::decode_u32_arg(data, "db_id").map_err(|e| e.to_string())?;
+        let (_, db) = self
+            .store
+            .dbs()
+            .find(|(id, _)| **id == db_id)
+            .ok_or_else(|| format!("db {db_id:#010x} is not attached on node {}", self.pnn))?;
+        let path = db.tdb.path().to_str().ok_or("database path is not UTF-8")?.to_owned();
+        Ok((db_id, path, db.name.clone()))
+    }
+
+    fn forward_control(&mut self, client: ClientId, reqid: ReqId, destnode: Pnn, request: ReqControl) {
+        let no_reply = request.flags & crate::wire::control::FLAG_NOREPLY != 0;
+        let reachable = (destnode as usize) < self.nodes.len()
+            && self.engine.cluster_status().alive.contains(&destnode)
+            && self.transport.link_states().iter().any(|l| l.pnn == destnode && l.up);
+        if !reachable {
+            // As ctdbd does for a disconnected node: an error at once, which smbd reads as
+            // "that process is gone" (the node's processes are).
+            if !no_reply {
+                let message = format!("node {destnode} is not connected");
+                self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
+            }
+            return;
+        }
+        let forward_reqid = self.take_control_reqid();
+        if !no_reply {
+            let deadline = Instant::now() + FORWARD_TIMEOUT;
+            self.ctdb.forwarded.insert(forward_reqid, Forwarded { client, client_reqid: reqid, deadline });
+        }
+        let generation = self.engine.generation();
+        let body = Body::ReqControl(request);
+        self.send_to_peer(Packet { generation, destnode, srcnode: self.pnn, reqid: forward_reqid, body });
+    }
+
+    /// A peer's answer to a control we forwarded for a client; false if it is not one.
+    pub(super) fn ctdb_forward_replied(&mut self, reqid: ReqId, reply: &ReplyControl) -> bool {
+        let Some(forwarded) = self.ctdb.forwarded.remove(&reqid) else { return false };
+        self.reply_to_client(forwarded.client, forwarded.client_reqid, Body::ReplyControl(reply.clone()));
+        true
+    }
+
+    pub(super) fn ctdb_expire_forwards(&mut self, now: Instant) {
+        let expired: Vec<ReqId> =
+            self.ctdb.forwarded.iter().filter(|(_, f)| f.deadline <= now).map(|(reqid, _)| *reqid).collect();
+        for reqid in expired {
+            if let Some(f) = self.ctdb.forwarded.remove(&reqid) {
+                let reply = error_reply("the node the control was for did not answer");
+                self.reply_to_client(f.client, f.client_reqid, Body::ReplyControl(reply));
+            }
+        }
+    }
+
+    /// A message from a local client: to its srvid on the node it names, or on every node.
+    pub(super) fn ctdb_client_message(&mut self, client: ClientId, destnode: Pnn, message: ReqMessage) {
+        let generation = self.engine.generation();
+        let peers: Vec<Pnn> = match destnode {
+            _ if destnode == CURRENT_NODE || destnode == self.pnn => vec![],
+            ctdb::BROADCAST_ALL | ctdb::BROADCAST_ACTIVE | ctdb::BROADCAST_CONNECTED | ctdb::MULTICAST => {
+                let alive = self.engine.cluster_status().alive;
+                self.transport
+                    .link_states()
+                    .iter()
+                    .filter(|l| l.up && alive.contains(&l.pnn))
+                    .map(|l| l.pnn)
+                    .collect()
+            }
+            peer if (peer as usize) < self.nodes.len() => vec![peer],
+            other => {
+                log::warn!("client {client}: a message for node {other:#x}, which does not exist; dropped");
+                return;
+            }
+        };
+        for &peer in &peers {
+            let body = Body::Message(message.clone());
+            self.send_to_peer(Packet { generation, destnode: peer, srcnode: self.pnn, reqid: 0, body });
+        }
+        let local = destnode == CURRENT_NODE || destnode == self.pnn || destnode >= ctdb::BROADCAST_ALL;
+        if local {
+            self.deliver_message(self.pnn, message);
+        }
+    }
+
+    /// Hands a message to every local connection that registered its srvid. A message for a
+    /// srvid nobody registered is dropped, as in CTDB.
+    pub(super) fn deliver_message(&mut self, srcnode: Pnn, message: ReqMessage) {
+        let Some(listeners) = self.ctdb.listeners.get(&message.srvid) else { return };
+        let generation = self.engine.generation();
+        let packet =
+            Packet { generation, destnode: self.pnn, srcnode, reqid: 0, body: Body::Message(message) };
+        for client in listeners {
+            if let Some(link) = self.clients.get(client) {
+                link.send(&packet);
+            }
+        }
+    }
+
+    /// TRAVERSE_START: the control is answered at once, then the newest copy of every
+    /// record, cluster-wide, goes to the client's srvid, and an empty record ends it.
+    fn ctdb_traverse(
+        &mut self,
+        client: ClientId,
+        reqid: ReqId,
+        start: TraverseStart,
+    ) -> Option<ReplyControl> {
+        if let Err(err) = self.ctdb_db(&start.db_id.to_le_bytes()) {
+            return Some(error_reply(&err));
+        }
+        self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
+        self.traverse_for_ctdb(client, start);
+        None
+    }
+
+    /// Sends the records of a finished traverse to the client that started it.
+    pub(super) fn ctdb_traverse_done(
+        &mut self,
+        client: ClientId,
+        start: TraverseStart,
+        records: Vec<crate::wire::control::RecordCopy>,
+    ) {
+        let Some(link) = self.clients.get(&client) else { return };
+        let generation = self.engine.generation();
+        let message = |data: Vec<u8>| Packet {
+            generation,
+            destnode: self.pnn,
+            srcnode: self.pnn,
+            reqid: 0,
+            body: Body::Message(ReqMessage { srvid: start.srvid, data }),
+        };
+        for record in records.iter().filter(|r| start.with_empty_records || !r.data.is_empty()) {
+            let data = ctdb::encode_rec_data(start.reqid, &record.key, Some((&record.header, &record.data)));
+            link.send(&message(data));
+        }
+        link.send(&message(ctdb::encode_rec_data(start.reqid, &[], None)));
+    }
+}
