@@ -22,6 +22,10 @@ const HASH_SIZE: i32 = 100_001;
 pub struct AttachedDb {
     pub name: String,
     pub tdb: Tdb,
+    /// A client asked for the change counter (CTDB's ENABLE_SEQNUM): every writer, this
+    /// daemon included, raises it, so smbd's caches keyed by it (brlock) see every change,
+    /// records arriving and leaving included.
+    seqnum: bool,
     /// Open file descriptions of the same file, for lock waiters.
     lock_files: Arc<LockFiles>,
 }
@@ -85,9 +89,26 @@ impl TdbStore {
             )));
         }
         let lock_files = Arc::new(LockFiles::new(&path));
-        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, lock_files });
+        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, seqnum: false, lock_files });
         self.headers.insert(db_id, HashMap::new());
         Ok(path)
+    }
+
+    /// CTDB's ENABLE_SEQNUM: the change counter of `db_id` counts from now on.
+    pub fn enable_seqnum(&mut self, db_id: DbId) -> Result<()> {
+        let db = self
+            .dbs
+            .get_mut(&db_id)
+            .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
+        db.tdb.enable_seqnum();
+        db.seqnum = true;
+        Ok(())
+    }
+
+    /// The tdb_flags a client opens `db_id` with: every opener must agree on them.
+    pub fn open_flags(&self, db_id: DbId) -> Result<i32> {
+        let db = self.db(db_id)?;
+        Ok(CLUSTERED_TDB_FLAGS | if db.seqnum { crate::local::flags::TDB_SEQNUM } else { 0 })
     }
 
     pub fn dbs(&self) -> impl Iterator<Item = (&DbId, &AttachedDb)> {

@@ -425,6 +425,13 @@ impl Tdb {
         usize::try_from(count).map_err(|_| self.error("traverse"))
     }
 
+    /// From now on every change through this handle raises the database's change counter,
+    /// as if it had been opened with TDB_SEQNUM.
+    pub fn enable_seqnum(&self) {
+        // SAFETY: the context is open.
+        unsafe { ffi::tdb_enable_seqnum(self.ctx.as_ptr()) }
+    }
+
     /// The database's change counter (stays 0 unless opened with TDB_SEQNUM).
     pub fn get_seqnum(&self) -> i32 {
         // SAFETY: the context is open.

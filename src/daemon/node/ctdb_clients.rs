@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use super::controls::{error_reply, ok_reply};
 use super::Node;
-use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
 use crate::wire::ctdb::{self, opcode, NodeEntry, TraverseStart};
 use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqControl, ReqId, ReqMessage, CURRENT_NODE};
@@ -164,26 +163,31 @@ impl Node {
                 Ok((_, path, _)) => ok_reply(ctdb::c_string(&path)),
                 Err(err) => error_reply(&err),
             },
-            opcode::DB_OPEN_FLAGS => match self.ctdb_db(data) {
-                Ok(_) => ok_reply(CLUSTERED_TDB_FLAGS.to_le_bytes().to_vec()),
+            opcode::DB_OPEN_FLAGS => match self
+                .ctdb_db(data)
+                .and_then(|(id, ..)| self.store.open_flags(id).map_err(|e| e.to_string()))
+            {
+                Ok(flags) => ok_reply(flags.to_le_bytes().to_vec()),
+                Err(err) => error_reply(&err),
+            },
+            opcode::ENABLE_SEQNUM => match self
+                .ctdb_db(data)
+                .and_then(|(id, ..)| self.store.enable_seqnum(id).map_err(|e| e.to_string()))
+            {
+                Ok(()) => ok_reply(vec![]),
                 Err(err) => error_reply(&err),
             },
             opcode::GET_DBNAME => match self.ctdb_db(data) {
                 Ok((_, _, name)) => ok_reply(ctdb::c_string(&name)),
                 Err(err) => error_reply(&err),
             },
-            // Sequence numbers, read-only delegations and notifications are not kept: smbd
-            // works without them (a parse without a local copy asks for the record).
-            opcode::ENABLE_SEQNUM
-            | opcode::SET_DB_READONLY
-            | opcode::REGISTER_NOTIFY
-            | opcode::DEREGISTER_NOTIFY => match self.ctdb_db(data) {
+            // No read-only delegations yet: smbd then asks for the record itself.
+            opcode::SET_DB_READONLY => match self.ctdb_db(data) {
                 Ok(_) => ok_reply(vec![]),
-                Err(_) if !matches!(request.opcode, opcode::ENABLE_SEQNUM | opcode::SET_DB_READONLY) => {
-                    ok_reply(vec![])
-                }
                 Err(err) => error_reply(&err),
             },
+            // Notifications of our own health are not sent; registering them is harmless.
+            opcode::REGISTER_NOTIFY | opcode::DEREGISTER_NOTIFY => ok_reply(vec![]),
             // rctdb moves no public addresses, so there is nothing to tickle on failover.
             opcode::TCP_CLIENT => ok_reply(vec![]),
             opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_no_public_ips()),
