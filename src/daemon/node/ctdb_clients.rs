@@ -251,7 +251,8 @@ impl Node {
                 ids.sort_unstable();
                 ok_reply(ctdb::encode_db_map(&ids))
             }
-            _ => return None,
+            // What only Samba's `ctdb` tool asks for.
+            other => return self.ctdb_tool_query(other, data),
         };
         Some(reply)
     }

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 mod controls;
 mod ctdb_clients;
+mod ctdb_tool;
 
 use controls::{error_reply, CopiesFor, PendingControl};
 use ctdb_clients::CtdbClients;
