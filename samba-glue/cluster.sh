@@ -19,8 +19,8 @@
 # test_samba.sh), DIR/share (the one export), DIR/nodeK/{smb.conf,lock,state,cache,
 # private,pid,ncalrpc,log/log.smbd}. The smbd user is root with password $SMBPASS.
 #
-# Environment: RCTDB_BIN_DIR (rctdb and rctdbd; default target/release, then target/debug
-# of this repository, built with cargo if neither has them), SMBPASS (default Rctdb.Pass1),
+# Environment: RCTDB_BIN_DIR (rctdb and rctdbd; default the newer of target/release and
+# target/debug of this repository, built with cargo if neither has them), SMBPASS (default Rctdb.Pass1),
 # SMBLOGLEVEL (default 1), SHAREDELAY_US (smbd:sharedelay, default 10000), CTDBD_ANCHOR.
 set -euo pipefail
 
@@ -118,9 +118,13 @@ find_rctdb_bins() {
         echo "$RCTDB_BIN_DIR"
         return
     fi
+    # the newer build of the two, so a stale release build does not shadow a fresh debug one
+    local best=""
     for d in "$REPO/target/release" "$REPO/target/debug"; do
-        if [ -x "$d/rctdb" ] && [ -x "$d/rctdbd" ]; then echo "$d"; return; fi
+        [ -x "$d/rctdb" ] && [ -x "$d/rctdbd" ] || continue
+        if [ -z "$best" ] || [ "$d/rctdbd" -nt "$best/rctdbd" ]; then best=$d; fi
     done
+    if [ -n "$best" ]; then echo "$best"; return; fi
     command -v cargo >/dev/null || die "no rctdb/rctdbd in target/ and no cargo to build them"
     echo "cluster.sh: building rctdb and rctdbd (cargo build --release)" >&2
     (cd "$REPO" && cargo build --release --bins >&2) || die "cargo build failed"
@@ -252,7 +256,9 @@ smbd_start() {
         echo "node$k: smbd already running (pid $pid) on $ip"
         return
     fi
-    port_busy "$ip" && die "port 445 on $ip is in use by another process: $(ss -Hltnp 'sport = :445' | head -2)"
+    if port_busy "$ip"; then
+        die "port 445 on $ip is in use: $(ss -Hltnp 'sport = :445' | awk -v ip="$ip" '$4 == ip":445" || $4 !~ /^127\./ {print $4, $6}')"
+    fi
     # passdb stays local to the node, so each node gets the user
     printf '%s\n%s\n' "$PASS" "$PASS" |
         timeout 30 smbpasswd -s -a root -c "$conf" >"$DIR/node$k/log/smbpasswd.out" 2>&1 ||
