@@ -113,15 +113,16 @@ wait_share() {
 find_rctdb_bins() {
     local d
     if [ -n "${RCTDB_BIN_DIR:-}" ]; then
-        [ -x "$RCTDB_BIN_DIR/rctdb" ] && [ -x "$RCTDB_BIN_DIR/rctdbd" ] ||
+        if [ ! -x "$RCTDB_BIN_DIR/rctdb" ] || [ ! -x "$RCTDB_BIN_DIR/rctdbd" ]; then
             die "RCTDB_BIN_DIR=$RCTDB_BIN_DIR has no rctdb and rctdbd"
+        fi
         echo "$RCTDB_BIN_DIR"
         return
     fi
     # the newer build of the two, so a stale release build does not shadow a fresh debug one
     local best=""
     for d in "$REPO/target/release" "$REPO/target/debug"; do
-        [ -x "$d/rctdb" ] && [ -x "$d/rctdbd" ] || continue
+        if [ ! -x "$d/rctdb" ] || [ ! -x "$d/rctdbd" ]; then continue; fi
         if [ -z "$best" ] || [ "$d/rctdbd" -nt "$best/rctdbd" ]; then best=$d; fi
     done
     if [ -n "$best" ]; then echo "$best"; return; fi
@@ -311,11 +312,11 @@ pkill_node_children() {
 }
 
 write_env() {
-    cat >"$DIR/cluster.env" <<EOF
-BACKEND=$BACKEND
-HOSTS="$(hosts_of "$BACKEND")"
-SMBPASS='$PASS'
-EOF
+    {
+        echo "BACKEND=$BACKEND"
+        echo "HOSTS=\"$(hosts_of "$BACKEND")\""
+        printf 'SMBPASS=%q\n' "$PASS"
+    } >"$DIR/cluster.env"
 }
 
 cmd_up() {
@@ -349,7 +350,7 @@ cmd_up() {
     for ((k = 0; k < NODES; k++)); do smbd_wait "$k" "${hosts[k]}"; done
     echo "backend $BACKEND: smbd on ${hosts[*]} share $DIR/share"
     for ip in "${hosts[@]}"; do
-        echo "  smbclient //$ip/share -U 'root%$PASS'"
+        printf '  smbclient //%s/share -U %q\n' "$ip" "root%$PASS"
     done
 }
 

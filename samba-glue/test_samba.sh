@@ -31,12 +31,13 @@ skip() { echo "test_samba: SKIP: $*"; exit 77; }
 BIN_DIR=${1:-${RCTDB_BIN_DIR:-}}
 if [ -z "$BIN_DIR" ]; then
     for d in "$REPO/target/release" "$REPO/target/debug"; do
-        [ -x "$d/rctdb" ] && [ -x "$d/rctdbd" ] || continue
+        if [ ! -x "$d/rctdb" ] || [ ! -x "$d/rctdbd" ]; then continue; fi
         if [ -z "$BIN_DIR" ] || [ "$d/rctdbd" -nt "$BIN_DIR/rctdbd" ]; then BIN_DIR=$d; fi
     done
 fi
-[ -n "$BIN_DIR" ] && [ -x "$BIN_DIR/rctdb" ] && [ -x "$BIN_DIR/rctdbd" ] ||
+if [ -z "$BIN_DIR" ] || [ ! -x "$BIN_DIR/rctdb" ] || [ ! -x "$BIN_DIR/rctdbd" ]; then
     skip "no rctdb and rctdbd (give BIN_DIR or RCTDB_BIN_DIR; this script builds nothing)"
+fi
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
 [ "$(id -u)" = 0 ] || skip "smbd must bind port 445: run as root"
 for tool in /usr/sbin/smbd smbclient smbtorture smbpasswd; do
@@ -53,6 +54,7 @@ export RCTDB_BIN_DIR=$BIN_DIR
 export SMBPASS=${SMBPASS:-Rctdb.Pass1}
 failures=()
 
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 teardown() {
     local status=$?
     trap - EXIT INT TERM

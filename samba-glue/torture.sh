@@ -27,6 +27,7 @@ shift
 [ -f "$DIR/cluster.env" ] || { echo "torture.sh: no $DIR/cluster.env; run cluster.sh up $DIR first" >&2; exit 2; }
 # shellcheck source=/dev/null
 . "$DIR/cluster.env"
+: "${HOSTS:?$DIR/cluster.env names no HOSTS}" "${SMBPASS:?$DIR/cluster.env names no SMBPASS}"
 command -v smbtorture >/dev/null || { echo "torture.sh: no smbtorture (apt-get install samba-testsuite)" >&2; exit 2; }
 
 TESTS=("$@")
