@@ -34,11 +34,13 @@ pub mod opcode {
     pub const GET_CAPABILITIES: u32 = 80;
     pub const GET_PUBLIC_IPS: u32 = 90;
     pub const GET_NODEMAP: u32 = 91;
+    pub const GET_RECLOCK_FILE: u32 = 99;
     pub const REGISTER_NOTIFY: u32 = 114;
     pub const DEREGISTER_NOTIFY: u32 = 115;
     pub const TRANS3_COMMIT: u32 = 119;
     pub const GET_DB_SEQNUM: u32 = 120;
     pub const DB_GET_HEALTH: u32 = 122;
+    pub const GET_IFACES: u32 = 124;
     pub const SCHEDULE_FOR_DELETION: u32 = 128;
     pub const SET_DB_READONLY: u32 = 129;
     pub const TRAVERSE_START_EXT: u32 = 131;
@@ -73,8 +75,8 @@ pub const RECOVERY_NORMAL: i32 = 0;
 pub const RECOVERY_ACTIVE: i32 = 1;
 
 /// `enum ctdb_runstate`: RUNNING once the node serves.
-pub const RUNSTATE_FIRST_RECOVERY: u32 = 4;
-pub const RUNSTATE_RUNNING: u32 = 6;
+pub const RUNSTATE_FIRST_RECOVERY: u32 = 3;
+pub const RUNSTATE_RUNNING: u32 = 5;
 
 /// `sizeof(ctdb_sock_addr)`: the union of sockaddr, sockaddr_in and sockaddr_in6.
 const SOCK_ADDR_LEN: usize = 28;
@@ -232,6 +234,40 @@ pub fn decode_schedule_for_deletion(data: &[u8]) -> Result<(DbId, Vec<u8>), Payl
     Ok((db_id, key))
 }
 
+/// The srvid the leader announces itself on: a u32 pnn, once a second in ctdbd. Samba's
+/// `ctdb` tool learns the leader (`ctdb status`, `ctdb leader`) only from this message.
+pub const SRVID_LEADER: u64 = 0xF101_0000_0000_0000;
+
+/// GET_IFACES' answer: rctdb serves no public addresses, so no interfaces (`num = 0`).
+/// The tool reads an empty list as "no link is down", never PARTIALLYONLINE.
+pub fn encode_no_ifaces() -> Vec<u8> {
+    0u32.to_le_bytes().to_vec()
+}
+
+/// UPTIME's times (`struct ctdb_uptime`); a time that never happened is the epoch, as in
+/// ctdbd, which starts with them zeroed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uptime {
+    pub current_time: std::time::SystemTime,
+    pub start_time: std::time::SystemTime,
+    pub last_recovery_started: std::time::SystemTime,
+    pub last_recovery_finished: std::time::SystemTime,
+}
+
+/// UPTIME's answer: four C `struct timeval`s (64-bit `tv_sec` then 64-bit `tv_usec`, 16
+/// bytes each on the LP64 hosts ctdb runs on), copied as memory by the tool.
+pub fn encode_uptime(uptime: &Uptime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * 16);
+    for time in
+        [uptime.current_time, uptime.start_time, uptime.last_recovery_started, uptime.last_recovery_finished]
+    {
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        out.extend_from_slice(&(since.as_secs() as i64).to_le_bytes());
+        out.extend_from_slice(&i64::from(since.subsec_micros()).to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +336,26 @@ mod tests {
         b.extend_from_slice(b"abc");
         assert_eq!(decode_schedule_for_deletion(&b), Ok((9, b"abc".to_vec())));
         assert!(decode_schedule_for_deletion(&b[..30]).is_err());
+    }
+
+    #[test]
+    fn uptime_is_four_timevals() {
+        let at = |secs: u64, micros: u32| std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000);
+        let uptime = Uptime {
+            current_time: at(1_700_000_100, 7),
+            start_time: at(1_700_000_000, 0),
+            last_recovery_started: std::time::UNIX_EPOCH,
+            last_recovery_finished: at(1, 999_999),
+        };
+        let b = encode_uptime(&uptime);
+        assert_eq!(b.len(), 64);
+        assert_eq!(&b[0..8], &1_700_000_100i64.to_le_bytes());
+        assert_eq!(&b[8..16], &7i64.to_le_bytes());
+        assert_eq!(&b[16..24], &1_700_000_000i64.to_le_bytes());
+        assert!(b[32..48].iter().all(|&x| x == 0));
+        assert_eq!(&b[48..56], &1i64.to_le_bytes());
+        assert_eq!(&b[56..64], &999_999i64.to_le_bytes());
+        assert_eq!(encode_no_ifaces(), [0, 0, 0, 0]);
     }
 
     proptest! {

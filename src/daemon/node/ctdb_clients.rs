@@ -117,10 +117,16 @@ impl Node {
         if destnode != CURRENT_NODE && destnode != self.pnn {
             return self.forward_control(client, reqid, destnode, request);
         }
+        // The tool learns the leader from a message once its handler is registered, which
+        // is when it reads the reply: the message must follow the reply.
+        let wants_leader = request.opcode == opcode::REGISTER_SRVID && request.srvid == ctdb::SRVID_LEADER;
         if let Some(reply) = self.ctdb_local_control(client, reqid, request) {
             if !no_reply {
                 self.reply_to_client(client, reqid, Body::ReplyControl(reply));
             }
+        }
+        if wants_leader {
+            self.ctdb_tell_leader(client);
         }
     }
 
@@ -159,10 +165,6 @@ impl Node {
                     "persistent database {name:?} is not clustered by rctdb; set `ctdb:{name} = no`"
                 ))
             }
-            opcode::GETDBPATH => match self.ctdb_db(data) {
-                Ok((_, path, _)) => ok_reply(ctdb::c_string(&path)),
-                Err(err) => error_reply(&err),
-            },
             opcode::DB_OPEN_FLAGS => match self
                 .ctdb_db(data)
                 .and_then(|(id, ..)| self.store.open_flags(id).map_err(|e| e.to_string()))
@@ -175,10 +177,6 @@ impl Node {
                 .and_then(|(id, ..)| self.store.enable_seqnum(id).map_err(|e| e.to_string()))
             {
                 Ok(()) => ok_reply(vec![]),
-                Err(err) => error_reply(&err),
-            },
-            opcode::GET_DBNAME => match self.ctdb_db(data) {
-                Ok((_, _, name)) => ok_reply(ctdb::c_string(&name)),
                 Err(err) => error_reply(&err),
             },
             // No read-only delegations yet: smbd then asks for the record itself.
@@ -241,8 +239,17 @@ impl Node {
                 None => error_reply("no leader yet"),
             },
             opcode::GET_CAPABILITIES => ok_reply(ctdb::CAPABILITIES.to_le_bytes().to_vec()),
+            opcode::GETDBPATH => match self.ctdb_db(data) {
+                Ok((_, path, _)) => ok_reply(ctdb::c_string(&path)),
+                Err(err) => error_reply(&err),
+            },
+            opcode::GET_DBNAME => match self.ctdb_db(data) {
+                Ok((_, _, name)) => ok_reply(ctdb::c_string(&name)),
+                Err(err) => error_reply(&err),
+            },
             opcode::GET_RUNSTATE => {
-                let running = self.engine.cluster_status().state == "active";
+                // RUNNING from the first recovery that admitted this node on, as ctdbd.
+                let running = self.engine.cluster_status().state == "active" || self.ctdb_has_served();
                 let state = if running { ctdb::RUNSTATE_RUNNING } else { ctdb::RUNSTATE_FIRST_RECOVERY };
                 ok_reply(state.to_le_bytes().to_vec())
             }

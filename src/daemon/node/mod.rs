@@ -110,6 +110,8 @@ pub struct Node {
     clients: HashMap<ClientId, ClientLink>,
     /// What ctdbd's client protocol needs: pids, registered srvids, forwarded controls.
     ctdb: CtdbClients,
+    /// When this node last went into and out of recovery, for `ctdb uptime`.
+    recovery_times: ctdb_tool::RecoveryTimes,
     pending: HashMap<ReqId, PendingControl>,
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
@@ -195,6 +197,7 @@ impl Node {
             transport,
             clients: HashMap::new(),
             ctdb: CtdbClients::default(),
+            recovery_times: Default::default(),
             pending: HashMap::new(),
             held_locks: crossbeam_channel::unbounded(),
             copies_wanted: HashMap::new(),
@@ -255,7 +258,10 @@ impl Node {
                     // just given up, and must not be taken for the next one's.
                     while self.lock_outcomes.1.try_recv().is_ok() {}
                 }
-                Output::Event(event) => log_event(self.pnn, &event),
+                Output::Event(event) => {
+                    log_event(self.pnn, &event);
+                    self.ctdb_tool_event(&event);
+                }
                 Output::AttachDone { client, reqid, db_id, result } => {
                     let ctdb_form = self.ctdb.take_attach(client, reqid);
                     let reply = match result.and_then(|()| self.attach_reply(db_id)) {
