@@ -69,6 +69,6 @@ for test in "${TESTS[@]}"; do
     fi
     echo "    $good passed, $skipped skipped, exit status $rc, ${elapsed}s; log $log"
     tr '\r' '\n' <"$log" | grep -E '^(failure|error):|\(([1-9][0-9]*) failures\)$' -A2 |
-        grep -vE '^(--|\])$' | head -24 | sed 's/^/    /'
+        grep -vE '^(--|\]|time: .*)$' | head -24 | sed 's/^/    /'
 done
 [ "$failed" -eq 0 ]
