@@ -264,7 +264,10 @@ smbd_start() {
     printf '%s\n%s\n' "$PASS" "$PASS" |
         timeout 30 smbpasswd -s -a root -c "$conf" >"$DIR/node$k/log/smbpasswd.out" 2>&1 ||
         die "node$k: smbpasswd failed: $(tail -3 "$DIR/node$k/log/smbpasswd.out")"
-    timeout 30 "$SMBD" -D -s "$conf" || die "node$k: $SMBD -D failed; see $DIR/node$k/log/log.smbd"
+    if ! timeout 30 "$SMBD" -D -s "$conf"; then
+        tail -n 6 "$DIR/node$k/log/log.smbd" >&2 || true
+        die "node$k: $SMBD -D failed; see $DIR/node$k/log/log.smbd"
+    fi
 }
 
 smbd_wait() {

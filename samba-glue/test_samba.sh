@@ -106,7 +106,7 @@ if step "rctdb: cluster up" 90 "$HERE/cluster.sh" up "$A" --backend rctdb; then
         head -10 "$STATE/rctdbd-refusals.txt" | sed 's/^/   /'
     fi
 else
-    tail -5 "$A"/rctdb/node*.log "$A"/node*/log/log.smbd 2>/dev/null | sed 's/^/   /'
+    tail -n 6 "$A"/rctdb/node*.log "$A"/node*/log/log.smbd 2>/dev/null | sed 's/^/   /' || true
 fi
 timeout 25 "$HERE/cluster.sh" down "$A" >>"$STATE/teardown.log" 2>&1 || true
 
