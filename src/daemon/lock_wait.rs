@@ -112,7 +112,7 @@ pub fn wait_for(files: Arc<LockFiles>, start: u64, len: u64, target: LockTarget,
     }
 }
 
-fn ofd_lock(file: &File, start: u64, len: u64, kind: libc::c_int, wait: bool) -> nix::Result<()> {
+pub(super) fn ofd_lock(file: &File, start: u64, len: u64, kind: libc::c_int, wait: bool) -> nix::Result<()> {
     // SAFETY: flock is a plain C struct for which all-zero bytes are a valid value.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;

@@ -28,6 +28,24 @@ pub struct AttachedDb {
     seqnum: bool,
     /// Open file descriptions of the same file, for lock waiters.
     lock_files: Arc<LockFiles>,
+    /// Holds a read lock on tdb's ACTIVE_LOCK byte for as long as the database is attached,
+    /// so that no opener with TDB_CLEAR_IF_FIRST (smbd opens its volatile databases so when
+    /// not clustered) can take the file for unused and wipe records this node holds.
+    _active_lock: std::fs::File,
+}
+
+/// tdb's ACTIVE_LOCK offset: CLEAR_IF_FIRST wipes the file only if it can write-lock it.
+const TDB_ACTIVE_LOCK: u64 = 4;
+
+fn hold_active_lock(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("{}: {e}", path.display())))?;
+    super::lock_wait::ofd_lock(&file, TDB_ACTIVE_LOCK, 1, libc::F_RDLCK, false)
+        .map_err(|e| Error::io(format!("{}: read-locking tdb's ACTIVE_LOCK: {e}", path.display())))?;
+    Ok(file)
 }
 
 pub struct TdbStore {
@@ -89,7 +107,11 @@ impl TdbStore {
             )));
         }
         let lock_files = Arc::new(LockFiles::new(&path));
-        self.dbs.insert(db_id, AttachedDb { name: name.to_owned(), tdb, seqnum: false, lock_files });
+        let _active_lock = hold_active_lock(&path)?;
+        self.dbs.insert(
+            db_id,
+            AttachedDb { name: name.to_owned(), tdb, seqnum: false, lock_files, _active_lock },
+        );
         self.headers.insert(db_id, HashMap::new());
         Ok(path)
     }
@@ -247,4 +269,32 @@ pub fn wipe_without_waiting(tdb: &Tdb) -> Result<()> {
     let wiped = tdb.wipe_all();
     tdb.unlockall()?;
     wiped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::{Record, RecordStore};
+
+    /// smbd opens its volatile databases with TDB_CLEAR_IF_FIRST when it is not clustered;
+    /// such an opener (here python3-tdb, in another process as smbd would be) must not wipe
+    /// a file this daemon has attached.
+    #[test]
+    fn a_clear_if_first_opener_cannot_wipe_an_attached_database() {
+        let dir = std::env::temp_dir().join(format!("rctdb-active-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = TdbStore::new(&dir);
+        store.attach(7, "locking.tdb").unwrap();
+        let record = Record { header: RecordHeader { rsn: 1, dmaster: 0, flags: 0 }, data: b"held".to_vec() };
+        RecordStore::store(&mut store, 7, b"key", &record).unwrap();
+        let script = "import sys, tdb\n\
+                      t = tdb.Tdb(sys.argv[1], 0, tdb.CLEAR_IF_FIRST | tdb.INCOMPATIBLE_HASH, 2, 0o600)\n\
+                      print(len(list(t.keys())))";
+        let path = dir.join("locking.tdb");
+        let out =
+            std::process::Command::new("/usr/bin/python3").args(["-c", script]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "python3-tdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "the opener wiped the attached file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -340,7 +340,8 @@ mod tests {
 
     #[test]
     fn uptime_is_four_timevals() {
-        let at = |secs: u64, micros: u32| std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000);
+        let at =
+            |secs: u64, micros: u32| std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000);
         let uptime = Uptime {
             current_time: at(1_700_000_100, 7),
             start_time: at(1_700_000_000, 0),
