@@ -13,7 +13,7 @@ use super::Node;
 use crate::daemon::cluster_lock::ClusterLockSpec;
 use crate::engine::{ClientId, ClusterEvent};
 use crate::wire::ctdb::{self, opcode, Uptime};
-use crate::wire::{Body, DbId, Packet, ReplyControl, ReqMessage};
+use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqMessage};
 
 /// What the tool asks about that the node does not keep for itself: when this node last
 /// went into and out of recovery (`ctdb uptime`).
@@ -100,28 +100,24 @@ impl Node {
     /// Tells one client who leads, as the leader's broadcast would (nothing while no
     /// leader is known: the tool then waits and prints UNKNOWN, as with ctdbd).
     pub(super) fn ctdb_tell_leader(&self, client: ClientId) {
-        if let (Some(packet), Some(link)) = (self.leader_message(), self.clients.get(&client)) {
-            link.send(&packet);
-        }
+        let (Some((leader, message)), Some(link)) = (self.leader_message(), self.clients.get(&client)) else {
+            return;
+        };
+        let generation = self.engine.generation();
+        let body = Body::Message(message);
+        link.send(&Packet { generation, destnode: self.pnn, srcnode: leader, reqid: 0, body });
     }
 
     fn ctdb_announce_leader(&mut self) {
-        if let Some(leader) = self.engine.cluster_status().leader {
-            let message = ReqMessage { srvid: ctdb::SRVID_LEADER, data: leader.to_le_bytes().to_vec() };
+        if let Some((leader, message)) = self.leader_message() {
             self.deliver_message(leader, message);
         }
     }
 
-    fn leader_message(&self) -> Option<Packet> {
+    /// The leader's announcement: its pnn, a u32, to `SRVID_LEADER`.
+    fn leader_message(&self) -> Option<(Pnn, ReqMessage)> {
         let leader = self.engine.cluster_status().leader?;
-        let message = ReqMessage { srvid: ctdb::SRVID_LEADER, data: leader.to_le_bytes().to_vec() };
-        Some(Packet {
-            generation: self.engine.generation(),
-            destnode: self.pnn,
-            srcnode: leader,
-            reqid: 0,
-            body: Body::Message(message),
-        })
+        Some((leader, ReqMessage { srvid: ctdb::SRVID_LEADER, data: leader.to_le_bytes().to_vec() }))
     }
 }
 
