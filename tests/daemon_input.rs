@@ -66,7 +66,7 @@ fn bad_client_input_is_refused_and_the_daemon_carries_on() {
     let mut stream = UnixStream::connect(&socket).expect("connect");
     assert!(error_text(request(&mut stream, 1, control(opcode::DB_ATTACH, b"../etc/passwd")))
         .contains("not a database name"));
-    assert!(error_text(request(&mut stream, 2, control(0x1234, b""))).contains("unknown control"));
+    assert!(error_text(request(&mut stream, 2, control(0x1234, b""))).contains("not served by rctdbd"));
     assert!(error_text(request(&mut stream, 3, control(opcode::TRAVERSE_ALL, &7u32.to_le_bytes())))
         .contains("not attached"));
     assert!(error_text(request(&mut stream, 4, control(opcode::TRAVERSE_ALL, b"x"))).contains("malformed"));
