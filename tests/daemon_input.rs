@@ -70,10 +70,24 @@ fn bad_client_input_is_refused_and_the_daemon_carries_on() {
     assert!(error_text(request(&mut stream, 3, control(opcode::TRAVERSE_ALL, &7u32.to_le_bytes())))
         .contains("not attached"));
     assert!(error_text(request(&mut stream, 4, control(opcode::TRAVERSE_ALL, b"x"))).contains("malformed"));
-    let call = ReqCall { flags: 1, db_id: 7, callid: 0, hopcount: 0, key: b"k".to_vec(), calldata: vec![] };
+    let call = ReqCall {
+        flags: 1,
+        db_id: 7,
+        callid: rctdb::wire::CALL_NULL_FUNC,
+        hopcount: 0,
+        key: b"k".to_vec(),
+        calldata: vec![],
+    };
     match request(&mut stream, 5, Body::ReqCall(call)) {
         Body::ReplyError(reply) => assert_eq!(reply.status, -libc::ENOENT, "migration in an unattached db"),
-        other => panic!("expected REPLY_CALL, got {other:?}"),
+        other => panic!("expected REPLY_ERROR, got {other:?}"),
+    }
+    // Call functions other than CTDB's NULL_FUNC and FETCH_FUNC are refused, not run.
+    let call =
+        ReqCall { flags: 0, db_id: 7, callid: 0x77, hopcount: 0, key: b"k".to_vec(), calldata: vec![] };
+    match request(&mut stream, 6, Body::ReqCall(call)) {
+        Body::ReplyError(reply) => assert_eq!(reply.status, -libc::ENOSYS, "an unknown call function"),
+        other => panic!("expected REPLY_ERROR, got {other:?}"),
     }
 
     // And the daemon still serves a well-behaved client.
