@@ -15,6 +15,8 @@ struct Cluster {
     stores: Vec<MemStore>,
     network: VecDeque<Packet>,
     replies: Vec<(Pnn, ClientId, ReqId, i32)>,
+    /// The data each reply carried, for calls that asked for it (CTDB's FETCH_FUNC).
+    fetched: Vec<(ClientId, Vec<u8>)>,
     /// (operation, from, to) of every packet delivered.
     log: Vec<(u32, Pnn, Pnn)>,
 }
@@ -34,6 +36,7 @@ impl Cluster {
             stores: (0..nodes).map(|_| MemStore::new()).collect(),
             network: VecDeque::new(),
             replies: vec![],
+            fetched: vec![],
             log: vec![],
         }
     }
@@ -44,8 +47,9 @@ impl Cluster {
         for output in out {
             match output {
                 Output::Send(packet) => self.network.push_back(packet),
-                Output::ClientReply { client, reqid, status, .. } => {
-                    self.replies.push((pnn, client, reqid, status))
+                Output::ClientReply { client, reqid, status, data } => {
+                    self.replies.push((pnn, client, reqid, status));
+                    self.fetched.extend(data.map(|data| (client, data)));
                 }
                 Output::WaitForChainLock { .. } => {}
                 other => panic!("a fixed cluster has no membership: {other:?}"),
@@ -140,6 +144,33 @@ fn three_hop_migration_through_a_third_lmaster() {
     let left = cluster.stores[1].peek(DB, &key).unwrap();
     assert_eq!(left.header.dmaster, 2);
     assert_ne!(left.header.flags & FLAG_MIGRATED_WITH_DATA, 0, "a copy left with data is marked");
+}
+
+#[test]
+fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(0, 1, &key);
+    let mut record = cluster.stores[0].peek(DB, &key).unwrap().clone();
+    record.data = b"share modes".to_vec();
+    cluster.stores[0].put(DB, &key, record);
+    let fetch = |client| ClientCall {
+        client,
+        reqid: client as ReqId,
+        db_id: DB,
+        key: key.clone(),
+        first_use: false,
+        wants_data: true,
+    };
+    cluster.input(0, Input::ClientCall(fetch(2)));
+    cluster.input(1, Input::ClientCall(fetch(3)));
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched, vec![(2, b"share modes".to_vec()), (3, b"share modes".to_vec())]);
+    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "a fetch migrates the record, as NULL_FUNC does");
+    // Calls that did not ask for the data get none.
+    cluster.ask(0, 4, &key);
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched.len(), 2);
 }
 
 #[test]
