@@ -36,6 +36,7 @@ pub(super) struct CtdbClients {
 struct Forwarded {
     client: ClientId,
     client_reqid: ReqId,
+    peer: Pnn,
     deadline: Instant,
 }
 
@@ -316,7 +317,9 @@ impl Node {
         let forward_reqid = self.take_control_reqid();
         if !no_reply {
             let deadline = Instant::now() + FORWARD_TIMEOUT;
-            self.ctdb.forwarded.insert(forward_reqid, Forwarded { client, client_reqid: reqid, deadline });
+            self.ctdb
+                .forwarded
+                .insert(forward_reqid, Forwarded { client, client_reqid: reqid, peer: destnode, deadline });
         }
         let generation = self.engine.generation();
         let body = Body::ReqControl(request);
@@ -331,12 +334,21 @@ impl Node {
     }
 
     pub(super) fn ctdb_expire_forwards(&mut self, now: Instant) {
-        let expired: Vec<ReqId> =
-            self.ctdb.forwarded.iter().filter(|(_, f)| f.deadline <= now).map(|(reqid, _)| *reqid).collect();
-        for reqid in expired {
+        self.fail_forwards(|f| f.deadline <= now, "the node the control was for did not answer");
+    }
+
+    /// The link to `peer` went down: what was sent on to it is answered now, with an error,
+    /// as ctdbd answers for a node that is not connected.
+    pub(super) fn ctdb_peer_lost(&mut self, peer: Pnn) {
+        self.fail_forwards(|f| f.peer == peer, "the node the control was for is not connected");
+    }
+
+    fn fail_forwards(&mut self, failed: impl Fn(&Forwarded) -> bool, why: &str) {
+        let reqids: Vec<ReqId> =
+            self.ctdb.forwarded.iter().filter(|(_, f)| failed(f)).map(|(reqid, _)| *reqid).collect();
+        for reqid in reqids {
             if let Some(f) = self.ctdb.forwarded.remove(&reqid) {
-                let reply = error_reply("the node the control was for did not answer");
-                self.reply_to_client(f.client, f.client_reqid, Body::ReplyControl(reply));
+                self.reply_to_client(f.client, f.client_reqid, Body::ReplyControl(error_reply(why)));
             }
         }
     }

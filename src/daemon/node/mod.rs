@@ -351,6 +351,7 @@ impl Node {
             TransportEvent::Refused(pnn) => self.engine_input(Input::Refused(pnn)),
             TransportEvent::LinkDown(pnn) => {
                 log::warn!("link to node {pnn} down");
+                self.ctdb_peer_lost(pnn);
                 self.engine_input(Input::LinkDown(pnn));
             }
         }
