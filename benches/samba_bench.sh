@@ -9,7 +9,8 @@
 # `clustering`:
 #
 #   plain  one unclustered smbd (127.0.0.2; cluster.sh starts a second, idle one on .3)
-#   ctdbd  two smbd (127.0.0.11/.12) on Samba's ctdbd (3 nodes, the anchors' lab scripts)
+#   ctdbd  two smbd (127.0.0.11/.12) on Samba's ctdbd (the anchors' lab scripts: 3 nodes,
+#          127.0.0.11-13, as in the anchors' figures; CTDBD_NODES=2 runs only .11 and .12)
 #   rctdb  two smbd (127.0.0.2/.3) on two rctdbd built from this tree (release)
 #
 # Workloads, NPROCS (4) connections for SECS seconds, torture:progress=no:
@@ -39,7 +40,7 @@
 #
 # Environment: SECS (15), NPROCS (4), CONFIGS ("plain ctdbd rctdb"), RESULTS (default
 # benches/results/samba_bench.txt), RCTDB_BIN_DIR (rctdb/rctdbd to use; default
-# target/release, built first with cargo), RUN_LIMIT (470 s: the run stops and tears down
+# target/release, built first with cargo), CTDBD_NODES (3), RUN_LIMIT (470 s: the run stops and tears down
 # after this), WAIT_FREE (60 s to wait for another user's smbd or ctdbd to leave the
 # addresses a configuration needs), SMBPASS, CTDBD_ANCHOR, KEEP=1 keeps the work directory.
 set -uo pipefail
@@ -53,6 +54,7 @@ CONFIGS=${CONFIGS:-"plain ctdbd rctdb"}
 RESULTS=${RESULTS:-$REPO/benches/results/samba_bench.txt}
 RUN_LIMIT=${RUN_LIMIT:-470}
 WAIT_FREE=${WAIT_FREE:-60}
+CTDBD_NODES=${CTDBD_NODES:-3}
 PASS=${SMBPASS:-Rctdb.Pass1}
 export SMBPASS=$PASS
 # smbd at level 0 so its own logging is not what we measure
@@ -68,6 +70,7 @@ command -v smbtorture >/dev/null || die "no smbtorture (apt-get install samba-te
 [ -x /usr/sbin/smbd ] || die "no /usr/sbin/smbd (apt-get install samba)"
 [ -f "$CLUSTER_SH" ] || die "no $CLUSTER_SH"
 [[ $SECS =~ ^[0-9]+$ ]] && [ "$SECS" -gt 0 ] || die "SECS must be a positive integer"
+[ "$CTDBD_NODES" = 2 ] || [ "$CTDBD_NODES" = 3 ] || die "CTDBD_NODES must be 2 or 3"
 [[ $NPROCS =~ ^[0-9]+$ ]] && [ "$NPROCS" -gt 0 ] || die "NPROCS must be a positive integer"
 
 WORK=$(mktemp -d /tmp/samba_bench.XXXXXX)
@@ -131,17 +134,33 @@ if [[ " $CONFIGS " == *" rctdb "* ]]; then
 fi
 export RCTDB_BIN_DIR=$BINS
 
+# The anchors' lab has three ctdbd; for two, cluster.sh runs a copy of its scripts whose
+# env.sh lists only the two addresses our smbd use.
+CTDBD_ANCHOR=${CTDBD_ANCHOR:-/work/shared/anchors/ctdbd}
+if [ "$CTDBD_NODES" = 2 ] && [[ " $CONFIGS " == *" ctdbd "* ]]; then
+    cp -r "$CTDBD_ANCHOR" "$WORK/anchor2"
+    sed -i -e 's/^NODES=.*/NODES="127.0.0.11 127.0.0.12"/' -e 's/^NNODES=.*/NNODES=2/' "$WORK/anchor2/env.sh"
+    CTDBD_ANCHOR=$WORK/anchor2
+fi
+export CTDBD_ANCHOR
+
 say "# samba_bench.sh $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "# rctdb $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'), binaries $BINS"
 say "# $(/usr/sbin/smbd --version), $(smbtorture --version | head -1), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-say "# SECS=$SECS NPROCS=$NPROCS CONFIGS=\"$CONFIGS\""
+say "# SECS=$SECS NPROCS=$NPROCS CONFIGS=\"$CONFIGS\" CTDBD_NODES=$CTDBD_NODES"
 
 # Addresses (ip:port) a configuration's smbd and daemons listen on.
 needed_addrs() {
     case $1 in
         plain) echo "127.0.0.2:445 127.0.0.3:445" ;;
         rctdb) echo "127.0.0.2:445 127.0.0.3:445 127.0.0.2:4379 127.0.0.3:4379" ;;
-        ctdbd) echo "127.0.0.11:445 127.0.0.12:445 127.0.0.11:4379 127.0.0.12:4379 127.0.0.13:4379" ;;
+        ctdbd)
+            if [ "$CTDBD_NODES" = 3 ]; then
+                echo "127.0.0.11:445 127.0.0.12:445 127.0.0.11:4379 127.0.0.12:4379 127.0.0.13:4379"
+            else
+                echo "127.0.0.11:445 127.0.0.12:445 127.0.0.11:4379 127.0.0.12:4379"
+            fi
+            ;;
     esac
 }
 
@@ -231,7 +250,7 @@ counters_after() {
                     s == "node" && $1 == "req_message" {rm = $2}
                     /^ *call_latency/ {lat = $3}
                     /^ *locks_latency|^ *lock_latency/ {llat = $3}
-                    END {printf "    ctdbd node%d: client req_call=%s node req_call=%s req_dmaster=%s reply_dmaster=%s req_message=%s call_latency avg=%s s\n", n, cr, nr, rd, pd, rm, lat}'
+                    END {printf "    ctdbd node%d: client req_call=%s node req_call=%s req_dmaster=%s reply_dmaster=%s req_message=%s call_latency min/avg/max=%s s\n", n, cr, nr, rd, pd, rm, lat}'
             done
             ;;
         rctdb)
@@ -403,5 +422,5 @@ for wl in path-contention lock no-contention; do
     esac
     say "$(printf '%-42s %9s %9s %9s %11s %10s  %s' "$label" "${p:--}" "${c:--}" "${r:--}" "$rc" "$rp" "$g")"
 done
-say "(plain: one smbd; ctdbd, rctdbd: two smbd, connections alternating between them; $NPROCS connections, ${SECS}s each)"
+say "(plain: one smbd; ctdbd ($CTDBD_NODES ctdbd nodes), rctdbd (2 nodes): two smbd, connections alternating between them; $NPROCS connections, ${SECS}s each)"
 say "# done $(date -u '+%H:%M:%S UTC') after ${SECONDS}s, load $(cut -d' ' -f1-3 /proc/loadavg); raw output in $RESULTS"
