@@ -286,16 +286,22 @@ verdict() {
     local f=$1
     if tr '\r' '\n' <"$f" | grep -qE '^success:'; then
         echo ok
+    elif [ "$(cat "$f.rc" 2>/dev/null)" = 124 ] && tr '\r' '\n' <"$f" | grep -qE '^\[[0-9]+\] [0-9]+ ops'; then
+        # raw.bench-lock sometimes never finishes its cleanup (a blocking lock with a 100 s
+        # timeout still pending); its counts are complete by then
+        echo "ok (counts printed, then hung in its cleanup: killed)"
     else
         echo "FAILED: $(tr '\r' '\n' <"$f" | grep -E '^(failure|error)|Failed|NT_STATUS' | head -2 | tr '\n' ' ')"
     fi
 }
 
+# torture OUT HOST ARGS...: smbtorture against //HOST/share; its exit status goes to OUT.rc
 torture() {
-    local out=$1 host=$2
+    local out=$1 host=$2 rc=0
     shift 2
-    timeout --kill-after=5 $((SECS + 45)) smbtorture --target=samba3 "//$host/share" -U "root%$PASS" \
-        --option=torture:timelimit="$SECS" --option=torture:progress=no "$@" >"$out" 2>&1
+    timeout --kill-after=5 $((SECS + 20)) smbtorture --target=samba3 "//$host/share" -U "root%$PASS" \
+        --option=torture:timelimit="$SECS" --option=torture:progress=no "$@" >"$out" 2>&1 || rc=$?
+    echo "$rc" >"$out.rc"
 }
 
 declare -A RESULT
