@@ -166,7 +166,7 @@ struct rctdb_context *routed_ctx(struct routed_db *db)
  * too, and libtdb refuses to open a file twice in one process. */
 int routed_reopen_all(int parent_longlived)
 {
-	int rc = 0;
+	int rc = 0, reopened = 0;
 
 	pthread_mutex_lock(&open_dbs_lock);
 	for (struct routed_db *db = open_dbs; db != NULL; db = db->next) {
@@ -178,8 +178,14 @@ int routed_reopen_all(int parent_longlived)
 	for (struct routed_db *db = open_dbs; db != NULL; db = db->next) {
 		if (routed_open_ctx(db, true) != 0) {
 			rc = -1;
+		} else {
+			reopened++;
 		}
 	}
 	pthread_mutex_unlock(&open_dbs_lock);
+	if (reopened > 0) {
+		preload_log(NULL, TDB_DEBUG_TRACE, "tdb_reopen_all in process %d: %d routed database(s) "
+			    "reopened, each with its own rctdbd connection", (int)getpid(), reopened);
+	}
 	return rc;
 }

@@ -8,6 +8,10 @@
  *                              skips it; parent and children increment one counter
  *                              under the chain lock at the same time
  *   preload_check DIR store K V / fetch K     one record of the routed database
+ *   preload_check DIR dump NAME                every record of DIR/NAME, as hex:
+ *                              "key HEX data HEX" (through the preload when NAME is routed)
+ *   preload_check - headers FILE               a clustered node file read directly:
+ *                              "key HEX dmaster N rsn N bytes N" (rctdb's record header)
  *
  * Prints one "ok: ..." line per check; the first failure prints "FAIL: ..." and exits 1.
  */
@@ -345,6 +349,56 @@ static void check_fork(void)
 	tdb_close(routed);
 }
 
+static void print_hex(const char *label, TDB_DATA d)
+{
+	printf("%s ", label);
+	for (size_t i = 0; i < d.dsize; i++) {
+		printf("%02x", d.dptr[i]);
+	}
+}
+
+static int print_record(struct tdb_context *tdb, TDB_DATA key, TDB_DATA data, void *private_data)
+{
+	(void)tdb;
+	(void)private_data;
+	print_hex("key", key);
+	print_hex(" data", data);
+	printf("\n");
+	return 0;
+}
+
+/* rctdb's 24-byte record header: rsn (u64), dmaster (u32), flags (u32), little-endian. */
+static int print_header(struct tdb_context *tdb, TDB_DATA key, TDB_DATA data, void *private_data)
+{
+	unsigned long long rsn = 0;
+	unsigned dmaster = 0;
+
+	(void)tdb;
+	(void)private_data;
+	if (data.dsize < 24) {
+		return 0;
+	}
+	memcpy(&rsn, data.dptr, 8);
+	memcpy(&dmaster, data.dptr + 8, 4);
+	print_hex("key", key);
+	printf(" dmaster %u rsn %llu bytes %zu\n", dmaster, rsn, data.dsize - 24);
+	return 0;
+}
+
+static int dump(const char *path, tdb_traverse_func fn)
+{
+	struct tdb_context *tdb = tdb_open(path, 0, 0, O_RDONLY, 0);
+
+	if (tdb == NULL) {
+		fail("tdb_open(%s): %s", path, strerror(errno));
+	}
+	if (tdb_traverse_read(tdb, fn, NULL) < 0) {
+		fail("traverse %s: %s", path, tdb_errorstr(tdb));
+	}
+	tdb_close(tdb);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -373,6 +427,13 @@ int main(int argc, char **argv)
 		printf("%.*s\n", (int)got.dsize, (char *)got.dptr);
 		free(got.dptr);
 		tdb_close(tdb);
+	} else if (strcmp(argv[2], "dump") == 0 && argc == 4) {
+		char path[4096];
+
+		snprintf(path, sizeof(path), "%s/%s", dir, argv[3]);
+		return dump(path, print_record);
+	} else if (strcmp(argv[2], "headers") == 0 && argc == 4) {
+		return dump(argv[3], print_header);
 	} else {
 		fprintf(stderr, "unknown command %s\n", argv[2]);
 		return 2;
