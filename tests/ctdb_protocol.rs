@@ -154,7 +154,8 @@ fn smbd_speaks_to_rctdbd_as_to_ctdbd() {
     let value = tdb.fetch(b"file-id").unwrap().expect("the record is in node 1's file");
     let (header, data) = RecordHeader::decode(&value).unwrap();
     assert_eq!((header.dmaster, data.len()), (1, 0));
-    // smbd stores under the header it read; FETCH_FUNC on node 0 answers that data.
+    // smbd stores under the header it read; FETCH_FUNC on node 0 answers that data, read
+    // where the record is.
     let mut stored = header.encode().to_vec();
     stored.extend_from_slice(b"share mode entry");
     tdb.store(b"file-id", &stored, rctdb::local::StoreFlag::Replace).unwrap();
@@ -163,6 +164,8 @@ fn smbd_speaks_to_rctdbd_as_to_ctdbd() {
         Body::ReplyCall(r) => assert_eq!((r.status, r.data.as_slice()), (0, &b"share mode entry"[..])),
         other => panic!("expected REPLY_CALL, got {other:?}"),
     }
+    let value = tdb.fetch(b"file-id").unwrap().expect("still in node 1's file");
+    assert_eq!(RecordHeader::decode(&value).unwrap().0.dmaster, 1, "a read leaves the record where it is");
     drop(tdb);
 
     // What rctdbd does not serve is refused with a reason, never left unanswered.

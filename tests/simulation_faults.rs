@@ -82,6 +82,11 @@ enum ClientState {
     WaitingReply {
         since: u64,
     },
+    /// A read (FETCH_FUNC: the data, the record stays where it is) before asking for the
+    /// record itself.
+    WaitingRead {
+        since: u64,
+    },
     Finished,
     Crashed,
 }
@@ -119,7 +124,7 @@ struct Sim {
     clients: Vec<Client>,
     links: BTreeMap<(Pnn, Pnn), VecDeque<Packet>>,
     to_engine: Vec<VecDeque<Input>>,
-    to_client: Vec<VecDeque<i32>>,
+    to_client: Vec<VecDeque<(i32, Option<Vec<u8>>)>>,
     lock_available: VecDeque<(Pnn, Vec<u8>)>,
     lock_outcomes: VecDeque<(Pnn, LockOutcome)>,
     lock_holder: Option<Pnn>,
@@ -152,6 +157,7 @@ struct Coverage {
     deaths: u64,
     lock_waits: u64,
     attaches_sent: u64,
+    reads: u64,
 }
 
 impl Coverage {
@@ -170,6 +176,7 @@ impl Coverage {
         self.deaths += o.deaths;
         self.lock_waits += o.lock_waits;
         self.attaches_sent += o.attaches_sent;
+        self.reads += o.reads;
     }
 }
 
@@ -291,7 +298,7 @@ impl Sim {
                     link.push_back(packet.clone());
                 }
             }
-            Output::ClientReply { client, reqid, status, .. } => {
+            Output::ClientReply { client, reqid, status, data } => {
                 let c = &self.clients[client as usize];
                 if c.state == ClientState::Crashed {
                     return;
@@ -299,7 +306,7 @@ impl Sim {
                 if reqid != c.next_reqid {
                     self.fail(&format!("client {client} got reply {reqid}, expected {}", c.next_reqid));
                 }
-                self.to_client[client as usize].push_back(status);
+                self.to_client[client as usize].push_back((status, data));
             }
             Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
             Output::AttachDone { client, reqid, result, .. } => {
@@ -425,10 +432,17 @@ impl Sim {
                 self.clients[index].key = key_name(self.rng.below64(self.p.keys as u64) as usize);
             }
         } else {
+            // Sometimes it reads the record where it is first, as smbd parses a record.
+            let read = self.rng.per_mille(250);
+            let client = &mut self.clients[index];
             client.next_reqid += 1;
             let reqid = client.next_reqid;
-            client.state = ClientState::WaitingReply { since: self.now };
-            let call = ClientCall { client: id, reqid, db_id: DB, key, first_use: true, wants_data: false };
+            client.state = if read {
+                ClientState::WaitingRead { since: self.now }
+            } else {
+                ClientState::WaitingReply { since: self.now }
+            };
+            let call = ClientCall { client: id, reqid, db_id: DB, key, first_use: !read, wants_data: read };
             self.to_engine[index].push_back(Input::ClientCall(call));
         }
     }
@@ -672,9 +686,11 @@ impl Sim {
             }
             3 => {
                 let index = client_inbox[self.rng.below64(client_inbox.len() as u64) as usize];
-                let status = self.to_client[index].pop_front().expect("non-empty");
-                let ClientState::WaitingReply { since } = self.clients[index].state else {
-                    self.fail(&format!("client {index} got a reply it did not wait for"));
+                let (status, data) = self.to_client[index].pop_front().expect("non-empty");
+                let (since, read) = match self.clients[index].state {
+                    ClientState::WaitingReply { since } => (since, false),
+                    ClientState::WaitingRead { since } => (since, true),
+                    _ => self.fail(&format!("client {index} got a reply it did not wait for")),
                 };
                 // A store that failed on the node is a clear error; the client tries again.
                 if status != 0 && !(status == CALL_IO_ERROR && self.store_failures_seen) {
@@ -683,7 +699,22 @@ impl Sim {
                 if self.now - since > MAX_WAIT_MS {
                     self.fail(&format!("client {index} waited {} ms for a record", self.now - since));
                 }
-                self.clients[index].owes_done = true;
+                if read && status == 0 {
+                    // A read sees only what was written: never more increments than were.
+                    let key = self.clients[index].key.clone();
+                    let Some(data) = data else {
+                        self.fail(&format!("client {index}: a read answered no data"))
+                    };
+                    let (seen, written) = (counter_value(&data), self.acked.get(&key).copied().unwrap_or(0));
+                    if seen > written {
+                        self.fail(&format!(
+                            "client {index} read {seen} of {key:?}, only {written} were written"
+                        ));
+                    }
+                    self.coverage.reads += 1;
+                } else if !read {
+                    self.clients[index].owes_done = true;
+                }
                 self.clients[index].state = ClientState::Ready;
             }
             4 => {
@@ -821,7 +852,7 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_increment() {
     assert!(total.crashes > 0 && total.quiets > 0 && total.partitions > 0, "{total:?}");
     assert!(total.store_failures > 0 && total.link_resets > 0 && total.dropped > 0, "{total:?}");
     assert!(total.records_fixed > 0 && total.max_hop_drops > 0 && total.deaths > 0, "{total:?}");
-    assert!(total.lock_waits > 0 && total.attaches_sent > 0, "{total:?}");
+    assert!(total.lock_waits > 0 && total.attaches_sent > 0 && total.reads > 0, "{total:?}");
 }
 
 #[test]

@@ -36,7 +36,7 @@ impl Engine {
 
     /// This node is DMASTER if its copy says so, or if nobody has stored the key yet and
     /// this node is its LMASTER.
-    fn is_dmaster(&self, key: &[u8], record: &Option<Record>) -> bool {
+    pub(super) fn is_dmaster(&self, key: &[u8], record: &Option<Record>) -> bool {
         match record {
             Some(record) => record.header.dmaster == self.config.pnn,
             None => self.lmaster(key) == self.config.pnn,
@@ -82,6 +82,10 @@ impl Engine {
             migration.waiters.push(waiter);
             return;
         }
+        if waiter.wants_data {
+            // A read: the record stays with its DMASTER, which answers the data.
+            return self.send_fetch(waiter, db_id, key, &record, out);
+        }
         let reqid = self.next_reqid();
         let sent_at = self.now;
         self.keys.entry(slot).or_default().migration =
@@ -121,18 +125,7 @@ impl Engine {
         reqid: ReqId,
         out: &mut Vec<Output>,
     ) {
-        // Our copy names where the record went, unless that node is no longer a member (the
-        // copy is from before a recovery); the LMASTER always knows.
-        let destnode = match record {
-            Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
-            _ => self.lmaster(&key),
-        };
-        if destnode == self.config.pnn {
-            // We are the LMASTER and our copy names a node that left: the recovery that
-            // should have told us where the record is did not. Only another can.
-            return self
-                .report_trouble(format!("db {db_id:#x}: the LMASTER's copy names a node that left"), out);
-        }
+        let Some(destnode) = self.record_site(db_id, &key, record, out) else { return };
         self.stats.calls_sent += 1;
         let call = ReqCall {
             flags: CALL_FLAG_IMMEDIATE_MIGRATION,
@@ -145,6 +138,29 @@ impl Engine {
         out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
     }
 
+    /// Where to ask for a record this node is not DMASTER of: the node our copy names,
+    /// unless that node is no longer a member (the copy is from before a recovery); else
+    /// the LMASTER, which always knows. `None` when that is this node itself.
+    pub(super) fn record_site(
+        &mut self,
+        db_id: DbId,
+        key: &[u8],
+        record: &Option<Record>,
+        out: &mut Vec<Output>,
+    ) -> Option<Pnn> {
+        let destnode = match record {
+            Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
+            _ => self.lmaster(key),
+        };
+        if destnode == self.config.pnn {
+            // We are the LMASTER and our copy names a node that left: the recovery that
+            // should have told us where the record is did not. Only another can.
+            self.report_trouble(format!("db {db_id:#x}: the LMASTER's copy names a node that left"), out);
+            return None;
+        }
+        Some(destnode)
+    }
+
     fn remote_call(
         &mut self,
         origin: Pnn,
@@ -154,6 +170,9 @@ impl Engine {
         store: &mut dyn RecordStore,
         out: &mut Vec<Output>,
     ) {
+        if super::fetch::is_fetch(&call) {
+            return self.remote_fetch(origin, reqid, call, record, out);
+        }
         let me = self.config.pnn;
         let is_dmaster = self.is_dmaster(&call.key, &record);
         let state = self.keys.entry((call.db_id, call.key.clone())).or_default();
@@ -197,7 +216,7 @@ impl Engine {
 
     /// Not DMASTER: pass the request on. Only the LMASTER knows the DMASTER for certain;
     /// anyone else's copy may name a node the record has long left.
-    fn forward(
+    pub(super) fn forward(
         &mut self,
         origin: Pnn,
         reqid: ReqId,

@@ -11,6 +11,7 @@
 //! active in a generation its leader admitted it to.
 
 mod attach;
+mod fetch;
 mod membership;
 mod migration;
 mod recovery;
@@ -250,6 +251,9 @@ pub struct EngineStats {
     /// Requests dropped because they were forwarded `MaxHops` times (a record lost in
     /// flight: a recovery finds it again).
     pub calls_dropped_max_hops: u64,
+    /// Reads (FETCH_FUNC) this node sent, and answered for peers, without moving records.
+    pub fetches_sent: u64,
+    pub fetches_answered: u64,
     /// Client requests that waited while this node was not serving.
     pub calls_deferred: u64,
     pub recoveries_led: u64,
@@ -268,7 +272,7 @@ impl std::fmt::Display for EngineStats {
             "calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
              protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
-             calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
+             fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
              nodes_died={}",
             self.calls_sent,
             self.calls_resent,
@@ -284,6 +288,8 @@ impl std::fmt::Display for EngineStats {
             self.lock_waits,
             self.max_hopcount,
             self.calls_dropped_max_hops,
+            self.fetches_sent,
+            self.fetches_answered,
             self.calls_deferred,
             self.recoveries_led,
             self.recoveries_joined,
@@ -417,6 +423,8 @@ pub struct Engine {
     recoveries: recovery::Recoveries,
     attaches: BTreeMap<u32, attach::PendingAttach>,
     next_attach_id: u32,
+    /// Reads sent for local clients, by reqid.
+    fetches: BTreeMap<ReqId, fetch::Fetch>,
 }
 
 impl Engine {
@@ -435,6 +443,7 @@ impl Engine {
             recoveries: recovery::Recoveries::default(),
             attaches: BTreeMap::new(),
             next_attach_id: 1,
+            fetches: BTreeMap::new(),
         }
     }
 
@@ -492,7 +501,7 @@ impl Engine {
             }
         }
         match input {
-            Input::Packet(packet) => self.accept_packet(packet),
+            Input::Packet(packet) => self.accept_packet(packet, out),
             Input::ClientCall(call) if !self.active() => {
                 self.stats.calls_deferred += 1;
                 self.cluster.deferred.push_back(call);
@@ -518,6 +527,7 @@ impl Engine {
                 self.expire_attaches(out);
                 if self.active() {
                     self.resend_late_migrations();
+                    self.resend_late_fetches(out);
                 }
                 self.membership_tick(out);
             }
@@ -552,7 +562,7 @@ impl Engine {
         }
     }
 
-    fn accept_packet(&mut self, packet: Packet) {
+    fn accept_packet(&mut self, packet: Packet, out: &mut Vec<Output>) {
         use crate::wire::Body;
         if let Body::Cluster(msg) = packet.body {
             return self.inbox.push_back((packet.srcnode, msg));
@@ -566,6 +576,7 @@ impl Engine {
             Body::ReqCall(call) => Work::Call { origin: packet.srcnode, reqid: packet.reqid, call },
             Body::ReqDmaster(req) => Work::ReqDmaster { from: packet.srcnode, reqid: packet.reqid, req },
             Body::ReplyDmaster(reply) => Work::ReplyDmaster { from: packet.srcnode, reply },
+            Body::ReplyCall(reply) => return self.fetch_answered(packet.reqid, reply.data, out),
             other => {
                 log::warn!("engine: unexpected operation {} from node {}", other.operation(), packet.srcnode);
                 return;
@@ -575,6 +586,7 @@ impl Engine {
     }
 
     fn forget_client(&mut self, client: ClientId) {
+        self.forget_fetches_of(client);
         // Sorted: the order work is replayed in must not depend on the hash map's seed.
         let mut keys: Vec<(DbId, Vec<u8>)> = self.keys.keys().cloned().collect();
         keys.sort();

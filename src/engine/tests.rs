@@ -166,11 +166,46 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
     cluster.input(1, Input::ClientCall(fetch(3)));
     cluster.deliver_all();
     assert_eq!(cluster.fetched, vec![(2, b"share modes".to_vec()), (3, b"share modes".to_vec())]);
-    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "a fetch migrates the record, as NULL_FUNC does");
-    // Calls that did not ask for the data get none.
-    cluster.ask(0, 4, &key);
+    assert_eq!(cluster.operations(), vec![(op::REQ_CALL, 0), (op::REPLY_CALL, 1)], "one round trip");
+    assert_eq!(cluster.header(0, &key).unwrap().dmaster, 0, "a read leaves the record with its DMASTER");
+    assert!(cluster.header(1, &key).is_none(), "and leaves no copy behind");
+    // A read of a key nobody has stored answers no data and mints nothing at the LMASTER.
+    let absent = key_on(0, 2).into_iter().chain(*b"-absent").collect::<Vec<u8>>();
+    let lmaster = lmaster_of(&absent, &[0, 1]);
+    let asker = 1 - lmaster;
+    cluster.input(asker, Input::ClientCall(ClientCall { key: absent.clone(), ..fetch(5) }));
     cluster.deliver_all();
-    assert_eq!(cluster.fetched.len(), 2);
+    assert_eq!(cluster.fetched.last(), Some(&(5, vec![])));
+    assert!(cluster.header(lmaster, &absent).is_none(), "nothing minted");
+    // Calls that did not ask for the data get none.
+    cluster.ask(1, 4, &key);
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched.len(), 3);
+}
+
+#[test]
+fn a_lost_read_is_asked_again_and_a_late_answer_is_dropped() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(0, 1, &key);
+    let read =
+        ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone(), first_use: false, wants_data: true };
+    cluster.input(1, Input::ClientCall(read));
+    let lost = cluster.network.pop_front().expect("the read's REQ_CALL");
+    assert!(cluster.fetched.is_empty());
+    let mut out = vec![];
+    let later = cluster.engines[1].config.tunables.migration_resend_ms;
+    cluster.engines[1].handle(later, Input::Tick, &mut cluster.stores[1], &mut out);
+    cluster.network.extend(out.into_iter().filter_map(|o| match o {
+        Output::Send(p) => Some(p),
+        _ => None,
+    }));
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched, vec![(2, vec![])], "the second request was answered");
+    // The first request turns up after all: its answer finds nobody waiting.
+    cluster.input(0, Input::Packet(lost));
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched.len(), 1, "one answer per read");
 }
 
 #[test]

@@ -362,9 +362,11 @@ impl Node {
             return;
         }
         match packet.body {
-            Body::ReqCall(_) | Body::ReqDmaster(_) | Body::ReplyDmaster(_) | Body::Cluster(_) => {
-                self.engine_input(Input::Packet(packet))
-            }
+            Body::ReqCall(_)
+            | Body::ReplyCall(_)
+            | Body::ReqDmaster(_)
+            | Body::ReplyDmaster(_)
+            | Body::Cluster(_) => self.engine_input(Input::Packet(packet)),
             Body::ReqControl(request) => self.peer_control(from, packet.reqid, request),
             Body::ReplyControl(reply) => self.peer_replied(from, packet.reqid, reply),
             Body::Message(message) => self.deliver_message(from, message),
