@@ -122,9 +122,11 @@ fn serve(client: ClientId, stream: UnixStream, events: ClientHandler) -> std::io
     Ok(())
 }
 
-fn read_loop(client: ClientId, mut stream: UnixStream, events: ClientHandler) {
+fn read_loop(client: ClientId, stream: UnixStream, events: ClientHandler) {
+    // Buffered: a frame (and often the next) in one read instead of a read per field.
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, &stream);
     loop {
-        match read_unpadded_packet(&mut stream, MAX_PACKET_LEN) {
+        match read_unpadded_packet(&mut reader, MAX_PACKET_LEN) {
             Ok(packet) => events(ClientEvent::Packet { client, packet }),
             Err(ReadError::Eof) => break,
             Err(err) => {
