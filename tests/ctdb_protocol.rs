@@ -175,8 +175,15 @@ fn smbd_speaks_to_rctdbd_as_to_ctdbd() {
     let (status, _, why) = node0.control(CURRENT_NODE, 999, 0, &[]);
     assert!(status != 0 && why.contains("not served"), "{why}");
 
-    // A process gone is gone for its peers: node 1 forgets the connection's srvids.
+    // A process gone is gone for its peers, and only then: while another connection of
+    // the process holds the srvid, it is alive; once none does, node 0 answers "gone".
+    let mut second = CtdbClient::connect(&running.socket(1));
+    assert_eq!(second.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID, &[]).0, 0);
     drop(node1);
+    // Time for node 1 to see the close: without it "still held" would prove nothing.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(node0.control(1, opcode::CHECK_PID_SRVID, 0, &pid_srvid(me, SRVID)).0, 0, "still held");
+    drop(second);
     let gone = (0..100).find(|_| {
         std::thread::sleep(Duration::from_millis(20));
         node0.control(1, opcode::CHECK_PID_SRVID, 0, &pid_srvid(me, SRVID)).0 == -1

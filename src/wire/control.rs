@@ -18,6 +18,56 @@ pub mod opcode {
     pub const TRAVERSE_ALL: u32 = 0x7c00_0004;
     /// Client -> daemon, no reply: the client answered after a migration has used the record.
     pub const MIGRATION_DONE: u32 = 0x7c00_0005;
+    /// Daemon -> peer, no reply: the (pid, srvid) pairs this node's clients registered or
+    /// dropped, so the peer answers CHECK_PID_SRVID for live processes without asking.
+    pub const CLIENT_SRVIDS: u32 = 0x7c00_0006;
+}
+
+/// What a CLIENT_SRVIDS control says about the sender's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SrvidUpdate {
+    /// Every pair the sender's clients hold now (after a link comes up).
+    All(Vec<(i32, u64)>),
+    Added(Vec<(i32, u64)>),
+    Removed(Vec<(i32, u64)>),
+}
+
+impl SrvidUpdate {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, pairs) = match self {
+            SrvidUpdate::All(p) => (0, p),
+            SrvidUpdate::Added(p) => (1, p),
+            SrvidUpdate::Removed(p) => (2, p),
+        };
+        let mut out = Vec::with_capacity(8 + 12 * pairs.len());
+        Writer(&mut out).u32(kind);
+        Writer(&mut out).count(pairs.len());
+        for (pid, srvid) in pairs {
+            Writer(&mut out).u32(*pid as u32);
+            Writer(&mut out).u64(*srvid);
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<SrvidUpdate, PayloadError> {
+        let mut r = Reader(data);
+        let kind = r.u32("srvid update kind")?;
+        let n = r.count(12, "srvid pair count")?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let pid = r.u32("pid")? as i32;
+            pairs.push((pid, r.u64("srvid")?));
+        }
+        if !r.is_empty() {
+            return Err(PayloadError("bytes after the srvid pairs"));
+        }
+        match kind {
+            0 => Ok(SrvidUpdate::All(pairs)),
+            1 => Ok(SrvidUpdate::Added(pairs)),
+            2 => Ok(SrvidUpdate::Removed(pairs)),
+            _ => Err(PayloadError("srvid update kind")),
+        }
+    }
 }
 
 /// REQ_CONTROL flag: the sender wants no reply (CTDB's CTDB_CTRL_FLAG_NOREPLY).
@@ -195,7 +245,18 @@ mod tests {
         }
 
         #[test]
+        fn srvid_updates_round_trip(kind in 0u8..3, pairs in prop::collection::vec((any::<i32>(), any::<u64>()), 0..20)) {
+            let update = match kind {
+                0 => SrvidUpdate::All(pairs),
+                1 => SrvidUpdate::Added(pairs),
+                _ => SrvidUpdate::Removed(pairs),
+            };
+            prop_assert_eq!(SrvidUpdate::decode(&update.encode()), Ok(update));
+        }
+
+        #[test]
         fn random_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = SrvidUpdate::decode(&bytes);
             let _ = decode_records(&bytes);
             let _ = AttachReply::decode(&bytes);
             let _ = decode_db_key(&bytes);

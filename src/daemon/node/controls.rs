@@ -76,6 +76,7 @@ impl Node {
 
     pub(super) fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
         match request.opcode {
+            opcode::CLIENT_SRVIDS => self.ctdb_peer_srvids(from, &request.data),
             opcode::PULL_DB => match self.attached_db_id(&request.data) {
                 Ok(db_id) => self.want_copies(db_id, CopiesFor::Peer { node: from, reqid }),
                 Err(err) => self.reply_to_peer(from, reqid, error_reply(&err)),

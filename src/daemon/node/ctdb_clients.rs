@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::controls::{error_reply, ok_reply};
 use super::Node;
 use crate::engine::{ClientId, Input};
+use crate::wire::control::SrvidUpdate;
 use crate::wire::ctdb::{self, opcode, NodeEntry, TraverseStart};
 use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqControl, ReqId, ReqMessage, CURRENT_NODE};
 
@@ -31,6 +32,10 @@ pub(super) struct CtdbClients {
     forwarded: HashMap<ReqId, Forwarded>,
     /// Attach requests in CTDB's form: the answer is the db id alone.
     attaches: HashSet<(ClientId, ReqId)>,
+    /// The (pid, srvid) pairs each peer's clients hold, as the peer told us
+    /// (CLIENT_SRVIDS): a process a peer lists is alive, and CHECK_PID_SRVID is answered
+    /// here. A process not listed is asked about at its node, which alone knows for sure.
+    remote: HashMap<Pnn, HashSet<(i32, u64)>>,
 }
 
 struct Forwarded {
@@ -47,27 +52,56 @@ impl CtdbClients {
         }
     }
 
-    pub(super) fn gone(&mut self, client: ClientId) {
-        self.pids.remove(&client);
-        for srvid in self.registered.remove(&client).unwrap_or_default() {
+    /// Forgets a connection; returns the (pid, srvid) pairs no connection holds any more.
+    pub(super) fn gone(&mut self, client: ClientId) -> Vec<(i32, u64)> {
+        let pid = self.pids.remove(&client);
+        let srvids = self.registered.remove(&client).unwrap_or_default();
+        for &srvid in &srvids {
             self.unlisten(client, srvid);
         }
         self.forwarded.retain(|_, f| f.client != client);
         self.attaches.retain(|(c, _)| *c != client);
+        let Some(pid) = pid else { return vec![] };
+        srvids
+            .into_iter()
+            .filter(|&srvid| !self.pid_has_srvid(pid, srvid))
+            .map(|srvid| (pid, srvid))
+            .collect()
     }
 
-    fn register(&mut self, client: ClientId, srvid: u64) {
+    /// Returns the (pid, srvid) pair when no other connection of the process held it yet.
+    fn register(&mut self, client: ClientId, srvid: u64) -> Option<(i32, u64)> {
+        let pid = self.pids.get(&client).copied();
+        let held_before = pid.is_some_and(|pid| self.pid_has_srvid(pid, srvid));
         if self.registered.entry(client).or_default().insert(srvid) {
             self.listeners.entry(srvid).or_default().push(client);
         }
+        pid.filter(|_| !held_before).map(|pid| (pid, srvid))
     }
 
-    fn deregister(&mut self, client: ClientId, srvid: u64) -> bool {
+    /// `None` when the connection had not registered `srvid`; else the pair if no other
+    /// connection of the process holds it.
+    fn deregister(&mut self, client: ClientId, srvid: u64) -> Option<Option<(i32, u64)>> {
         let known = self.registered.get_mut(&client).is_some_and(|set| set.remove(&srvid));
-        if known {
-            self.unlisten(client, srvid);
+        if !known {
+            return None;
         }
-        known
+        self.unlisten(client, srvid);
+        let pid = self.pids.get(&client).copied();
+        Some(pid.filter(|&pid| !self.pid_has_srvid(pid, srvid)).map(|pid| (pid, srvid)))
+    }
+
+    /// Every (pid, srvid) pair this node's clients hold.
+    fn local_pairs(&self) -> Vec<(i32, u64)> {
+        let mut pairs: Vec<(i32, u64)> = self
+            .registered
+            .iter()
+            .filter_map(|(client, srvids)| self.pids.get(client).map(|&pid| (pid, srvids)))
+            .flat_map(|(pid, srvids)| srvids.iter().map(move |&srvid| (pid, srvid)))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        pairs
     }
 
     fn unlisten(&mut self, client: ClientId, srvid: u64) {
@@ -116,6 +150,11 @@ impl Node {
     ) {
         let no_reply = request.flags & crate::wire::control::FLAG_NOREPLY != 0;
         if destnode != CURRENT_NODE && destnode != self.pnn {
+            if request.opcode == opcode::CHECK_PID_SRVID && self.peer_lists(destnode, &request.data) {
+                // The process's node listed it, over the link that would carry its
+                // departure, and that node is alive: no round trip.
+                return self.reply_to_client(client, reqid, Body::ReplyControl(status_reply(0)));
+            }
             return self.forward_control(client, reqid, destnode, request);
         }
         // The tool learns the leader from a message once its handler is registered, which
@@ -141,12 +180,19 @@ impl Node {
         let data = &request.data;
         let reply = match request.opcode {
             opcode::REGISTER_SRVID => {
-                self.ctdb.register(client, request.srvid);
+                if let Some(pair) = self.ctdb.register(client, request.srvid) {
+                    self.tell_peers_srvids(SrvidUpdate::Added(vec![pair]));
+                }
                 ok_reply(vec![])
             }
             opcode::DEREGISTER_SRVID => match self.ctdb.deregister(client, request.srvid) {
-                true => ok_reply(vec![]),
-                false => status_reply(-1),
+                Some(released) => {
+                    if let Some(pair) = released {
+                        self.tell_peers_srvids(SrvidUpdate::Removed(vec![pair]));
+                    }
+                    ok_reply(vec![])
+                }
+                None => status_reply(-1),
             },
             opcode::DB_ATTACH => match super::controls::db_name(data) {
                 Ok(db) => {
@@ -300,6 +346,67 @@ impl Node {
         Ok((db_id, path, db.name.clone()))
     }
 
+    /// Whether live peer `peer` listed the (pid, srvid) a CHECK_PID_SRVID asks about.
+    fn peer_lists(&self, peer: Pnn, data: &[u8]) -> bool {
+        let Ok(pair) = ctdb::decode_pid_srvid(data) else { return false };
+        self.ctdb.remote.get(&peer).is_some_and(|pairs| pairs.contains(&pair))
+            && self.engine.cluster_status().alive.contains(&peer)
+            && self.transport.link_states().iter().any(|l| l.pnn == peer && l.up)
+    }
+
+    /// A connection closed: its peers learn which of its processes' srvids went with it.
+    pub(super) fn ctdb_client_gone(&mut self, client: ClientId) {
+        let released = self.ctdb.gone(client);
+        if !released.is_empty() {
+            self.tell_peers_srvids(SrvidUpdate::Removed(released));
+        }
+    }
+
+    /// The link to `peer` is up: it gets every pair our clients hold, in place of what it
+    /// had from us before.
+    pub(super) fn ctdb_link_up(&mut self, peer: Pnn) {
+        let update = SrvidUpdate::All(self.ctdb.local_pairs());
+        self.send_srvids(peer, &update);
+    }
+
+    /// A peer's CLIENT_SRVIDS.
+    pub(super) fn ctdb_peer_srvids(&mut self, peer: Pnn, data: &[u8]) {
+        let update = match SrvidUpdate::decode(data) {
+            Ok(update) => update,
+            Err(err) => return log::warn!("node {peer}: CLIENT_SRVIDS: {err}"),
+        };
+        let pairs = self.ctdb.remote.entry(peer).or_default();
+        match update {
+            SrvidUpdate::All(all) => *pairs = all.into_iter().collect(),
+            SrvidUpdate::Added(added) => pairs.extend(added),
+            SrvidUpdate::Removed(removed) => {
+                for pair in removed {
+                    pairs.remove(&pair);
+                }
+            }
+        }
+    }
+
+    fn tell_peers_srvids(&mut self, update: SrvidUpdate) {
+        let peers: Vec<Pnn> = self.transport.link_states().iter().filter(|l| l.up).map(|l| l.pnn).collect();
+        for peer in peers {
+            self.send_srvids(peer, &update);
+        }
+    }
+
+    fn send_srvids(&mut self, peer: Pnn, update: &SrvidUpdate) {
+        let request = ReqControl {
+            opcode: crate::wire::control::opcode::CLIENT_SRVIDS,
+            srvid: 0,
+            client_id: 0,
+            flags: crate::wire::control::FLAG_NOREPLY,
+            data: update.encode(),
+        };
+        let generation = self.engine.generation();
+        let body = Body::ReqControl(request);
+        self.send_to_peer(Packet { generation, destnode: peer, srcnode: self.pnn, reqid: 0, body });
+    }
+
     fn forward_control(&mut self, client: ClientId, reqid: ReqId, destnode: Pnn, request: ReqControl) {
         let no_reply = request.flags & crate::wire::control::FLAG_NOREPLY != 0;
         let reachable = (destnode as usize) < self.nodes.len()
@@ -340,6 +447,7 @@ impl Node {
     /// The link to `peer` went down: what was sent on to it is answered now, with an error,
     /// as ctdbd answers for a node that is not connected.
     pub(super) fn ctdb_peer_lost(&mut self, peer: Pnn) {
+        self.ctdb.remote.remove(&peer);
         self.fail_forwards(|f| f.peer == peer, "the node the control was for is not connected");
     }
 

@@ -345,6 +345,7 @@ impl Node {
             TransportEvent::Packet { from, packet } => self.on_peer_packet(from, packet),
             TransportEvent::LinkUp(pnn) => {
                 log::info!("link to node {pnn} up");
+                self.ctdb_link_up(pnn);
                 // A peer that (re)started attaches our databases when a recovery admits it.
                 self.engine_input(Input::LinkUp(pnn));
             }
@@ -396,7 +397,7 @@ impl Node {
             }
             ClientEvent::Gone(client) => {
                 self.clients.remove(&client);
-                self.ctdb.gone(client);
+                self.ctdb_client_gone(client);
                 self.engine_input(Input::ClientGone(client));
             }
             ClientEvent::Packet { client, packet } => self.on_client_packet(client, packet),
