@@ -17,9 +17,10 @@
 #
 # Environment: RCTDB_BIN_DIR (rctdb, rctdbd, librctdb.so; default the repository's
 # target/release), RCTDB_SAMBA_DBS (databases routed, default locking.tdb,brlock.tdb),
-# SMBPASS, KEEP=1 keeps the work directory. Needs root (port 445), samba, smbclient,
-# samba-testsuite, libtdb-dev, gcc, python3 with smbprotocol (split; pip-installed if
-# missing). Every server it starts is stopped on exit.
+# TORTURE_TESTS (the smbtorture tests of `smbd`, space-separated), SMBPASS, KEEP=1 keeps
+# the work directory. Needs root (port 445), samba, smbclient, samba-testsuite, libtdb-dev,
+# gcc, python3 with smbprotocol (split; pip-installed if missing). Every server it starts
+# is stopped on exit.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +31,7 @@ DBS=${RCTDB_SAMBA_DBS-locking.tdb,brlock.tdb}
 IP_A=127.0.0.5
 IP_B=127.0.0.6
 FIRST_NODE_IP=127.0.0.31
-TESTS=(raw.oplock base.lock base.deny2 base.ntdeny2 base.open)
+read -r -a TESTS <<<"${TORTURE_TESTS:-raw.oplock base.lock base.deny2 base.ntdeny2 base.open}"
 WHAT=${1:-all}
 case $WHAT in unit | smbd | split | all) ;; *) echo "usage: test_preload.sh [unit|smbd|split|all]" >&2; exit 2 ;; esac
 
