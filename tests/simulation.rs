@@ -13,7 +13,9 @@ mod sim_support;
 use sim_support::{counter_value, key_name, Rng};
 
 use rctdb::engine::store::LockOwner;
-use rctdb::engine::{ClientCall, ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore};
+use rctdb::engine::{
+    CallKind, ClientCall, ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore,
+};
 use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
@@ -255,7 +257,7 @@ impl Sim {
                 db_id: DB,
                 key,
                 first_use,
-                wants_data: false,
+                kind: CallKind::Migrate,
             }));
         }
     }

@@ -21,7 +21,7 @@ use sim_support::{counter_value, key_name, Rng};
 
 use rctdb::engine::store::LockOwner;
 use rctdb::engine::{
-    ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
+    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
     CALL_IO_ERROR,
 };
 use rctdb::wire::cluster::{ClusterMsg, DbName};
@@ -442,7 +442,14 @@ impl Sim {
             } else {
                 ClientState::WaitingReply { since: self.now }
             };
-            let call = ClientCall { client: id, reqid, db_id: DB, key, first_use: !read, wants_data: read };
+            let call = ClientCall {
+                client: id,
+                reqid,
+                db_id: DB,
+                key,
+                first_use: !read,
+                kind: if read { CallKind::Read } else { CallKind::Migrate },
+            };
             self.to_engine[index].push_back(Input::ClientCall(call));
         }
     }

@@ -127,6 +127,11 @@ impl TdbStore {
         Ok(())
     }
 
+    /// Whether a client asked for `db_id`'s change counter (ENABLE_SEQNUM).
+    pub fn seqnum_enabled(&self, db_id: DbId) -> bool {
+        self.dbs.get(&db_id).is_some_and(|db| db.seqnum)
+    }
+
     /// The tdb_flags a client opens `db_id` with: every opener must agree on them.
     pub fn open_flags(&self, db_id: DbId) -> Result<i32> {
         let db = self.db(db_id)?;

@@ -126,7 +126,7 @@ impl Engine {
                         db_id: fetch.db_id,
                         key: fetch.key.clone(),
                         first_use: waiter.first_use,
-                        wants_data: true,
+                        kind: CallKind::Read,
                     }));
                 }
                 continue;

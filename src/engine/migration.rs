@@ -1,7 +1,8 @@
 //! The migration steps of DESIGN §8.2, each run with the key's chain lock held.
 
 use super::{
-    ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work, CALL_OK,
+    CallKind, ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work,
+    CALL_OK,
 };
 use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
 use crate::wire::{
@@ -21,9 +22,9 @@ impl Engine {
             // Queued behind a lock before this node stopped serving: it waits for the next
             // generation like any request that arrives now.
             Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
-            Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, wants_data }) => {
-                let waiter = Waiter { client, reqid, first_use, wants_data };
-                self.client_call(waiter, db_id, key, record, store, out)
+            Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, kind }) => {
+                let waiter = Waiter { client, reqid, first_use, wants_data: kind != CallKind::Migrate };
+                self.client_call(waiter, kind == CallKind::Read, db_id, key, record, store, out)
             }
             Work::Fix { db_id, key, fix } => self.apply_fix(db_id, key, fix, record, store, out),
             Work::Resend { .. } if !self.active() => {}
@@ -43,9 +44,12 @@ impl Engine {
         }
     }
 
+    /// `in_place`: the client wants only the data; the record stays where it is.
+    #[allow(clippy::too_many_arguments)]
     fn client_call(
         &mut self,
         waiter: Waiter,
+        in_place: bool,
         db_id: DbId,
         key: Vec<u8>,
         record: Option<Record>,
@@ -82,7 +86,7 @@ impl Engine {
             migration.waiters.push(waiter);
             return;
         }
-        if waiter.wants_data {
+        if in_place {
             // A read: the record stays with its DMASTER, which answers the data.
             return self.send_fetch(waiter, db_id, key, &record, out);
         }

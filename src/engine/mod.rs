@@ -108,8 +108,20 @@ pub struct ClientCall {
     pub db_id: DbId,
     pub key: Vec<u8>,
     pub first_use: bool,
-    /// The reply carries the record's data (CTDB's FETCH_FUNC), not only "it is here".
-    pub wants_data: bool,
+    pub kind: CallKind,
+}
+
+/// What a client call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// The record, here (CTDB's NULL_FUNC with IMMEDIATE_MIGRATION): answered once it is.
+    Migrate,
+    /// The record here and its data in the answer: a read whose data a client caches by
+    /// this node's change counter must bring the record, or a change on the node that
+    /// keeps it would not move that counter.
+    MigrateAndRead,
+    /// Only the data (CTDB's FETCH_FUNC): answered by wherever the record is; it stays.
+    Read,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +176,7 @@ pub enum Output {
         client: ClientId,
         reqid: ReqId,
         status: i32,
-        /// The record's data (no header), for calls that asked for it (`ClientCall::wants_data`).
+        /// The record's data (no header), for calls that asked for it (`CallKind`).
         data: Option<Vec<u8>>,
     },
     /// A client holds this chain lock; tell the engine (`Input::ChainLockAvailable`) once it

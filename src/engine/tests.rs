@@ -74,7 +74,7 @@ impl Cluster {
                 db_id: DB,
                 key: key.to_vec(),
                 first_use: true,
-                wants_data: false,
+                kind: CallKind::Migrate,
             }),
         );
     }
@@ -160,7 +160,7 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
         db_id: DB,
         key: key.clone(),
         first_use: false,
-        wants_data: true,
+        kind: CallKind::Read,
     };
     cluster.input(0, Input::ClientCall(fetch(2)));
     cluster.input(1, Input::ClientCall(fetch(3)));
@@ -184,12 +184,40 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
 }
 
 #[test]
+fn a_read_that_migrates_brings_the_record_and_answers_its_data() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(0, 1, &key);
+    let mut record = cluster.stores[0].peek(DB, &key).unwrap().clone();
+    record.data = b"byte-range locks".to_vec();
+    cluster.stores[0].put(DB, &key, record);
+    let call = ClientCall {
+        client: 2,
+        reqid: 2,
+        db_id: DB,
+        key: key.clone(),
+        first_use: false,
+        kind: CallKind::MigrateAndRead,
+    };
+    cluster.input(1, Input::ClientCall(call));
+    cluster.deliver_all();
+    assert_eq!(cluster.fetched, vec![(2, b"byte-range locks".to_vec())]);
+    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "the record came to the reader");
+}
+
+#[test]
 fn a_lost_read_is_asked_again_and_a_late_answer_is_dropped() {
     let mut cluster = Cluster::new(2);
     let key = key_on(0, 2);
     cluster.ask(0, 1, &key);
-    let read =
-        ClientCall { client: 2, reqid: 2, db_id: DB, key: key.clone(), first_use: false, wants_data: true };
+    let read = ClientCall {
+        client: 2,
+        reqid: 2,
+        db_id: DB,
+        key: key.clone(),
+        first_use: false,
+        kind: CallKind::Read,
+    };
     cluster.input(1, Input::ClientCall(read));
     let lost = cluster.network.pop_front().expect("the read's REQ_CALL");
     assert!(cluster.fetched.is_empty());
@@ -249,7 +277,7 @@ fn clients_that_do_not_promise_done_get_no_first_use() {
             db_id: DB,
             key: key.clone(),
             first_use: false,
-            wants_data: false,
+            kind: CallKind::Migrate,
         }),
     );
     cluster.deliver_all();
@@ -304,7 +332,7 @@ fn a_client_holding_the_chain_lock_defers_the_handover() {
             db_id: DB,
             key: key.clone(),
             first_use: true,
-            wants_data: false,
+            kind: CallKind::Migrate,
         }),
         &mut cluster.stores[1],
         &mut out,
@@ -331,7 +359,7 @@ fn requests_for_unattached_databases_are_refused() {
             db_id: DB + 1,
             key: b"k".to_vec(),
             first_use: true,
-            wants_data: false,
+            kind: CallKind::Migrate,
         }),
     );
     assert_eq!(cluster.replies, vec![(1, 1, 3, CALL_UNKNOWN_DB)]);

@@ -27,7 +27,9 @@ use super::clients::{ClientEvent, ClientLink};
 use super::cluster_lock::{ClusterLock, ClusterLockSpec};
 use super::lock_wait::{wait_for, HeldLock, LockTarget};
 use super::tdb_store::TdbStore;
-use crate::engine::{ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output};
+use crate::engine::{
+    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output,
+};
 use crate::transport::{Transport, TransportEvent};
 use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
@@ -406,17 +408,25 @@ impl Node {
 
     fn on_client_packet(&mut self, client: ClientId, packet: Packet) {
         match packet.body {
-            // NULL_FUNC migrates the record here (librctdb, smbd's fetch_locked); FETCH_FUNC
-            // (smbd's parse of a record it has no copy of) does too, and answers its data.
-            Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => self
-                .engine_input(Input::ClientCall(ClientCall {
+            // NULL_FUNC migrates the record here (librctdb, smbd's fetch_locked). FETCH_FUNC
+            // (smbd's parse of a record it has no copy of) is answered where the record is,
+            // except in a database with a change counter: smbd caches those reads by this
+            // node's counter, which moves only when records here change.
+            Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => {
+                let kind = match call.callid {
+                    CALL_NULL_FUNC => CallKind::Migrate,
+                    _ if self.store.seqnum_enabled(call.db_id) => CallKind::MigrateAndRead,
+                    _ => CallKind::Read,
+                };
+                self.engine_input(Input::ClientCall(ClientCall {
                     client,
                     reqid: packet.reqid,
                     db_id: call.db_id,
                     first_use: call.flags & CALL_FLAG_FIRST_USE != 0,
-                    wants_data: call.callid == CALL_FETCH_FUNC,
+                    kind,
                     key: call.key,
-                })),
+                }))
+            }
             Body::ReqCall(call) => {
                 let msg = format!("call function {:#x} is not served by rctdbd", call.callid).into_bytes();
                 self.reply_to_client(
