@@ -3,20 +3,26 @@
 
 # Debian packages: libtdb (headers and library), its tools (tdbdump), clang for bindgen,
 # python3-tdb for the interop tests, gcc for the C test programs, ctdb for ltdbtool (and the
-# ctdbd baseline), tshark to check our packets with its CTDB dissector.
-RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc ctdb tshark)
+# ctdbd baseline), tshark to check our packets with its CTDB dissector, and Samba (smbd,
+# smbclient, smbtorture; pip for smbprotocol; make for the tdb preload) for stock smbd on
+# rctdbd.
+RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc ctdb tshark samba smbclient samba-testsuite
+	python3-pip make)
 
 rctdb_install_packages() {
-	local missing=()
+	local missing=() sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo="sudo"
 	for pkg in "${RCTDB_PACKAGES[@]}" "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 	done
 	if [ ${#missing[@]} -gt 0 ]; then
 		echo "installing: ${missing[*]}"
-		local sudo=""
-		[ "$(id -u)" -eq 0 ] || sudo="sudo"
 		$sudo apt-get update
 		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+	fi
+	if ! /usr/bin/python3 -c 'import smbprotocol' 2>/dev/null; then
+		echo "installing smbprotocol (scripted SMB2 for the Samba tests) with pip"
+		$sudo /usr/bin/python3 -m pip install --quiet --break-system-packages smbprotocol
 	fi
 	if ! command -v cargo >/dev/null; then
 		echo "installing the Rust toolchain with rustup"

@@ -1,0 +1,44 @@
+//! The tdb preload (`samba-glue/preload/test_preload.sh`): it exports libtdb's functions,
+//! binds under LD_BIND_NOW, survives fork; one stock smbd on it (clustering = no, its
+//! locking.tdb and brlock.tdb on an rctdb node) passes smbtorture raw.oplock, base.lock
+//! and base.open (base.deny2 and base.ntdeny2 pass too but take ~15 min: run
+//! `test_preload.sh smbd` for them); and two such smbd on two nodes share records yet
+//! grant conflicting locks and opens, the split brain that only clustered smbd avoids.
+//!
+//! Needs root and Samba like `tests/samba_cluster.rs`; `RCTDB_SAMBA_TESTS=skip` skips it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(bin_dir: &Path, what: &str, torture: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("samba-glue/preload/test_preload.sh");
+    let out = Command::new(&script)
+        .arg(what)
+        .env("RCTDB_BIN_DIR", bin_dir)
+        .env("TORTURE_TESTS", torture)
+        .output()
+        .expect("running test_preload.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "test_preload.sh {what} failed: {}", stdout.lines().last().unwrap_or(""));
+    assert!(stdout.contains("== all passed"), "test_preload.sh {what}: no verdict");
+    stdout
+}
+
+#[test]
+fn stock_smbd_runs_on_the_tdb_preload() {
+    if std::env::var("RCTDB_SAMBA_TESTS").as_deref() == Ok("skip") {
+        eprintln!("RCTDB_SAMBA_TESTS=skip: not running the preload tests");
+        return;
+    }
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_rctdbd")).parent().unwrap();
+    assert!(bin_dir.join("librctdb.so").exists(), "librctdb.so is built beside rctdbd");
+    run(bin_dir, "unit", "");
+    let smbd = run(bin_dir, "smbd", "raw.oplock base.lock base.open");
+    for test in ["raw.oplock", "base.lock", "base.open"] {
+        assert!(smbd.contains(&format!("ok   {test}:")), "smbtorture {test} must pass on the preload");
+    }
+    let split = run(bin_dir, "split", "");
+    assert!(split.contains("split brain shown"), "two unclustered smbd must show the split brain");
+}
