@@ -19,6 +19,10 @@ pub struct DaemonConnection {
     stream: UnixStream,
     socket: String,
     next_reqid: ReqId,
+    /// The process that connected. A forked child that used this connection would share
+    /// its parent's request stream (and take its answers): it gets an error instead and must
+    /// open the database again, as tdb_reopen does.
+    owner: u32,
 }
 
 impl DaemonConnection {
@@ -26,7 +30,8 @@ impl DaemonConnection {
         let stream = UnixStream::connect(socket).map_err(|e| {
             Error::io(format!("cannot reach rctdbd at {}: {e} (is the daemon running?)", socket.display()))
         })?;
-        Ok(DaemonConnection { stream, socket: socket.display().to_string(), next_reqid: 1 })
+        let owner = std::process::id();
+        Ok(DaemonConnection { stream, socket: socket.display().to_string(), next_reqid: 1, owner })
     }
 
     /// Attaches database `name` cluster-wide; the reply says where this node keeps its file.
@@ -141,6 +146,13 @@ impl DaemonConnection {
     }
 
     fn send(&mut self, reqid: ReqId, body: Body) -> Result<()> {
+        if std::process::id() != self.owner {
+            return Err(Error::io(format!(
+                "the connection to rctdbd at {} belongs to process {}, this process's parent: \
+                 open the database again after fork",
+                self.socket, self.owner
+            )));
+        }
         let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body };
         write_packet(&mut self.stream, &packet)
             .map_err(|e| Error::io(format!("connection to rctdbd at {} lost: {e}", self.socket)))
@@ -200,5 +212,24 @@ impl DaemonConnection {
 
     fn unexpected(&self, body: &Body) -> Error {
         Error::io(format!("rctdbd at {} sent an unexpected operation {}", self.socket, body.operation()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection used by a process other than the one that opened it (a forked child)
+    /// is refused before anything is written, so the parent's stream stays whole.
+    #[test]
+    fn another_process_cannot_use_the_connection() {
+        let (ours, daemon_side) = UnixStream::pair().unwrap();
+        let mut connection =
+            DaemonConnection { stream: ours, socket: "test".into(), next_reqid: 1, owner: 0 };
+        let err = connection.status(Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("after fork"), "{err}");
+        daemon_side.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(std::io::Read::read(&mut &daemon_side, &mut buf).is_err(), "nothing was written");
     }
 }
