@@ -7,8 +7,27 @@
 //!
 //! Needs root and Samba like `tests/samba_cluster.rs`; `RCTDB_SAMBA_TESTS=skip` skips it.
 
-use std::path::Path;
+mod c_support;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The script wants rctdb, rctdbd and librctdb.so in one directory; `cargo test` puts the
+/// cdylib among the test executables, so the directory is made of links to this run's.
+fn bin_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rctdb-preload-bins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        ("rctdb", PathBuf::from(env!("CARGO_BIN_EXE_rctdb"))),
+        ("rctdbd", PathBuf::from(env!("CARGO_BIN_EXE_rctdbd"))),
+        ("librctdb.so", c_support::lib_dir().join("librctdb.so")),
+    ];
+    for (name, target) in files {
+        std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+    }
+    dir
+}
 
 fn run(bin_dir: &Path, what: &str, torture: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("samba-glue/preload/test_preload.sh");
@@ -32,8 +51,8 @@ fn stock_smbd_runs_on_the_tdb_preload() {
         eprintln!("RCTDB_SAMBA_TESTS=skip: not running the preload tests");
         return;
     }
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_rctdbd")).parent().unwrap();
-    assert!(bin_dir.join("librctdb.so").exists(), "librctdb.so is built beside rctdbd");
+    let bins = bin_dir();
+    let bin_dir = bins.as_path();
     run(bin_dir, "unit", "");
     let smbd = run(bin_dir, "smbd", "raw.oplock base.lock base.open");
     for test in ["raw.oplock", "base.lock", "base.open"] {
@@ -41,4 +60,5 @@ fn stock_smbd_runs_on_the_tdb_preload() {
     }
     let split = run(bin_dir, "split", "");
     assert!(split.contains("split brain shown"), "two unclustered smbd must show the split brain");
+    let _ = std::fs::remove_dir_all(&bins);
 }
