@@ -106,10 +106,7 @@ impl Engine {
         let late: Vec<ReqId> = self
             .fetches
             .iter()
-            .filter(|(_, f)| {
-                let wait = resend_ms.saturating_mul(1 << f.resends.min(16)).min(max_ms);
-                now.saturating_sub(f.sent_at) >= wait
-            })
+            .filter(|(_, f)| resend_due(f.sent_at, f.resends, now, resend_ms, max_ms))
             .map(|(reqid, _)| *reqid)
             .collect();
         for old in late {
@@ -126,7 +123,7 @@ impl Engine {
                         db_id: fetch.db_id,
                         key: fetch.key.clone(),
                         first_use: waiter.first_use,
-                        kind: CallKind::Read,
+                        kind: waiter.kind,
                     }));
                 }
                 continue;

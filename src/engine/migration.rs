@@ -23,8 +23,8 @@ impl Engine {
             // generation like any request that arrives now.
             Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
             Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, kind }) => {
-                let waiter = Waiter { client, reqid, first_use, wants_data: kind != CallKind::Migrate };
-                self.client_call(waiter, kind == CallKind::Read, db_id, key, record, store, out)
+                let waiter = Waiter { client, reqid, first_use, kind };
+                self.client_call(waiter, db_id, key, record, store, out)
             }
             Work::Fix { db_id, key, fix } => self.apply_fix(db_id, key, fix, record, store, out),
             Work::Resend { .. } if !self.active() => {}
@@ -44,12 +44,9 @@ impl Engine {
         }
     }
 
-    /// `in_place`: the client wants only the data; the record stays where it is.
-    #[allow(clippy::too_many_arguments)]
     fn client_call(
         &mut self,
         waiter: Waiter,
-        in_place: bool,
         db_id: DbId,
         key: Vec<u8>,
         record: Option<Record>,
@@ -71,7 +68,7 @@ impl Engine {
                     return;
                 }
             }
-            let data = waiter.wants_data.then(|| record.map(|r| r.data).unwrap_or_default());
+            let data = waiter.wants_data().then(|| record.map(|r| r.data).unwrap_or_default());
             out.push(Output::ClientReply {
                 client: waiter.client,
                 reqid: waiter.reqid,
@@ -86,7 +83,7 @@ impl Engine {
             migration.waiters.push(waiter);
             return;
         }
-        if in_place {
+        if waiter.kind == CallKind::Read {
             // A read: the record stays with its DMASTER, which answers the data.
             return self.send_fetch(waiter, db_id, key, &record, out);
         }
@@ -404,7 +401,7 @@ impl Engine {
             client: w.client,
             reqid: w.reqid,
             status: CALL_OK,
-            data: w.wants_data.then(|| data.to_vec()),
+            data: w.wants_data().then(|| data.to_vec()),
         }));
         if first_users.is_empty() {
             self.ready.extend(state.parked.drain(..));

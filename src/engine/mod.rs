@@ -318,7 +318,14 @@ struct Waiter {
     client: ClientId,
     reqid: ReqId,
     first_use: bool,
-    wants_data: bool,
+    kind: CallKind,
+}
+
+impl Waiter {
+    /// Whether its answer carries the record's data.
+    fn wants_data(&self) -> bool {
+        self.kind != CallKind::Migrate
+    }
 }
 
 /// A migration this node asked for and has not received yet.
@@ -336,9 +343,15 @@ impl Migration {
     /// Waits double with every resend, up to `max_ms`: a lost request is asked again soon,
     /// an unreachable record is not asked for in a storm.
     fn resend_due(&self, now: Millis, resend_ms: Millis, max_ms: Millis) -> bool {
-        let wait = resend_ms.saturating_mul(1 << self.resends.min(16)).min(max_ms);
-        now.saturating_sub(self.sent_at) >= wait
+        resend_due(self.sent_at, self.resends, now, resend_ms, max_ms)
     }
+}
+
+/// Whether a request sent at `sent_at` and resent `resends` times is late: the wait
+/// doubles with every resend, up to `max_ms`.
+fn resend_due(sent_at: Millis, resends: u32, now: Millis, resend_ms: Millis, max_ms: Millis) -> bool {
+    let wait = resend_ms.saturating_mul(1 << resends.min(16)).min(max_ms);
+    now.saturating_sub(sent_at) >= wait
 }
 
 /// The clients answered by the last arrival, who get the first go at the record.

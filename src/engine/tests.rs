@@ -90,6 +90,11 @@ impl Cluster {
 
 use crate::record::RecordHeader;
 
+/// Client `client`'s call for `key` (its reqid is its number).
+fn call(client: ClientId, key: &[u8], first_use: bool, kind: CallKind) -> ClientCall {
+    ClientCall { client, reqid: client as ReqId, db_id: DB, key: key.to_vec(), first_use, kind }
+}
+
 /// A key whose LMASTER on a `nodes`-node cluster is `lmaster`.
 fn key_on(lmaster: Pnn, nodes: u32) -> Vec<u8> {
     let map: Vec<Pnn> = (0..nodes).collect();
@@ -154,16 +159,8 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
     let mut record = cluster.stores[0].peek(DB, &key).unwrap().clone();
     record.data = b"share modes".to_vec();
     cluster.stores[0].put(DB, &key, record);
-    let fetch = |client| ClientCall {
-        client,
-        reqid: client as ReqId,
-        db_id: DB,
-        key: key.clone(),
-        first_use: false,
-        kind: CallKind::Read,
-    };
-    cluster.input(0, Input::ClientCall(fetch(2)));
-    cluster.input(1, Input::ClientCall(fetch(3)));
+    cluster.input(0, Input::ClientCall(call(2, &key, false, CallKind::Read)));
+    cluster.input(1, Input::ClientCall(call(3, &key, false, CallKind::Read)));
     cluster.deliver_all();
     assert_eq!(cluster.fetched, vec![(2, b"share modes".to_vec()), (3, b"share modes".to_vec())]);
     assert_eq!(cluster.operations(), vec![(op::REQ_CALL, 0), (op::REPLY_CALL, 1)], "one round trip");
@@ -173,7 +170,7 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
     let absent = key_on(0, 2).into_iter().chain(*b"-absent").collect::<Vec<u8>>();
     let lmaster = lmaster_of(&absent, &[0, 1]);
     let asker = 1 - lmaster;
-    cluster.input(asker, Input::ClientCall(ClientCall { key: absent.clone(), ..fetch(5) }));
+    cluster.input(asker, Input::ClientCall(call(5, &absent, false, CallKind::Read)));
     cluster.deliver_all();
     assert_eq!(cluster.fetched.last(), Some(&(5, vec![])));
     assert!(cluster.header(lmaster, &absent).is_none(), "nothing minted");
@@ -191,15 +188,7 @@ fn a_read_that_migrates_brings_the_record_and_answers_its_data() {
     let mut record = cluster.stores[0].peek(DB, &key).unwrap().clone();
     record.data = b"byte-range locks".to_vec();
     cluster.stores[0].put(DB, &key, record);
-    let call = ClientCall {
-        client: 2,
-        reqid: 2,
-        db_id: DB,
-        key: key.clone(),
-        first_use: false,
-        kind: CallKind::MigrateAndRead,
-    };
-    cluster.input(1, Input::ClientCall(call));
+    cluster.input(1, Input::ClientCall(call(2, &key, false, CallKind::MigrateAndRead)));
     cluster.deliver_all();
     assert_eq!(cluster.fetched, vec![(2, b"byte-range locks".to_vec())]);
     assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "the record came to the reader");
@@ -210,15 +199,7 @@ fn a_lost_read_is_asked_again_and_a_late_answer_is_dropped() {
     let mut cluster = Cluster::new(2);
     let key = key_on(0, 2);
     cluster.ask(0, 1, &key);
-    let read = ClientCall {
-        client: 2,
-        reqid: 2,
-        db_id: DB,
-        key: key.clone(),
-        first_use: false,
-        kind: CallKind::Read,
-    };
-    cluster.input(1, Input::ClientCall(read));
+    cluster.input(1, Input::ClientCall(call(2, &key, false, CallKind::Read)));
     let lost = cluster.network.pop_front().expect("the read's REQ_CALL");
     assert!(cluster.fetched.is_empty());
     let mut out = vec![];

@@ -335,7 +335,7 @@ impl Node {
     }
 
     /// The attached database a control's db id argument names: `(id, path, name)`.
-    fn ctdb_db(&self, data: &[u8]) -> Result<(u32, String, String), String> {
+    pub(super) fn ctdb_db(&self, data: &[u8]) -> Result<(u32, String, String), String> {
         let db_id = ctdb::decode_u32_arg(data, "db_id").map_err(|e| e.to_string())?;
         let (_, db) = self
             .store

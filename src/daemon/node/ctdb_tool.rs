@@ -13,7 +13,7 @@ use super::Node;
 use crate::daemon::cluster_lock::ClusterLockSpec;
 use crate::engine::{ClientId, ClusterEvent};
 use crate::wire::ctdb::{self, opcode, Uptime};
-use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqMessage};
+use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqMessage};
 
 /// What the tool asks about that the node does not keep for itself: when this node last
 /// went into and out of recovery (`ctdb uptime`).
@@ -28,7 +28,7 @@ impl Node {
     pub(super) fn ctdb_tool_query(&self, opcode: u32, data: &[u8]) -> Option<ReplyControl> {
         let reply = match opcode {
             // Every database rctdb attached is healthy: no reason, an empty string.
-            opcode::DB_GET_HEALTH => match self.tool_attached(data) {
+            opcode::DB_GET_HEALTH => match self.ctdb_db(data) {
                 Ok(_) => ok_reply(vec![]),
                 Err(err) => error_reply(&err),
             },
@@ -42,22 +42,13 @@ impl Node {
             },
             // ctdbd reads a database's sequence number from a record only persistent
             // databases keep; for a volatile one, which is all rctdb has, it answers 0.
-            opcode::GET_DB_SEQNUM => match self.tool_attached(data) {
+            opcode::GET_DB_SEQNUM => match self.ctdb_db(data) {
                 Ok(_) => ok_reply(0u64.to_le_bytes().to_vec()),
                 Err(err) => error_reply(&err),
             },
             _ => return None,
         };
         Some(reply)
-    }
-
-    /// The attached database a control's db id argument names.
-    fn tool_attached(&self, data: &[u8]) -> Result<DbId, String> {
-        let db_id = ctdb::decode_u32_arg(data, "db_id").map_err(|e| e.to_string())?;
-        match self.store.dbs().any(|(id, _)| *id == db_id) {
-            true => Ok(db_id),
-            false => Err(format!("db {db_id:#010x} is not attached on node {}", self.pnn)),
-        }
     }
 
     /// Whether a recovery has admitted this node since it started (ctdbd's runstate is
