@@ -32,6 +32,15 @@ pub struct Tunables {
     /// "MaxHops": a request forwarded this often is dropped and a recovery asked for (CTDB's
     /// MaxRedirectCount plays this part).
     pub max_hops: u64,
+    /// "VacuumInterval": a vacuuming run starts this often (DESIGN §8.5); 0 turns
+    /// vacuuming off.
+    pub vacuum_interval_ms: u64,
+    /// "VacuumMaxRunTime": a run still going after this long stops; what it did not reach
+    /// waits for the next run.
+    pub vacuum_max_run_time_ms: u64,
+    /// "VacuumFastPathCount": every this many runs, one also scans the whole database for
+    /// empty records, instead of only the keys deleted since the last run.
+    pub vacuum_fast_path_count: u64,
 }
 
 impl Default for Tunables {
@@ -47,6 +56,9 @@ impl Default for Tunables {
             migration_resend_max_ms: 2000,
             first_use_timeout_ms: 200,
             max_hops: 64,
+            vacuum_interval_ms: 10_000,
+            vacuum_max_run_time_ms: 120_000,
+            vacuum_fast_path_count: 60,
         }
     }
 }
@@ -60,7 +72,7 @@ struct Spec {
 }
 
 /// Every tunable, in the order `names()` and `listing()` give them.
-const SPECS: [Spec; 10] = [
+const SPECS: [Spec; 13] = [
     Spec {
         name: "KeepaliveInterval",
         min: 1,
@@ -113,6 +125,24 @@ const SPECS: [Spec; 10] = [
     },
     // One hop is the normal case (a request to the LMASTER forwarded to the DMASTER).
     Spec { name: "MaxHops", min: 2, value: |t| t.max_hops, slot: |t| &mut t.max_hops },
+    Spec {
+        name: "VacuumInterval",
+        min: 0,
+        value: |t| t.vacuum_interval_ms,
+        slot: |t| &mut t.vacuum_interval_ms,
+    },
+    Spec {
+        name: "VacuumMaxRunTime",
+        min: 1,
+        value: |t| t.vacuum_max_run_time_ms,
+        slot: |t| &mut t.vacuum_max_run_time_ms,
+    },
+    Spec {
+        name: "VacuumFastPathCount",
+        min: 1,
+        value: |t| t.vacuum_fast_path_count,
+        slot: |t| &mut t.vacuum_fast_path_count,
+    },
 ];
 
 /// Every name, for `names()`, taken from SPECS so the two cannot drift apart.
@@ -379,6 +409,9 @@ mod tests {
         t.set("MigrationResendMax", 18).unwrap();
         t.set("FirstUseTimeout", 19).unwrap();
         t.set("MaxHops", 20).unwrap();
+        t.set("VacuumInterval", 21).unwrap();
+        t.set("VacuumMaxRunTime", 22).unwrap();
+        t.set("VacuumFastPathCount", 23).unwrap();
         let expected = Tunables {
             keepalive_interval_ms: 11,
             keepalive_limit: 12,
@@ -390,6 +423,9 @@ mod tests {
             migration_resend_max_ms: 18,
             first_use_timeout_ms: 19,
             max_hops: 20,
+            vacuum_interval_ms: 21,
+            vacuum_max_run_time_ms: 22,
+            vacuum_fast_path_count: 23,
         };
         assert_eq!(t, expected);
     }
@@ -408,8 +444,12 @@ mod tests {
     fn values_out_of_range_are_refused() {
         let mut t = Tunables::default();
         for name in Tunables::names() {
-            let err = t.set(name, 0).unwrap_err();
-            assert!(err.contains(name) && err.contains("smallest"), "{err}");
+            if *name == "VacuumInterval" {
+                assert!(t.set(name, 0).is_ok(), "0 turns vacuuming off");
+            } else {
+                let err = t.set(name, 0).unwrap_err();
+                assert!(err.contains(name) && err.contains("smallest"), "{err}");
+            }
             let err = t.set(name, MAX_VALUE + 1).unwrap_err();
             assert!(err.contains("32-bit"), "{err}");
         }

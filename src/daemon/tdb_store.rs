@@ -228,6 +228,17 @@ impl RecordStore for TdbStore {
         Ok(())
     }
 
+    fn delete(&mut self, db: DbId, key: &[u8]) -> Result<()> {
+        match self.db(db)?.tdb.delete(key) {
+            Err(err) if err.code != ErrorCode::NoExist => return Err(err),
+            _ => {}
+        }
+        if let Some(headers) = self.headers.get_mut(&db) {
+            headers.remove(key);
+        }
+        Ok(())
+    }
+
     fn headers(&mut self, db: DbId) -> Result<Vec<(Vec<u8>, RecordHeader)>> {
         self.db(db)?;
         let headers = self.headers.get(&db).into_iter().flatten();

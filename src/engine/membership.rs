@@ -381,6 +381,7 @@ impl Engine {
     /// again under the new one); our own migrations keep their waiters and are sent again
     /// at activation; a recovery's fixes not applied yet are recomputed by the next one.
     pub(super) fn drop_generation_work(&mut self) {
+        self.vacuum_generation_ended();
         for state in self.keys.values_mut() {
             state.parked.clear();
             state.first_use = None;
@@ -620,8 +621,19 @@ impl Engine {
         store: &mut dyn RecordStore,
         out: &mut Vec<Output>,
     ) {
-        if !self.cluster.enabled || from as usize >= self.cluster.peers.len() {
+        if from as usize >= self.cluster.peers.len() {
             return;
+        }
+        // Vacuuming's messages are work of the generation, membership or not.
+        match msg {
+            ClusterMsg::VacuumDrop { generation, round, db_id, entries } => {
+                return self.vacuum_drop(from, generation, round, db_id, entries, store, out)
+            }
+            ClusterMsg::VacuumKept { generation, round, kept } => {
+                return self.vacuum_kept(from, generation, round, kept, store)
+            }
+            _ if !self.cluster.enabled => return,
+            _ => {}
         }
         if from != self.config.pnn {
             // Anything from a peer shows it is alive; heartbeats also carry its state.

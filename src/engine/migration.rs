@@ -4,7 +4,7 @@ use super::{
     CallKind, ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work,
     CALL_OK,
 };
-use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
+use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA, FLAG_VACUUM_MIGRATED};
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqDmaster, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION,
     CALL_NULL_FUNC,
@@ -329,13 +329,15 @@ impl Engine {
             self.stats.protocol_violations += 1;
         }
         if req.dmaster == me {
-            let Some(header) =
-                self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags })
-            else {
+            let flags = req.record_flags & !FLAG_VACUUM_MIGRATED;
+            let Some(header) = self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags }) else {
                 return self.refuse_rsn(from, req.rsn);
             };
             let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
+                if req.record_flags & FLAG_VACUUM_MIGRATED != 0 {
+                    self.vacuum_arrived(req.db_id, &req.key);
+                }
                 self.finish_migration(req.db_id, &req.key, &arrived.data, out);
             } else {
                 self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);

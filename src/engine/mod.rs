@@ -16,6 +16,7 @@ mod membership;
 mod migration;
 mod recovery;
 pub mod store;
+mod vacuum;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -144,6 +145,12 @@ pub enum Input {
     },
     /// A client connection closed: it waits for nothing and holds nothing any more.
     ClientGone(ClientId),
+    /// A client left this record empty (a delete, CTDB's SCHEDULE_FOR_DELETION): vacuuming
+    /// removes it from every node.
+    Deleted {
+        db_id: DbId,
+        key: Vec<u8>,
+    },
     /// The chain lock the engine asked to wait for (`Output::WaitForChainLock`) is free now.
     ChainLockAvailable {
         db_id: DbId,
@@ -274,6 +281,20 @@ pub struct EngineStats {
     pub last_recovery_ms: u64,
     pub records_fixed: u64,
     pub nodes_died: u64,
+    /// Vacuuming: runs started, and of those the full ones (every record, not only the
+    /// deleted ones).
+    pub vacuum_runs: u64,
+    pub vacuum_full_runs: u64,
+    /// Empty records this node held and handed to their LMASTER to be vacuumed.
+    pub vacuum_handovers: u64,
+    /// Records this LMASTER deleted once every member had dropped its copy.
+    pub vacuum_deleted: u64,
+    /// Copies dropped at an LMASTER's request, and kept (newer, held here, or locked).
+    pub vacuum_copies_dropped: u64,
+    pub vacuum_copies_kept: u64,
+    /// Records skipped because a client held their chain or work was pending on them:
+    /// looked at again in the next run.
+    pub vacuum_skipped: u64,
 }
 
 impl std::fmt::Display for EngineStats {
@@ -285,7 +306,8 @@ impl std::fmt::Display for EngineStats {
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
              protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
              fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
-             nodes_died={}",
+             nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_handovers={} vacuum_deleted={} \
+             vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={}",
             self.calls_sent,
             self.calls_resent,
             self.calls_forwarded,
@@ -307,7 +329,14 @@ impl std::fmt::Display for EngineStats {
             self.recoveries_joined,
             self.last_recovery_ms,
             self.records_fixed,
-            self.nodes_died
+            self.nodes_died,
+            self.vacuum_runs,
+            self.vacuum_full_runs,
+            self.vacuum_handovers,
+            self.vacuum_deleted,
+            self.vacuum_copies_dropped,
+            self.vacuum_copies_kept,
+            self.vacuum_skipped
         )
     }
 }
@@ -450,6 +479,7 @@ pub struct Engine {
     next_attach_id: u32,
     /// Reads sent for local clients, by reqid.
     fetches: BTreeMap<ReqId, fetch::Fetch>,
+    vacuum: vacuum::Vacuum,
 }
 
 impl Engine {
@@ -469,6 +499,7 @@ impl Engine {
             attaches: BTreeMap::new(),
             next_attach_id: 1,
             fetches: BTreeMap::new(),
+            vacuum: vacuum::Vacuum::default(),
         }
     }
 
@@ -535,13 +566,17 @@ impl Engine {
             Input::Attach { client, reqid, db } => self.attach_for_client(client, reqid, db, store, out),
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
+            Input::Deleted { db_id, key } => self.schedule_for_deletion(db_id, key),
             Input::ChainLockAvailable { db_id, key } => {
                 if let Some(state) = self.keys.get_mut(&(db_id, key)) {
                     self.ready.extend(state.lock_wait.drain(..));
                 }
             }
             Input::Frozen { db_id } => self.frozen(db_id, store, out),
-            Input::LinkDown(pnn) => self.link_down(pnn),
+            Input::LinkDown(pnn) => {
+                self.vacuum_link_down(pnn);
+                self.link_down(pnn)
+            }
             Input::Refused(pnn) => self.refused(pnn, out),
             Input::LinkUp(pnn) => self.link_up(pnn, out),
             Input::ClusterLock(outcome) => self.cluster_lock_outcome(outcome, out),
@@ -553,6 +588,7 @@ impl Engine {
                 if self.active() {
                     self.resend_late_migrations();
                     self.resend_late_fetches(out);
+                    self.vacuum_tick(store, out);
                 }
                 self.membership_tick(out);
             }

@@ -22,6 +22,8 @@ pub trait RecordStore {
     /// A read that fails is an error, never "absent": at an LMASTER "absent" mints a record.
     fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>, Error>;
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<(), Error>;
+    /// Removes the record (vacuuming), under its chain lock. Absent already is not an error.
+    fn delete(&mut self, db: DbId, key: &[u8]) -> Result<(), Error>;
     /// Every record's key and header, without taking a lock: a recovery must not wait for
     /// clients. Headers change only through the engine, so they are known without reading
     /// chains that clients hold.
@@ -137,6 +139,14 @@ impl RecordStore for MemStore {
             return Err(Error::io("simulated full disk".to_string()));
         }
         self.put(db, key, record.clone());
+        Ok(())
+    }
+
+    fn delete(&mut self, db: DbId, key: &[u8]) -> Result<(), Error> {
+        if self.failing {
+            return Err(Error::io("simulated full disk".to_string()));
+        }
+        self.records.remove(&(db, key.to_vec()));
         Ok(())
     }
 

@@ -164,6 +164,27 @@ pub enum ClusterMsg {
         id: u32,
         error: String,
     },
+    /// LMASTER -> every other member (vacuuming, DESIGN §8.5): the sender holds these
+    /// records, empty, at these RSNs; drop your copy of each unless it is newer or yours.
+    VacuumDrop {
+        generation: Generation,
+        round: u32,
+        db_id: DbId,
+        entries: Vec<VacuumEntry>,
+    },
+    /// Member -> LMASTER: the answer to `VacuumDrop`; the keys whose copies were kept.
+    VacuumKept {
+        generation: Generation,
+        round: u32,
+        kept: Vec<Vec<u8>>,
+    },
+}
+
+/// A record the LMASTER asks its peers to drop: the key and the RSN of its empty copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VacuumEntry {
+    pub key: Vec<u8>,
+    pub rsn: u64,
 }
 
 const HEARTBEAT: u32 = 1;
@@ -185,6 +206,8 @@ const RECOVERY_FAILED: u32 = 16;
 const ALIVE: u32 = 17;
 const ATTACH: u32 = 18;
 const ATTACHED: u32 = 19;
+const VACUUM_DROP: u32 = 20;
+const VACUUM_KEPT: u32 = 21;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -346,6 +369,24 @@ impl ClusterMsg {
                 w.u32(*id);
                 w.counted(error.as_bytes());
             }
+            ClusterMsg::VacuumDrop { generation, round, db_id, entries } => {
+                w.u32(VACUUM_DROP);
+                w.u32(*generation);
+                w.u32(*round);
+                w.u32(*db_id);
+                w.count(entries.len());
+                for e in entries {
+                    w.counted(&e.key);
+                    w.u64(e.rsn);
+                }
+            }
+            ClusterMsg::VacuumKept { generation, round, kept } => {
+                w.u32(VACUUM_KEPT);
+                w.u32(*generation);
+                w.u32(*round);
+                w.count(kept.len());
+                kept.iter().for_each(|key| w.counted(key));
+            }
         }
     }
 
@@ -443,6 +484,23 @@ impl ClusterMsg {
                 }
             }
             ATTACHED => ClusterMsg::Attached { id: r.u32("attach id")?, error: r.string("attach error")? },
+            VACUUM_DROP => {
+                let generation = r.u32("generation")?;
+                let round = r.u32("vacuum round")?;
+                let db_id = r.u32("db id")?;
+                let n = r.count(12, "vacuum entry count")?;
+                let entries = (0..n)
+                    .map(|_| Ok(VacuumEntry { key: r.counted("key")?, rsn: r.u64("rsn")? }))
+                    .collect::<Result<_, PayloadError>>()?;
+                ClusterMsg::VacuumDrop { generation, round, db_id, entries }
+            }
+            VACUUM_KEPT => {
+                let generation = r.u32("generation")?;
+                let round = r.u32("vacuum round")?;
+                let n = r.count(4, "kept key count")?;
+                let kept = (0..n).map(|_| r.counted("key")).collect::<Result<_, PayloadError>>()?;
+                ClusterMsg::VacuumKept { generation, round, kept }
+            }
             _ => return Err(PayloadError("kind")),
         };
         Ok(msg)
@@ -506,6 +564,16 @@ mod tests {
             ClusterMsg::Alive,
             ClusterMsg::Attach { id: 3, db: DbName { db_id: 7, name: "brlock.tdb".into() } },
             ClusterMsg::Attached { id: 3, error: String::new() },
+            ClusterMsg::VacuumDrop {
+                generation: 99,
+                round: 4,
+                db_id: 7,
+                entries: vec![
+                    VacuumEntry { key: b"k".to_vec(), rsn: 9 },
+                    VacuumEntry { key: vec![], rsn: 1 },
+                ],
+            },
+            ClusterMsg::VacuumKept { generation: 99, round: 4, kept: vec![b"k".to_vec()] },
         ] {
             round_trip(msg);
         }
