@@ -39,6 +39,9 @@ enum Command {
     Writekey { db: String, key: String, value: String },
     /// Print the value of KEY in database DB (the record migrates to this node).
     Readkey { db: String, key: String },
+    /// Delete KEY from database DB (the record migrates to this node, is left empty, and
+    /// vacuuming removes it from every node).
+    Deletekey { db: String, key: String },
     /// Every record of database DB in the cluster, newest copy.
     Dump { db: String },
     /// Print the value of tunable NAME on this node (names match in any case).
@@ -265,6 +268,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 None => Err(format!("{key}: no such record")),
             }
+        }
+        Command::Deletekey { db, key } => {
+            let mut db = ClusteredDb::open(&socket()?, &db, TIMEOUT).map_err(|e| e.to_string())?;
+            db.delete(key.as_bytes()).map_err(|e| e.to_string())
         }
         Command::Dump { db } => {
             let mut db = ClusteredDb::open(&socket()?, &db, TIMEOUT).map_err(|e| e.to_string())?;

@@ -205,7 +205,8 @@ impl ClusteredDb {
     }
 
     /// Deleting leaves the header with no data: other nodes may hold older copies, and the
-    /// header is what says this one is newer (vacuuming drops it later, DESIGN §8.5).
+    /// header is what says this one is newer. The daemon is told, and its vacuuming removes
+    /// the record from every node (DESIGN §8.5).
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
         let name = Arc::clone(&self.name);
         self.with_record(key, |tdb, record| {
@@ -215,7 +216,8 @@ impl ClusteredDb {
             tdb.store(key, &record.header.encode(), StoreFlag::Replace)?;
             record.has_data = false;
             Ok(())
-        })
+        })?;
+        self.daemon.deleted(self.db_id, key)
     }
 
     /// Every record of the cluster once, newest copy, through the daemon.

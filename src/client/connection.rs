@@ -86,6 +86,20 @@ impl DaemonConnection {
         self.send(reqid, body)
     }
 
+    /// Tells the daemon this client deleted a record, so vacuuming removes it from every
+    /// node. No reply.
+    pub fn deleted(&mut self, db_id: DbId, key: &[u8]) -> Result<()> {
+        let body = Body::ReqControl(ReqControl {
+            opcode: opcode::DELETED,
+            srvid: 0,
+            client_id: 0,
+            flags: FLAG_NOREPLY,
+            data: control::encode_db_key(db_id, key),
+        });
+        let reqid = self.take_reqid();
+        self.send(reqid, body)
+    }
+
     /// The value of tunable `name` on the daemon's node (`ctdb getvar`).
     pub fn get_tunable(&mut self, name: &str, timeout: Duration) -> Result<u64> {
         let request = payload::encode_get_request(name);

@@ -74,7 +74,9 @@ struct Round {
 pub(super) struct Vacuum {
     queues: BTreeMap<DbId, DeleteQueue>,
     run: Option<Run>,
-    next_run_at: Millis,
+    /// When the last run started: the next starts `VacuumInterval` after it, whatever the
+    /// interval was when that run started.
+    last_run_at: Option<Millis>,
     runs: u64,
     rounds: BTreeMap<u32, Round>,
     next_round: u32,
@@ -136,8 +138,9 @@ impl Engine {
         if interval == 0 {
             return;
         }
-        if self.vacuum.run.is_none() && now >= self.vacuum.next_run_at {
-            self.vacuum.next_run_at = now + interval;
+        let due = self.vacuum.last_run_at.is_none_or(|last| now >= last + interval);
+        if self.vacuum.run.is_none() && due {
+            self.vacuum.last_run_at = Some(now);
             self.start_run(store, out);
         }
         self.continue_run(store, out);

@@ -21,6 +21,9 @@ pub mod opcode {
     /// Daemon -> peer, no reply: the (pid, srvid) pairs this node's clients registered or
     /// dropped, so the peer answers CHECK_PID_SRVID for live processes without asking.
     pub const CLIENT_SRVIDS: u32 = 0x7c00_0006;
+    /// Client -> daemon, no reply: the client deleted this record (left it empty); CTDB's
+    /// SCHEDULE_FOR_DELETION. Payload `encode_db_key`.
+    pub const DELETED: u32 = 0x7c00_0007;
 }
 
 /// What a CLIENT_SRVIDS control says about the sender's clients.

@@ -158,6 +158,11 @@ impl Node {
                     self.engine_input(Input::ClientDone { client, db_id, key: key.to_vec() });
                 }
             }
+            opcode::DELETED => {
+                if let Ok((db_id, key)) = control::decode_db_key(&request.data) {
+                    self.engine_input(Input::Deleted { db_id, key: key.to_vec() });
+                }
+            }
             opcode::STATUS => {
                 let status = self.status_text();
                 self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(status.into_bytes())));
@@ -307,6 +312,7 @@ impl Node {
         for (name, id) in dbs {
             text.push_str(&format!("db {name} {id:#010x}\n"));
         }
+        text.push_str(&format!("vacuum_backlog {}\n", self.engine.vacuum_backlog()));
         text.push_str(&format!("stats {}\n", self.engine.stats()));
         text
     }

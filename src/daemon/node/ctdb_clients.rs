@@ -236,9 +236,12 @@ impl Node {
             // rctdb moves no public addresses, so there is nothing to tickle on failover.
             opcode::TCP_CLIENT => ok_reply(vec![]),
             opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_no_public_ips()),
-            // Deleted records stay as empty records until vacuuming exists (issue 9).
+            // smbd deleted a record (left it empty): vacuuming removes it from every node.
             opcode::SCHEDULE_FOR_DELETION => match ctdb::decode_schedule_for_deletion(data) {
-                Ok(_) => ok_reply(vec![]),
+                Ok((db_id, key)) => {
+                    self.engine_input(Input::Deleted { db_id, key });
+                    ok_reply(vec![])
+                }
                 Err(err) => error_reply(&err.to_string()),
             },
             opcode::TRAVERSE_START | opcode::TRAVERSE_START_EXT => {
