@@ -2,14 +2,21 @@
 //! heartbeats, elections (with or without a cluster lock) and recoveries, on a seeded network
 //! that delays, reorders, duplicates and drops packets and resets links, while nodes crash
 //! and restart with empty databases, go quiet, are partitioned off and fail to store.
-//! Clients increment counters the way smbd uses records; in some seeds keys share hash
-//! chains, so work on one record waits for a client's lock on another.
+//! Clients use records the way smbd does: under the chain lock, each operation either
+//! writes the record (its data is the operation's number) or deletes it (leaves it empty,
+//! and mostly tells the engine, as smbd's SCHEDULE_FOR_DELETION does), and records are
+//! created again after being deleted. Engines vacuum (DESIGN §8.5) while all this and the
+//! faults go on. In some seeds keys share hash chains, so work on one record waits for a
+//! client's lock on another.
 //!
 //! Checked after every step: no two active nodes of one generation hold a record, and no
-//! node's RSN of a record goes down. At the end, with every fault healed: every increment
-//! acknowledged while the cluster was settled, since the last fault that could lose a
-//! record, is there; nothing beyond what was acknowledged is; with no such fault at all,
-//! every acknowledged increment is there; every client request was answered within a bound.
+//! node's RSN of a record goes down (unless vacuuming deleted that copy). Whenever a client
+//! looks at a record it holds, and at the end for every key, what it sees is what an
+//! acknowledged operation left: with no fault that may lose records, exactly the last one
+//! (so a deleted record never comes back and a live one is never vacuumed); otherwise one
+//! no older than the last operation acknowledged while the cluster was settled since that
+//! fault. At the end, after vacuuming had time to run: no node keeps any copy of a key that
+//! is deleted; every client request was answered within a bound.
 //!
 //! `RCTDB_SIM_SEEDS=N` runs more seeds; `RCTDB_SIM_SEED=S` replays one seed with a trace.
 
@@ -22,7 +29,7 @@ use sim_support::{counter_value, key_name, Rng};
 use rctdb::engine::store::LockOwner;
 use rctdb::engine::{
     CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
-    CALL_IO_ERROR,
+    Record, CALL_IO_ERROR,
 };
 use rctdb::wire::cluster::{ClusterMsg, DbName};
 use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
@@ -31,6 +38,9 @@ const DB: DbId = 0x5eed;
 const TICK_MS: u64 = 10;
 /// No client request may wait longer (simulated ms): well past a few recoveries.
 const MAX_WAIT_MS: u64 = 60_000;
+/// Simulated time after the clients finished and the cluster settled, for vacuuming to
+/// remove what was deleted: several runs, a full one among them, and a round's timeout.
+const DRAIN_MS: u64 = 4_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Params {
@@ -48,6 +58,11 @@ struct Params {
     fault_rate: u64,
     /// Hash chains per node's store: with few, keys share chain locks.
     chains: Option<u32>,
+    /// Per mille of operations that delete the record, and of deletes the engine is told of.
+    deletes: u64,
+    scheduled: u64,
+    vacuum_interval_ms: u64,
+    vacuum_fast_path_count: u64,
 }
 
 impl Params {
@@ -67,6 +82,10 @@ impl Params {
             faults: rng.below64(4) as u32,
             fault_rate: 1 + rng.below64(3),
             chains: if rng.per_mille(300) { Some(1 + rng.below64(2) as u32) } else { None },
+            deletes: if rng.per_mille(800) { 100 + rng.below64(400) } else { 0 },
+            scheduled: 500 + rng.below64(501),
+            vacuum_interval_ms: 20 + rng.below64(300),
+            vacuum_fast_path_count: 1 + rng.below64(5),
         }
     }
 }
@@ -131,14 +150,67 @@ struct Sim {
     /// One side of a partition and when it heals.
     partition: Option<(BTreeSet<Pnn>, u64)>,
     faults_left: u32,
-    acked: BTreeMap<Vec<u8>, u64>,
-    /// Increments acknowledged while settled since the last fault that may lose records.
-    sure: BTreeMap<Vec<u8>, u64>,
+    /// Every key's acknowledged operations, in order.
+    histories: BTreeMap<Vec<u8>, History>,
     disrupted: bool,
     store_failures_seen: bool,
     last_rsn: BTreeMap<(Pnn, Vec<u8>), u64>,
     coverage: Coverage,
     trace: bool,
+    /// Set once clients are done and the cluster settled: vacuuming runs until then.
+    drain_until: Option<u64>,
+}
+
+/// What a record holds: the number of the operation that wrote it, or nothing (deleted,
+/// or never written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Written(u64),
+    Deleted,
+}
+
+impl State {
+    fn of(data: &[u8]) -> State {
+        if data.is_empty() {
+            State::Deleted
+        } else {
+            State::Written(counter_value(data))
+        }
+    }
+}
+
+/// One key's acknowledged operations: operation `n` (from 1) wrote `Written(n)` or deleted.
+#[derive(Debug, Default)]
+struct History {
+    ops: u64,
+    deletes: BTreeSet<u64>,
+    /// The last operation acknowledged while the cluster was settled since the last fault
+    /// that may lose records: it cannot be undone.
+    sure: Option<u64>,
+}
+
+impl History {
+    fn last(&self) -> State {
+        match self.ops {
+            0 => State::Deleted,
+            n if self.deletes.contains(&n) => State::Deleted,
+            n => State::Written(n),
+        }
+    }
+
+    /// Whether `seen` is what some acknowledged operation left that may still be the latest
+    /// one standing: exactly the last without a disruption; otherwise one no older than the
+    /// last sure operation (or any, and the record lost entirely, without one).
+    fn explains(&self, seen: State, disrupted: bool) -> bool {
+        if !disrupted {
+            return seen == self.last();
+        }
+        let from = self.sure.unwrap_or(0);
+        match seen {
+            State::Written(n) => n >= from.max(1) && n <= self.ops && !self.deletes.contains(&n),
+            State::Deleted => self.sure.is_none() || self.deletes.range(from..).next().is_some(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +230,11 @@ struct Coverage {
     lock_waits: u64,
     attaches_sent: u64,
     reads: u64,
+    deletes: u64,
+    recreations: u64,
+    vacuumed: u64,
+    vacuum_copies_dropped: u64,
+    vacuum_copies_kept: u64,
 }
 
 impl Coverage {
@@ -177,6 +254,11 @@ impl Coverage {
         self.lock_waits += o.lock_waits;
         self.attaches_sent += o.attaches_sent;
         self.reads += o.reads;
+        self.deletes += o.deletes;
+        self.recreations += o.recreations;
+        self.vacuumed += o.vacuumed;
+        self.vacuum_copies_dropped += o.vacuum_copies_dropped;
+        self.vacuum_copies_kept += o.vacuum_copies_kept;
     }
 }
 
@@ -187,6 +269,8 @@ fn new_engine(pnn: Pnn, p: &Params, seed: u64) -> Engine {
     config.tunables.recover_timeout_ms = 1000;
     config.tunables.recovery_ban_period_ms = 500;
     config.tunables.max_hops = 20;
+    config.tunables.vacuum_interval_ms = p.vacuum_interval_ms;
+    config.tunables.vacuum_fast_path_count = p.vacuum_fast_path_count;
     // No database: clients attach it, and a restarted node gets it from the recovery that
     // admits it.
     Engine::new(config)
@@ -240,13 +324,13 @@ impl Sim {
             lock_holder: None,
             partition: None,
             faults_left: p.faults,
-            acked: BTreeMap::new(),
-            sure: BTreeMap::new(),
+            histories: BTreeMap::new(),
             disrupted: false,
             store_failures_seen: false,
             last_rsn: BTreeMap::new(),
             coverage: Coverage::default(),
             trace,
+            drain_until: None,
         }
     }
 
@@ -260,7 +344,9 @@ impl Sim {
     /// A fault that may lose records: what was acknowledged before it is no longer sure.
     fn disrupt(&mut self) {
         self.disrupted = true;
-        self.sure.clear();
+        for history in self.histories.values_mut() {
+            history.sure = None;
+        }
     }
 
     fn run_engine(&mut self, pnn: Pnn, input: Input) {
@@ -411,11 +497,34 @@ impl Sim {
         let record = self.nodes[node].store.peek(DB, &key).cloned();
         let here = record.as_ref().is_some_and(|r| r.header.dmaster == node as Pnn && r.header.rsn > 0);
         if let (true, Some(mut record)) = (here, record) {
-            record.data = (counter_value(&record.data) + 1).to_le_bytes().to_vec();
+            let seen = State::of(&record.data);
+            let (disrupted, settled) = (self.disrupted, self.settled());
+            let history = self.histories.entry(key.clone()).or_default();
+            if !history.explains(seen, disrupted) {
+                let (ops, last) = (history.ops, history.last());
+                self.fail(&format!(
+                    "client {index} on node {node} sees {seen:?} in {key:?}; the last of {ops} operations left {last:?} (disrupted: {disrupted})"
+                ));
+            }
+            let delete = seen != State::Deleted && self.rng.per_mille(self.p.deletes);
+            let history = self.histories.entry(key.clone()).or_default();
+            history.ops += 1;
+            if delete {
+                history.deletes.insert(history.ops);
+                record.data.clear();
+                self.coverage.deletes += 1;
+            } else {
+                if seen == State::Deleted && history.ops > 1 {
+                    self.coverage.recreations += 1;
+                }
+                record.data = history.ops.to_le_bytes().to_vec();
+            }
+            if settled {
+                history.sure = Some(history.ops);
+            }
             self.nodes[node].store.put(DB, &key, record);
-            *self.acked.entry(key.clone()).or_default() += 1;
-            if self.settled() {
-                *self.sure.entry(key.clone()).or_default() += 1;
+            if delete && self.rng.per_mille(self.p.scheduled) {
+                self.to_engine[index].push_back(Input::Deleted { db_id: DB, key: key.clone() });
             }
         }
         self.release_client_lock(node, &key);
@@ -623,7 +732,10 @@ impl Sim {
             && self.links.values().flatten().all(|p| matches!(p.body, Body::Cluster(_)));
         if self.all_clients_done() && self.faults_left == 0 && self.healed() && self.settled() && engines_idle
         {
-            return false;
+            let until = *self.drain_until.get_or_insert(self.now + DRAIN_MS);
+            if self.now >= until {
+                return false;
+            }
         }
         // Several events may happen in one millisecond.
         for _ in 0..4 {
@@ -707,16 +819,18 @@ impl Sim {
                     self.fail(&format!("client {index} waited {} ms for a record", self.now - since));
                 }
                 if read && status == 0 {
-                    // A read sees only what was written: never more increments than were.
+                    // A read sees only what was written: never an operation not acknowledged.
                     let key = self.clients[index].key.clone();
                     let Some(data) = data else {
                         self.fail(&format!("client {index}: a read answered no data"))
                     };
-                    let (seen, written) = (counter_value(&data), self.acked.get(&key).copied().unwrap_or(0));
-                    if seen > written {
-                        self.fail(&format!(
-                            "client {index} read {seen} of {key:?}, only {written} were written"
-                        ));
+                    let ops = self.histories.get(&key).map_or(0, |h| h.ops);
+                    if let State::Written(n) = State::of(&data) {
+                        if n > ops {
+                            self.fail(&format!(
+                                "client {index} read operation {n} of {key:?}, only {ops} were done"
+                            ));
+                        }
                     }
                     self.coverage.reads += 1;
                 } else if !read {
@@ -736,6 +850,12 @@ impl Sim {
     }
 
     fn check_invariants(&mut self) {
+        for (pnn, node) in self.nodes.iter_mut().enumerate() {
+            // A key vacuumed everywhere starts its RSNs again.
+            for (_, key) in node.store.deleted.drain(..) {
+                self.last_rsn.remove(&(pnn as Pnn, key));
+            }
+        }
         for index in 0..self.p.keys {
             let key = key_name(index);
             let mut holders: BTreeMap<u32, Vec<Pnn>> = BTreeMap::new();
@@ -760,7 +880,7 @@ impl Sim {
                         }
                     }
                     None => {
-                        self.last_rsn.remove(&slot); // wiped, or never there
+                        self.last_rsn.remove(&slot); // wiped, vacuumed, or never there
                     }
                 }
             }
@@ -776,7 +896,7 @@ impl Sim {
                 self.fail(&format!("client {} stuck in {:?}", client.id, client.state));
             }
         }
-        for (key, &acked) in &self.acked {
+        for (key, history) in &self.histories {
             let holders: Vec<&SimNode> = self
                 .nodes
                 .iter()
@@ -784,17 +904,29 @@ impl Sim {
                 .filter(|(pnn, n)| n.store.peek(DB, key).is_some_and(|r| r.header.dmaster == *pnn as Pnn))
                 .map(|(_, n)| n)
                 .collect();
-            let value = match holders.as_slice() {
-                [] => 0,
-                [holder] => counter_value(&holder.store.peek(DB, key).expect("holder has it").data),
+            let seen = match holders.as_slice() {
+                [] => State::Deleted,
+                [holder] => State::of(&holder.store.peek(DB, key).expect("holder has it").data),
                 _ => self.fail(&format!("{key:?} held by {} nodes at rest", holders.len())),
             };
-            let sure = self.sure.get(key).copied().unwrap_or(0);
-            if value > acked || value < sure || (!self.disrupted && value != acked) {
+            if !history.explains(seen, self.disrupted) {
                 self.fail(&format!(
-                    "{key:?} is {value}: {acked} increments acknowledged, {sure} of them since the last fault (disrupted: {})",
+                    "{key:?} ends as {seen:?}: {} operations acknowledged, the last left {:?}, the last sure one is {:?} (disrupted: {})",
+                    history.ops,
+                    history.last(),
+                    history.sure,
                     self.disrupted
                 ));
+            }
+            if seen == State::Deleted && self.p.vacuum_interval_ms > 0 {
+                let copies: Vec<(Pnn, Record)> = (0..self.nodes.len() as Pnn)
+                    .filter_map(|p| self.nodes[p as usize].store.peek(DB, key).map(|r| (p, r.clone())))
+                    .collect();
+                if !copies.is_empty() {
+                    self.fail(&format!(
+                        "{key:?} is deleted, yet copies are left after vacuuming: {copies:?}"
+                    ));
+                }
             }
         }
         for node in &self.nodes {
@@ -836,12 +968,15 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         sim.coverage.migrations += stats.migrations_completed;
         sim.coverage.max_hop_drops += stats.calls_dropped_max_hops;
         sim.coverage.lock_waits += stats.lock_waits;
+        sim.coverage.vacuumed += stats.vacuum_deleted;
+        sim.coverage.vacuum_copies_dropped += stats.vacuum_copies_dropped;
+        sim.coverage.vacuum_copies_kept += stats.vacuum_copies_kept;
     }
     sim.coverage
 }
 
 #[test]
-fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_increment() {
+fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_operation() {
     if let Ok(seed) = std::env::var("RCTDB_SIM_SEED") {
         let seed: u64 = seed.parse().expect("RCTDB_SIM_SEED is a number");
         println!("seed {seed}: {:?}", run_seed(seed, true));
@@ -860,6 +995,8 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_increment() {
     assert!(total.store_failures > 0 && total.link_resets > 0 && total.dropped > 0, "{total:?}");
     assert!(total.records_fixed > 0 && total.max_hop_drops > 0 && total.deaths > 0, "{total:?}");
     assert!(total.lock_waits > 0 && total.attaches_sent > 0 && total.reads > 0, "{total:?}");
+    assert!(total.deletes > 0 && total.recreations > 0 && total.vacuumed > 0, "{total:?}");
+    assert!(total.vacuum_copies_dropped > 0 && total.vacuum_copies_kept > 0, "{total:?}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use super::{
     CallKind, ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work,
     CALL_OK,
 };
-use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA, FLAG_VACUUM_MIGRATED};
+use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_MIGRATED_WITH_DATA};
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqDmaster, ReqId, CALL_FLAG_IMMEDIATE_MIGRATION,
     CALL_NULL_FUNC,
@@ -32,6 +32,8 @@ impl Engine {
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
             Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
             Work::Resend { db_id, key } => self.resend(db_id, key, record, out),
+            Work::VacuumFetch { .. } if !self.active() => {}
+            Work::VacuumFetch { db_id, key } => self.vacuum_fetch(db_id, key, record, out),
         }
     }
 
@@ -87,11 +89,24 @@ impl Engine {
             // A read: the record stays with its DMASTER, which answers the data.
             return self.send_fetch(waiter, db_id, key, &record, out);
         }
+        self.start_migration(db_id, key, vec![waiter], false, &record, out);
+    }
+
+    /// Asks for the record to come here; `waiters` are answered when it does.
+    pub(super) fn start_migration(
+        &mut self,
+        db_id: DbId,
+        key: Vec<u8>,
+        waiters: Vec<Waiter>,
+        for_vacuum: bool,
+        record: &Option<Record>,
+        out: &mut Vec<Output>,
+    ) {
         let reqid = self.next_reqid();
         let sent_at = self.now;
-        self.keys.entry(slot).or_default().migration =
-            Some(Migration { reqid, waiters: vec![waiter], sent_at, resends: 0 });
-        self.send_call(db_id, key, &record, reqid, out);
+        self.keys.entry((db_id, key.clone())).or_default().migration =
+            Some(Migration { reqid, waiters, sent_at, resends: 0, for_vacuum });
+        self.send_call(db_id, key, record, reqid, out);
     }
 
     /// A migration of ours is late: its request or the record may have been dropped on a
@@ -329,15 +344,13 @@ impl Engine {
             self.stats.protocol_violations += 1;
         }
         if req.dmaster == me {
-            let flags = req.record_flags & !FLAG_VACUUM_MIGRATED;
-            let Some(header) = self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags }) else {
+            let Some(header) =
+                self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags })
+            else {
                 return self.refuse_rsn(from, req.rsn);
             };
             let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
-                if req.record_flags & FLAG_VACUUM_MIGRATED != 0 {
-                    self.vacuum_arrived(req.db_id, &req.key);
-                }
                 self.finish_migration(req.db_id, &req.key, &arrived.data, out);
             } else {
                 self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);
@@ -397,7 +410,8 @@ impl Engine {
         self.stats.migrations_completed += 1;
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
-        let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
+        let (waiters, for_vacuum) =
+            state.migration.take().map(|m| (m.waiters, m.for_vacuum)).unwrap_or_default();
         let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
         out.extend(waiters.into_iter().map(|w| Output::ClientReply {
             client: w.client,
@@ -409,6 +423,9 @@ impl Engine {
             self.ready.extend(state.parked.drain(..));
         } else {
             state.first_use = Some(FirstUse { clients: first_users, deadline });
+        }
+        if for_vacuum {
+            self.vacuum_arrived(db_id, key);
         }
     }
 

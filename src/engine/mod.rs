@@ -285,8 +285,10 @@ pub struct EngineStats {
     /// deleted ones).
     pub vacuum_runs: u64,
     pub vacuum_full_runs: u64,
-    /// Empty records this node held and handed to their LMASTER to be vacuumed.
-    pub vacuum_handovers: u64,
+    /// Empty records this node held and asked their LMASTER to take, and records this
+    /// LMASTER migrated to itself to vacuum them.
+    pub vacuum_fetches_sent: u64,
+    pub vacuum_fetches: u64,
     /// Records this LMASTER deleted once every member had dropped its copy.
     pub vacuum_deleted: u64,
     /// Copies dropped at an LMASTER's request, and kept (newer, held here, or locked).
@@ -306,7 +308,7 @@ impl std::fmt::Display for EngineStats {
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
              protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
              fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
-             nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_handovers={} vacuum_deleted={} \
+             nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_fetches_sent={} vacuum_fetches={} vacuum_deleted={} \
              vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={}",
             self.calls_sent,
             self.calls_resent,
@@ -332,7 +334,8 @@ impl std::fmt::Display for EngineStats {
             self.nodes_died,
             self.vacuum_runs,
             self.vacuum_full_runs,
-            self.vacuum_handovers,
+            self.vacuum_fetches_sent,
+            self.vacuum_fetches,
             self.vacuum_deleted,
             self.vacuum_copies_dropped,
             self.vacuum_copies_kept,
@@ -366,6 +369,8 @@ struct Migration {
     sent_at: Millis,
     /// How often it was sent again; each time the wait doubles, so resends cannot storm.
     resends: u32,
+    /// Vacuuming asked for the record (this node is its LMASTER): vacuum it once here.
+    for_vacuum: bool,
 }
 
 impl Migration {
@@ -439,12 +444,23 @@ enum Work {
         key: Vec<u8>,
         fix: RecordFix,
     },
+    /// The record's holder found it empty: as its LMASTER, take it here to vacuum it.
+    VacuumFetch {
+        db_id: DbId,
+        key: Vec<u8>,
+    },
 }
 
 impl Work {
     /// Work a peer sent in this generation: void once the generation ends.
     fn is_remote(&self) -> bool {
-        matches!(self, Work::Call { .. } | Work::ReqDmaster { .. } | Work::ReplyDmaster { .. })
+        matches!(
+            self,
+            Work::Call { .. }
+                | Work::ReqDmaster { .. }
+                | Work::ReplyDmaster { .. }
+                | Work::VacuumFetch { .. }
+        )
     }
 }
 
@@ -456,7 +472,8 @@ impl Work {
             Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
             Work::ClientCall(ClientCall { db_id, key, .. })
             | Work::Resend { db_id, key }
-            | Work::Fix { db_id, key, .. } => (*db_id, key),
+            | Work::Fix { db_id, key, .. }
+            | Work::VacuumFetch { db_id, key } => (*db_id, key),
         }
     }
 }
@@ -781,7 +798,7 @@ impl Engine {
             Work::ReqDmaster { .. } | Work::ReplyDmaster { .. } | Work::Fix { .. } => {
                 self.ban_self(&format!("reading a record of db {db_id:#x} failed: {err}"), out)
             }
-            Work::Call { .. } | Work::Resend { .. } => {}
+            Work::Call { .. } | Work::Resend { .. } | Work::VacuumFetch { .. } => {}
         }
     }
 }

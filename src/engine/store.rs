@@ -52,6 +52,9 @@ pub struct MemStore {
     /// Hash chains: with `Some(n)`, keys share `n` chain locks as in a tdb file, so work on
     /// one key can wait for a lock held for another. `None`: a lock per key.
     pub chains: Option<u32>,
+    /// Records `delete` removed, oldest first, for checks that follow each record's history;
+    /// whoever reads it empties it.
+    pub deleted: Vec<(DbId, Vec<u8>)>,
 }
 
 impl MemStore {
@@ -146,7 +149,9 @@ impl RecordStore for MemStore {
         if self.failing {
             return Err(Error::io("simulated full disk".to_string()));
         }
-        self.records.remove(&(db, key.to_vec()));
+        if self.records.remove(&(db, key.to_vec())).is_some() {
+            self.deleted.push((db, key.to_vec()));
+        }
         Ok(())
     }
 

@@ -8,9 +8,12 @@
 //! and every `VacuumFastPathCount`th run over every record it holds. For each record this
 //! node holds (DMASTER) that is still empty, under a chain lock taken without waiting:
 //!
-//! 1. Not its LMASTER: hand the record to the LMASTER (a REQ_DMASTER the LMASTER takes as a
-//!    migration to itself, marked VACUUM_MIGRATED so that it queues the key). This node's
-//!    copy stays, empty and naming the LMASTER, until step 2 drops it.
+//! 1. Not its LMASTER: ask the LMASTER to take it (`VacuumFetch`, CTDB's VACUUM_FETCH). The
+//!    LMASTER migrates the record to itself like any record a client asks for, so a request
+//!    or record lost on the wire is asked for again, and found by a recovery if need be;
+//!    once the record is there, the LMASTER vacuums it. This node asks again in every run
+//!    for as long as it still holds the record. Its copy stays, empty and naming the
+//!    LMASTER, until step 2 drops it.
 //! 2. Its LMASTER: ask every other member to drop its copy (`VacuumDrop`) unless that copy
 //!    is newer or names its own node as DMASTER; each answers with the keys it kept.
 //! 3. When every member answered, the LMASTER deletes its own copy of each key nobody kept,
@@ -33,10 +36,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{Engine, Millis, Output, Record, RecordStore};
-use crate::record::{RecordHeader, FLAG_AUTOMATIC, FLAG_VACUUM_MIGRATED};
+use super::{Engine, Millis, Output, Record, RecordStore, Work};
 use crate::wire::cluster::{ClusterMsg, VacuumEntry};
-use crate::wire::{Body, DbId, Generation, Pnn, ReqDmaster};
+use crate::wire::{DbId, Generation, Pnn};
 
 /// Records looked at per tick: a run never holds up the node's other work for long.
 const KEYS_PER_TICK: usize = 256;
@@ -107,6 +109,9 @@ enum Verdict {
     Done,
     /// Locked by a client, or busy with a migration: look again in the next run.
     Later,
+    /// Empty and held here, and this other node is its LMASTER: ask it to take the record
+    /// (and look again in the next run, in case the request is lost).
+    Fetch(Pnn),
     /// Empty, held here, and this node is its LMASTER: ask the peers to drop their copies.
     Drop(VacuumEntry),
 }
@@ -196,13 +201,18 @@ impl Engine {
             return;
         }
         let mut drops: BTreeMap<DbId, Vec<VacuumEntry>> = BTreeMap::new();
+        let mut fetches: BTreeMap<(Pnn, DbId), Vec<Vec<u8>>> = BTreeMap::new();
         for _ in 0..KEYS_PER_TICK {
             let Some((db_id, key)) = run.pending.pop_front() else { break };
-            match self.vacuum_look(db_id, key.clone(), store, out) {
+            match self.vacuum_look(db_id, &key, store) {
                 Verdict::Done => {}
                 Verdict::Later => {
                     self.stats.vacuum_skipped += 1;
                     self.vacuum.remember(db_id, key);
+                }
+                Verdict::Fetch(lmaster) => {
+                    self.vacuum.remember(db_id, key.clone());
+                    fetches.entry((lmaster, db_id)).or_default().push(key);
                 }
                 Verdict::Drop(entry) => drops.entry(db_id).or_default().push(entry),
             }
@@ -210,32 +220,31 @@ impl Engine {
         if !run.pending.is_empty() {
             self.vacuum.run = Some(run);
         }
+        let generation = self.config.generation;
+        for ((lmaster, db_id), keys) in fetches {
+            self.stats.vacuum_fetches_sent += keys.len() as u64;
+            self.send_cluster(lmaster, ClusterMsg::VacuumFetch { generation, db_id, keys }, out);
+        }
         for (db_id, entries) in drops {
             self.start_round(db_id, entries, store, out);
         }
     }
 
     /// One record of a run, under its chain lock if that is free.
-    fn vacuum_look(
-        &mut self,
-        db_id: DbId,
-        key: Vec<u8>,
-        store: &mut dyn RecordStore,
-        out: &mut Vec<Output>,
-    ) -> Verdict {
+    fn vacuum_look(&mut self, db_id: DbId, key: &[u8], store: &mut dyn RecordStore) -> Verdict {
         if !self.dbs.contains_key(&db_id) {
             return Verdict::Done;
         }
-        if self.key_busy(db_id, &key) || !store.try_lock(db_id, &key) {
+        if self.key_busy(db_id, key) || !store.try_lock(db_id, key) {
             return Verdict::Later;
         }
-        let verdict = match store.fetch(db_id, &key) {
+        let verdict = match store.fetch(db_id, key) {
             Ok(Some(record)) if record.data.is_empty() && record.header.dmaster == self.config.pnn => {
-                if self.lmaster(&key) == self.config.pnn {
-                    Verdict::Drop(VacuumEntry { key: key.clone(), rsn: record.header.rsn })
-                } else {
-                    self.vacuum_hand_over(db_id, key.clone(), record, store, out);
-                    Verdict::Done
+                match self.lmaster(key) {
+                    lmaster if lmaster == self.config.pnn => {
+                        Verdict::Drop(VacuumEntry { key: key.to_vec(), rsn: record.header.rsn })
+                    }
+                    lmaster => Verdict::Fetch(lmaster),
                 }
             }
             Ok(_) => Verdict::Done,
@@ -244,39 +253,39 @@ impl Engine {
                 Verdict::Later
             }
         };
-        store.unlock(db_id, &key);
+        store.unlock(db_id, key);
         verdict
     }
 
-    /// Step 1: an empty record held here goes to its LMASTER, which vacuums it. The copy
-    /// left here names the LMASTER and keeps the RSN: should the handover be lost, it is
-    /// the newest copy, and a recovery makes it the holder again.
-    fn vacuum_hand_over(
+    /// Step 1 at the LMASTER: a holder asks it to take these empty records.
+    pub(super) fn vacuum_fetch_asked(&mut self, generation: Generation, db_id: DbId, keys: Vec<Vec<u8>>) {
+        if !self.active() || generation != self.config.generation {
+            return; // the holder asks again in its next run
+        }
+        self.ready.extend(keys.into_iter().map(|key| Work::VacuumFetch { db_id, key }));
+    }
+
+    /// One of them, under its chain lock: here already, it is vacuumed in the next run;
+    /// otherwise it migrates here, and is vacuumed once it arrives (`vacuum_arrived`).
+    pub(super) fn vacuum_fetch(
         &mut self,
         db_id: DbId,
         key: Vec<u8>,
-        record: Record,
-        store: &mut dyn RecordStore,
+        record: Option<Record>,
         out: &mut Vec<Output>,
     ) {
-        let lmaster = self.lmaster(&key);
-        let flags = record.header.flags & !(FLAG_AUTOMATIC | FLAG_VACUUM_MIGRATED);
-        let left_behind =
-            Record { header: RecordHeader { rsn: record.header.rsn, dmaster: lmaster, flags }, data: vec![] };
-        if !self.write(store, db_id, &key, &left_behind) {
+        if self.lmaster(&key) != self.config.pnn {
+            return; // asked under an older map
+        }
+        if self.is_dmaster(&key, &record) {
+            return self.vacuum_arrived(db_id, &key);
+        }
+        if let Some(migration) = self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut()) {
+            migration.for_vacuum = true;
             return;
         }
-        self.stats.vacuum_handovers += 1;
-        let req = ReqDmaster {
-            db_id,
-            rsn: record.header.rsn,
-            dmaster: lmaster,
-            key,
-            data: vec![],
-            record_flags: flags | FLAG_VACUUM_MIGRATED,
-        };
-        let reqid = self.next_reqid();
-        out.push(self.packet(lmaster, self.config.pnn, reqid, Body::ReqDmaster(req)));
+        self.stats.vacuum_fetches += 1;
+        self.start_migration(db_id, key, vec![], true, &record, out);
     }
 
     /// Step 2: ask every other member to drop its copies of these records.

@@ -164,7 +164,14 @@ pub enum ClusterMsg {
         id: u32,
         error: String,
     },
-    /// LMASTER -> every other member (vacuuming, DESIGN §8.5): the sender holds these
+    /// Holder -> LMASTER (vacuuming, DESIGN §8.5): these records are empty here; take them
+    /// (migrate them to yourself) and vacuum them.
+    VacuumFetch {
+        generation: Generation,
+        db_id: DbId,
+        keys: Vec<Vec<u8>>,
+    },
+    /// LMASTER -> every other member (vacuuming): the sender holds these
     /// records, empty, at these RSNs; drop your copy of each unless it is newer or yours.
     VacuumDrop {
         generation: Generation,
@@ -208,6 +215,7 @@ const ATTACH: u32 = 18;
 const ATTACHED: u32 = 19;
 const VACUUM_DROP: u32 = 20;
 const VACUUM_KEPT: u32 = 21;
+const VACUUM_FETCH: u32 = 22;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -369,6 +377,13 @@ impl ClusterMsg {
                 w.u32(*id);
                 w.counted(error.as_bytes());
             }
+            ClusterMsg::VacuumFetch { generation, db_id, keys } => {
+                w.u32(VACUUM_FETCH);
+                w.u32(*generation);
+                w.u32(*db_id);
+                w.count(keys.len());
+                keys.iter().for_each(|key| w.counted(key));
+            }
             ClusterMsg::VacuumDrop { generation, round, db_id, entries } => {
                 w.u32(VACUUM_DROP);
                 w.u32(*generation);
@@ -484,6 +499,13 @@ impl ClusterMsg {
                 }
             }
             ATTACHED => ClusterMsg::Attached { id: r.u32("attach id")?, error: r.string("attach error")? },
+            VACUUM_FETCH => {
+                let generation = r.u32("generation")?;
+                let db_id = r.u32("db id")?;
+                let n = r.count(4, "vacuum key count")?;
+                let keys = (0..n).map(|_| r.counted("key")).collect::<Result<_, PayloadError>>()?;
+                ClusterMsg::VacuumFetch { generation, db_id, keys }
+            }
             VACUUM_DROP => {
                 let generation = r.u32("generation")?;
                 let round = r.u32("vacuum round")?;
@@ -564,6 +586,7 @@ mod tests {
             ClusterMsg::Alive,
             ClusterMsg::Attach { id: 3, db: DbName { db_id: 7, name: "brlock.tdb".into() } },
             ClusterMsg::Attached { id: 3, error: String::new() },
+            ClusterMsg::VacuumFetch { generation: 99, db_id: 7, keys: vec![b"k".to_vec(), vec![]] },
             ClusterMsg::VacuumDrop {
                 generation: 99,
                 round: 4,
