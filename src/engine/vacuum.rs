@@ -143,7 +143,7 @@ impl Engine {
         if interval == 0 {
             return;
         }
-        let due = self.vacuum.last_run_at.is_none_or(|last| now >= last + interval);
+        let due = self.vacuum.last_run_at.map_or(true, |last| now >= last + interval);
         if self.vacuum.run.is_none() && due {
             self.vacuum.last_run_at = Some(now);
             self.start_run(store, out);
