@@ -9,6 +9,7 @@
 #    clustering = yes on 127.0.0.2 and 127.0.0.3 sharing one directory;
 # 2. smb_coherence.py across the two: every cross-node check must pass;
 # 3. torture.sh: raw.oplock, base.lock, base.deny2, base.ntdeny2, base.open must pass;
+#    then vacuum_check.sh: the records smbd deleted meanwhile are vacuumed from both nodes;
 # 4. node_failure.py: node A (its rctdbd and its smbd) is killed while files are open on
 #    both nodes; node B keeps its own opens and locks, frees A's, and serves on;
 # 5. the same two smbd with clustering = no (backend plain) over one directory must show
@@ -101,6 +102,8 @@ if step "rctdb: cluster up" 90 "$HERE/cluster.sh" up "$A" --backend rctdb; then
     step "rctdb: smb_coherence.py 127.0.0.2 127.0.0.3" 60 \
         "$PYTHON" "$HERE/smb_coherence.py" --timeout 15 127.0.0.2 127.0.0.3 || true
     TORTURE_TIMEOUT=120 step "rctdb: torture.sh" 200 "$HERE/torture.sh" "$A" || true
+    # Everything is closed now: smbd's deleted records must be vacuumed from both nodes.
+    step "rctdb: vacuum_check.sh (smbd's deletes vacuumed)" 30 "$HERE/vacuum_check.sh" "$A" 20 || true
     # Last: it leaves the cluster with one node. smbd exits by itself when its rctdbd dies.
     kill_a="'$BIN_DIR/rctdb' cluster kill --dir '$A/rctdb' --node 0; pkill -9 -x -f '/usr/sbin/smbd -D -s $A/node0/smb.conf'; true"
     step "rctdb: node_failure.py (node A killed under open files)" 60 \

@@ -235,6 +235,7 @@ struct Coverage {
     vacuumed: u64,
     vacuum_copies_dropped: u64,
     vacuum_copies_kept: u64,
+    vacuum_rounds_abandoned: u64,
 }
 
 impl Coverage {
@@ -259,6 +260,7 @@ impl Coverage {
         self.vacuumed += o.vacuumed;
         self.vacuum_copies_dropped += o.vacuum_copies_dropped;
         self.vacuum_copies_kept += o.vacuum_copies_kept;
+        self.vacuum_rounds_abandoned += o.vacuum_rounds_abandoned;
     }
 }
 
@@ -971,6 +973,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         sim.coverage.vacuumed += stats.vacuum_deleted;
         sim.coverage.vacuum_copies_dropped += stats.vacuum_copies_dropped;
         sim.coverage.vacuum_copies_kept += stats.vacuum_copies_kept;
+        sim.coverage.vacuum_rounds_abandoned += stats.vacuum_rounds_abandoned;
     }
     sim.coverage
 }
@@ -997,6 +1000,8 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_operation() {
     assert!(total.lock_waits > 0 && total.attaches_sent > 0 && total.reads > 0, "{total:?}");
     assert!(total.deletes > 0 && total.recreations > 0 && total.vacuumed > 0, "{total:?}");
     assert!(total.vacuum_copies_dropped > 0 && total.vacuum_copies_kept > 0, "{total:?}");
+    // Recoveries and broken links in the middle of vacuuming rounds.
+    assert!(total.vacuum_rounds_abandoned > 0, "{total:?}");
 }
 
 #[test]

@@ -431,3 +431,25 @@ fn vacuuming_off_keeps_every_record() {
     cluster.vacuum(0);
     assert_eq!(cluster.copies(key), vec![0, 1, 2]);
 }
+
+#[test]
+fn the_delete_queue_is_bounded_and_an_overflow_makes_the_next_run_a_full_one() {
+    let mut cluster = Cluster::new(3);
+    let keys = keys_on(0, 3);
+    for key in &keys {
+        cluster.write(0, key, b"x");
+        cluster.delete(0, key, true);
+    }
+    // A flood of deletes, more than the queue remembers (a node whose LMASTER peers are
+    // unreachable for long could build such a backlog).
+    for i in 0..100_100u32 {
+        cluster.input(0, Input::Deleted { db_id: DB, key: format!("gone-{i}").into_bytes() });
+    }
+    assert!(cluster.engines[0].vacuum_backlog() <= 100_000, "the queue stays bounded");
+    let full_runs = cluster.engines[0].stats().vacuum_full_runs;
+    cluster.vacuum(0);
+    assert_eq!(cluster.engines[0].stats().vacuum_full_runs, full_runs + 1, "the overflow made it a full run");
+    for key in &keys {
+        assert!(cluster.copies(key).is_empty(), "the full run found the deletes the queue forgot");
+    }
+}

@@ -297,6 +297,9 @@ pub struct EngineStats {
     /// Records skipped because a client held their chain or work was pending on them:
     /// looked at again in the next run.
     pub vacuum_skipped: u64,
+    /// Rounds given up because a recovery ended their generation, a member's link broke,
+    /// or answers were late; their keys wait for the next run.
+    pub vacuum_rounds_abandoned: u64,
 }
 
 impl std::fmt::Display for EngineStats {
@@ -309,7 +312,7 @@ impl std::fmt::Display for EngineStats {
              protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
              fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
              nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_fetches_sent={} vacuum_fetches={} vacuum_deleted={} \
-             vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={}",
+             vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={} vacuum_rounds_abandoned={}",
             self.calls_sent,
             self.calls_resent,
             self.calls_forwarded,
@@ -339,7 +342,8 @@ impl std::fmt::Display for EngineStats {
             self.vacuum_deleted,
             self.vacuum_copies_dropped,
             self.vacuum_copies_kept,
-            self.vacuum_skipped
+            self.vacuum_skipped,
+            self.vacuum_rounds_abandoned
         )
     }
 }

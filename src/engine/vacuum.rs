@@ -441,6 +441,7 @@ impl Engine {
     /// meanwhile were older copies, which nothing needs.
     fn abandon_round(&mut self, round: u32) {
         if let Some(r) = self.vacuum.rounds.remove(&round) {
+            self.stats.vacuum_rounds_abandoned += 1;
             for entry in r.entries {
                 self.vacuum.remember(r.db_id, entry.key);
             }

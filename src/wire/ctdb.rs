@@ -225,10 +225,13 @@ pub fn encode_rec_data(reqid: u32, key: &[u8], record: Option<(&RecordHeader, &[
     out
 }
 
-/// SCHEDULE_FOR_DELETION's argument: `db_id, ltdb header (24), keylen, key`.
+/// SCHEDULE_FOR_DELETION's argument, `struct ctdb_control_schedule_for_deletion` as the C
+/// compiler lays it out: `db_id`, 4 bytes of padding (the header starts with a u64), the
+/// ltdb header (24), `keylen`, the key.
 pub fn decode_schedule_for_deletion(data: &[u8]) -> Result<(DbId, Vec<u8>), PayloadError> {
     let mut r = Reader(data);
     let db_id = r.u32("deletion db_id")?;
+    r.take(4, "deletion padding")?;
     r.take(crate::record::HEADER_LEN, "deletion header")?;
     let key = r.counted("deletion key")?;
     Ok((db_id, key))
@@ -329,13 +332,16 @@ mod tests {
     }
 
     #[test]
-    fn schedule_for_deletion_carries_the_key_after_a_header() {
+    fn schedule_for_deletion_carries_the_key_after_a_padded_header() {
+        // smbd 4.17 sends offsetof(key) + keylen bytes: the key starts at 36.
         let mut b = 9u32.to_le_bytes().to_vec();
-        b.extend_from_slice(&[0; 24]);
+        b.extend_from_slice(&[0xee; 4]);
+        b.extend_from_slice(&RecordHeader { rsn: 7, dmaster: 1, flags: 0 }.encode());
         b.extend_from_slice(&3u32.to_le_bytes());
         b.extend_from_slice(b"abc");
+        assert_eq!(b.len(), 36 + 3);
         assert_eq!(decode_schedule_for_deletion(&b), Ok((9, b"abc".to_vec())));
-        assert!(decode_schedule_for_deletion(&b[..30]).is_err());
+        assert!(decode_schedule_for_deletion(&b[..38]).is_err());
     }
 
     #[test]
