@@ -69,6 +69,7 @@ impl Engine {
                     });
                     return;
                 }
+                self.vacuum_arrived(db_id, &key);
             }
             let data = waiter.wants_data().then(|| record.map(|r| r.data).unwrap_or_default());
             out.push(Output::ClientReply {
@@ -424,7 +425,9 @@ impl Engine {
         } else {
             state.first_use = Some(FirstUse { clients: first_users, deadline });
         }
-        if for_vacuum {
+        // Arrived empty: unless a client writes to it, vacuuming removes it (smbd leaves
+        // records it only looked at empty, and tells nobody).
+        if for_vacuum || data.is_empty() {
             self.vacuum_arrived(db_id, key);
         }
     }

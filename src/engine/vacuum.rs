@@ -4,9 +4,11 @@
 //!
 //! Deleting a record leaves it empty with its header: other nodes may hold older copies,
 //! and the header is what says this one is newer. Every `VacuumInterval` a node runs over
-//! the keys deleted here since its last run (`Input::Deleted`, CTDB's SCHEDULE_FOR_DELETION),
-//! and every `VacuumFastPathCount`th run over every record it holds. For each record this
-//! node holds (DMASTER) that is still empty, under a chain lock taken without waiting:
+//! the keys deleted here since its last run (`Input::Deleted`, CTDB's SCHEDULE_FOR_DELETION)
+//! and those of records that arrived or were created here empty (a client that only looked
+//! at a record leaves it so without a word), and every `VacuumFastPathCount`th run over
+//! every record it holds. For each record this node holds (DMASTER) that is still empty,
+//! under a chain lock taken without waiting:
 //!
 //! 1. Not its LMASTER: ask the LMASTER to take it (`VacuumFetch`, CTDB's VACUUM_FETCH). The
 //!    LMASTER migrates the record to itself like any record a client asks for, so a request
@@ -471,7 +473,8 @@ impl Engine {
         }
     }
 
-    /// A record arrived at its LMASTER through step 1: vacuum it in the next run.
+    /// A record arrived here empty (through step 1, or for a client that may never write
+    /// to it), or was created here empty: vacuum it in the next run unless it has data then.
     pub(super) fn vacuum_arrived(&mut self, db_id: DbId, key: &[u8]) {
         self.vacuum.remember(db_id, key.to_vec());
     }
