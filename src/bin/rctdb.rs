@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
+use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
@@ -206,6 +207,58 @@ enum BenchCmd {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         tunables: Vec<String>,
     },
+    /// smbd's open/close churn on a fresh cluster: worker processes on every node open
+    /// (chainlock+store+chainunlock) and close (delete) distinct keys; ops/s, latencies inside
+    /// and outside vacuum work, file sizes over time, and the keys left once vacuuming drained.
+    Churn {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Worker processes per node.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Keys in all, each opened and closed once (split evenly over the workers).
+        #[arg(long, default_value_t = 60_000)]
+        keys: usize,
+        /// VacuumInterval of every node in ms (0: vacuuming off).
+        #[arg(long, default_value_t = 10_000)]
+        vacuum_interval: u64,
+        /// Also run with vacuuming off, on a fresh cluster, and print both side by side.
+        #[arg(long)]
+        compare: bool,
+        /// Runs of each setting (with --compare they alternate; the summary takes medians).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Files a worker keeps open: a key is closed this many opens after its own.
+        #[arg(long, default_value_t = 4)]
+        open_files: usize,
+        /// Bytes per value (a share-mode entry is about 100).
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Directory of the clusters the bench starts (and stops); DIR/vacuum-*/nodeK.log
+        /// are their logs.
+        #[arg(long, default_value = "/tmp/rctdb-bench-churn")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.61")]
+        first_address: Ipv4Addr,
+    },
+    /// One worker process of `bench churn` (the bench starts these itself).
+    #[command(hide = true)]
+    ChurnWorker {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        window: usize,
+        #[arg(long)]
+        value_size: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -323,6 +376,37 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench {
             bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables },
         } => bench_recovery(&RecoveryBench { records, value_size, moved, dir, first_address, tunables }),
+        Command::Bench {
+            bench:
+                BenchCmd::Churn {
+                    nodes,
+                    workers,
+                    keys,
+                    vacuum_interval,
+                    compare,
+                    rounds,
+                    open_files,
+                    value_size,
+                    json,
+                    dir,
+                    first_address,
+                },
+        } => bench_churn(&ChurnBench {
+            nodes,
+            workers,
+            keys,
+            window: open_files,
+            value_size,
+            vacuum_interval_ms: vacuum_interval,
+            compare,
+            rounds,
+            json,
+            dir,
+            first_address,
+        }),
+        Command::Bench { bench: BenchCmd::ChurnWorker { prefix, count, window, value_size, out } } => {
+            churn_worker(&WorkerSpec { socket: socket()?, prefix, count, window, value_size, out })
+        }
     }
 }
 

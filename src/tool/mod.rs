@@ -1,5 +1,6 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
+pub mod churn;
 pub mod cluster;
 pub mod local_bench;
 pub mod recovery_bench;
