@@ -242,7 +242,7 @@ enum BenchCmd {
         #[arg(long, default_value = "/tmp/rctdb-bench-churn")]
         dir: PathBuf,
         /// Address of node 0 of the bench cluster.
-        #[arg(long, default_value = "127.0.0.61")]
+        #[arg(long, default_value = "127.0.0.71")]
         first_address: Ipv4Addr,
     },
     /// One worker process of `bench churn` (the bench starts these itself).

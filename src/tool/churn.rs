@@ -560,6 +560,12 @@ impl ChurnCluster {
         problems
     }
 
+    /// CPU time (user and system) every node's rctdbd has used so far, in seconds; NaN for
+    /// a node whose process cannot be read.
+    pub fn daemon_cpu_seconds(&self) -> Vec<f64> {
+        (0..self.nodes).map(|node| cpu_seconds(&self.dir().join(format!("node{node}.pid")))).collect()
+    }
+
     /// Every node's free list (`tdbtool`), or `None` where tdbtool is missing or failed.
     pub fn free_lists(&self) -> Vec<Option<FreeList>> {
         (0..self.nodes).map(|node| free_list(&self.file(node))).collect()
@@ -686,6 +692,20 @@ fn sizes_each_second(samples: &[Sample], t0: u64) -> Vec<(f64, Vec<u64>)> {
     sizes
 }
 
+/// The CPU time of the process named by a pid file, from /proc/PID/stat.
+fn cpu_seconds(pid_file: &Path) -> f64 {
+    let read = || -> Option<f64> {
+        let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name is in parentheses and may hold spaces: count fields after it.
+        // utime and stime are fields 14 and 15, in USER_HZ, which Linux fixes at 100 a second.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
+    };
+    read().unwrap_or(f64::NAN)
+}
+
 fn keys_in_file(path: &Path, prefix: &[u8]) -> Result<KeysInFile, String> {
     let tdb = Tdb::open(path, 0, 0, libc::O_RDONLY, 0).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut found = KeysInFile::default();
@@ -757,6 +777,8 @@ pub struct ChurnRun {
     /// The machine's 1-minute load average when the run started.
     pub load: f64,
     pub workload: WorkloadReport,
+    /// CPU time all daemons used from the start of the workload until drained, per key.
+    pub daemon_cpu_us_per_key: f64,
     pub drain: DrainReport,
     pub sizes_after_drain: Vec<u64>,
     pub keys_left: Vec<KeysInFile>,
@@ -837,12 +859,15 @@ fn churn_run(bench: &ChurnBench, exe: &Path, interval: u64, dir: &Path) -> Resul
         worker_exe: exe.to_owned(),
     };
     let log_marks = cluster.log_marks();
+    let cpu_before: f64 = cluster.daemon_cpu_seconds().iter().sum();
     let report = cluster.run(&workload)?;
     let bound = Duration::from_millis(interval * 4) + Duration::from_secs(30);
     let (drain, keys_left) = cluster.settle(KEY_PREFIX, bound)?;
+    let cpu: f64 = cluster.daemon_cpu_seconds().iter().sum::<f64>() - cpu_before;
     let run = ChurnRun {
         vacuum_interval_ms: interval,
         load,
+        daemon_cpu_us_per_key: cpu * 1e6 / report.keys.max(1) as f64,
         workload: report,
         drain,
         sizes_after_drain: cluster.file_sizes(),
@@ -875,7 +900,7 @@ fn print_report(bench: &ChurnBench, runs: &[ChurnRun]) {
     );
     println!();
     println!(
-        "{:<16} {:>5} {:>9} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}  {:>11} {:>9}",
+        "{:<16} {:>5} {:>9} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}  {:>11} {:>9} {:>10}",
         "",
         "load",
         "ops/s",
@@ -887,12 +912,13 @@ fn print_report(bench: &ChurnBench, runs: &[ChurnRun]) {
         "p99 vac",
         "p99 other",
         "vac windows",
-        "ops vac"
+        "ops vac",
+        "cpu us/key"
     );
     for run in runs {
         let w = &run.workload;
         println!(
-            "{:<16} {:>5.1} {:>9.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>9.0} {:>9.1} {:>9.1}  {:>5}/{:<5} {:>8.0}%",
+            "{:<16} {:>5.1} {:>9.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>9.0} {:>9.1} {:>9.1}  {:>5}/{:<5} {:>8.0}% {:>10.1}",
             mode_label(run.vacuum_interval_ms),
             run.load,
             w.ops_per_second(),
@@ -905,9 +931,11 @@ fn print_report(bench: &ChurnBench, runs: &[ChurnRun]) {
             w.outside_vacuum.p99_us,
             w.windows_with_vacuum,
             w.windows,
-            100.0 * w.during_vacuum.ops as f64 / w.ops.max(1) as f64
+            100.0 * w.during_vacuum.ops as f64 / w.ops.max(1) as f64,
+            run.daemon_cpu_us_per_key
         );
     }
+    println!("(cpu us/key: CPU time of all rctdbd from the start until drained, per key opened and closed)");
     println!();
     for run in runs {
         let w = &run.workload;
@@ -1030,12 +1058,13 @@ fn json(bench: &ChurnBench, runs: &[ChurnRun]) -> String {
             format!("{{\"vacuum_backlog\":{},{}}}", n.vacuum_backlog, pairs.join(","))
         });
         format!(
-            "{{\"vacuum_interval_ms\":{},\"load\":{:.2},\"seconds\":{:.3},\"ops\":{},\"ops_per_s\":{:.0},\"all\":{},\"opens\":{},\
+            "{{\"vacuum_interval_ms\":{},\"load\":{:.2},\"daemon_cpu_us_per_key\":{:.2},\"seconds\":{:.3},\"ops\":{},\"ops_per_s\":{:.0},\"all\":{},\"opens\":{},\
              \"closes\":{},\"during_vacuum\":{},\"outside_vacuum\":{},\"windows_with_vacuum\":{},\"windows\":{},\
              \"sizes\":{sizes},\"drained\":{},\"drain_seconds\":{:.2},\"sizes_after_drain\":{},\"keys_left\":{left},\
              \"free_lists\":{free},\"stats\":{stats}}}",
             run.vacuum_interval_ms,
             run.load,
+            run.daemon_cpu_us_per_key,
             w.seconds,
             w.ops,
             w.ops_per_second(),
