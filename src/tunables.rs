@@ -41,6 +41,9 @@ pub struct Tunables {
     /// "VacuumFastPathCount": every this many runs, one also scans the whole database for
     /// empty records, instead of only the keys deleted since the last run.
     pub vacuum_fast_path_count: u64,
+    /// "RepackLimit": once vacuuming has removed records and a database's free list is
+    /// longer than this, the database is repacked (0: never).
+    pub repack_limit: u64,
 }
 
 impl Default for Tunables {
@@ -59,6 +62,7 @@ impl Default for Tunables {
             vacuum_interval_ms: 10_000,
             vacuum_max_run_time_ms: 120_000,
             vacuum_fast_path_count: 60,
+            repack_limit: 10_000,
         }
     }
 }
@@ -72,7 +76,7 @@ struct Spec {
 }
 
 /// Every tunable, in the order `names()` and `listing()` give them.
-const SPECS: [Spec; 13] = [
+const SPECS: [Spec; 14] = [
     Spec {
         name: "KeepaliveInterval",
         min: 1,
@@ -143,6 +147,7 @@ const SPECS: [Spec; 13] = [
         value: |t| t.vacuum_fast_path_count,
         slot: |t| &mut t.vacuum_fast_path_count,
     },
+    Spec { name: "RepackLimit", min: 0, value: |t| t.repack_limit, slot: |t| &mut t.repack_limit },
 ];
 
 /// Every name, for `names()`, taken from SPECS so the two cannot drift apart.
@@ -412,6 +417,7 @@ mod tests {
         t.set("VacuumInterval", 21).unwrap();
         t.set("VacuumMaxRunTime", 22).unwrap();
         t.set("VacuumFastPathCount", 23).unwrap();
+        t.set("RepackLimit", 24).unwrap();
         let expected = Tunables {
             keepalive_interval_ms: 11,
             keepalive_limit: 12,
@@ -426,6 +432,7 @@ mod tests {
             vacuum_interval_ms: 21,
             vacuum_max_run_time_ms: 22,
             vacuum_fast_path_count: 23,
+            repack_limit: 24,
         };
         assert_eq!(t, expected);
     }
@@ -444,8 +451,8 @@ mod tests {
     fn values_out_of_range_are_refused() {
         let mut t = Tunables::default();
         for name in Tunables::names() {
-            if *name == "VacuumInterval" {
-                assert!(t.set(name, 0).is_ok(), "0 turns vacuuming off");
+            if *name == "VacuumInterval" || *name == "RepackLimit" {
+                assert!(t.set(name, 0).is_ok(), "0 turns {name} off");
             } else {
                 let err = t.set(name, 0).unwrap_err();
                 assert!(err.contains(name) && err.contains("smallest"), "{err}");

@@ -53,6 +53,8 @@ pub enum LockTarget {
     AllChains { db_id: DbId },
     /// Every chain of a database, write-locked until thawed: no client uses its records.
     Freeze { db_id: DbId },
+    /// Every chain of a database, write-locked while it is repacked.
+    Repack { db_id: DbId },
 }
 
 /// A lock a waiter thread took on the node's behalf.
@@ -82,7 +84,7 @@ impl HeldLock {
 /// lock for a chain, a read lock for all chains) and hands the lock to the node.
 pub fn wait_for(files: Arc<LockFiles>, start: u64, len: u64, target: LockTarget, held: Sender<HeldLock>) {
     let kind = match target {
-        LockTarget::Chain { .. } | LockTarget::Freeze { .. } => libc::F_WRLCK,
+        LockTarget::Chain { .. } | LockTarget::Freeze { .. } | LockTarget::Repack { .. } => libc::F_WRLCK,
         LockTarget::AllChains { .. } => libc::F_RDLCK,
     };
     let spawned = std::thread::Builder::new().name("lock-wait".into()).spawn(move || {

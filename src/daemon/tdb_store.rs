@@ -165,6 +165,23 @@ impl TdbStore {
         copies
     }
 
+    /// How many pieces `db_id`'s free list is in (tdb merges neighbours as it counts).
+    pub fn free_pieces(&self, db_id: DbId) -> Result<usize> {
+        self.db(db_id)?.tdb.freelist_size()
+    }
+
+    /// Rewrites `db_id` while a lock waiter holds every chain for us: the live records are
+    /// read, the file emptied (its whole data area one free record) and the records stored
+    /// again, close together. The file keeps its size; allocations stop walking a free list
+    /// of small pieces. Returns the number of records rewritten.
+    pub fn repack_held_for_us(&self, db_id: DbId) -> Result<usize> {
+        let db = self.db(db_id)?;
+        db.tdb.lockall_mark()?;
+        let repacked = rewrite(&db.tdb);
+        db.tdb.lockall_unmark()?;
+        repacked
+    }
+
     /// Where a lock waiter can wait for the chain lock of `key`: file, byte offset, length.
     pub fn chain_site(&self, db_id: DbId, key: &[u8]) -> Option<(Arc<LockFiles>, u64, u64)> {
         let db = self.dbs.get(&db_id)?;
@@ -268,6 +285,33 @@ fn read_copies(tdb: &Tdb) -> Result<Vec<RecordCopy>> {
     Ok(copies)
 }
 
+/// Reads every record, empties the file, stores them again; under a lock the caller holds.
+/// The records fit: they did before, and emptying frees at least that space. Should a store
+/// fail all the same, the others are still stored and the error names how many were lost.
+fn rewrite(tdb: &Tdb) -> Result<usize> {
+    let mut records = vec![];
+    tdb.traverse_read(|key, value| {
+        records.push((key.to_vec(), value.to_vec()));
+        true
+    })?;
+    tdb.wipe_all()?;
+    let mut failed = (0, None);
+    for (key, value) in &records {
+        if let Err(err) = tdb.store(key, value, StoreFlag::Insert) {
+            failed = (failed.0 + 1, Some(err));
+        }
+    }
+    match failed {
+        (0, _) => Ok(records.len()),
+        (lost, err) => Err(Error::io(format!(
+            "{}: {lost} of {} records could not be stored back: {}",
+            tdb.path().display(),
+            records.len(),
+            err.map_or_else(String::new, |e| e.to_string())
+        ))),
+    }
+}
+
 /// Empties a volatile database, unless a process holds one of its locks: a stale client of a
 /// previous run, which must not make the daemon wait. The caller gets an error instead.
 pub fn wipe_without_waiting(tdb: &Tdb) -> Result<()> {
@@ -291,6 +335,39 @@ pub fn wipe_without_waiting(tdb: &Tdb) -> Result<()> {
 mod tests {
     use super::*;
     use crate::engine::store::{Record, RecordStore};
+
+    /// Vacuuming leaves the free list in many small pieces; a repack keeps every record and
+    /// value and leaves it in one.
+    #[test]
+    fn a_repack_keeps_every_record_and_mends_the_free_list() {
+        let dir = std::env::temp_dir().join(format!("rctdb-repack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = TdbStore::new(&dir);
+        store.attach(9, "repack.tdb").unwrap();
+        let header = RecordHeader { rsn: 3, dmaster: 1, flags: 0 };
+        let key = |i: u32| format!("k{i}").into_bytes();
+        for i in 0..6000u32 {
+            // Empty records (a key and a header) among full ones, as migrations leave them.
+            let data = if i % 2 == 0 { vec![] } else { vec![i as u8; 120] };
+            RecordStore::store(&mut store, 9, &key(i), &Record { header, data }).unwrap();
+        }
+        for i in (0..6000u32).filter(|i| i % 3 != 0) {
+            RecordStore::delete(&mut store, 9, &key(i)).unwrap();
+        }
+        let before = store.free_pieces(9).unwrap();
+        assert!(before > 100, "the deletes left the free list in {before} pieces");
+        assert_eq!(store.repack_held_for_us(9).unwrap(), 2000);
+        assert!(store.free_pieces(9).unwrap() <= 1, "one free record after the rewrite");
+        for i in 0..6000u32 {
+            let found = RecordStore::fetch(&mut store, 9, &key(i)).unwrap();
+            let expected = (i % 3 == 0).then(|| {
+                let data = if i % 2 == 0 { vec![] } else { vec![i as u8; 120] };
+                Record { header, data }
+            });
+            assert_eq!(found, expected, "record {i}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// smbd opens its volatile databases with TDB_CLEAR_IF_FIRST when it is not clustered;
     /// such an opener (here python3-tdb, in another process as smbd would be) must not wipe

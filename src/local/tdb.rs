@@ -432,6 +432,23 @@ impl Tdb {
         unsafe { ffi::tdb_enable_seqnum(self.ctx.as_ptr()) }
     }
 
+    /// Lets up to `count` deleted records per hash chain stay there, dead, for stores to
+    /// the same chain to reuse, before they go to the free list (CTDB's DatabaseMaxDead).
+    /// Churn then stops filling the free list with small pieces every allocation walks.
+    pub fn set_max_dead(&self, count: i32) {
+        // SAFETY: the context is open.
+        unsafe { ffi::tdb_set_max_dead(self.ctx.as_ptr(), count) }
+    }
+
+    /// How many free records the free list has, after merging neighbours among them (tdb
+    /// merges as it counts). Takes the free-list lock, which a process holds only inside a
+    /// store or delete.
+    pub fn freelist_size(&self) -> Result<usize> {
+        // SAFETY: the context is open.
+        let count = unsafe { ffi::tdb_freelist_size(self.ctx.as_ptr()) };
+        usize::try_from(count).map_err(|_| self.error("freelist_size"))
+    }
+
     /// The database's change counter (stays 0 unless opened with TDB_SEQNUM).
     pub fn get_seqnum(&self) -> i32 {
         // SAFETY: the context is open.

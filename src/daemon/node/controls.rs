@@ -313,6 +313,7 @@ impl Node {
             text.push_str(&format!("db {name} {id:#010x}\n"));
         }
         text.push_str(&format!("vacuum_backlog {}\n", self.engine.vacuum_backlog()));
+        text.push_str(&format!("repacks {}\n", self.repacks.done));
         text.push_str(&format!("stats {}\n", self.engine.stats()));
         text
     }

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 mod controls;
 mod ctdb_clients;
 mod ctdb_tool;
+mod repack;
 
 use controls::{error_reply, CopiesFor, PendingControl};
 use ctdb_clients::CtdbClients;
@@ -119,6 +120,7 @@ pub struct Node {
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     /// Who waits for a database's records while a client holds one of its chains.
     copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
+    repacks: repack::Repacks,
     next_reqid: ReqId,
     started: Instant,
 }
@@ -157,6 +159,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             let mut node = node.lock();
             node.engine_input(Input::Tick);
             node.expire_controls(now);
+            node.check_repacks(now);
             let (ms, interval, quiet) =
                 (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
             node.liveness.ticked(ms, interval, quiet);
@@ -203,6 +206,7 @@ impl Node {
             pending: HashMap::new(),
             held_locks: crossbeam_channel::unbounded(),
             copies_wanted: HashMap::new(),
+            repacks: Default::default(),
             next_reqid: 1,
             started: Instant::now(),
         }
@@ -338,6 +342,7 @@ impl Node {
                 self.freezes.insert(db_id, FreezeLock::Held(lock));
                 return self.engine_input(Input::Frozen { db_id });
             }
+            LockTarget::Repack { db_id } => return self.repack_held(*db_id, lock),
         }
         lock.release();
     }
