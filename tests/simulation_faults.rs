@@ -699,6 +699,14 @@ impl Sim {
         self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
     }
 
+    fn nothing_in_flight(&self) -> bool {
+        self.links.values().all(VecDeque::is_empty)
+            && self.to_engine.iter().all(VecDeque::is_empty)
+            && self.to_client.iter().all(VecDeque::is_empty)
+            && self.lock_available.is_empty()
+            && self.lock_outcomes.is_empty()
+    }
+
     fn all_clients_done(&self) -> bool {
         self.clients.iter().all(|c| matches!(c.state, ClientState::Finished | ClientState::Crashed))
     }
@@ -711,6 +719,10 @@ impl Sim {
     /// One step of simulated time; false once every client is done and the cluster settled.
     fn step(&mut self) -> bool {
         self.now += 1;
+        if self.drain_until.is_some() && self.nothing_in_flight() {
+            // Draining with nothing on the wire or waiting: skip to the next tick.
+            self.now = self.now.next_multiple_of(TICK_MS);
+        }
         self.heal();
         if self.faults_left > 0 && self.rng.per_mille(self.p.fault_rate) {
             self.inject_fault();
