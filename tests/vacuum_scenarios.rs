@@ -168,6 +168,17 @@ fn spread(cluster: &mut Cluster, key: &[u8]) {
     assert_eq!(cluster.copies(key), vec![0, 1, 2]);
 }
 
+/// A record with copies on every node, deleted on node 2 and taken by its LMASTER, node 0,
+/// in node 2's vacuuming run.
+fn deleted_on_2_and_taken_by_the_lmaster() -> (Cluster, Vec<u8>) {
+    let mut cluster = Cluster::new(3);
+    let key = keys_on(0, 1).remove(0);
+    spread(&mut cluster, &key);
+    cluster.delete(2, &key, false);
+    cluster.vacuum(2);
+    (cluster, key)
+}
+
 #[test]
 fn vacuum_001_fast_run_deletes_records_deleted_on_a_non_lmaster_from_every_node() {
     for count in [1, 10] {
@@ -211,11 +222,8 @@ fn vacuum_001_fast_run_deletes_records_deleted_on_their_lmaster_from_every_node(
 
 #[test]
 fn vacuum_001_a_key_vacuumed_everywhere_starts_again_and_migrates() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     cluster.vacuum(0);
     assert!(cluster.copies(key).is_empty());
     // Nothing contradicts a new history: it starts at the LMASTER and moves as any record.
@@ -254,11 +262,8 @@ fn vacuum_002_only_a_full_run_finds_records_deleted_without_scheduling() {
 
 #[test]
 fn vacuum_003_a_record_recreated_before_the_lmaster_runs_is_not_deleted() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     // Node 1 creates it again: the record moves from the LMASTER to node 1.
     cluster.write(1, key, b"recreated");
     cluster.vacuum(0);
@@ -269,11 +274,8 @@ fn vacuum_003_a_record_recreated_before_the_lmaster_runs_is_not_deleted() {
 
 #[test]
 fn vacuum_003_a_record_recreated_while_the_lmaster_asks_for_copies_is_not_deleted() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     // The LMASTER's run sends its drop requests; before they arrive, node 1 asks for the
     // record to create it again.
     cluster.now += INTERVAL_MS;
@@ -318,11 +320,8 @@ fn vacuum_030_031_locked_on_the_deleting_node_it_waits_for_a_later_run() {
 
 #[test]
 fn vacuum_032_locked_on_the_lmaster_it_is_deleted_once_unlocked() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     cluster.lock(0, key);
     cluster.vacuum(0);
     assert_eq!(cluster.copies(key), vec![0, 1, 2], "no drop requests for a record locked on the LMASTER");
@@ -341,11 +340,8 @@ fn vacuum_032_locked_on_the_lmaster_it_is_deleted_once_unlocked() {
 
 #[test]
 fn vacuum_033_locked_on_the_deleting_node_during_the_lmasters_round_it_is_kept_then_deleted() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     let rsn = cluster.header(0, key).rsn;
     cluster.lock(2, key);
     cluster.vacuum(0);
@@ -363,11 +359,8 @@ fn vacuum_033_locked_on_the_deleting_node_during_the_lmasters_round_it_is_kept_t
 
 #[test]
 fn vacuum_034_locked_on_another_node_during_the_round_it_is_kept_then_deleted() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     cluster.lock(1, key);
     cluster.vacuum(0);
     assert_eq!(cluster.copies(key), vec![0, 1]);
@@ -378,11 +371,8 @@ fn vacuum_034_locked_on_another_node_during_the_round_it_is_kept_then_deleted() 
 
 #[test]
 fn a_member_whose_link_breaks_mid_round_delays_the_delete_until_it_is_back() {
-    let mut cluster = Cluster::new(3);
-    let key = &keys_on(0, 1)[0];
-    spread(&mut cluster, key);
-    cluster.delete(2, key, false);
-    cluster.vacuum(2);
+    let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
+    let key = &key;
     cluster.now += INTERVAL_MS;
     cluster.input(0, Input::Tick);
     // The drop request to node 1 is lost with its connection.

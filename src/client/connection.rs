@@ -75,22 +75,19 @@ impl DaemonConnection {
     /// Tells the daemon this client used the record it migrated here; remote requests may
     /// take it now. No reply.
     pub fn migration_done(&mut self, db_id: DbId, key: &[u8]) -> Result<()> {
-        let body = Body::ReqControl(ReqControl {
-            opcode: opcode::MIGRATION_DONE,
-            srvid: 0,
-            client_id: 0,
-            flags: FLAG_NOREPLY,
-            data: control::encode_db_key(db_id, key),
-        });
-        let reqid = self.take_reqid();
-        self.send(reqid, body)
+        self.notify(opcode::MIGRATION_DONE, db_id, key)
     }
 
     /// Tells the daemon this client deleted a record, so vacuuming removes it from every
     /// node. No reply.
     pub fn deleted(&mut self, db_id: DbId, key: &[u8]) -> Result<()> {
+        self.notify(opcode::DELETED, db_id, key)
+    }
+
+    /// A control about one record that the daemon does not answer.
+    fn notify(&mut self, opcode: u32, db_id: DbId, key: &[u8]) -> Result<()> {
         let body = Body::ReqControl(ReqControl {
-            opcode: opcode::DELETED,
+            opcode,
             srvid: 0,
             client_id: 0,
             flags: FLAG_NOREPLY,

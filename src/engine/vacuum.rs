@@ -354,16 +354,11 @@ impl Engine {
             Ok(Some(record)) if record.header.dmaster == self.config.pnn || record.header.rsn > entry.rsn => {
                 false
             }
-            Ok(Some(_)) => match store.delete(db_id, &entry.key) {
-                Ok(()) => {
-                    self.stats.vacuum_copies_dropped += 1;
-                    true
-                }
-                Err(err) => {
-                    log::error!("vacuuming: deleting a copy of a record of db {db_id:#x}: {err}");
-                    false
-                }
-            },
+            Ok(Some(_)) => {
+                let dropped = remove(store, db_id, &entry.key);
+                self.stats.vacuum_copies_dropped += u64::from(dropped);
+                dropped
+            }
             Err(err) => {
                 log::error!("vacuuming: reading a record of db {db_id:#x}: {err}");
                 false
@@ -417,16 +412,9 @@ impl Engine {
                     && record.header.dmaster == me
                     && record.header.rsn == entry.rsn =>
             {
-                match store.delete(db_id, &entry.key) {
-                    Ok(()) => {
-                        self.stats.vacuum_deleted += 1;
-                        true
-                    }
-                    Err(err) => {
-                        log::error!("vacuuming: deleting a record of db {db_id:#x}: {err}");
-                        false
-                    }
-                }
+                let deleted = remove(store, db_id, &entry.key);
+                self.stats.vacuum_deleted += u64::from(deleted);
+                deleted
             }
             // Recreated, migrated away or deleted meanwhile: not this round's to delete.
             Ok(_) => true,
@@ -477,5 +465,16 @@ impl Engine {
     /// to it), or was created here empty: vacuum it in the next run unless it has data then.
     pub(super) fn vacuum_arrived(&mut self, db_id: DbId, key: &[u8]) {
         self.vacuum.remember(db_id, key.to_vec());
+    }
+}
+
+/// Deletes a record under its chain lock; false (and logged) if the store fails.
+fn remove(store: &mut dyn RecordStore, db_id: DbId, key: &[u8]) -> bool {
+    match store.delete(db_id, key) {
+        Ok(()) => true,
+        Err(err) => {
+            log::error!("vacuuming: deleting a record of db {db_id:#x}: {err}");
+            false
+        }
     }
 }
