@@ -627,7 +627,7 @@ impl Engine {
         // Vacuuming's messages are work of the generation, membership or not.
         match msg {
             ClusterMsg::VacuumFetch { generation, db_id, keys } => {
-                return self.vacuum_fetch_asked(generation, db_id, keys)
+                return self.vacuum_fetch_asked(generation, db_id, keys, store, out)
             }
             ClusterMsg::VacuumDrop { generation, round, db_id, entries } => {
                 return self.vacuum_drop(from, generation, round, db_id, entries, store, out)

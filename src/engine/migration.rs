@@ -32,8 +32,6 @@ impl Engine {
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
             Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
             Work::Resend { db_id, key } => self.resend(db_id, key, record, out),
-            Work::VacuumFetch { .. } if !self.active() => {}
-            Work::VacuumFetch { db_id, key } => self.vacuum_fetch(db_id, key, record, out),
         }
     }
 
@@ -90,7 +88,7 @@ impl Engine {
             // A read: the record stays with its DMASTER, which answers the data.
             return self.send_fetch(waiter, db_id, key, &record, out);
         }
-        self.start_migration(db_id, key, vec![waiter], false, &record, out);
+        self.start_migration(db_id, key, vec![waiter], &record, out);
     }
 
     /// Asks for the record to come here; `waiters` are answered when it does.
@@ -99,14 +97,13 @@ impl Engine {
         db_id: DbId,
         key: Vec<u8>,
         waiters: Vec<Waiter>,
-        for_vacuum: bool,
         record: &Option<Record>,
         out: &mut Vec<Output>,
     ) {
         let reqid = self.next_reqid();
         let sent_at = self.now;
         self.keys.entry((db_id, key.clone())).or_default().migration =
-            Some(Migration { reqid, waiters, sent_at, resends: 0, for_vacuum });
+            Some(Migration { reqid, waiters, sent_at, resends: 0 });
         self.send_call(db_id, key, record, reqid, out);
     }
 
@@ -411,8 +408,7 @@ impl Engine {
         self.stats.migrations_completed += 1;
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
-        let (waiters, for_vacuum) =
-            state.migration.take().map(|m| (m.waiters, m.for_vacuum)).unwrap_or_default();
+        let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
         let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
         out.extend(waiters.into_iter().map(|w| Output::ClientReply {
             client: w.client,
@@ -425,9 +421,9 @@ impl Engine {
         } else {
             state.first_use = Some(FirstUse { clients: first_users, deadline });
         }
-        // Arrived empty: unless a client writes to it, vacuuming removes it (smbd leaves
-        // records it only looked at empty, and tells nobody).
-        if for_vacuum || data.is_empty() {
+        // Arrived empty (vacuuming asked for it, or a client that may never write to it:
+        // smbd leaves records it only looked at empty, and tells nobody): vacuum it.
+        if data.is_empty() {
             self.vacuum_arrived(db_id, key);
         }
     }

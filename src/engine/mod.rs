@@ -373,8 +373,6 @@ struct Migration {
     sent_at: Millis,
     /// How often it was sent again; each time the wait doubles, so resends cannot storm.
     resends: u32,
-    /// Vacuuming asked for the record (this node is its LMASTER): vacuum it once here.
-    for_vacuum: bool,
 }
 
 impl Migration {
@@ -448,23 +446,12 @@ enum Work {
         key: Vec<u8>,
         fix: RecordFix,
     },
-    /// The record's holder found it empty: as its LMASTER, take it here to vacuum it.
-    VacuumFetch {
-        db_id: DbId,
-        key: Vec<u8>,
-    },
 }
 
 impl Work {
     /// Work a peer sent in this generation: void once the generation ends.
     fn is_remote(&self) -> bool {
-        matches!(
-            self,
-            Work::Call { .. }
-                | Work::ReqDmaster { .. }
-                | Work::ReplyDmaster { .. }
-                | Work::VacuumFetch { .. }
-        )
+        matches!(self, Work::Call { .. } | Work::ReqDmaster { .. } | Work::ReplyDmaster { .. })
     }
 }
 
@@ -476,8 +463,7 @@ impl Work {
             Work::ReplyDmaster { reply, .. } => (reply.db_id, &reply.key),
             Work::ClientCall(ClientCall { db_id, key, .. })
             | Work::Resend { db_id, key }
-            | Work::Fix { db_id, key, .. }
-            | Work::VacuumFetch { db_id, key } => (*db_id, key),
+            | Work::Fix { db_id, key, .. } => (*db_id, key),
         }
     }
 }
@@ -802,7 +788,7 @@ impl Engine {
             Work::ReqDmaster { .. } | Work::ReplyDmaster { .. } | Work::Fix { .. } => {
                 self.ban_self(&format!("reading a record of db {db_id:#x} failed: {err}"), out)
             }
-            Work::Call { .. } | Work::Resend { .. } | Work::VacuumFetch { .. } => {}
+            Work::Call { .. } | Work::Resend { .. } => {}
         }
     }
 }

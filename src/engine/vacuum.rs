@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{Engine, Millis, Output, Record, RecordStore, Work};
+use super::{Engine, Millis, Output, RecordStore};
 use crate::wire::cluster::{ClusterMsg, VacuumEntry};
 use crate::wire::{DbId, Generation, Pnn};
 
@@ -259,35 +259,40 @@ impl Engine {
         verdict
     }
 
-    /// Step 1 at the LMASTER: a holder asks it to take these empty records.
-    pub(super) fn vacuum_fetch_asked(&mut self, generation: Generation, db_id: DbId, keys: Vec<Vec<u8>>) {
-        if !self.active() || generation != self.config.generation {
-            return; // the holder asks again in its next run
-        }
-        self.ready.extend(keys.into_iter().map(|key| Work::VacuumFetch { db_id, key }));
-    }
-
-    /// One of them, under its chain lock: here already, it is vacuumed in the next run;
-    /// otherwise it migrates here, and is vacuumed once it arrives (`vacuum_arrived`).
-    pub(super) fn vacuum_fetch(
+    /// Step 1 at the LMASTER: a holder asks it to take these empty records. Each is taken
+    /// under its chain lock if that is free and nothing is pending on the key; otherwise
+    /// it is skipped, never waited for: the holder asks again in its next run.
+    pub(super) fn vacuum_fetch_asked(
         &mut self,
+        generation: Generation,
         db_id: DbId,
-        key: Vec<u8>,
-        record: Option<Record>,
+        keys: Vec<Vec<u8>>,
+        store: &mut dyn RecordStore,
         out: &mut Vec<Output>,
     ) {
-        if self.lmaster(&key) != self.config.pnn {
-            return; // asked under an older map
-        }
-        if self.is_dmaster(&key, &record) {
-            return self.vacuum_arrived(db_id, &key);
-        }
-        if let Some(migration) = self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut()) {
-            migration.for_vacuum = true;
+        if !self.active() || generation != self.config.generation || !self.dbs.contains_key(&db_id) {
             return;
         }
-        self.stats.vacuum_fetches += 1;
-        self.start_migration(db_id, key, vec![], true, &record, out);
+        for key in keys {
+            // Asked under an older map, or busy: skipped.
+            if self.lmaster(&key) != self.config.pnn
+                || self.key_busy(db_id, &key)
+                || !store.try_lock(db_id, &key)
+            {
+                continue;
+            }
+            match store.fetch(db_id, &key) {
+                // Here already: vacuumed in the next run.
+                Ok(record) if self.is_dmaster(&key, &record) => self.vacuum_arrived(db_id, &key),
+                // Vacuumed once it arrives (`vacuum_arrived`).
+                Ok(record) => {
+                    self.stats.vacuum_fetches += 1;
+                    self.start_migration(db_id, key.clone(), vec![], &record, out);
+                }
+                Err(err) => log::error!("vacuuming: reading a record of db {db_id:#x}: {err}"),
+            }
+            store.unlock(db_id, &key);
+        }
     }
 
     /// Step 2: ask every other member to drop its copies of these records.
