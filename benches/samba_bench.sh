@@ -191,14 +191,6 @@ wait_free() {
     return 1
 }
 
-backend_of() {
-    case $1 in
-        plain) echo plain ;;
-        ctdbd) echo ctdbd ;;
-        rctdb) echo rctdb ;;
-    esac
-}
-
 # smbd addresses the bench connections go to: the plain case uses one smbd.
 bench_hosts() {
     case $1 in
@@ -372,8 +364,8 @@ run_config() {
     local cfg=$1 dir="$WORK/$1" wl
     wait_free "$cfg" || { say "$cfg: skipped (addresses in use)"; return; }
     UP_DIRS+=("$dir")
-    echo "$cfg: starting ($(backend_of "$cfg"))"
-    if ! timeout 180 bash "$CLUSTER_SH" up "$dir" --backend "$(backend_of "$cfg")" >"$WORK/$cfg.up.log" 2>&1; then
+    echo "$cfg: starting"
+    if ! timeout 180 bash "$CLUSTER_SH" up "$dir" --backend "$cfg" >"$WORK/$cfg.up.log" 2>&1; then
         say "$cfg: cluster.sh up failed:"
         tail -8 "$WORK/$cfg.up.log" | tee -a "$RESULTS"
         return

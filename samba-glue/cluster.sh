@@ -220,7 +220,7 @@ rctdb_down() {
 # Backend "ctdbd": the baseline's scripts run Samba's ctdbd (3 nodes; node 0 and 1 serve
 # our two smbd). They are called, not copied.
 ctdbd_up() {
-    [ -x "$CTDBD_ANCHOR/start_cluster.sh" ] || [ -f "$CTDBD_ANCHOR/start_cluster.sh" ] ||
+    [ -f "$CTDBD_ANCHOR/start_cluster.sh" ] ||
         die "no $CTDBD_ANCHOR/start_cluster.sh (set CTDBD_ANCHOR to the ctdbd baseline scripts)"
     [ -x /usr/sbin/ctdbd ] || die "no /usr/sbin/ctdbd (apt-get install ctdb)"
     LAB="$DIR/ctdblab" timeout 90 bash "$CTDBD_ANCHOR/start_cluster.sh" >"$DIR/ctdblab.start.log" 2>&1 ||
@@ -286,7 +286,7 @@ smbd_wait() {
 smbd_stop() {
     local k=$1 pid i
     pid=$(smbd_pid "$k") || return 0
-    kill -TERM "$pid"
+    kill -TERM "$pid" 2>/dev/null || true # it may have exited since
     for ((i = 0; i < 100; i++)); do
         smbd_pid "$k" >/dev/null || break
         sleep 0.1
@@ -309,7 +309,7 @@ pkill_node_children() {
             fi
         done
         [ ${#left[@]} -eq 0 ] && return
-        [ "$i" -ge 20 ] && kill -KILL "${left[@]}" 2>/dev/null
+        if [ "$i" -ge 20 ]; then kill -KILL "${left[@]}" 2>/dev/null || true; fi
         sleep 0.1
     done
 }

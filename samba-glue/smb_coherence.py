@@ -13,9 +13,10 @@ file free again after a close) and an oplock break sent to the other node. Each 
 prints PASS or FAIL with what the servers answered, then a line `coherent: N/M`.
 
 Exit status: 0 when every check passed; 1 when one failed. With --expect-split-brain
-(the plain backend: two unclustered smbd over one directory) the verdict is inverted:
-0 when at least one cross-node conflict went unnoticed, 1 when every check passed.
-2: the servers could not be reached.
+(the plain backend: two unclustered smbd over one directory) the control case: 0 only
+when every check of a cross-node conflict failed and every check without one
+(NO_CONFLICT) passed, with no errors, so that each check is shown to tell a cluster
+from a split brain; 1 otherwise. 2: the servers could not be reached.
 
 Written against smbprotocol's low-level API (smbprotocol.connection/session/tree/open);
 installs smbprotocol with pip for this interpreter if it is missing.
@@ -202,6 +203,15 @@ def close_quietly(*handles):
             pass
 
 
+# Checks that two unclustered smbd pass too: nothing on the other node conflicts.
+NO_CONFLICT = {
+    "lock.disjoint_granted",
+    "lock.granted_after_unlock",
+    "share.deny_write_admits_reader",
+    "share.compatible_opens",
+}
+
+
 class Checks:
     """The checks, in order; each returns (passed, what happened). Later checks of a
     group build on the state the earlier ones left (A's locks, A's open handles)."""
@@ -212,6 +222,8 @@ class Checks:
         self.prefix = f"coherence-{os.getpid()}-"
         self.files = []
         self.results = []
+        # checks that ended in an error rather than an answer
+        self.errors = []
 
     def name(self, what):
         name = f"{self.prefix}{what}.dat"
@@ -227,6 +239,7 @@ class Checks:
             passed, detail = func(*args)
         except (SMBException, OSError, ValueError) as exc:
             passed, detail = False, f"error: {type(exc).__name__}: {exc}"
+            self.errors.append(check)
         self.record(check, passed, detail)
 
     def expect_refused(self, handle, offset, length, flags, what):
@@ -247,6 +260,7 @@ class Checks:
             status = lock(fa, 0, 100)
             if status != OK:
                 self.record("lock.setup", False, f"A's exclusive lock [0,100) -> {status_name(status)}")
+                self.errors.append("lock.setup")
                 return
             fb = self.b.open(name)
             self.run("lock.exclusive_conflicts", self.expect_refused, fb, 0, 100, EXCLUSIVE_NOW,
@@ -488,6 +502,7 @@ def main():
                 group()
             except (SMBException, OSError, ValueError) as exc:
                 checks.record(group.__name__, False, f"error: {type(exc).__name__}: {exc}")
+                checks.errors.append(group.__name__)
         checks.cleanup()
     finally:
         a.close()
@@ -497,8 +512,14 @@ def main():
     total = len(checks.results)
     print(f"coherent: {passed}/{total}")
     if args.expect_split_brain:
-        print("split brain shown" if passed < total else "NO split brain: every check passed")
-        return 0 if passed < total else 1
+        # Each conflict check must catch the split brain, and only those may fail.
+        wrong = [check for check, ok in checks.results if ok != (check in NO_CONFLICT)]
+        if checks.errors or wrong or total < len(NO_CONFLICT) + 1:
+            print(f"split brain NOT shown as expected: errors {checks.errors}, "
+                  f"checks with the wrong verdict {wrong}")
+            return 1
+        print(f"split brain shown by every conflict check ({total - passed} of {total})")
+        return 0
     return 0 if passed == total else 1
 
 
