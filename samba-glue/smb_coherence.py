@@ -288,7 +288,7 @@ class Checks:
     def write_into_locked(self, fb):
         status = write(fb, 0, b"from node B")
         if status == OK:
-            return False, f"B's write at 0 into A's exclusive [0,100) SUCCEEDED"
+            return False, "B's write at 0 into A's exclusive [0,100) SUCCEEDED"
         return status == STATUS_FILE_LOCK_CONFLICT, f"B's write at 0 into A's exclusive [0,100) -> {status_name(status)}"
 
     def granted_after_unlock(self, fa, fb):

@@ -5,9 +5,9 @@
 # python3-tdb for the interop tests, gcc for the C test programs, ctdb for ltdbtool (and the
 # ctdbd baseline), tshark to check our packets with its CTDB dissector, and Samba (smbd,
 # smbclient, smbtorture; pip for smbprotocol; make for the tdb preload) for stock smbd on
-# rctdbd.
+# rctdbd; iproute2 (ss) and procps (pgrep, pkill) for the Samba scripts.
 RCTDB_PACKAGES=(libtdb-dev tdb-tools libclang-dev python3-tdb gcc ctdb tshark samba smbclient samba-testsuite
-	python3-pip make)
+	python3-pip make iproute2 procps)
 
 rctdb_install_packages() {
 	local missing=() sudo=""
@@ -18,7 +18,7 @@ rctdb_install_packages() {
 	if [ ${#missing[@]} -gt 0 ]; then
 		echo "installing: ${missing[*]}"
 		$sudo apt-get update
-		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 	fi
 	if ! /usr/bin/python3 -c 'import smbprotocol' 2>/dev/null; then
 		echo "installing smbprotocol (scripted SMB2 for the Samba tests) with pip"

@@ -179,16 +179,20 @@ fn smbd_speaks_to_rctdbd_as_to_ctdbd() {
     // the process holds the srvid, it is alive; once none does, node 0 answers "gone".
     let mut second = CtdbClient::connect(&running.socket(1));
     assert_eq!(second.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID, &[]).0, 0);
+    // A srvid only the first connection holds shows when node 1 has seen it close: without
+    // that, "still held" would prove nothing.
+    assert_eq!(node1.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID + 2, &[]).0, 0);
     drop(node1);
-    // Time for node 1 to see the close: without it "still held" would prove nothing.
-    std::thread::sleep(Duration::from_millis(100));
+    let gone_from_node1 = |node0: &mut CtdbClient, srvid: u64| {
+        (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20)); // polling node 1's view
+            node0.control(1, opcode::CHECK_PID_SRVID, 0, &pid_srvid(me, srvid)).0 == -1
+        })
+    };
+    assert!(gone_from_node1(&mut node0, SRVID + 2), "node 1 never saw the first connection close");
     assert_eq!(node0.control(1, opcode::CHECK_PID_SRVID, 0, &pid_srvid(me, SRVID)).0, 0, "still held");
     drop(second);
-    let gone = (0..100).find(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        node0.control(1, opcode::CHECK_PID_SRVID, 0, &pid_srvid(me, SRVID)).0 == -1
-    });
-    assert!(gone.is_some(), "node 1 still lists the srvid of a closed connection");
+    assert!(gone_from_node1(&mut node0, SRVID), "node 1 still lists the srvid of a closed connection");
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::engine::ClientId;
-use crate::wire::codec::{encode, read_unpadded_packet, ReadError};
+use crate::wire::codec::{decode_unpadded, encode, read_frame, ReadError};
 use crate::wire::{Packet, MAX_PACKET_LEN};
 
 /// Handles client events on the thread that read them (under the node's mutex).
@@ -123,10 +123,14 @@ fn serve(client: ClientId, stream: UnixStream, events: ClientHandler) -> std::io
 }
 
 fn read_loop(client: ClientId, stream: UnixStream, events: ClientHandler) {
-    // Buffered: a frame (and often the next) in one read instead of a read per field.
-    let mut reader = std::io::BufReader::with_capacity(64 << 10, &stream);
+    // Buffered: a frame (and often the next) in one read instead of a read per field; one
+    // frame buffer for the connection's life. Frames need not be padded (smbd's are not).
+    let mut reader = std::io::BufReader::with_capacity(16 << 10, &stream);
+    let mut frame = Vec::new();
     loop {
-        match read_unpadded_packet(&mut reader, MAX_PACKET_LEN) {
+        let read = read_frame(&mut reader, MAX_PACKET_LEN, &mut frame)
+            .and_then(|()| decode_unpadded(&frame).map_err(ReadError::Wire));
+        match read {
             Ok(packet) => events(ClientEvent::Packet { client, packet }),
             Err(ReadError::Eof) => break,
             Err(err) => {

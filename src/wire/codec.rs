@@ -581,13 +581,6 @@ pub fn read_packet(r: &mut impl Read, max_len: usize) -> Result<Packet, ReadErro
     decode(&frame).map_err(ReadError::Wire)
 }
 
-/// [`read_packet`] for the client socket: frames need not be padded ([`decode_unpadded`]).
-pub fn read_unpadded_packet(r: &mut impl Read, max_len: usize) -> Result<Packet, ReadError> {
-    let mut frame = Vec::new();
-    read_frame(r, max_len, &mut frame)?;
-    decode_unpadded(&frame).map_err(ReadError::Wire)
-}
-
 /// Reads one frame's bytes into `frame` (replacing its contents) without decoding it, so a
 /// reader thread can reuse one buffer. The length is checked before anything is allocated,
 /// and the buffer then only grows as bytes actually arrive.

@@ -65,7 +65,6 @@ pub const MULTICAST: Pnn = 0xF000_0005;
 /// Node flags of a node map.
 pub const NODE_FLAGS_DISCONNECTED: u32 = 0x01;
 pub const NODE_FLAGS_BANNED: u32 = 0x08;
-pub const NODE_FLAGS_STOPPED: u32 = 0x20;
 
 /// Capabilities every rctdb node has: it can lead (RECMASTER) and be an LMASTER.
 pub const CAPABILITIES: u32 = 0x01 | 0x02;
@@ -143,8 +142,10 @@ pub fn encode_db_map(db_ids: &[DbId]) -> Vec<u8> {
     out
 }
 
-/// GET_PUBLIC_IPS' answer: rctdb moves no public addresses, so an empty list (`num = 0`).
-pub fn encode_no_public_ips() -> Vec<u8> {
+/// An empty list (`num = 0`): GET_PUBLIC_IPS' and GET_IFACES' answer, since rctdb serves no
+/// public addresses. The tool reads no interfaces as "no link is down", never
+/// PARTIALLYONLINE.
+pub fn encode_empty_list() -> Vec<u8> {
     0u32.to_le_bytes().to_vec()
 }
 
@@ -240,12 +241,6 @@ pub fn decode_schedule_for_deletion(data: &[u8]) -> Result<(DbId, Vec<u8>), Payl
 /// The srvid the leader announces itself on: a u32 pnn, once a second in ctdbd. Samba's
 /// `ctdb` tool learns the leader (`ctdb status`, `ctdb leader`) only from this message.
 pub const SRVID_LEADER: u64 = 0xF101_0000_0000_0000;
-
-/// GET_IFACES' answer: rctdb serves no public addresses, so no interfaces (`num = 0`).
-/// The tool reads an empty list as "no link is down", never PARTIALLYONLINE.
-pub fn encode_no_ifaces() -> Vec<u8> {
-    0u32.to_le_bytes().to_vec()
-}
 
 /// UPTIME's times (`struct ctdb_uptime`); a time that never happened is the epoch, as in
 /// ctdbd, which starts with them zeroed.
@@ -362,7 +357,7 @@ mod tests {
         assert!(b[32..48].iter().all(|&x| x == 0));
         assert_eq!(&b[48..56], &1i64.to_le_bytes());
         assert_eq!(&b[56..64], &999_999i64.to_le_bytes());
-        assert_eq!(encode_no_ifaces(), [0, 0, 0, 0]);
+        assert_eq!(encode_empty_list(), [0, 0, 0, 0]);
     }
 
     proptest! {

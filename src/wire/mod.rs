@@ -15,8 +15,8 @@ mod dissector_tests;
 mod payload;
 
 pub use codec::{
-    decode, decode_unpadded, encode, encode_into, encoded_len, read_frame, read_packet, read_unpadded_packet,
-    write_packet, ReadError, WireError,
+    decode, decode_unpadded, encode, encode_into, encoded_len, read_frame, read_packet, write_packet,
+    ReadError, WireError,
 };
 
 pub use crate::record::Pnn;

@@ -99,7 +99,7 @@ impl Node {
     }
 
     pub(super) fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {
-        if self.ctdb_forward_replied(reqid, &reply) {
+        if self.ctdb_forward_replied(from, reqid, &reply) {
             return;
         }
         let Some(pending) = self.pending.get_mut(&reqid) else { return };

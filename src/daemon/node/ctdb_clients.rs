@@ -235,7 +235,7 @@ impl Node {
             opcode::REGISTER_NOTIFY | opcode::DEREGISTER_NOTIFY => ok_reply(vec![]),
             // rctdb moves no public addresses, so there is nothing to tickle on failover.
             opcode::TCP_CLIENT => ok_reply(vec![]),
-            opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_no_public_ips()),
+            opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_empty_list()),
             // smbd deleted a record (left it empty): vacuuming removes it from every node.
             opcode::SCHEDULE_FOR_DELETION => match ctdb::decode_schedule_for_deletion(data) {
                 Ok((db_id, key)) => {
@@ -412,6 +412,13 @@ impl Node {
 
     fn forward_control(&mut self, client: ClientId, reqid: ReqId, destnode: Pnn, request: ReqControl) {
         let no_reply = request.flags & crate::wire::control::FLAG_NOREPLY != 0;
+        if !opcode::is_ctdb(request.opcode) {
+            // Our own node-to-node controls speak for this node (its clients' srvids, its
+            // copies): a client may not send them in its name.
+            let message =
+                format!("control {:#x} is not one a client may send to another node", request.opcode);
+            return self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
+        }
         let reachable = (destnode as usize) < self.nodes.len()
             && self.engine.cluster_status().alive.contains(&destnode)
             && self.transport.link_states().iter().any(|l| l.pnn == destnode && l.up);
@@ -437,7 +444,10 @@ impl Node {
     }
 
     /// A peer's answer to a control we forwarded for a client; false if it is not one.
-    pub(super) fn ctdb_forward_replied(&mut self, reqid: ReqId, reply: &ReplyControl) -> bool {
+    pub(super) fn ctdb_forward_replied(&mut self, from: Pnn, reqid: ReqId, reply: &ReplyControl) -> bool {
+        if !self.ctdb.forwarded.get(&reqid).is_some_and(|f| f.peer == from) {
+            return false;
+        }
         let Some(forwarded) = self.ctdb.forwarded.remove(&reqid) else { return false };
         self.reply_to_client(forwarded.client, forwarded.client_reqid, Body::ReplyControl(reply.clone()));
         true

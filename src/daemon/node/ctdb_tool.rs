@@ -32,7 +32,7 @@ impl Node {
                 Ok(_) => ok_reply(vec![]),
                 Err(err) => error_reply(&err),
             },
-            opcode::GET_IFACES => ok_reply(ctdb::encode_no_ifaces()),
+            opcode::GET_IFACES => ok_reply(ctdb::encode_empty_list()),
             opcode::UPTIME => ok_reply(ctdb::encode_uptime(&self.uptime())),
             opcode::GET_DEBUG => ok_reply(ctdb_debug_level(log::max_level()).to_le_bytes().to_vec()),
             // The cluster lock as configured (`!helper args` or a file); none: no string.
@@ -59,7 +59,8 @@ impl Node {
 
     fn uptime(&self) -> Uptime {
         let current_time = SystemTime::now();
-        let start_time = current_time - self.started.elapsed();
+        // A clock set back before the epoch plus our uptime says the epoch, not a panic.
+        let start_time = current_time.checked_sub(self.started.elapsed()).unwrap_or(UNIX_EPOCH);
         let times = &self.recovery_times;
         Uptime {
             current_time,
@@ -79,7 +80,7 @@ impl Node {
                 // A node is inactive from its start until its first recovery admits it,
                 // as ctdbd starts in recovery mode: that recovery began with the daemon.
                 if times.started.is_none() {
-                    times.started = Some(now - self.started.elapsed());
+                    times.started = Some(now.checked_sub(self.started.elapsed()).unwrap_or(UNIX_EPOCH));
                 }
                 times.finished = Some(now);
                 self.ctdb_announce_leader();
