@@ -8,6 +8,7 @@
 //! straight to the node that asked. A lost request or answer (a broken link, a recovery
 //! that voids the generation) is asked again with a new reqid, as late migrations are.
 
+use super::migration::new_call;
 use super::*;
 use crate::wire::{Body, ReplyCall, ReqCall, CALL_FETCH_FUNC, CALL_FLAG_IMMEDIATE_MIGRATION};
 
@@ -27,7 +28,8 @@ pub(super) fn is_fetch(call: &ReqCall) -> bool {
 }
 
 impl Engine {
-    /// A local client wants the data of a record another node holds: ask that node.
+    /// A local client wants the data of a record another node holds: ask that node, unless
+    /// a read of it is on its way already (the client then shares its answer).
     pub(super) fn send_fetch(
         &mut self,
         waiter: Waiter,
@@ -36,6 +38,9 @@ impl Engine {
         record: &Option<Record>,
         out: &mut Vec<Output>,
     ) {
+        if let Some(fetch) = self.fetches.values_mut().find(|f| f.db_id == db_id && f.key == key) {
+            return fetch.waiters.push(waiter);
+        }
         let Some(destnode) = self.record_site(db_id, &key, record, out) else {
             return out.push(Output::ClientReply {
                 client: waiter.client,
@@ -46,14 +51,7 @@ impl Engine {
         };
         let reqid = self.next_reqid();
         self.stats.fetches_sent += 1;
-        let call = ReqCall {
-            flags: 0,
-            db_id,
-            callid: CALL_FETCH_FUNC,
-            hopcount: 0,
-            key: key.clone(),
-            calldata: vec![],
-        };
+        let call = new_call(db_id, key.clone(), CALL_FETCH_FUNC, 0);
         out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
         let sent_at = self.now;
         self.fetches.insert(reqid, Fetch { db_id, key, waiters: vec![waiter], sent_at, resends: 0 });
@@ -129,14 +127,7 @@ impl Engine {
                 continue;
             }
             let reqid = self.next_reqid();
-            let call = ReqCall {
-                flags: 0,
-                db_id: fetch.db_id,
-                callid: CALL_FETCH_FUNC,
-                hopcount: 0,
-                key: fetch.key.clone(),
-                calldata: vec![],
-            };
+            let call = new_call(fetch.db_id, fetch.key.clone(), CALL_FETCH_FUNC, 0);
             out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
             fetch.sent_at = now;
             fetch.resends += 1;

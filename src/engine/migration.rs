@@ -141,14 +141,7 @@ impl Engine {
     ) {
         let Some(destnode) = self.record_site(db_id, &key, record, out) else { return };
         self.stats.calls_sent += 1;
-        let call = ReqCall {
-            flags: CALL_FLAG_IMMEDIATE_MIGRATION,
-            db_id,
-            callid: CALL_NULL_FUNC,
-            hopcount: 0,
-            key,
-            calldata: vec![],
-        };
+        let call = new_call(db_id, key, CALL_NULL_FUNC, CALL_FLAG_IMMEDIATE_MIGRATION);
         out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
     }
 
@@ -461,4 +454,10 @@ impl Engine {
     pub(super) fn packet(&self, destnode: Pnn, srcnode: Pnn, reqid: ReqId, body: Body) -> Output {
         Output::Send(Packet { generation: self.config.generation, destnode, srcnode, reqid, body })
     }
+}
+
+/// A request for `key` as this node first sends it: to migrate the record (NULL_FUNC with
+/// IMMEDIATE_MIGRATION) or to read it where it is (FETCH_FUNC).
+pub(super) fn new_call(db_id: DbId, key: Vec<u8>, callid: u32, flags: u32) -> ReqCall {
+    ReqCall { flags, db_id, callid, hopcount: 0, key, calldata: vec![] }
 }

@@ -181,6 +181,25 @@ fn a_fetch_call_answers_the_record_data_where_it_is_and_after_it_arrives() {
 }
 
 #[test]
+fn reads_of_one_key_share_one_request() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(0, 2);
+    cluster.ask(0, 1, &key);
+    let mut record = cluster.stores[0].peek(DB, &key).unwrap().clone();
+    record.data = b"hot".to_vec();
+    cluster.stores[0].put(DB, &key, record);
+    // Three smbd on node 1 read the record before the first answer is back.
+    for client in [2, 3, 4] {
+        cluster.input(1, Input::ClientCall(call(client, &key, false, CallKind::Read)));
+    }
+    cluster.deliver_all();
+    assert_eq!(cluster.operations(), vec![(op::REQ_CALL, 0), (op::REPLY_CALL, 1)], "one round trip for all");
+    let mut fetched = cluster.fetched.clone();
+    fetched.sort();
+    assert_eq!(fetched, vec![(2, b"hot".to_vec()), (3, b"hot".to_vec()), (4, b"hot".to_vec())]);
+}
+
+#[test]
 fn a_read_that_migrates_brings_the_record_and_answers_its_data() {
     let mut cluster = Cluster::new(2);
     let key = key_on(0, 2);
