@@ -204,7 +204,8 @@ impl TdbStore {
         }
     }
 
-    fn db(&self, db_id: DbId) -> Result<&AttachedDb> {
+    /// The attached database `db_id`; an error naming it if it is not attached.
+    pub fn db(&self, db_id: DbId) -> Result<&AttachedDb> {
         self.dbs.get(&db_id).ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))
     }
 }

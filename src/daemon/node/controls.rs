@@ -92,10 +92,7 @@ impl Node {
     /// The db id a control names, if that database is attached here.
     fn attached_db_id(&self, data: &[u8]) -> Result<DbId, String> {
         let db_id = control::decode_db_id(data).map_err(|e| e.to_string())?;
-        match self.store.dbs().any(|(id, _)| *id == db_id) {
-            true => Ok(db_id),
-            false => Err(format!("db {db_id:#x} is not attached on this node")),
-        }
+        self.store.db(db_id).map(|_| db_id).map_err(|e| e.to_string())
     }
 
     pub(super) fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {

@@ -340,11 +340,7 @@ impl Node {
     /// The attached database a control's db id argument names: `(id, path, name)`.
     pub(super) fn ctdb_db(&self, data: &[u8]) -> Result<(u32, String, String), String> {
         let db_id = ctdb::decode_u32_arg(data, "db_id").map_err(|e| e.to_string())?;
-        let (_, db) = self
-            .store
-            .dbs()
-            .find(|(id, _)| **id == db_id)
-            .ok_or_else(|| format!("db {db_id:#010x} is not attached on node {}", self.pnn))?;
+        let db = self.store.db(db_id).map_err(|e| format!("{e} on node {}", self.pnn))?;
         let path = db.tdb.path().to_str().ok_or("database path is not UTF-8")?.to_owned();
         Ok((db_id, path, db.name.clone()))
     }
@@ -526,8 +522,8 @@ impl Node {
         reqid: ReqId,
         start: TraverseStart,
     ) -> Option<ReplyControl> {
-        if let Err(err) = self.ctdb_db(&start.db_id.to_le_bytes()) {
-            return Some(error_reply(&err));
+        if let Err(err) = self.store.db(start.db_id) {
+            return Some(error_reply(&format!("{err} on node {}", self.pnn)));
         }
         self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
         self.traverse_for_ctdb(client, start);
