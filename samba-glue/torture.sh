@@ -16,6 +16,8 @@
 # --target=samba3 makes smbtorture expect Samba's documented deviations from Windows
 # (raw.oplock's setpathinfo and rename break counts, stream1).
 set -euo pipefail
+# shellcheck source=torture_log.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/torture_log.sh"
 
 usage() {
     echo "usage: torture.sh DIR [TEST...]" >&2
@@ -49,14 +51,9 @@ for test in "${TESTS[@]}"; do
         -U "root%$SMBPASS" --option="torture:unclist=$out/unclist" --failures=1000 \
         --option=torture:progress=no "${extra[@]}" "$test" >"$log" 2>&1 || rc=$?
     elapsed=$((SECONDS - start))
-    # subunit lines; smbtorture writes CR progress bars into some, hence the tr
-    bad=$(tr '\r' '\n' <"$log" | grep -cE '^(failure|error):' || true)
-    good=$(tr '\r' '\n' <"$log" | grep -cE '^success:' || true)
-    skipped=$(tr '\r' '\n' <"$log" | grep -cE '^skip:' || true)
-    # mismatches a test counted itself ("finshed denytest2 (3 failures)")
-    counted=$(tr '\r' '\n' <"$log" | sed -nE 's/.*\(([0-9]+) failures\)$/\1/p' | awk '{n+=$1} END{print n+0}')
-    [ "$counted" -gt "$bad" ] && bad=$counted
-    if [ "$rc" -eq 0 ] && [ "$bad" -eq 0 ] && [ "$good" -gt 0 ]; then
+    torture_counts "$log"
+    good=$TORTURE_GOOD bad=$TORTURE_BAD skipped=$TORTURE_SKIPPED
+    if torture_passed "$rc"; then
         echo "$test ok"
         echo "    $good passed, $skipped skipped, ${elapsed}s"
         continue

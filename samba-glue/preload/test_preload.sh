@@ -25,6 +25,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+# shellcheck source=../torture_log.sh
+. "$HERE/../torture_log.sh"
 BIN=${RCTDB_BIN_DIR:-$REPO/target/release}
 PASS=${SMBPASS:-Preload.Pass1}
 DBS=${RCTDB_SAMBA_DBS-locking.tdb,brlock.tdb}
@@ -238,22 +240,18 @@ start_smbd() {
 # One smbtorture test against $IP_A; a test passes only with exit status 0, no failure: or
 # error: line, at least one success:, and no "(N failures)" count of its own.
 torture() {
-    local test=$1 log=$WORK/torture/$1.log rc=0 extra=() good bad counted skipped start=$SECONDS
+    local test=$1 log=$WORK/torture/$1.log rc=0 extra=() start=$SECONDS
     mkdir -p "$WORK/torture"
     [ "$test" = base.ntdeny2 ] && extra=(--num-ops=500)
     # --target=samba3: Samba's documented deviations from Windows (raw.oplock's setpathinfo
     # break counts, stream1) are expected, as for any smbd.
     timeout --kill-after=10 600 smbtorture --target=samba3 "//$IP_A/share" -U "root%$PASS" \
         --failures=1000 --option=torture:progress=no "${extra[@]}" "$test" >"$log" 2>&1 || rc=$?
-    good=$(tr '\r' '\n' <"$log" | grep -cE '^success:' || true)
-    bad=$(tr '\r' '\n' <"$log" | grep -cE '^(failure|error):' || true)
-    skipped=$(tr '\r' '\n' <"$log" | grep -cE '^skip:' || true)
-    counted=$(tr '\r' '\n' <"$log" | sed -nE 's/.*\(([0-9]+) failures\)$/\1/p' | awk '{n+=$1} END {print n+0}')
-    [ "$counted" -gt "$bad" ] && bad=$counted
-    if [ "$rc" -eq 0 ] && [ "$bad" -eq 0 ] && [ "$good" -gt 0 ]; then
-        pass "$test: $good passed, $skipped skipped, 0 failed ($((SECONDS - start)) s)"
+    torture_counts "$log"
+    if torture_passed "$rc"; then
+        pass "$test: $TORTURE_GOOD passed, $TORTURE_SKIPPED skipped, 0 failed ($((SECONDS - start)) s)"
     else
-        fail "$test: $good passed, $skipped skipped, $bad failed, exit status $rc; log $log"
+        fail "$test: $TORTURE_GOOD passed, $TORTURE_SKIPPED skipped, $TORTURE_BAD failed, exit status $rc; log $log"
         tr '\r' '\n' <"$log" | grep -E '^(failure|error):' -A2 | head -20 | sed 's/^/     /'
     fi
 }
