@@ -5,6 +5,7 @@
 
 mod clients;
 pub mod cluster_lock;
+mod lock_bound;
 mod lock_wait;
 mod node;
 pub mod nodes;
@@ -80,7 +81,8 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         transport,
         config.cluster_lock.clone(),
         config.tunables.clone(),
-    );
+    )
+    .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
     let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
     node::start_liveness_pump(&node);

@@ -1,10 +1,18 @@
 //! The daemon's `RecordStore`: one libtdb file per attached database under `--dbdir`, values
 //! stored as the 24-byte record header followed by the data (DESIGN §8.1).
+//!
+//! A write the file refuses (a full disk, a read-only file system, or a lock a stopped
+//! client holds past `WRITE_LOCK_BOUND`) is kept in memory, where the engine reads it, and
+//! written again from the node's tick: libtdb drops the old record before it allocates the
+//! new one, so a failed store must not lose the record. Volatile records live no longer on
+//! disk than in the daemon anyway (a restarted daemon empties its files).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use super::lock_bound;
 use super::lock_wait::LockFiles;
 use crate::engine::{Record, RecordStore};
 use crate::error::{Error, ErrorCode, Result};
@@ -18,6 +26,20 @@ use crate::wire::DbId;
 pub const CLUSTERED_TDB_FLAGS: i32 = crate::local::flags::TDB_INCOMPATIBLE_HASH;
 /// CTDB's bucket count: chains stay short however many records migrate through.
 const HASH_SIZE: i32 = 100_001;
+/// How long a daemon write may wait for a lock libtdb takes by itself (the free list, the
+/// change counter): clients hold them for microseconds unless stopped inside a store.
+const WRITE_LOCK_BOUND: Duration = Duration::from_millis(5);
+/// After a write failed, writes to that database stay in memory this long before the file
+/// is tried again, so a stuck lock or a full disk costs the node little time.
+const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Records written again per database per tick.
+const REWRITES_PER_TICK: usize = 256;
+
+/// A record the file refused, and why (an errno, EAGAIN for a lock held too long).
+struct Unwritten {
+    record: Record,
+    errno: i32,
+}
 
 pub struct AttachedDb {
     pub name: String,
@@ -32,6 +54,49 @@ pub struct AttachedDb {
     /// so that no opener with TDB_CLEAR_IF_FIRST (smbd opens its volatile databases so when
     /// not clustered) can take the file for unused and wipe records this node holds.
     _active_lock: std::fs::File,
+    /// Records the file refused, newest version, until written.
+    unwritten: HashMap<Vec<u8>, Unwritten>,
+    /// After a refused write: when the file is tried again.
+    retry_at: Option<Instant>,
+}
+
+impl AttachedDb {
+    fn write_deferred(&self) -> bool {
+        self.retry_at.is_some_and(|at| Instant::now() < at)
+    }
+
+    /// Writes the record to the file, waiting at most `WRITE_LOCK_BOUND` for tdb's own
+    /// locks; the errno on failure.
+    fn write(&self, key: &[u8], record: &Record) -> std::result::Result<(), (i32, Error)> {
+        let header = record.header.encode();
+        lock_bound::within(WRITE_LOCK_BOUND, || {
+            self.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace).map_err(|err| {
+                let os = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let errno = match err.code {
+                    ErrorCode::Lock | ErrorCode::LockTimeout => libc::EAGAIN,
+                    _ if os != 0 && os != libc::EINTR => os,
+                    _ => libc::EIO,
+                };
+                (errno, err)
+            })
+        })
+    }
+
+    fn keep_unwritten(&mut self, key: &[u8], record: &Record, errno: i32, err: Option<&Error>) {
+        if let Some(err) = err {
+            if self.unwritten.is_empty() {
+                log::error!(
+                    "db {}: the file refused a record ({err}); records stay in memory and are \
+                     written again every {} ms, and clients asking for them get {}",
+                    self.name,
+                    WRITE_RETRY.as_millis(),
+                    std::io::Error::from_raw_os_error(errno)
+                );
+            }
+            self.retry_at = Some(Instant::now() + WRITE_RETRY);
+        }
+        self.unwritten.insert(key.to_vec(), Unwritten { record: record.clone(), errno });
+    }
 }
 
 /// tdb's ACTIVE_LOCK offset: CLEAR_IF_FIRST wipes the file only if it can write-lock it.
@@ -96,6 +161,7 @@ impl TdbStore {
         }
         let path = self.dir.join(name);
         let tdb = Tdb::open(&path, HASH_SIZE, CLUSTERED_TDB_FLAGS, libc::O_RDWR | libc::O_CREAT, 0o600)?;
+        tdb.fail_lock_waits_on_signal(&lock_bound::ALWAYS_INTERRUPT);
         // A volatile database starts empty, as in CTDB. The daemon emptied the files of a
         // previous run when it started; emptying again at the first attach also drops what
         // a stale client of that run may have written since.
@@ -110,7 +176,15 @@ impl TdbStore {
         let _active_lock = hold_active_lock(&path)?;
         self.dbs.insert(
             db_id,
-            AttachedDb { name: name.to_owned(), tdb, seqnum: false, lock_files, _active_lock },
+            AttachedDb {
+                name: name.to_owned(),
+                tdb,
+                seqnum: false,
+                lock_files,
+                _active_lock,
+                unwritten: HashMap::new(),
+                retry_at: None,
+            },
         );
         self.headers.insert(db_id, HashMap::new());
         Ok(path)
@@ -153,7 +227,7 @@ impl TdbStore {
         }
         let copies = read_copies(&db.tdb);
         db.tdb.unlockall_read()?;
-        copies.map(Some)
+        copies.map(|copies| Some(with_unwritten(db, copies)))
     }
 
     /// `copies` while a lock waiter holds every chain for us.
@@ -162,12 +236,52 @@ impl TdbStore {
         db.tdb.lockall_mark()?;
         let copies = read_copies(&db.tdb);
         db.tdb.lockall_unmark()?;
-        copies
+        copies.map(|copies| with_unwritten(db, copies))
     }
 
     /// How many pieces `db_id`'s free list is in (tdb merges neighbours as it counts).
     pub fn free_pieces(&self, db_id: DbId) -> Result<usize> {
-        self.db(db_id)?.tdb.freelist_size()
+        let tdb = &self.db(db_id)?.tdb;
+        lock_bound::within(WRITE_LOCK_BOUND, || tdb.freelist_size())
+    }
+
+    /// Writes records the file refused before, a batch per database whose retry is due;
+    /// from the node's tick. Chains a client holds are left for a later tick.
+    pub fn rewrite_unwritten(&mut self) {
+        for db in self.dbs.values_mut() {
+            if db.unwritten.is_empty() || db.write_deferred() {
+                continue;
+            }
+            let keys: Vec<Vec<u8>> = db.unwritten.keys().take(REWRITES_PER_TICK).cloned().collect();
+            for key in keys {
+                if db.tdb.lock_chain_nonblock(&key).is_err() {
+                    continue;
+                }
+                let written = db.write(&key, &db.unwritten[&key].record);
+                if let Err(err) = db.tdb.unlock_chain(&key) {
+                    log::error!("db {}: unlocking a chain after a rewrite: {err}", db.name);
+                }
+                match written {
+                    Ok(()) => {
+                        db.unwritten.remove(&key);
+                    }
+                    Err((errno, _)) => {
+                        db.unwritten.get_mut(&key).expect("still kept").errno = errno;
+                        db.retry_at = Some(Instant::now() + WRITE_RETRY);
+                        break;
+                    }
+                }
+            }
+            if db.unwritten.is_empty() {
+                db.retry_at = None;
+                log::warn!("db {}: every record kept in memory is written to the file again", db.name);
+            }
+        }
+    }
+
+    /// How many records the files refused and memory keeps, over all databases.
+    pub fn unwritten_count(&self) -> usize {
+        self.dbs.values().map(|db| db.unwritten.len()).sum()
     }
 
     /// Rewrites `db_id` while a lock waiter holds every chain for us: the live records are
@@ -232,26 +346,66 @@ impl RecordStore for TdbStore {
         }
     }
 
-    fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>> {
-        let parsed = self.db(db)?.tdb.parse_record(key, |value| {
+    fn fetch(&mut self, db_id: DbId, key: &[u8]) -> Result<Option<Record>> {
+        let db = self.db(db_id)?;
+        if let Some(kept) = db.unwritten.get(key) {
+            return Ok(Some(kept.record.clone()));
+        }
+        let parsed = db.tdb.parse_record(key, |value| {
             RecordHeader::decode(value).map(|(header, data)| Record { header, data: data.to_vec() })
         })?;
-        Ok(parsed.flatten())
+        match parsed.flatten() {
+            Some(record) => Ok(Some(record)),
+            // A client's store that failed (a full disk) drops the record before it fails.
+            // Its value is lost as the client was told; its header is not, so the key's RSN
+            // never goes back and no stale copy elsewhere can count as newer.
+            None => Ok(self
+                .headers
+                .get(&db_id)
+                .and_then(|headers| headers.get(key))
+                .map(|&header| Record { header, data: vec![] })),
+        }
     }
 
-    fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<()> {
-        let header = record.header.encode();
-        self.db(db)?.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace)?;
-        self.headers.entry(db).or_default().insert(key.to_vec(), record.header);
+    fn store(&mut self, db_id: DbId, key: &[u8], record: &Record) -> Result<()> {
+        let db = self
+            .dbs
+            .get_mut(&db_id)
+            .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
+        if db.write_deferred() {
+            db.keep_unwritten(
+                key,
+                record,
+                db.unwritten.values().next().map_or(libc::EAGAIN, |u| u.errno),
+                None,
+            );
+        } else {
+            match db.write(key, record) {
+                Ok(()) => {
+                    db.unwritten.remove(key);
+                }
+                Err((errno, err)) => db.keep_unwritten(key, record, errno, Some(&err)),
+            }
+        }
+        self.headers.entry(db_id).or_default().insert(key.to_vec(), record.header);
         Ok(())
     }
 
-    fn delete(&mut self, db: DbId, key: &[u8]) -> Result<()> {
-        match self.db(db)?.tdb.delete(key) {
+    fn unwritten(&self, db: DbId, key: &[u8]) -> Option<i32> {
+        Some(self.dbs.get(&db)?.unwritten.get(key)?.errno)
+    }
+
+    fn delete(&mut self, db_id: DbId, key: &[u8]) -> Result<()> {
+        let db = self
+            .dbs
+            .get_mut(&db_id)
+            .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
+        db.unwritten.remove(key);
+        match lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.delete(key)) {
             Err(err) if err.code != ErrorCode::NoExist => return Err(err),
             _ => {}
         }
-        if let Some(headers) = self.headers.get_mut(&db) {
+        if let Some(headers) = self.headers.get_mut(&db_id) {
             headers.remove(key);
         }
         Ok(())
@@ -263,15 +417,35 @@ impl RecordStore for TdbStore {
         Ok(headers.map(|(key, header)| (key.clone(), *header)).collect())
     }
 
-    fn wipe(&mut self, db: DbId) -> Result<()> {
-        self.db(db)?.tdb.wipe_all()?;
-        self.headers.insert(db, HashMap::new());
+    fn wipe(&mut self, db_id: DbId) -> Result<()> {
+        let db = self
+            .dbs
+            .get_mut(&db_id)
+            .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
+        lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.wipe_all())?;
+        db.unwritten.clear();
+        db.retry_at = None;
+        self.headers.insert(db_id, HashMap::new());
         Ok(())
     }
 
     fn attach(&mut self, db: DbId, name: &str) -> Result<()> {
         TdbStore::attach(self, db, name).map(drop)
     }
+}
+
+/// `copies` of the file with the records it refused, which are newer, in their place.
+fn with_unwritten(db: &AttachedDb, mut copies: Vec<RecordCopy>) -> Vec<RecordCopy> {
+    if db.unwritten.is_empty() {
+        return copies;
+    }
+    copies.retain(|copy| !db.unwritten.contains_key(&copy.key));
+    copies.extend(db.unwritten.iter().map(|(key, kept)| RecordCopy {
+        key: key.clone(),
+        header: kept.record.header,
+        data: kept.record.data.clone(),
+    }));
+    copies
 }
 
 /// Every record of the file, under a lock the caller holds (chain locks are skipped then).

@@ -31,7 +31,7 @@ impl Engine {
             Work::Call { origin, reqid, call } => self.remote_call(origin, reqid, call, record, store, out),
             Work::ReqDmaster { from, reqid, req } => self.req_dmaster(from, reqid, req, record, store, out),
             Work::ReplyDmaster { from, reply } => self.reply_dmaster(from, reply, record, store, out),
-            Work::Resend { db_id, key } => self.resend(db_id, key, record, out),
+            Work::Resend { db_id, key } => self.resend(db_id, key, record, store, out),
         }
     }
 
@@ -70,12 +70,8 @@ impl Engine {
                 self.vacuum_arrived(db_id, &key);
             }
             let data = waiter.wants_data().then(|| record.map(|r| r.data).unwrap_or_default());
-            out.push(Output::ClientReply {
-                client: waiter.client,
-                reqid: waiter.reqid,
-                status: CALL_OK,
-                data,
-            });
+            let status = store.unwritten(db_id, &key).map_or(CALL_OK, |errno| -errno);
+            out.push(Output::ClientReply { client: waiter.client, reqid: waiter.reqid, status, data });
             return;
         }
         let slot = (db_id, key.clone());
@@ -110,13 +106,20 @@ impl Engine {
     /// A migration of ours is late: its request or the record may have been dropped on a
     /// link that went down. Ask again under a new reqid; whichever answer comes first
     /// completes it, later ones are recognised as duplicates.
-    fn resend(&mut self, db_id: DbId, key: Vec<u8>, record: Option<Record>, out: &mut Vec<Output>) {
+    fn resend(
+        &mut self,
+        db_id: DbId,
+        key: Vec<u8>,
+        record: Option<Record>,
+        store: &dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
         if !self.keys.get(&(db_id, key.clone())).is_some_and(|state| state.migration.is_some()) {
             return; // it completed meanwhile
         }
         if self.is_dmaster(&key, &record) {
             let data = record.map(|r| r.data).unwrap_or_default();
-            return self.finish_migration(db_id, &key, &data, out);
+            return self.finish_migration(db_id, &key, &data, store, out);
         }
         let (reqid, now) = (self.next_reqid(), self.now);
         if let Some(migration) = self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut()) {
@@ -196,7 +199,7 @@ impl Engine {
             if is_dmaster {
                 // Our own request came round to us after the record did.
                 let data = record.as_ref().map_or(&[][..], |r| &r.data);
-                self.finish_migration(call.db_id, &call.key, data, out);
+                self.finish_migration(call.db_id, &call.key, data, store, out);
                 return;
             }
         } else if is_dmaster {
@@ -342,7 +345,7 @@ impl Engine {
             };
             let arrived = Record { header, data: req.data };
             if self.write(store, req.db_id, &req.key, &arrived) {
-                self.finish_migration(req.db_id, &req.key, &arrived.data, out);
+                self.finish_migration(req.db_id, &req.key, &arrived.data, store, out);
             } else {
                 self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);
             }
@@ -387,7 +390,7 @@ impl Engine {
         };
         let arrived = Record { header, data: reply.data };
         if self.write(store, reply.db_id, &reply.key, &arrived) {
-            self.finish_migration(reply.db_id, &reply.key, &arrived.data, out);
+            self.finish_migration(reply.db_id, &reply.key, &arrived.data, store, out);
         } else {
             // The record's last copy in flight is in this packet; its older copy on the old
             // holder is found by the recovery that follows this node's departure.
@@ -397,8 +400,17 @@ impl Engine {
 
     /// The record (holding `data`) is here: answer the clients that asked, give them the
     /// first go, and let parked remote requests run once they had it.
-    pub(super) fn finish_migration(&mut self, db_id: DbId, key: &[u8], data: &[u8], out: &mut Vec<Output>) {
+    pub(super) fn finish_migration(
+        &mut self,
+        db_id: DbId,
+        key: &[u8],
+        data: &[u8],
+        store: &dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
         self.stats.migrations_completed += 1;
+        // Kept in memory because the file refused it: the clients would not find it there.
+        let status = store.unwritten(db_id, key).map_or(CALL_OK, |errno| -errno);
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
@@ -406,7 +418,7 @@ impl Engine {
         out.extend(waiters.into_iter().map(|w| Output::ClientReply {
             client: w.client,
             reqid: w.reqid,
-            status: CALL_OK,
+            status,
             data: w.wants_data().then(|| data.to_vec()),
         }));
         if first_users.is_empty() {

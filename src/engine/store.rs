@@ -22,6 +22,11 @@ pub trait RecordStore {
     /// A read that fails is an error, never "absent": at an LMASTER "absent" mints a record.
     fn fetch(&mut self, db: DbId, key: &[u8]) -> Result<Option<Record>, Error>;
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<(), Error>;
+    /// Why the record, stored, is not where clients read it (an errno): the file refused it
+    /// and the store keeps it until it is written. Clients asking for it get that error.
+    fn unwritten(&self, _db: DbId, _key: &[u8]) -> Option<i32> {
+        None
+    }
     /// Removes the record (vacuuming), under its chain lock. Absent already is not an error.
     fn delete(&mut self, db: DbId, key: &[u8]) -> Result<(), Error>;
     /// Every record's key and header, without taking a lock: a recovery must not wait for

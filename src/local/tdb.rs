@@ -449,6 +449,14 @@ impl Tdb {
         usize::try_from(count).map_err(|_| self.error("freelist_size"))
     }
 
+    /// Makes every lock wait of this context end with a lock error when a signal interrupts
+    /// it (`*flag` is read then, and must stay non-zero): the daemon bounds its waits for
+    /// locks a client may hold this way (`daemon::lock_bound`).
+    pub fn fail_lock_waits_on_signal(&self, flag: &'static std::sync::atomic::AtomicI32) {
+        // SAFETY: the context is open; the flag lives for the program and tdb only reads it.
+        unsafe { ffi::tdb_setalarm_sigptr(self.ctx.as_ptr(), flag.as_ptr()) }
+    }
+
     /// The database's change counter (stays 0 unless opened with TDB_SEQNUM).
     pub fn get_seqnum(&self) -> i32 {
         // SAFETY: the context is open.

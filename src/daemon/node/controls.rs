@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::Node;
-use crate::daemon::lock_wait::{wait_for, LockTarget};
+use crate::daemon::lock_wait::LockTarget;
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
 use crate::tunables::{self, Tunables};
@@ -53,7 +53,7 @@ impl Node {
                 }
                 match self.store.all_chains_site(db_id) {
                     Some((file, start, len)) => {
-                        wait_for(file, start, len, LockTarget::AllChains { db_id }, self.held_locks.0.clone())
+                        self.lock_waiters.wait_for(file, start, len, LockTarget::AllChains { db_id })
                     }
                     None => log::error!("db {db_id:#x}: no chain locks to wait for; its traverse is stuck"),
                 }
@@ -311,6 +311,7 @@ impl Node {
         }
         text.push_str(&format!("vacuum_backlog {}\n", self.engine.vacuum_backlog()));
         text.push_str(&format!("repacks {}\n", self.repacks.done));
+        text.push_str(&format!("records_unwritten {}\n", self.store.unwritten_count()));
         text.push_str(&format!("stats {}\n", self.engine.stats()));
         text
     }

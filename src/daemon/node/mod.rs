@@ -26,7 +26,7 @@ use ctdb_clients::CtdbClients;
 
 use super::clients::{ClientEvent, ClientLink};
 use super::cluster_lock::{ClusterLock, ClusterLockSpec};
-use super::lock_wait::{wait_for, HeldLock, LockTarget};
+use super::lock_wait::{HeldLock, LockTarget, LockWaiters};
 use super::tdb_store::TdbStore;
 use crate::engine::{
     CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output,
@@ -40,6 +40,8 @@ use crate::wire::{
 };
 
 const TICK: Duration = Duration::from_millis(10);
+/// Threads that wait for chain locks clients hold (each wait takes turns of 100 ms).
+const LOCK_WAITERS: usize = 8;
 
 /// When the engine last ticked, as the liveness pump sees it.
 #[derive(Default)]
@@ -118,6 +120,7 @@ pub struct Node {
     pending: HashMap<ReqId, PendingControl>,
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
+    lock_waiters: LockWaiters,
     /// Who waits for a database's records while a client holds one of its chains.
     copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
     repacks: repack::Repacks,
@@ -160,6 +163,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.engine_input(Input::Tick);
             node.expire_controls(now);
             node.check_repacks(now);
+            node.store.rewrite_unwritten();
             let (ms, interval, quiet) =
                 (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
             node.liveness.ticked(ms, interval, quiet);
@@ -177,7 +181,7 @@ impl Node {
         transport: Transport,
         cluster_lock: Option<ClusterLockSpec>,
         tunables: crate::tunables::Tunables,
-    ) -> Node {
+    ) -> std::io::Result<Node> {
         // Generations this node picks must differ from any other node's and run's.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -186,7 +190,9 @@ impl Node {
             ^ pnn as u64;
         let mut config = EngineConfig::clustered(pnn, nodes.len(), cluster_lock.is_some(), seed);
         config.tunables = tunables;
-        Node {
+        let held_locks = crossbeam_channel::unbounded();
+        let lock_waiters = LockWaiters::start(LOCK_WAITERS, held_locks.0.clone())?;
+        Ok(Node {
             pnn,
             nodes: nodes.to_vec(),
             port,
@@ -204,12 +210,13 @@ impl Node {
             ctdb: CtdbClients::default(),
             recovery_times: Default::default(),
             pending: HashMap::new(),
-            held_locks: crossbeam_channel::unbounded(),
+            held_locks,
+            lock_waiters,
             copies_wanted: HashMap::new(),
             repacks: Default::default(),
             next_reqid: 1,
             started: Instant::now(),
-        }
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -242,7 +249,7 @@ impl Node {
                 Output::WaitForChainLock { db_id, key } => match self.store.chain_site(db_id, &key) {
                     Some((file, start, len)) => {
                         let target = LockTarget::Chain { db_id, key };
-                        wait_for(file, start, len, target, self.held_locks.0.clone())
+                        self.lock_waiters.wait_for(file, start, len, target)
                     }
                     None => {
                         log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
@@ -288,7 +295,7 @@ impl Node {
         match self.store.all_chains_site(db_id) {
             Some((file, start, len)) => {
                 self.freezes.insert(db_id, FreezeLock::Waiting);
-                wait_for(file, start, len, LockTarget::Freeze { db_id }, self.held_locks.0.clone());
+                self.lock_waiters.wait_for(file, start, len, LockTarget::Freeze { db_id });
             }
             None => log::error!("db {db_id:#x}: no chain locks to freeze"),
         }

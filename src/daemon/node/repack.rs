@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::Node;
+use crate::daemon::lock_wait::HeldLock;
 use crate::daemon::lock_wait::LockTarget;
-use crate::daemon::lock_wait::{wait_for, HeldLock};
 use crate::wire::DbId;
 
 /// How often the free lists are looked at, at most (and only after vacuuming removed records).
@@ -54,7 +54,7 @@ impl Node {
                     if let Some((file, start, len)) = self.store.all_chains_site(db_id) {
                         log::info!("db {db_id:#x}: free list in {pieces} pieces; repacking");
                         self.repacks.waiting.insert(db_id);
-                        wait_for(file, start, len, LockTarget::Repack { db_id }, self.held_locks.0.clone());
+                        self.lock_waiters.wait_for(file, start, len, LockTarget::Repack { db_id });
                     }
                 }
                 Ok(_) => {}
