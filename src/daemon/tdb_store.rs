@@ -71,11 +71,12 @@ impl AttachedDb {
         let header = record.header.encode();
         lock_bound::within(WRITE_LOCK_BOUND, || {
             self.tdb.storev(key, &[&header, &record.data], StoreFlag::Replace).map_err(|err| {
-                let os = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 let errno = match err.code {
                     ErrorCode::Lock | ErrorCode::LockTimeout => libc::EAGAIN,
-                    _ if os != 0 && os != libc::EINTR => os,
-                    _ => libc::EIO,
+                    _ => {
+                        let len = key.len() + crate::record::HEADER_LEN + record.data.len();
+                        file_system_trouble(self.tdb.path(), len).unwrap_or(libc::EIO)
+                    }
                 };
                 (errno, err)
             })
@@ -86,11 +87,11 @@ impl AttachedDb {
         if let Some(err) = err {
             if self.unwritten.is_empty() {
                 log::error!(
-                    "db {}: the file refused a record ({err}); records stay in memory and are \
-                     written again every {} ms, and clients asking for them get {}",
+                    "db {}: the file refused a record: {} (libtdb: {err}); records stay in memory \
+                     and are written again every {} ms, and clients asking for them get that error",
                     self.name,
+                    std::io::Error::from_raw_os_error(errno),
                     WRITE_RETRY.as_millis(),
-                    std::io::Error::from_raw_os_error(errno)
                 );
             }
             self.retry_at = Some(Instant::now() + WRITE_RETRY);
@@ -431,6 +432,28 @@ impl RecordStore for TdbStore {
 
     fn attach(&mut self, db: DbId, name: &str) -> Result<()> {
         TdbStore::attach(self, db, name).map(drop)
+    }
+}
+
+/// Why writing a record of `len` bytes to the tdb at `path` fails, if its file system says:
+/// read-only (EROFS), or too full for the growth libtdb asks for (ENOSPC): 100 times the
+/// record (twice, past 100 KiB), or a quarter of the file if more. libtdb does not keep
+/// the errno of a failed expansion, and its later calls overwrite it.
+fn file_system_trouble(path: &Path, len: usize) -> Option<i32> {
+    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).ok()?;
+    // SAFETY: statvfs is a plain C struct, filled by the call; c_path is NUL-terminated.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let file_len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let growth = (len as u64 * if len > 100 << 10 { 2 } else { 100 }).max(file_len / 4);
+    if fs.f_flag & libc::ST_RDONLY != 0 {
+        Some(libc::EROFS)
+    } else if (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64) < growth {
+        Some(libc::ENOSPC)
+    } else {
+        None
     }
 }
 
