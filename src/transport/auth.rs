@@ -235,7 +235,7 @@ impl Message {
 
 /// Why a handshake failed.
 #[derive(Debug)]
-pub(super) enum HandshakeError {
+pub enum HandshakeError {
     /// Timed out, closed or broke: a silent peer, or one that refused us.
     Io(io::Error),
     /// The peer's first bytes are no handshake frame.
@@ -328,7 +328,7 @@ impl Exchange<'_> {
 
 /// Our side of a connection we opened to node `peer`: proves we hold `key` and checks that
 /// `peer` does, before `deadline`.
-pub(super) fn authenticate_outgoing(
+pub fn authenticate_outgoing(
     stream: &TcpStream,
     key: &ClusterKey,
     me: Pnn,
@@ -359,7 +359,7 @@ pub(super) fn authenticate_outgoing(
 
 /// Our side of a connection a peer opened to us: the peer must prove it holds `key` and be
 /// one of `candidates` (the nodes on its source address). Returns its node number.
-pub(super) fn authenticate_incoming(
+pub fn authenticate_incoming(
     stream: &TcpStream,
     key: &ClusterKey,
     me: Pnn,

@@ -22,7 +22,9 @@ use super::{connect, Shared, TransportEvent};
 use crate::wire::codec::{self, ReadError, WireError};
 use crate::wire::{Body, Pnn};
 
-/// At most one refusal line per this interval; the next one counts those left out.
+/// At most this many refusal lines per [`REFUSAL_LOG_INTERVAL`]; the next line logged
+/// counts those left out.
+const REFUSAL_LOG_BURST: u32 = 20;
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who is on the other end of an accepted connection.
@@ -33,24 +35,34 @@ enum Identity {
     OneOf(Vec<Pnn>),
 }
 
-/// Warnings about refused connections, at most one per [`REFUSAL_LOG_INTERVAL`]: a flood
-/// must not flood the log too.
+/// Warnings about refused connections, a burst at most per interval: a flood must not
+/// flood the log too.
 #[derive(Default)]
 pub(super) struct RefusalLog {
-    window: Mutex<(Option<Instant>, u64)>,
+    window: Mutex<RefusalWindow>,
+}
+
+#[derive(Default)]
+struct RefusalWindow {
+    started: Option<Instant>,
+    logged: u32,
+    left_out: u64,
 }
 
 impl RefusalLog {
     pub(super) fn warn(&self, message: impl FnOnce() -> String) {
         let now = Instant::now();
         let mut window = self.window.lock();
-        let (last, suppressed) = &mut *window;
-        if last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
-            *suppressed += 1;
+        if !window.started.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+            window.started = Some(now);
+            window.logged = 0;
+        }
+        if window.logged >= REFUSAL_LOG_BURST {
+            window.left_out += 1;
             return;
         }
-        *last = Some(now);
-        let left_out = std::mem::take(suppressed);
+        window.logged += 1;
+        let left_out = std::mem::take(&mut window.left_out);
         drop(window);
         if left_out == 0 {
             warn!("{}", message());

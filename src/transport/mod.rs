@@ -30,7 +30,7 @@
 //!   direction is the least code that keeps a slow peer from delaying the others.
 
 pub mod auth;
-mod connect;
+pub mod connect;
 mod link;
 mod listener;
 #[cfg(test)]

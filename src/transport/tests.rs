@@ -553,7 +553,9 @@ fn a_node_with_another_key_or_none_is_refused() {
         for rx in checked {
             let events: Vec<_> = rx.try_iter().collect();
             assert!(
-                events.iter().all(|e| !matches!(e, TransportEvent::LinkUp(_) | TransportEvent::Packet { .. })),
+                events
+                    .iter()
+                    .all(|e| !matches!(e, TransportEvent::LinkUp(_) | TransportEvent::Packet { .. })),
                 "{events:?}"
             );
         }
