@@ -279,9 +279,9 @@ fn a_rogue_without_the_key_can_neither_inject_steal_nor_stall() {
     assert_eq!(owner.fetch(SECRET).expect("fetch"), Some(b"v1".to_vec()));
 
     // No node restarted, no recovery ran, every link is up.
-    for k in 0..NODES {
-        assert_eq!(pid(cluster.dir(), k), pids[k], "node {k} restarted");
-        assert!(alive(pids[k]), "node {k} died");
+    for (k, &started_as) in pids.iter().enumerate() {
+        assert_eq!(pid(cluster.dir(), k), started_as, "node {k} restarted");
+        assert!(alive(started_as), "node {k} died");
         let now = status(&cluster.socket(k));
         assert_eq!(field(&now, "generation "), generation, "node {k} went through a recovery");
         assert_eq!(now.matches(" alive link-up").count(), NODES - 1, "node {k}: {now}");
@@ -360,5 +360,51 @@ struct ClusterDown<'a>(&'a Path);
 impl Drop for ClusterDown<'_> {
     fn drop(&mut self) {
         let _ = cluster::down(self.0);
+    }
+}
+
+/// `rctdb keygen` makes a private key and never overwrites one; rctdbd refuses to start on
+/// a key others can read, a short key or a missing one, and says why.
+#[test]
+fn keys_are_made_private_and_checked_before_the_daemon_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = scratch("keyfiles");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("cluster.key");
+    let keygen =
+        || Command::new(env!("CARGO_BIN_EXE_rctdb")).arg("keygen").arg(&key).output().expect("rctdb keygen");
+    let made = keygen();
+    assert!(made.status.success(), "{made:?}");
+    let meta = std::fs::metadata(&key).expect("key file");
+    assert_eq!((meta.permissions().mode() & 0o777, meta.len()), (0o600, auth::MIN_KEY_LEN as u64));
+    let again = keygen();
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+
+    std::fs::write(dir.join("nodes"), "127.0.88.40\n").expect("nodes file");
+    let short = dir.join("short.key");
+    std::fs::write(&short, [1u8; 16]).expect("short key");
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    for (file, why) in [(&key, "mode 0640"), (&short, "holds 16 bytes"), (&dir.join("none.key"), "none.key")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_rctdbd"))
+            .args(["--address", "127.0.88.40", "--port", "4379"])
+            .arg("--nodes")
+            .arg(dir.join("nodes"))
+            .arg("--socket")
+            .arg(dir.join("node.sock"))
+            .arg("--dbdir")
+            .arg(dir.join("db"))
+            .arg("--cluster-key")
+            .arg(file)
+            .output()
+            .expect("rctdbd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{why}: {out:?}");
     }
 }

@@ -603,3 +603,50 @@ fn silent_peers_and_floods_hold_up_no_other_link() {
     a.shutdown();
     b.shutdown();
 }
+
+/// What the handshake costs: connect to first packet delivered, with and without a key,
+/// and what a MAC on every packet would cost. Run with
+/// `cargo test --release --lib transport::tests::handshake_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn handshake_cost() {
+    use hmac::Mac;
+    let rounds = 300;
+    for key in [None, Some(1)] {
+        let nodes = node_addrs(&[87, 88]);
+        let (a, a_rx) = start_with(keyed(0, &nodes, key));
+        let peer_key = key.map(|b| auth::ClusterKey::from_bytes(&[b; auth::MIN_KEY_LEN]).expect("key"));
+        let mut times = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let t0 = Instant::now();
+            let mut stream = connect::connect_from(loopback(88), nodes[0], TIMEOUT).expect("connect");
+            connect::configure(&stream).expect("configure");
+            if let Some(k) = &peer_key {
+                auth::authenticate_outgoing(&stream, k, 1, 0, Instant::now() + TIMEOUT).expect("handshake");
+            }
+            stream.write_all(&codec::encode(&call(1, 0, i as u32))).expect("write");
+            expect_packet(&a_rx);
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        println!(
+            "key {:5}: connect to first packet p50 {:?} p99 {:?}",
+            key.is_some(),
+            times[rounds / 2],
+            times[rounds * 99 / 100]
+        );
+        a.shutdown();
+    }
+    let mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[1; 32]).expect("key");
+    for len in [64, 256, 4096] {
+        let packet = vec![7u8; len];
+        let n = 100_000;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let mut m = mac.clone();
+            m.update(&packet);
+            std::hint::black_box(m.finalize());
+        }
+        println!("HMAC-SHA256 of a {len}-byte packet: {:?}", t0.elapsed() / n);
+    }
+}
