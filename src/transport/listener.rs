@@ -8,8 +8,9 @@
 //! threads and descriptors. A connection becomes a node's link only once authenticated, so
 //! a stranger on a node's address cannot displace that node's live link.
 
+use std::collections::HashMap;
 use std::io::BufReader;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ use crate::wire::{Body, Pnn};
 /// counts those left out.
 const REFUSAL_LOG_BURST: u32 = 20;
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// A node's address refused again for the same reason within this time is logged at debug
+/// level only: a misconfigured node retries every second.
+const REPEATED_REFUSAL_QUIET: Duration = Duration::from_secs(60);
 
 /// Who is on the other end of an accepted connection.
 enum Identity {
@@ -40,6 +44,8 @@ enum Identity {
 #[derive(Default)]
 pub(super) struct RefusalLog {
     window: Mutex<RefusalWindow>,
+    /// The last refusal warned about per node address (so at most one entry per node).
+    last_by_peer: Mutex<HashMap<IpAddr, (String, Instant)>>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,27 @@ struct RefusalWindow {
 }
 
 impl RefusalLog {
+    /// As `warn`, for a connection from a node's address: the same `reason` from the same
+    /// address is a warning once per [`REPEATED_REFUSAL_QUIET`].
+    pub(super) fn warn_peer(&self, ip: IpAddr, reason: String, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let repeated = {
+            let mut last = self.last_by_peer.lock();
+            let repeated = last.get(&ip).is_some_and(|(said, at)| {
+                *said == reason && now.duration_since(*at) < REPEATED_REFUSAL_QUIET
+            });
+            if !repeated {
+                last.insert(ip, (reason, now));
+            }
+            repeated
+        };
+        if repeated {
+            debug!("{}", message());
+        } else {
+            self.warn(message);
+        }
+    }
+
     pub(super) fn warn(&self, message: impl FnOnce() -> String) {
         let now = Instant::now();
         let mut window = self.window.lock();
@@ -193,7 +220,10 @@ fn serve(
                             [pnn] => format!("node {pnn}'s address {addr}"),
                             _ => addr.to_string(),
                         };
-                        shared.refusals.warn(|| format!("refused connection from {who}: it {e}"));
+                        let reason = e.to_string();
+                        shared.refusals.warn_peer(addr.ip(), e.to_string(), || {
+                            format!("refused connection from {who}: it {reason}")
+                        });
                     }
                     None
                 }
@@ -325,7 +355,7 @@ fn note_read_error(shared: &Shared, identity: &Identity, addr: SocketAddr, e: &R
         Identity::OneOf(_) => addr.to_string(),
     };
     match e {
-        ReadError::Wire(WireError::UnknownOperation(HANDSHAKE_OPERATION)) => shared.refusals.warn(|| {
+        ReadError::Wire(WireError::UnknownOperation(HANDSHAKE_OPERATION)) => shared.refusals.warn_peer(addr.ip(), "handshake without a key".into(), || {
             format!("refused connection from {who}: it authenticates with a cluster key and this node has none (--cluster-key)")
         }),
         ReadError::Wire(_) | ReadError::FrameTooShort { .. } | ReadError::FrameTooLong { .. } => {
