@@ -22,7 +22,9 @@
 //! Packets after the handshake are not MACed: the threat is a process that can open
 //! connections on the cluster network, and it cannot inject into an established TCP stream
 //! without being on its path (which would let it read every record anyway; confidentiality
-//! and on-path attackers need TLS or IPsec on the link, as for CTDB).
+//! and on-path attackers need TLS or IPsec on the link, as for CTDB). A MAC per packet
+//! would cost 0.2-0.5 µs for a typical packet (`transport::tests::handshake_cost`), but
+//! without a per-direction sequence number it would not stop replays either.
 
 use std::fmt;
 use std::fs::OpenOptions;

@@ -5,8 +5,11 @@
 //! The accept loop itself never waits on a peer: each handshake runs on the connection's own
 //! thread with a deadline, and at most `max_pending_handshakes` run at once, so neither a
 //! silent peer nor a flood of connections can hold up accepts, other handshakes, or use up
-//! threads and descriptors. A connection becomes a node's link only once authenticated, so
-//! a stranger on a node's address cannot displace that node's live link.
+//! threads and descriptors. Only connections from a node's address get that far, so only
+//! someone on such an address can keep the slots busy, and then only new links wait (a node
+//! restarting during such a flood retries until it gets a slot). A connection becomes a
+//! node's link only once authenticated, so a stranger on a node's address cannot displace
+//! that node's live link.
 
 use std::collections::HashMap;
 use std::io::BufReader;
