@@ -305,6 +305,49 @@ fn a_rogue_without_the_key_can_neither_inject_steal_nor_stall() {
     println!("attack phase took {:?}", test_started.elapsed());
 }
 
+/// The control experiment: the same packets, sent to a cluster without a key from node 1's
+/// address, do take effect (a forged record, or a recovery). Without it the test above could
+/// pass because its attack had gone stale.
+#[test]
+fn without_a_key_the_same_attack_takes_effect() {
+    let dir = scratch("keyless");
+    let mut spec = ClusterSpec::new(NODES, &dir);
+    spec.first_address = Ipv4Addr::new(127, 0, 89, 11);
+    spec.cluster_key = None;
+    let cluster = RunningCluster::start(spec.clone()).unwrap_or_else(|e| panic!("cluster up: {e}"));
+    let mut owner = ClusteredDb::open(&cluster.socket(0), DB, TIMEOUT).expect("attach");
+    owner.store(SECRET, &[b"v1"], StoreFlag::Replace).expect("store");
+    let generation = field(&status(&cluster.socket(1)), "generation ");
+    let generation_number = u32::from_str_radix(generation.trim_start_matches("0x"), 16).expect("generation");
+
+    let attack = attack_packets(0, 1, owner.db_id(), generation_number, 1);
+    let mut rogue = connect_from(
+        IpAddr::V4(spec.address(1)),
+        SocketAddr::new(IpAddr::V4(spec.address(0)), PORT),
+        TIMEOUT,
+    )
+    .expect("connect");
+    let _ = rogue.write_all(&attack);
+
+    let deadline = Instant::now() + TIMEOUT;
+    let took_effect = || {
+        let forged = DaemonConnection::connect(&cluster.socket(1))
+            .and_then(|mut d| d.traverse_all(owner.db_id(), TIMEOUT))
+            .is_ok_and(|records| records.iter().any(|r| r.key == SECRET && r.data != b"v1"));
+        let recovered = DaemonConnection::connect(&cluster.socket(1))
+            .and_then(|mut d| d.status(TIMEOUT))
+            .is_ok_and(|now| field(&now, "generation ") != generation);
+        forged || recovered
+    };
+    while !took_effect() {
+        assert!(
+            Instant::now() < deadline,
+            "the attack did nothing to a cluster without a key: it has gone stale"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the daemons
+    }
+}
+
 #[test]
 fn only_nodes_with_the_same_key_form_a_cluster() {
     let dir = scratch("keys");
