@@ -34,6 +34,9 @@ enum Command {
         #[command(subcommand)]
         action: ClusterCmd,
     },
+    /// Write a new cluster key (32 random bytes, mode 0600) to FILE, which must not exist;
+    /// give it to every node with `rctdbd --cluster-key FILE`.
+    Keygen { file: PathBuf },
     /// This node, the state of its links, the generation and the attached databases.
     Status,
     /// Store VALUE under KEY in database DB (the record migrates to this node).
@@ -301,6 +304,11 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Cluster { action: ClusterCmd::Down { dir } } => {
             let stopped = cluster::down(&dir)?;
             println!("stopped {stopped} nodes");
+            Ok(())
+        }
+        Command::Keygen { file } => {
+            rctdb::transport::auth::generate_key_file(&file)?;
+            println!("cluster key written to {} (mode 0600)", file.display());
             Ok(())
         }
         Command::Status => {

@@ -38,6 +38,11 @@ struct Args {
     /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`); may be repeated.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     tunables: Vec<String>,
+    /// Secret of the cluster (32+ random bytes, mode 0600; `rctdb keygen FILE` makes one).
+    /// Every node link then starts with a mutual challenge-response on it, and peers
+    /// without it are refused. Without it, links are not authenticated.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         dbdir: args.dbdir,
         cluster_lock,
         tunables,
+        cluster_key: args.cluster_key,
     };
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

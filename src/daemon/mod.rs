@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 pub use tdb_store::CLUSTERED_TDB_FLAGS;
 
+use crate::transport::auth::ClusterKey;
 use crate::transport::{Transport, TransportConfig};
 use crate::wire::Pnn;
 
@@ -36,6 +37,9 @@ pub struct DaemonConfig {
     /// file (so a two-node cluster needs the lock).
     pub cluster_lock: Option<cluster_lock::ClusterLockSpec>,
     pub tunables: crate::tunables::Tunables,
+    /// File of the secret every node link must prove it holds (`--cluster-key`). Without
+    /// one, links are not authenticated.
+    pub cluster_key: Option<PathBuf>,
 }
 
 /// Starts the daemon and serves until the process is killed.
@@ -47,6 +51,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         nodes.iter().position(|addr| *addr == config.address).ok_or_else(|| {
             format!("{} is not in nodes file {}", config.address, config.nodes_file.display())
         })? as Pnn;
+    let cluster_key = config.cluster_key.as_deref().map(ClusterKey::load).transpose()?;
+    if cluster_key.is_none() {
+        log::warn!(
+            "no --cluster-key: node links are NOT authenticated; any process that can use a node's address can speak for it (make a key with `rctdb keygen FILE`)"
+        );
+    }
     prepare_dbdir(&config.dbdir)?;
 
     // Packets are handled on the thread that read them, under the node's mutex: no hand-off
@@ -58,9 +68,9 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         Arc::new(move |from, packet| peer_cell.wait().lock().on_peer_packet(from, packet));
     let (transport_tx, transport_rx) = crossbeam_channel::unbounded();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|ip| SocketAddr::new(*ip, config.port)).collect();
-    let transport =
-        Transport::start_with_handler(TransportConfig::new(pnn, addrs), transport_tx, Some(peer_handler))
-            .map_err(|e| format!("listening on {}:{}: {e}", config.address, config.port))?;
+    let transport_config = TransportConfig { cluster_key, ..TransportConfig::new(pnn, addrs) };
+    let transport = Transport::start_with_handler(transport_config, transport_tx, Some(peer_handler))
+        .map_err(|e| format!("listening on {}:{}: {e}", config.address, config.port))?;
     let client_cell = Arc::clone(&cell);
     let client_handler: clients::ClientHandler =
         Arc::new(move |event| client_cell.wait().lock().on_client(event));

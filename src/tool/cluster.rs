@@ -25,6 +25,9 @@ pub struct ClusterSpec {
     pub cluster_lock: Option<String>,
     /// Tunables every node starts with (`--set NAME=VALUE`).
     pub tunables: Vec<(String, u64)>,
+    /// `--cluster-key` of every node; `up` makes the key in `dir` unless it exists.
+    /// `None`: links are not authenticated.
+    pub cluster_key: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -37,11 +40,12 @@ impl ClusterSpec {
             timeout: Duration::from_secs(20),
             cluster_lock: Some(dir.join("cluster.lock").display().to_string()),
             tunables: vec![],
+            cluster_key: Some(dir.join("cluster.key")),
         }
     }
 
     /// The cluster `up` started in `dir`, from its nodes file (node 0's address and the
-    /// count; the default port and the lock file in `dir`).
+    /// count; the default port, and the lock file and key in `dir`).
     pub fn from_dir(dir: &Path) -> Result<ClusterSpec, String> {
         let path = dir.join("nodes");
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -126,6 +130,11 @@ pub fn up(spec: &ClusterSpec) -> Result<(), String> {
     let nodes_file = spec.dir.join("nodes");
     let list: String = (0..spec.nodes).map(|k| format!("{}\n", spec.address(k))).collect();
     std::fs::write(&nodes_file, list).map_err(|e| format!("{}: {e}", nodes_file.display()))?;
+    if let Some(key) = &spec.cluster_key {
+        if !key.exists() {
+            crate::transport::auth::generate_key_file(key)?;
+        }
+    }
     for node in 0..spec.nodes {
         start_node(spec, node)?;
     }
@@ -148,6 +157,9 @@ pub fn start_node(spec: &ClusterSpec, node: usize) -> Result<(), String> {
     let mut command = Command::new(&rctdbd);
     if let Some(lock) = &spec.cluster_lock {
         command.arg("--cluster-lock").arg(lock);
+    }
+    if let Some(key) = &spec.cluster_key {
+        command.arg("--cluster-key").arg(key);
     }
     for (name, value) in &spec.tunables {
         command.arg("--set").arg(format!("{name}={value}"));

@@ -16,7 +16,7 @@ use nix::sys::socket::{
 };
 
 /// Connects to `remote` from `local_ip` (any local port), giving up after `timeout`.
-pub(crate) fn connect_from(local_ip: IpAddr, remote: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+pub fn connect_from(local_ip: IpAddr, remote: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let family = match remote {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,

@@ -21,7 +21,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
 use parking_lot::Mutex;
 
-use super::{connect, LinkState, Shared, TransportEvent};
+use super::auth::{self, HandshakeError};
+use super::{connect, LinkState, Shared, TransportConfig, TransportEvent};
 use crate::wire::{codec, Packet, Pnn};
 
 /// Stop adding queued packets to a batch once it is this large.
@@ -73,6 +74,8 @@ pub(super) struct Peer {
     connects: AtomicU64,
     pub(super) bad_frames: AtomicU64,
     pub(super) forged: AtomicU64,
+    /// Why the last handshake on our connection to it failed, until one succeeds.
+    auth_error: Mutex<Option<String>>,
 }
 
 impl Peer {
@@ -100,6 +103,7 @@ impl Peer {
             connects: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             forged: AtomicU64::new(0),
+            auth_error: Mutex::new(None),
         });
         (peer, rx)
     }
@@ -187,6 +191,7 @@ impl Peer {
             connects: self.connects.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             forged_packets: self.forged.load(Ordering::Relaxed),
+            auth_error: self.auth_error.lock().clone(),
         }
     }
 
@@ -221,29 +226,39 @@ enum LinkEnd {
     Broken(String),
 }
 
+/// Why an outgoing connection did not become a link.
+enum OpenError {
+    Connect(std::io::Error),
+    Handshake(HandshakeError),
+}
+
+/// Connects to the peer from our own address and, with a cluster key, authenticates it.
+fn open_link(config: &TransportConfig, peer: &Peer) -> Result<TcpStream, OpenError> {
+    let my_ip = config.nodes[config.my_pnn as usize].ip();
+    let stream = connect::connect_from(my_ip, peer.addr, config.connect_timeout)
+        .and_then(|s| connect::configure(&s).map(|()| s))
+        .map_err(OpenError::Connect)?;
+    if let Some(key) = &config.cluster_key {
+        let deadline = Instant::now() + config.handshake_timeout;
+        auth::authenticate_outgoing(&stream, key, config.my_pnn, peer.pnn, deadline)
+            .map_err(OpenError::Handshake)?;
+    }
+    stream.set_write_timeout(config.write_timeout).map_err(OpenError::Connect)?;
+    Ok(stream)
+}
+
 /// The writer thread: connect, pump packets until the connection breaks, repeat.
 pub(super) fn writer_loop(shared: Arc<Shared>, peer: Arc<Peer>, rx: Receiver<WriterMsg>) {
     let config = &shared.config;
-    let my_ip = config.nodes[config.my_pnn as usize].ip();
     let mut backoff = config.connect_backoff_min;
     let mut failures: u64 = 0;
     let mut conn_id: u64 = 0;
     while !shared.is_shutting_down() {
-        let stream = match connect::connect_from(my_ip, peer.addr, config.connect_timeout)
-            .and_then(|s| connect::configure(&s).map(|()| s))
-            .and_then(|s| s.set_write_timeout(config.write_timeout).map(|()| s))
-        {
+        let stream = match open_link(config, &peer) {
             Ok(stream) => stream,
             Err(e) => {
                 failures += 1;
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    shared.deliver(TransportEvent::Refused(peer.pnn));
-                }
-                if failures == 1 {
-                    info!("cannot connect to node {} at {}: {e}; retrying", peer.pnn, peer.addr);
-                } else {
-                    debug!("connect to node {} failed ({failures} times): {e}", peer.pnn);
-                }
+                note_open_error(&shared, &peer, &e, failures);
                 if !wait_dropping(&peer, &rx, backoff) {
                     return;
                 }
@@ -253,11 +268,39 @@ pub(super) fn writer_loop(shared: Arc<Shared>, peer: Arc<Peer>, rx: Receiver<Wri
         };
         failures = 0;
         backoff = config.connect_backoff_min;
+        *peer.auth_error.lock() = None;
         conn_id += 1;
         let end = run_connection(&shared, &peer, &rx, stream, conn_id);
         if let LinkEnd::Broken(reason) = end {
             warn!("link to node {} ({}) down: {reason}", peer.pnn, peer.addr);
             shared.deliver(TransportEvent::LinkDown(peer.pnn));
+        }
+    }
+}
+
+/// Logs a failed attempt once per change of reason (the writer retries every second or so)
+/// and keeps a handshake refusal for `rctdb status`.
+fn note_open_error(shared: &Shared, peer: &Peer, e: &OpenError, failures: u64) {
+    match e {
+        OpenError::Connect(e) => {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                shared.deliver(TransportEvent::Refused(peer.pnn));
+            }
+            if failures == 1 {
+                info!("cannot connect to node {} at {}: {e}; retrying", peer.pnn, peer.addr);
+            } else {
+                debug!("connect to node {} failed ({failures} times): {e}", peer.pnn);
+            }
+        }
+        OpenError::Handshake(e) => {
+            let reason = e.to_string();
+            let mut last = peer.auth_error.lock();
+            if last.as_deref() != Some(reason.as_str()) {
+                warn!("link to node {} ({}) refused: it {reason}; retrying", peer.pnn, peer.addr);
+            } else {
+                debug!("handshake with node {} failed ({failures} times): {reason}", peer.pnn);
+            }
+            *last = Some(reason);
         }
     }
 }

@@ -1,24 +1,126 @@
-//! The accepting side: refuse strangers, identify peers by source IP, and run one reader
-//! thread per accepted connection that decodes frames into events for the engine.
+//! The accepting side: refuse strangers, authenticate peers (with a cluster key) or identify
+//! them by source IP (without), and run one reader thread per accepted connection that
+//! decodes frames into events for the engine.
+//!
+//! The accept loop itself never waits on a peer: each handshake runs on the connection's own
+//! thread with a deadline, and at most `max_pending_handshakes` run at once, so neither a
+//! silent peer nor a flood of connections can hold up accepts, other handshakes, or use up
+//! threads and descriptors. Only connections from a node's address get that far, so only
+//! someone on such an address can keep the slots busy, and then only new links wait (a node
+//! restarting during such a flood retries until it gets a slot). A connection becomes a
+//! node's link only once authenticated, so a stranger on a node's address cannot displace
+//! that node's live link.
 
+use std::collections::HashMap;
 use std::io::BufReader;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use parking_lot::Mutex;
 
+use super::auth::{self, HANDSHAKE_OPERATION};
 use super::{connect, Shared, TransportEvent};
-use crate::wire::codec::{self, ReadError};
+use crate::wire::codec::{self, ReadError, WireError};
 use crate::wire::{Body, Pnn};
+
+/// At most this many refusal lines per [`REFUSAL_LOG_INTERVAL`]; the next line logged
+/// counts those left out.
+const REFUSAL_LOG_BURST: u32 = 20;
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// A node's address refused again for the same reason within this time is logged at debug
+/// level only: a misconfigured node retries every second.
+const REPEATED_REFUSAL_QUIET: Duration = Duration::from_secs(60);
 
 /// Who is on the other end of an accepted connection.
 enum Identity {
     Known(Pnn),
-    /// Several nodes share the source IP (they differ by port): the first packet's srcnode
-    /// decides among them.
+    /// Several nodes share the source IP (they differ by port) and there is no key: the
+    /// first packet's srcnode decides among them.
     OneOf(Vec<Pnn>),
+}
+
+/// Warnings about refused connections, a burst at most per interval: a flood must not
+/// flood the log too.
+#[derive(Default)]
+pub(super) struct RefusalLog {
+    window: Mutex<RefusalWindow>,
+    /// The last refusal warned about per node address (so at most one entry per node).
+    last_by_peer: Mutex<HashMap<IpAddr, (String, Instant)>>,
+}
+
+#[derive(Default)]
+struct RefusalWindow {
+    started: Option<Instant>,
+    logged: u32,
+    left_out: u64,
+}
+
+impl RefusalLog {
+    /// As `warn`, for a connection from a node's address: the same `reason` from the same
+    /// address is a warning once per [`REPEATED_REFUSAL_QUIET`].
+    pub(super) fn warn_peer(&self, ip: IpAddr, reason: String, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let repeated = {
+            let mut last = self.last_by_peer.lock();
+            let repeated = last.get(&ip).is_some_and(|(said, at)| {
+                *said == reason && now.duration_since(*at) < REPEATED_REFUSAL_QUIET
+            });
+            if !repeated {
+                last.insert(ip, (reason, now));
+            }
+            repeated
+        };
+        if repeated {
+            debug!("{}", message());
+        } else {
+            self.warn(message);
+        }
+    }
+
+    pub(super) fn warn(&self, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let mut window = self.window.lock();
+        if !window.started.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+            window.started = Some(now);
+            window.logged = 0;
+        }
+        if window.logged >= REFUSAL_LOG_BURST {
+            window.left_out += 1;
+            return;
+        }
+        window.logged += 1;
+        let left_out = std::mem::take(&mut window.left_out);
+        drop(window);
+        if left_out == 0 {
+            warn!("{}", message());
+        } else {
+            warn!("{} ({left_out} more refused since the last such message)", message());
+        }
+    }
+}
+
+/// A handshake slot, given back when dropped.
+struct PendingHandshake(Arc<Shared>);
+
+impl PendingHandshake {
+    fn enter(shared: &Arc<Shared>) -> Option<PendingHandshake> {
+        let limit = shared.config.max_pending_handshakes.max(1);
+        let taken = shared.pending_handshakes.fetch_add(1, Ordering::AcqRel);
+        if taken >= limit {
+            shared.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(PendingHandshake(Arc::clone(shared)))
+    }
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(super) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -44,9 +146,27 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
         shared.peers.iter().flatten().filter(|p| p.addr.ip() == addr.ip()).map(|p| p.pnn).collect();
     if candidates.is_empty() {
         shared.refused_unknown_peer.fetch_add(1, Ordering::Relaxed);
-        warn!("refused connection from unknown peer {addr}: its address is not in the nodes list");
+        shared.refusals.warn(|| {
+            format!("refused connection from unknown peer {addr}: its address is not in the nodes list")
+        });
         return; // dropping the stream closes it
     }
+    let slot = match shared.config.cluster_key {
+        Some(_) => match PendingHandshake::enter(shared) {
+            Some(slot) => Some(slot),
+            None => {
+                shared.refused_busy.fetch_add(1, Ordering::Relaxed);
+                shared.refusals.warn(|| {
+                    format!(
+                        "refused connection from {addr}: {} handshakes are already pending",
+                        shared.config.max_pending_handshakes
+                    )
+                });
+                return;
+            }
+        },
+        None => None,
+    };
     if let Err(e) = connect::configure(&stream) {
         warn!("connection from {addr}: cannot set socket options: {e}");
         return;
@@ -60,17 +180,10 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     };
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     shared.incoming.lock().insert(conn_id, registry_handle);
-    let identity = match candidates.as_slice() {
-        [pnn] => {
-            claim(shared, *pnn, conn_id, addr);
-            Identity::Known(*pnn)
-        }
-        _ => Identity::OneOf(candidates),
-    };
     let reader_shared = Arc::clone(shared);
     let spawned = std::thread::Builder::new()
         .name(format!("rctdb-rx-{addr}"))
-        .spawn(move || read_loop(reader_shared, stream, addr, conn_id, identity));
+        .spawn(move || serve(reader_shared, stream, addr, conn_id, candidates, slot));
     match spawned {
         Ok(handle) => {
             let mut threads = shared.reader_threads.lock();
@@ -86,6 +199,57 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     }
 }
 
+/// An accepted connection's thread: authenticate (with a key), then read its packets.
+fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn_id: u64,
+    candidates: Vec<Pnn>,
+    slot: Option<PendingHandshake>,
+) {
+    let identity = match &shared.config.cluster_key {
+        Some(key) => {
+            let deadline = Instant::now() + shared.config.handshake_timeout;
+            let result =
+                auth::authenticate_incoming(&stream, key, shared.config.my_pnn, &candidates, deadline);
+            drop(slot);
+            match result {
+                Ok(pnn) => Some(Identity::Known(pnn)),
+                Err(e) => {
+                    if !shared.is_shutting_down() {
+                        shared.refused_handshake.fetch_add(1, Ordering::Relaxed);
+                        let who = match candidates.as_slice() {
+                            [pnn] => format!("node {pnn}'s address {addr}"),
+                            _ => addr.to_string(),
+                        };
+                        let reason = e.to_string();
+                        shared.refusals.warn_peer(addr.ip(), e.to_string(), || {
+                            format!("refused connection from {who}: it {reason}")
+                        });
+                    }
+                    None
+                }
+            }
+        }
+        None => Some(match candidates.as_slice() {
+            [pnn] => Identity::Known(*pnn),
+            _ => Identity::OneOf(candidates),
+        }),
+    };
+    match identity {
+        Some(identity) => {
+            if let Identity::Known(pnn) = identity {
+                claim(&shared, pnn, conn_id, addr);
+            }
+            read_loop(&shared, &stream, addr, conn_id, identity);
+        }
+        None => {
+            let _ = stream.shutdown(Shutdown::Both);
+            shared.incoming.lock().remove(&conn_id);
+        }
+    }
+}
 /// Makes `conn_id` the connection node `pnn` sends to us on. A peer has one outgoing
 /// connection at a time, so an older one is stale (the peer restarted or reconnected
 /// before we saw the old one die): close it.
@@ -104,9 +268,9 @@ fn claim(shared: &Shared, pnn: Pnn, conn_id: u64, addr: SocketAddr) {
     }
 }
 
-fn read_loop(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn_id: u64, mut identity: Identity) {
+fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64, mut identity: Identity) {
     let max_len = shared.config.max_packet_len;
-    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut frame = Vec::new();
     loop {
         let read = codec::read_frame(&mut reader, max_len, &mut frame)
@@ -119,7 +283,7 @@ fn read_loop(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn_id: 
             }
             Err(e) => {
                 if !shared.is_shutting_down() {
-                    note_read_error(&shared, &identity, addr, &e);
+                    note_read_error(shared, &identity, addr, &e);
                 }
                 break;
             }
@@ -135,7 +299,7 @@ fn read_loop(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn_id: 
                     warn!("closing connection from {addr}: it claims to be node {claimed}, which does not use that address");
                     break;
                 }
-                claim(&shared, claimed, conn_id, addr);
+                claim(shared, claimed, conn_id, addr);
                 identity = Identity::Known(claimed);
             }
         }
@@ -185,21 +349,25 @@ fn operation_name(packet: &crate::wire::Packet) -> &'static str {
     codec::operation_name(packet.body.operation())
 }
 
-/// A corrupt frame is the peer's fault and worth a warning and a count; a connection that
-/// just ends mid-frame or fails is a peer going away.
+/// A corrupt or oversized frame is the peer's fault and worth a warning and a count; it
+/// costs that peer its link, never the node. A connection that just ends mid-frame or fails
+/// is a peer going away.
 fn note_read_error(shared: &Shared, identity: &Identity, addr: SocketAddr, e: &ReadError) {
     let who = match identity {
         Identity::Known(pnn) => format!("node {pnn} ({addr})"),
         Identity::OneOf(_) => addr.to_string(),
     };
     match e {
+        ReadError::Wire(WireError::UnknownOperation(HANDSHAKE_OPERATION)) => shared.refusals.warn_peer(addr.ip(), "handshake without a key".into(), || {
+            format!("refused connection from {who}: it authenticates with a cluster key and this node has none (--cluster-key)")
+        }),
         ReadError::Wire(_) | ReadError::FrameTooShort { .. } | ReadError::FrameTooLong { .. } => {
             if let Identity::Known(pnn) = identity {
                 if let Some(peer) = shared.peer(*pnn) {
                     peer.bad_frames.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            warn!("closing connection from {who}: {e}");
+            warn!("dropping the link from {who}: {e}");
         }
         _ => info!("connection from {who} lost: {e}"),
     }

@@ -23,10 +23,14 @@
 //! - `LinkUp(p)` / `LinkDown(p)` follow the outgoing connection to `p`, which is reconnected
 //!   with exponential backoff. The outgoing socket is watched for EOF so a dead peer is
 //!   noticed without waiting for the next write.
+//! - With a cluster key (see [`auth`]) every connection opens with a mutual challenge and
+//!   response; only then does it carry packets or count as a node's link. Without one, a
+//!   peer is whoever uses a node's source address, as in CTDB.
 //! - Threads, not an event loop: a handful of peers, blocking I/O, and a thread per
 //!   direction is the least code that keeps a slow peer from delaying the others.
 
-mod connect;
+pub mod auth;
+pub mod connect;
 mod link;
 mod listener;
 #[cfg(test)]
@@ -35,7 +39,7 @@ mod tests;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -83,6 +87,13 @@ pub struct TransportConfig {
     /// non-blocking `send(2)` instead of waking the writer thread (CTDB does the same).
     /// It never blocks either way; this saves a thread hand-off per packet.
     pub direct_write: bool,
+    /// Every link must prove it holds this key before it carries a packet. `None`: links
+    /// are not authenticated (anyone who can use a node's address can speak for it).
+    pub cluster_key: Option<auth::ClusterKey>,
+    /// A handshake not done in this time closes its connection.
+    pub handshake_timeout: Duration,
+    /// Accepted connections still in their handshake; more are refused at once.
+    pub max_pending_handshakes: usize,
 }
 
 impl TransportConfig {
@@ -97,6 +108,9 @@ impl TransportConfig {
             send_queue_len: 16 * 1024,
             max_packet_len: MAX_PACKET_LEN,
             direct_write: true,
+            cluster_key: None,
+            handshake_timeout: Duration::from_secs(2),
+            max_pending_handshakes: 16,
         }
     }
 }
@@ -120,6 +134,9 @@ pub struct LinkState {
     pub bad_frames: u64,
     /// Packets on its connection whose `srcnode` named another node (dropped).
     pub forged_packets: u64,
+    /// Why our last attempt to open the link failed its handshake (a different key, no
+    /// key); cleared when the link comes up.
+    pub auth_error: Option<String>,
 }
 
 /// Counters that belong to no single link.
@@ -127,6 +144,11 @@ pub struct LinkState {
 pub struct TransportStats {
     /// Connections refused because their source address is not in the nodes list.
     pub refused_unknown_peer: u64,
+    /// Connections from a node's address that failed the handshake (no key, another key,
+    /// silence, garbage).
+    pub refused_handshake: u64,
+    /// Connections refused because `max_pending_handshakes` were in progress.
+    pub refused_busy: u64,
     /// Packets sent to a PNN that is not in the nodes list.
     pub dropped_unknown_destination: u64,
     /// Packets sent to ourselves that did not fit the event channel.
@@ -163,6 +185,10 @@ struct Shared {
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
     next_conn_id: AtomicU64,
     refused_unknown_peer: AtomicU64,
+    refused_handshake: AtomicU64,
+    refused_busy: AtomicU64,
+    pending_handshakes: AtomicUsize,
+    refusals: listener::RefusalLog,
     dropped_unknown_destination: AtomicU64,
     dropped_to_self: AtomicU64,
 }
@@ -278,6 +304,10 @@ impl Transport {
             reader_threads: Mutex::new(Vec::new()),
             next_conn_id: AtomicU64::new(1),
             refused_unknown_peer: AtomicU64::new(0),
+            refused_handshake: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
+            pending_handshakes: AtomicUsize::new(0),
+            refusals: listener::RefusalLog::default(),
             dropped_unknown_destination: AtomicU64::new(0),
             dropped_to_self: AtomicU64::new(0),
         });
@@ -331,6 +361,8 @@ impl Transport {
         let s = &self.shared;
         TransportStats {
             refused_unknown_peer: s.refused_unknown_peer.load(Ordering::Relaxed),
+            refused_handshake: s.refused_handshake.load(Ordering::Relaxed),
+            refused_busy: s.refused_busy.load(Ordering::Relaxed),
             dropped_unknown_destination: s.dropped_unknown_destination.load(Ordering::Relaxed),
             dropped_to_self: s.dropped_to_self.load(Ordering::Relaxed),
         }

@@ -481,3 +481,172 @@ fn a_packet_handler_gets_peer_packets_in_order_on_the_reader_thread() {
     a.shutdown();
     b.shutdown();
 }
+
+fn keyed(my_pnn: Pnn, nodes: &[SocketAddr], key_byte: Option<u8>) -> TransportConfig {
+    let mut c = config(my_pnn, nodes);
+    c.cluster_key = key_byte.map(|b| auth::ClusterKey::from_bytes(&[b; auth::MIN_KEY_LEN]).expect("key"));
+    c
+}
+
+/// Waits until `check` holds, polling the transport's counters; fails after TIMEOUT.
+fn wait_for(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5)); // polling counters, not a race
+    }
+}
+
+/// The peer closed the connection (EOF, or a reset with our bytes unread).
+fn assert_closed_by_peer(stream: &mut TcpStream, within: Duration) {
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Ok(_) => {} // a handshake frame it sent before giving up on us
+            Err(e) => panic!("expected the peer to close the connection, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn nodes_with_the_same_key_link_up_and_exchange_packets() {
+    init_logging();
+    let nodes = node_addrs(&[81, 82]);
+    let started = Instant::now();
+    let (a, a_rx) = start_with(keyed(0, &nodes, Some(1)));
+    let (b, b_rx) = start_with(keyed(1, &nodes, Some(1)));
+    expect_link_up(&a_rx, 1);
+    expect_link_up(&b_rx, 0);
+    b.send(0, call(1, 0, 7));
+    assert_eq!(expect_packet(&a_rx), (1, call(1, 0, 7)));
+    println!("two keyed transports: start to first packet {:?}", started.elapsed());
+    assert_eq!(state_of(&a, 1).auth_error, None);
+    assert_eq!(a.stats().refused_handshake, 0);
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn a_node_with_another_key_or_none_is_refused() {
+    init_logging();
+    for other_key in [Some(2), None] {
+        let nodes = node_addrs(&[83, 84]);
+        let (a, a_rx) = start_with(keyed(0, &nodes, Some(1)));
+        let (b, b_rx) = start_with(keyed(1, &nodes, other_key));
+        wait_for("node 0 to refuse node 1's connection", || a.stats().refused_handshake >= 2);
+        wait_for("node 0 to record why its link to node 1 failed", || state_of(&a, 1).auth_error.is_some());
+        let why = state_of(&a, 1).auth_error.unwrap_or_default();
+        match other_key {
+            Some(_) => assert!(why.contains("different cluster key"), "{why}"),
+            None => assert!(why.contains("no --cluster-key"), "{why}"),
+        }
+        assert!(!state_of(&a, 1).up && !state_of(&a, 1).incoming);
+        // A node without a key takes its connection for a link until the keyed one closes
+        // it; only the keyed side can be asked to keep its links clean.
+        let checked = match other_key {
+            Some(_) => vec![&a_rx, &b_rx],
+            None => vec![&a_rx],
+        };
+        for rx in checked {
+            let events: Vec<_> = rx.try_iter().collect();
+            assert!(
+                events
+                    .iter()
+                    .all(|e| !matches!(e, TransportEvent::LinkUp(_) | TransportEvent::Packet { .. })),
+                "{events:?}"
+            );
+        }
+        a.shutdown();
+        b.shutdown();
+    }
+}
+
+/// A peer that connects and says nothing holds one handshake slot until the deadline, and
+/// holds up nobody else; a flood fills the slots and is refused at once, while the live
+/// link keeps carrying packets.
+#[test]
+fn silent_peers_and_floods_hold_up_no_other_link() {
+    init_logging();
+    let nodes = node_addrs(&[85, 86]);
+    let mut a_config = keyed(0, &nodes, Some(1));
+    a_config.handshake_timeout = Duration::from_millis(1500);
+    a_config.max_pending_handshakes = 4;
+    let (a, a_rx) = start_with(a_config);
+    // From node 1's own address: the only address node 0 talks to at all.
+    let mut silent = connect::connect_from(loopback(86), nodes[0], TIMEOUT).expect("connect");
+    let started = Instant::now();
+    let (b, b_rx) = start_with(keyed(1, &nodes, Some(1)));
+    expect_link_up(&b_rx, 0);
+    expect_link_up(&a_rx, 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "node 1 waited for the silent peer's handshake to time out"
+    );
+
+    let mut flood: Vec<TcpStream> = (0..40)
+        .map(|_| connect::connect_from(loopback(86), nodes[0], TIMEOUT).expect("TCP connect succeeds"))
+        .collect();
+    wait_for("the flood to be refused", || a.stats().refused_busy > 0);
+    assert!(a.shared.pending_handshakes.load(Ordering::Acquire) <= 4);
+    for i in 0..20 {
+        b.send(0, call(1, 0, i));
+        assert_eq!(expect_packet(&a_rx), (1, call(1, 0, i)), "the live link carries on");
+    }
+    assert_closed_by_peer(&mut silent, Duration::from_secs(3));
+    for stream in &mut flood {
+        assert_closed_by_peer(stream, Duration::from_secs(3));
+    }
+    assert!(state_of(&a, 1).incoming && state_of(&b, 0).up, "the flood did not displace the link");
+    a.shutdown();
+    b.shutdown();
+}
+
+/// What the handshake costs: connect to first packet delivered, with and without a key,
+/// and what a MAC on every packet would cost. Run with
+/// `cargo test --release --lib transport::tests::handshake_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn handshake_cost() {
+    use hmac::Mac;
+    let rounds = 300;
+    for key in [None, Some(1)] {
+        let nodes = node_addrs(&[87, 88]);
+        let (a, a_rx) = start_with(keyed(0, &nodes, key));
+        let peer_key = key.map(|b| auth::ClusterKey::from_bytes(&[b; auth::MIN_KEY_LEN]).expect("key"));
+        let mut times = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let t0 = Instant::now();
+            let mut stream = connect::connect_from(loopback(88), nodes[0], TIMEOUT).expect("connect");
+            connect::configure(&stream).expect("configure");
+            if let Some(k) = &peer_key {
+                auth::authenticate_outgoing(&stream, k, 1, 0, Instant::now() + TIMEOUT).expect("handshake");
+            }
+            stream.write_all(&codec::encode(&call(1, 0, i as u32))).expect("write");
+            expect_packet(&a_rx);
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        println!(
+            "key {:5}: connect to first packet p50 {:?} p99 {:?}",
+            key.is_some(),
+            times[rounds / 2],
+            times[rounds * 99 / 100]
+        );
+        a.shutdown();
+    }
+    let mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[1; 32]).expect("key");
+    for len in [64, 256, 4096] {
+        let packet = vec![7u8; len];
+        let n = 100_000;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let mut m = mac.clone();
+            m.update(&packet);
+            std::hint::black_box(m.finalize());
+        }
+        println!("HMAC-SHA256 of a {len}-byte packet: {:?}", t0.elapsed() / n);
+    }
+}

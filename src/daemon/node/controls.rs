@@ -299,6 +299,12 @@ impl Node {
                             link.packets_sent, link.packets_received
                         )
                     }
+                    Some(link) if link.auth_error.is_some() => {
+                        format!(
+                            "{alive} link-down refused: {}",
+                            link.auth_error.as_deref().unwrap_or_default()
+                        )
+                    }
                     _ => format!("{alive} link-down"),
                 }
             };
