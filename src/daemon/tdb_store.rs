@@ -368,24 +368,33 @@ impl RecordStore for TdbStore {
         }
     }
 
+    /// Never leaves an older version in the file while memory keeps the record: clients
+    /// trust the file's header, and an older one may name this node DMASTER of a record that
+    /// left. A record the file has is written (in place, which needs no allocation); a
+    /// write that fails drops the file's copy, or the store fails.
     fn store(&mut self, db_id: DbId, key: &[u8], record: &Record) -> Result<()> {
         let db = self
             .dbs
             .get_mut(&db_id)
             .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
-        if db.write_deferred() {
-            db.keep_unwritten(
-                key,
-                record,
-                db.unwritten.values().next().map_or(libc::EAGAIN, |u| u.errno),
-                None,
-            );
+        if db.write_deferred() && !db.tdb.exists(key) {
+            let errno = db.unwritten.values().next().map_or(libc::EAGAIN, |u| u.errno);
+            db.keep_unwritten(key, record, errno, None);
         } else {
             match db.write(key, record) {
                 Ok(()) => {
                     db.unwritten.remove(key);
                 }
-                Err((errno, err)) => db.keep_unwritten(key, record, errno, Some(&err)),
+                Err((errno, err)) => {
+                    // libtdb drops the old record before it allocates, so it is usually gone.
+                    if db.tdb.exists(key) {
+                        let _ = lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.delete(key));
+                        if db.tdb.exists(key) {
+                            return Err(err);
+                        }
+                    }
+                    db.keep_unwritten(key, record, errno, Some(&err));
+                }
             }
         }
         self.headers.entry(db_id).or_default().insert(key.to_vec(), record.header);

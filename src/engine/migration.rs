@@ -69,6 +69,9 @@ impl Engine {
                 }
                 self.vacuum_arrived(db_id, &key);
             }
+            if store.unwritten(db_id, &key) == Some(libc::EAGAIN) {
+                return self.wait_for_write(db_id, key, vec![waiter], out);
+            }
             let data = waiter.wants_data().then(|| record.map(|r| r.data).unwrap_or_default());
             let status = store.unwritten(db_id, &key).map_or(CALL_OK, |errno| -errno);
             out.push(Output::ClientReply { client: waiter.client, reqid: waiter.reqid, status, data });
@@ -414,6 +417,10 @@ impl Engine {
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
+        if status == -libc::EAGAIN {
+            self.ready.extend(state.parked.drain(..));
+            return self.wait_for_write(db_id, key.to_vec(), waiters, out);
+        }
         let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
         out.extend(waiters.into_iter().map(|w| Output::ClientReply {
             client: w.client,
@@ -431,6 +438,18 @@ impl Engine {
         if data.is_empty() {
             self.vacuum_arrived(db_id, key);
         }
+    }
+
+    /// The record is here but not yet in the file: a lock libtdb takes by itself was held
+    /// too long. Its clients are asked again once the node wrote it (`Input::ChainLockAvailable`).
+    fn wait_for_write(&mut self, db_id: DbId, key: Vec<u8>, waiters: Vec<Waiter>, out: &mut Vec<Output>) {
+        self.stats.write_waits += 1;
+        let state = self.keys.entry((db_id, key.clone())).or_default();
+        state.lock_wait.extend(waiters.into_iter().map(|w| {
+            let Waiter { client, reqid, first_use, kind } = w;
+            Work::ClientCall(ClientCall { client, reqid, db_id, key: key.clone(), first_use, kind })
+        }));
+        out.push(Output::WaitForWrite { db_id, key });
     }
 
     /// The header this node writes when it stores a record it is DMASTER of.

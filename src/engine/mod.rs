@@ -192,6 +192,12 @@ pub enum Output {
         db_id: DbId,
         key: Vec<u8>,
     },
+    /// The record is kept in memory because the file refused it for a while (a lock libtdb
+    /// takes by itself was held too long); say `Input::ChainLockAvailable` once it is written.
+    WaitForWrite {
+        db_id: DbId,
+        key: Vec<u8>,
+    },
     /// Hold every chain of the database for us (clients block) and say `Input::Frozen`.
     FreezeDb {
         db_id: DbId,
@@ -266,6 +272,8 @@ pub struct EngineStats {
     pub protocol_violations: u64,
     pub store_errors: u64,
     pub lock_waits: u64,
+    /// Clients that waited for a record to reach the file (`Output::WaitForWrite`).
+    pub write_waits: u64,
     pub max_hopcount: u32,
     /// Requests dropped because they were forwarded `MaxHops` times (a record lost in
     /// flight: a recovery finds it again).
@@ -309,7 +317,7 @@ impl std::fmt::Display for EngineStats {
             f,
             "calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
-             protocol_violations={} store_errors={} lock_waits={} max_hopcount={} calls_dropped_max_hops={} \
+             protocol_violations={} store_errors={} lock_waits={} write_waits={} max_hopcount={} calls_dropped_max_hops={} \
              fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
              nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_fetches_sent={} vacuum_fetches={} vacuum_deleted={} \
              vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={} vacuum_rounds_abandoned={}",
@@ -325,6 +333,7 @@ impl std::fmt::Display for EngineStats {
             self.protocol_violations,
             self.store_errors,
             self.lock_waits,
+            self.write_waits,
             self.max_hopcount,
             self.calls_dropped_max_hops,
             self.fetches_sent,

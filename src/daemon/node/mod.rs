@@ -5,7 +5,7 @@
 //! instead of two), and the engine thread (`run`) keeps the timers, link events and
 //! lock waits. Everything that touches the database files happens under that mutex.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use super::lock_wait::{HeldLock, LockTarget, LockWaiters};
 use super::tdb_store::TdbStore;
 use crate::engine::{
     CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output,
+    RecordStore,
 };
 use crate::transport::{Transport, TransportEvent};
 use crate::wire::cluster::ClusterMsg;
@@ -121,6 +122,8 @@ pub struct Node {
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     lock_waiters: LockWaiters,
+    /// Records kept in memory that clients wait for: asked again once written.
+    waiting_writes: HashSet<(DbId, Vec<u8>)>,
     /// Who waits for a database's records while a client holds one of its chains.
     copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
     repacks: repack::Repacks,
@@ -163,7 +166,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.engine_input(Input::Tick);
             node.expire_controls(now);
             node.check_repacks(now);
-            node.store.rewrite_unwritten();
+            node.rewrite_unwritten();
             let (ms, interval, quiet) =
                 (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
             node.liveness.ticked(ms, interval, quiet);
@@ -213,6 +216,7 @@ impl Node {
             held_locks,
             lock_waiters,
             copies_wanted: HashMap::new(),
+            waiting_writes: HashSet::new(),
             repacks: Default::default(),
             next_reqid: 1,
             started: Instant::now(),
@@ -255,6 +259,9 @@ impl Node {
                         log::error!("db {db_id:#x}: no chain lock to wait for; the work for a key is stuck")
                     }
                 },
+                Output::WaitForWrite { db_id, key } => {
+                    self.waiting_writes.insert((db_id, key));
+                }
                 Output::FreezeDb { db_id } => self.freeze(db_id),
                 Output::ThawDb { db_id } => self.thaw(db_id),
                 Output::TakeClusterLock => match &self.cluster_lock {
@@ -285,6 +292,22 @@ impl Node {
                     self.reply_to_client(client, reqid, Body::ReplyControl(reply));
                 }
             }
+        }
+    }
+
+    /// Writes records the files refused before; clients waiting for one are asked again
+    /// once it is in its file.
+    fn rewrite_unwritten(&mut self) {
+        self.store.rewrite_unwritten();
+        let written: Vec<(DbId, Vec<u8>)> = self
+            .waiting_writes
+            .iter()
+            .filter(|(db_id, key)| self.store.unwritten(*db_id, key) != Some(libc::EAGAIN))
+            .cloned()
+            .collect();
+        for (db_id, key) in written {
+            self.waiting_writes.remove(&(db_id, key.clone()));
+            self.engine_input(Input::ChainLockAvailable { db_id, key });
         }
     }
 
