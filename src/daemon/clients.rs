@@ -147,7 +147,10 @@ struct Outgoing {
 }
 
 enum Pending {
-    Frame { bytes: Vec<u8>, written: usize },
+    Frame {
+        bytes: Vec<u8>,
+        written: usize,
+    },
     /// Frames made one at a time, as the client reads: a long stream (a traverse) never
     /// sits encoded in the queue.
     Stream(Box<dyn Iterator<Item = Packet> + Send>),
@@ -372,8 +375,9 @@ impl EventLoop {
             let link = &connection.link;
             link.flush(&mut link.out.lock());
         }
-        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP)
-        {
+        if flags.intersects(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP,
+        ) {
             if let Err(why) = self.read_frames(client) {
                 self.remove(client, why);
             }
@@ -453,7 +457,8 @@ impl EventLoop {
 
 /// The answer to a refused client's first request: an error that says why.
 fn refuse(link: &LinkShared, request: &Packet, clients: usize, max: usize) {
-    let message = format!("rctdbd: too many clients ({clients} connected, the limit is {max}); try again later");
+    let message =
+        format!("rctdbd: too many clients ({clients} connected, the limit is {max}); try again later");
     let body = match request.body {
         Body::ReqControl(_) => {
             Body::ReplyControl(ReplyControl { status: -1, data: vec![], errmsg: message.into_bytes() })
@@ -462,5 +467,109 @@ fn refuse(link: &LinkShared, request: &Packet, clients: usize, max: usize) {
     };
     let reply = Packet { body, ..request.clone() };
     // Best effort: the socket of a new connection has room for one small packet.
-    let _ = send(link.stream.as_fd().as_raw_fd(), &encode(&reply), MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+    let _ = send(
+        link.stream.as_fd().as_raw_fd(),
+        &encode(&reply),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec::read_packet;
+    use crate::wire::ReqMessage;
+
+    fn message(seq: u32, len: usize) -> Packet {
+        let body = Body::Message(ReqMessage { srvid: 7, data: vec![seq as u8; len] });
+        Packet { generation: 1, destnode: 0, srcnode: 0, reqid: seq, body }
+    }
+
+    /// A link over a socket pair, registered with an epoll as the loop would; the other end
+    /// is the client.
+    fn link(queue_limit: usize) -> (ClientLink, UnixStream) {
+        let (ours, client) = UnixStream::pair().expect("socket pair");
+        let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll"));
+        epoll.add(&ours, EpollEvent::new(EpollFlags::EPOLLIN, 1)).expect("register");
+        let shared = LinkShared {
+            client: 1,
+            pid: Some(4242),
+            stream: ours,
+            epoll,
+            queue_limit,
+            out: Mutex::new(Outgoing::default()),
+        };
+        (ClientLink(Arc::new(shared)), client)
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_cut_off_at_the_bound_without_blocking() {
+        let (link, client) = link(1 << 20);
+        for seq in 0..64 {
+            link.send(&message(seq, 64 << 10)); // 4 MiB in all: never blocks
+        }
+        assert!(link.0.out.lock().closed, "disconnected past the bound");
+        assert_eq!(link.0.out.lock().queued_bytes, 0, "its queue is freed");
+        // What the socket took arrives whole and in order, then the end of the stream.
+        let mut client = std::io::BufReader::new(client);
+        let mut seq = 0;
+        while let Ok(packet) = read_packet(&mut client, MAX_PACKET_LEN) {
+            assert_eq!(packet.reqid, seq);
+            seq += 1;
+        }
+        assert!(seq > 0 && seq < 64, "{seq} packets before the end");
+    }
+
+    #[test]
+    fn one_packet_larger_than_the_bound_still_goes_to_a_reading_client() {
+        let (link, client) = link(1 << 10);
+        let reader = std::thread::spawn(move || read_packet(&mut &client, MAX_PACKET_LEN).map(|p| p.reqid));
+        link.send(&message(9, 1 << 20));
+        let out = &link.0;
+        // The loop would flush on writability; here the test does, until the reader has it.
+        while !out.out.lock().queue.is_empty() {
+            out.flush(&mut out.out.lock());
+            std::thread::yield_now();
+        }
+        assert!(!out.out.lock().closed);
+        assert_eq!(reader.join().expect("reader").expect("the packet"), 9);
+    }
+
+    #[test]
+    fn a_stream_is_made_as_the_client_reads_and_keeps_its_order() {
+        let (link, client) = link(1 << 20);
+        let count = 2000; // 2000 x 4 KiB: more than the socket holds
+        link.send_stream((0..count).map(|seq| message(seq, 4 << 10)));
+        link.send(&message(count, 10));
+        assert!(link.0.out.lock().queued_bytes < 64 << 10, "only the packet in flight is encoded");
+        let reader = std::thread::spawn(move || {
+            let mut client = std::io::BufReader::new(client);
+            (0..=count).map(|_| read_packet(&mut client, MAX_PACKET_LEN).expect("a packet").reqid).collect()
+        });
+        let out = &link.0;
+        while !out.out.lock().queue.is_empty() {
+            out.flush(&mut out.out.lock());
+            std::thread::yield_now();
+        }
+        let got: Vec<u32> = reader.join().expect("reader");
+        assert_eq!(got, (0..=count).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_socket_is_made_0660_with_its_group() {
+        let dir = std::env::temp_dir().join(format!("rctdb-bind-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("sock");
+        std::fs::write(&path, b"stale").expect("a stale file");
+        let gid = if nix::unistd::geteuid().is_root() { Gid::from_raw(1) } else { nix::unistd::getegid() };
+        let _listener = bind_private(&path, Some(gid)).expect("bind");
+        let meta = std::fs::metadata(&path).expect("socket");
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid.as_raw());
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("sock")], "no staging directory left");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -1,6 +1,6 @@
 //! rctdbd, the per-node agent: the only place with sockets, threads, files and clocks. The
 //! node (`node::Node`, behind a mutex) owns the protocol engine and the database files;
-//! transport reader threads and client threads handle the packets they read under that
+//! transport reader threads and the client event loop handle the packets they read under that
 //! mutex, the engine thread runs the timers, link events and lock waits.
 
 mod clients;
@@ -80,11 +80,8 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let max_clients = config.max_clients.min(open_files.saturating_sub(FDS_NOT_FOR_CLIENTS) as usize);
     log::info!("open files limit {open_files}: at most {max_clients} clients");
     let group = config.socket_group.as_deref().map(parse_group).transpose()?;
-    let socket_config = clients::ClientSocketConfig {
-        group,
-        max_clients,
-        queue_limit: clients::DEFAULT_QUEUE_LIMIT,
-    };
+    let socket_config =
+        clients::ClientSocketConfig { group, max_clients, queue_limit: clients::DEFAULT_QUEUE_LIMIT };
     clients::listen(&config.socket, socket_config, client_handler)
         .map_err(|e| format!("client socket {}: {e}", config.socket.display()))?;
     log::info!(

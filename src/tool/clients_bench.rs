@@ -33,32 +33,29 @@ pub fn bench_clients(bench: &ClientsBench) -> Result<(), String> {
     let attach_timeout = Duration::from_secs(60);
     let _few = IdleClients::spawn(&socket, "idle.tdb", bench.few, attach_timeout)?;
     let (mut with_few, mut with_many) = (vec![], vec![]);
+    let pids = [node_pid(&cluster, 0)?, node_pid(&cluster, 1)?];
     println!("bench clients: record bouncing between nodes 0 and 1, idle clients on node 0");
-    let pid = node_pid(&cluster)?;
-    println!("  round  idle clients  migrations/s    p50 us    p99 us  | node 0: threads  fds  RSS MiB");
+    println!(
+        "  round  idle clients  migrations/s    p50 us    p99 us  switches/migr | node 0: threads   fds  RSS MiB"
+    );
+    let measure = |round: usize, idle: usize| -> Result<f64, String> {
+        let switches_before = voluntary_switches(&pids)?;
+        let run = ring(cluster.dir(), "ring.tdb", &[0, 1], &key, bench.seconds)?;
+        let switches = (voluntary_switches(&pids)? - switches_before) as f64 / run.ops.max(1) as f64;
+        println!(
+            "  {round:>5}  {idle:>12}  {:>12.0}  {:>8.1}  {:>8.1}  {switches:>13.2} | {}",
+            run.rate(),
+            run.p50_us,
+            run.p99_us,
+            ProcessFigures::of(pids[0])?
+        );
+        Ok(run.rate())
+    };
     for round in 1..=bench.rounds.max(1) {
-        let few = ring(cluster.dir(), "ring.tdb", &[0, 1], &key, bench.seconds)?;
-        println!(
-            "  {round:>5}  {:>12}  {:>12.0}  {:>8.1}  {:>8.1}  | {}",
-            bench.few,
-            few.rate(),
-            few.p50_us,
-            few.p99_us,
-            ProcessFigures::of(pid)?
-        );
-        with_few.push(few.rate());
+        with_few.push(measure(round, bench.few)?);
         let extra = IdleClients::spawn(&socket, "idle.tdb", bench.many - bench.few, attach_timeout)?;
-        let many = ring(cluster.dir(), "ring.tdb", &[0, 1], &key, bench.seconds)?;
-        let figures = ProcessFigures::of(pid)?;
+        with_many.push(measure(round, bench.many)?);
         drop(extra);
-        println!(
-            "  {round:>5}  {:>12}  {:>12.0}  {:>8.1}  {:>8.1}  | {figures}",
-            bench.many,
-            many.rate(),
-            many.p50_us,
-            many.p99_us
-        );
-        with_many.push(many.rate());
     }
     let (few, many) = (median(&mut with_few), median(&mut with_many));
     println!(
@@ -67,7 +64,25 @@ pub fn bench_clients(bench: &ClientsBench) -> Result<(), String> {
         bench.many,
         many / few
     );
+    println!("  (switches/migr: voluntary context switches of nodes 0 and 1 per migration, every thread)");
     Ok(())
+}
+
+/// Voluntary context switches of every thread of these processes: a thread wakeup each.
+fn voluntary_switches(pids: &[i32]) -> Result<u64, String> {
+    let mut total = 0;
+    for pid in pids {
+        let tasks = format!("/proc/{pid}/task");
+        for task in std::fs::read_dir(&tasks).map_err(|e| format!("{tasks}: {e}"))?.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -75,8 +90,8 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn node_pid(cluster: &RunningCluster) -> Result<i32, String> {
-    let path = cluster.dir().join("node0.pid");
+fn node_pid(cluster: &RunningCluster, node: usize) -> Result<i32, String> {
+    let path = cluster.dir().join(format!("node{node}.pid"));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     text.trim().parse().map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -108,6 +123,6 @@ impl ProcessFigures {
 
 impl std::fmt::Display for ProcessFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:>15}  {:>4}  {:>7.1}", self.threads, self.fds, self.rss_kib as f64 / 1024.0)
+        write!(f, "{:>15}  {:>5}  {:>7.1}", self.threads, self.fds, self.rss_kib as f64 / 1024.0)
     }
 }

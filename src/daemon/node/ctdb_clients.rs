@@ -570,3 +570,35 @@ impl Node {
         link.send_stream(packets);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two connections of one process: a srvid counts as released only when neither
+    /// holds it, and the indexes forget a process with its last connection.
+    #[test]
+    fn srvids_are_tracked_per_process_across_its_connections() {
+        let mut clients = CtdbClients::default();
+        let pid = std::process::id() as i32;
+        clients.connected(1, Some(pid));
+        clients.connected(2, Some(pid));
+        clients.connected(3, Some(pid + 1));
+        assert_eq!(clients.register(1, 10), Some((pid, 10)));
+        assert_eq!(clients.register(2, 10), None, "the process held it already");
+        assert_eq!(clients.register(3, 10), Some((pid + 1, 10)));
+        assert!(clients.pid_has_srvid(pid, 10) && !clients.pid_has_srvid(pid, 11));
+        assert_eq!(clients.listeners[&10].len(), 3);
+        assert_eq!(clients.deregister(1, 10), Some(None), "connection 2 still holds it");
+        assert_eq!(clients.deregister(1, 10), None, "not registered any more");
+        assert!(clients.process_exists(pid));
+        assert_eq!(clients.gone(2), vec![(pid, 10)]);
+        assert!(!clients.pid_has_srvid(pid, 10));
+        assert_eq!(clients.gone(1), vec![]);
+        assert!(!clients.process_exists(pid), "no connection of it left");
+        assert!(!clients.connections_of.contains_key(&pid));
+        assert_eq!(clients.listeners[&10].len(), 1);
+        assert_eq!(clients.gone(3), vec![(pid + 1, 10)]);
+        assert!(clients.listeners.is_empty() && clients.registered.is_empty() && clients.pids.is_empty());
+    }
+}
