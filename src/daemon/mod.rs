@@ -59,6 +59,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         nodes.iter().position(|addr| *addr == config.address).ok_or_else(|| {
             format!("{} is not in nodes file {}", config.address, config.nodes_file.display())
         })? as Pnn;
+    let group = config.socket_group.as_deref().map(parse_group).transpose()?;
     prepare_dbdir(&config.dbdir)?;
 
     // Packets are handled on the thread that read them, under the node's mutex: no hand-off
@@ -79,7 +80,6 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let open_files = raise_open_files_limit();
     let max_clients = config.max_clients.min(open_files.saturating_sub(FDS_NOT_FOR_CLIENTS) as usize);
     log::info!("open files limit {open_files}: at most {max_clients} clients");
-    let group = config.socket_group.as_deref().map(parse_group).transpose()?;
     let socket_config =
         clients::ClientSocketConfig { group, max_clients, queue_limit: clients::DEFAULT_QUEUE_LIMIT };
     clients::listen(&config.socket, socket_config, client_handler)
