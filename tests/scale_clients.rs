@@ -23,9 +23,9 @@ use rctdb::wire::{Body, Packet, ReqControl, ReqMessage, CURRENT_NODE, MAX_PACKET
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_CLIENTS: usize = 2000;
-/// Bounds while IDLE_CLIENTS are connected. Measured (debug build, 2026-12-03): 10
-/// threads, baseline + 2000 descriptors, ~9 MiB resident; a thread per connection made
-/// that 4012 threads, 6023 descriptors and 63-79 MiB.
+/// Bounds while IDLE_CLIENTS are connected. Measured (one node, debug build, 2026-12-03):
+/// 4 threads, baseline + 2000 descriptors, ~10 MiB resident; a thread per connection made
+/// that (3 nodes, release) 4010 threads, 6023 descriptors and 63-82 MiB.
 const MAX_THREADS: usize = 32;
 const MAX_EXTRA_FDS: usize = 32;
 const MAX_RSS_KIB: usize = 48 << 10;
@@ -99,6 +99,13 @@ fn spawn_listener_that_stops_reading(socket: &Path, srvid: u64) -> Pid {
 
 #[test]
 fn two_thousand_client_processes_cost_bounded_resources() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
+    assert!(
+        hard >= IDLE_CLIENTS as u64 + 512,
+        "the hard open files limit ({hard}) leaves the daemon too few descriptors for {IDLE_CLIENTS} \
+         clients: raise it (ulimit -Hn)"
+    );
     let dir = std::env::temp_dir().join(format!("rctdb-scale-clients-{}", std::process::id()));
     let mut spec = ClusterSpec::new(1, &dir);
     spec.first_address = std::net::Ipv4Addr::new(127, 0, 10, 11);
