@@ -94,6 +94,8 @@ pub fn listen(path: &Path, config: ClientSocketConfig, events: ClientHandler) ->
         clients: 0,
         next_client: 1,
         accept_paused_until: None,
+        refusals_logged_at: None,
+        refusals_unlogged: 0,
         scratch: vec![0; READ_BUDGET],
     };
     thread::Builder::new().name("clients".into()).spawn(move || event_loop.run())?;
@@ -271,6 +273,8 @@ struct EventLoop {
     next_client: ClientId,
     /// Out of file descriptors: accept again from then.
     accept_paused_until: Option<Instant>,
+    refusals_logged_at: Option<Instant>,
+    refusals_unlogged: u64,
     scratch: Vec<u8>,
 }
 
@@ -338,13 +342,7 @@ impl EventLoop {
         let refused = self.clients >= self.config.max_clients;
         if refused {
             let refusing = self.connections.len() - self.clients;
-            log::warn!(
-                "client socket: refusing a connection from pid {}: {} clients connected, the limit \
-                 (--max-clients or open files) is {}",
-                pid.map_or("unknown".to_string(), |p| p.to_string()),
-                self.clients,
-                self.config.max_clients
-            );
+            self.log_refusal(pid);
             if refusing >= MAX_REFUSING {
                 return Ok(()); // closed at once: too many waiting for their answer already
             }
@@ -367,6 +365,27 @@ impl EventLoop {
         }
         self.connections.insert(client, Connection { link, partial: Vec::new(), refused });
         Ok(())
+    }
+
+    /// One line per second at most, however fast refused clients come back.
+    fn log_refusal(&mut self, pid: Option<i32>) {
+        let now = Instant::now();
+        if self.refusals_logged_at.is_some_and(|at| now < at + Duration::from_secs(1)) {
+            self.refusals_unlogged += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut self.refusals_unlogged) {
+            0 => String::new(),
+            n => format!(" ({n} more refused since the last line)"),
+        };
+        log::warn!(
+            "client socket: refusing a connection from pid {}: {} clients connected, the limit \
+             (--max-clients or open files) is {}{more}",
+            pid.map_or("unknown".to_string(), |p| p.to_string()),
+            self.clients,
+            self.config.max_clients
+        );
+        self.refusals_logged_at = Some(now);
     }
 
     fn on_ready(&mut self, client: ClientId, flags: EpollFlags) {
