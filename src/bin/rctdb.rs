@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
+use rctdb::tool::clients_bench::{bench_clients, ClientsBench};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
@@ -248,6 +249,24 @@ enum BenchCmd {
         #[arg(long, default_value = "127.0.0.71")]
         first_address: Ipv4Addr,
     },
+    /// Migrations between two nodes while one has FEW, then MANY, idle client processes
+    /// attached (smbd forks one per SMB client); alternating rounds, ratio of the medians.
+    Clients {
+        #[arg(long, default_value_t = 2)]
+        few: usize,
+        #[arg(long, default_value_t = 2000)]
+        many: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Directory of the cluster the bench starts (and stops).
+        #[arg(long, default_value = "/tmp/rctdb-bench-clients")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.81")]
+        first_address: Ipv4Addr,
+    },
     /// One worker process of `bench churn` (the bench starts these itself).
     #[command(hide = true)]
     ChurnWorker {
@@ -412,6 +431,9 @@ fn run(cli: Cli) -> Result<(), String> {
             dir,
             first_address,
         }),
+        Command::Bench { bench: BenchCmd::Clients { few, many, seconds, rounds, dir, first_address } } => {
+            bench_clients(&ClientsBench { few, many, seconds, rounds, dir, first_address })
+        }
         Command::Bench { bench: BenchCmd::ChurnWorker { prefix, count, window, value_size, out } } => {
             churn_worker(&WorkerSpec { socket: socket()?, prefix, count, window, value_size, out })
         }

@@ -35,6 +35,14 @@ struct Args {
     /// a strict majority of the nodes file, so two-node clusters need the lock.
     #[arg(long)]
     cluster_lock: Option<String>,
+    /// Group of the client socket (a name or a number), which is created mode 0660: its
+    /// members and the daemon's user may connect. Default: the daemon's group.
+    #[arg(long, value_name = "NAME|GID")]
+    socket_group: Option<String>,
+    /// Refuse client connections past this many (each costs a file descriptor; the open
+    /// files limit, raised to its hard limit at start, may allow fewer).
+    #[arg(long, default_value_t = daemon::DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
     /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`); may be repeated.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     tunables: Vec<String>,
@@ -90,6 +98,8 @@ fn main() -> ExitCode {
         cluster_lock,
         tunables,
         cluster_key: args.cluster_key,
+        socket_group: args.socket_group,
+        max_clients: args.max_clients,
     };
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

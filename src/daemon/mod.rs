@@ -1,6 +1,6 @@
 //! rctdbd, the per-node agent: the only place with sockets, threads, files and clocks. The
 //! node (`node::Node`, behind a mutex) owns the protocol engine and the database files;
-//! transport reader threads and client threads handle the packets they read under that
+//! transport reader threads and the client event loop handle the packets they read under that
 //! mutex, the engine thread runs the timers, link events and lock waits.
 
 mod clients;
@@ -40,7 +40,20 @@ pub struct DaemonConfig {
     /// File of the secret every node link must prove it holds (`--cluster-key`). Without
     /// one, links are not authenticated.
     pub cluster_key: Option<PathBuf>,
+    /// The client socket's group (`--socket-group`, a name or a number); default the
+    /// daemon's. The socket is mode 0660.
+    pub socket_group: Option<String>,
+    /// Client connections past this many are refused (`--max-clients`); fewer if the open
+    /// files limit allows fewer.
+    pub max_clients: usize,
 }
+
+/// Default of `--max-clients`: smbd keeps a connection per SMB client.
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+
+/// File descriptors kept for what is not a client: database files, lock waiters, node
+/// links, the log.
+const FDS_NOT_FOR_CLIENTS: u64 = 256;
 
 /// Starts the daemon and serves until the process is killed.
 pub fn run(config: &DaemonConfig) -> Result<(), String> {
@@ -57,6 +70,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
             "no --cluster-key: node links are NOT authenticated; any process that can use a node's address can speak for it (make a key with `rctdb keygen FILE`)"
         );
     }
+    let group = config.socket_group.as_deref().map(parse_group).transpose()?;
     prepare_dbdir(&config.dbdir)?;
 
     // Packets are handled on the thread that read them, under the node's mutex: no hand-off
@@ -74,7 +88,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let client_cell = Arc::clone(&cell);
     let client_handler: clients::ClientHandler =
         Arc::new(move |event| client_cell.wait().lock().on_client(event));
-    clients::listen(&config.socket, client_handler)
+    let open_files = raise_open_files_limit();
+    let max_clients = config.max_clients.min(open_files.saturating_sub(FDS_NOT_FOR_CLIENTS) as usize);
+    log::info!("open files limit {open_files}: at most {max_clients} clients");
+    let socket_config =
+        clients::ClientSocketConfig { group, max_clients, queue_limit: clients::DEFAULT_QUEUE_LIMIT };
+    clients::listen(&config.socket, socket_config, client_handler)
         .map_err(|e| format!("client socket {}: {e}", config.socket.display()))?;
     log::info!(
         "node {pnn} ({}) up: {} nodes, socket {}",
@@ -98,6 +117,38 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     node::start_liveness_pump(&node);
     node::run(&node, transport_rx);
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (each client is one); returns the
+/// limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(err) => {
+                log::warn!("raising the open files limit from {soft} to {hard}: {err}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(err) => {
+            log::warn!("reading the open files limit: {err}; assuming 1024");
+            1024
+        }
+    }
+}
+
+/// A group given by name or number.
+fn parse_group(group: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid),
+        Ok(None) => Err(format!("--socket-group {group}: no such group")),
+        Err(err) => Err(format!("--socket-group {group}: {err}")),
+    }
 }
 
 /// Creates the database directory if needed and empties the volatile databases a previous

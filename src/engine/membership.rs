@@ -182,7 +182,7 @@ impl Engine {
         t.keepalive_interval_ms.saturating_mul(t.keepalive_limit)
     }
 
-    pub(super) fn is_alive(&self, pnn: Pnn) -> bool {
+    pub fn is_alive(&self, pnn: Pnn) -> bool {
         pnn == self.config.pnn || self.cluster.peers.get(pnn as usize).is_some_and(|p| p.alive)
     }
 

@@ -1,7 +1,9 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
 pub mod churn;
+pub mod clients_bench;
 pub mod cluster;
+pub mod idle_clients;
 pub mod local_bench;
 pub mod recovery_bench;
 pub mod ring;

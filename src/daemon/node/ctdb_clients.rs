@@ -20,14 +20,17 @@ use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqControl, ReqId, ReqMessage
 /// How long a control sent on to another node may take before the client gets an error.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the node knows of its CTDB clients.
+/// What the node knows of its CTDB clients, indexed both ways so that registering,
+/// leaving and the questions smbd asks per open (CHECK_PID_SRVID, PROCESS_EXISTS) cost the
+/// same with thousands of smbd connected as with one.
 #[derive(Default)]
 pub(super) struct CtdbClients {
-    /// Each connection's process, from SO_PEERCRED.
+    /// Each connection's process, from SO_PEERCRED, and each process's connections.
     pids: HashMap<ClientId, i32>,
+    connections_of: HashMap<i32, Vec<ClientId>>,
     /// srvids each connection registered, and who registered each srvid.
     registered: HashMap<ClientId, HashSet<u64>>,
-    listeners: HashMap<u64, Vec<ClientId>>,
+    listeners: HashMap<u64, HashSet<ClientId>>,
     /// Controls a client addressed to another node, waiting for its answer.
     forwarded: HashMap<ReqId, Forwarded>,
     /// Attach requests in CTDB's form: the answer is the db id alone.
@@ -49,18 +52,31 @@ impl CtdbClients {
     pub(super) fn connected(&mut self, client: ClientId, pid: Option<i32>) {
         if let Some(pid) = pid {
             self.pids.insert(client, pid);
+            self.connections_of.entry(pid).or_default().push(client);
         }
     }
 
     /// Forgets a connection; returns the (pid, srvid) pairs no connection holds any more.
     pub(super) fn gone(&mut self, client: ClientId) -> Vec<(i32, u64)> {
         let pid = self.pids.remove(&client);
+        if let Some(pid) = pid {
+            if let Some(clients) = self.connections_of.get_mut(&pid) {
+                clients.retain(|c| *c != client);
+                if clients.is_empty() {
+                    self.connections_of.remove(&pid);
+                }
+            }
+        }
         let srvids = self.registered.remove(&client).unwrap_or_default();
         for &srvid in &srvids {
             self.unlisten(client, srvid);
         }
-        self.forwarded.retain(|_, f| f.client != client);
-        self.attaches.retain(|(c, _)| *c != client);
+        if !self.forwarded.is_empty() {
+            self.forwarded.retain(|_, f| f.client != client);
+        }
+        if !self.attaches.is_empty() {
+            self.attaches.retain(|(c, _)| *c != client);
+        }
         let Some(pid) = pid else { return vec![] };
         srvids
             .into_iter()
@@ -74,7 +90,7 @@ impl CtdbClients {
         let pid = self.pids.get(&client).copied();
         let held_before = pid.is_some_and(|pid| self.pid_has_srvid(pid, srvid));
         if self.registered.entry(client).or_default().insert(srvid) {
-            self.listeners.entry(srvid).or_default().push(client);
+            self.listeners.entry(srvid).or_default().insert(client);
         }
         pid.filter(|_| !held_before).map(|pid| (pid, srvid))
     }
@@ -106,7 +122,7 @@ impl CtdbClients {
 
     fn unlisten(&mut self, client: ClientId, srvid: u64) {
         if let Some(clients) = self.listeners.get_mut(&srvid) {
-            clients.retain(|c| *c != client);
+            clients.remove(&client);
             if clients.is_empty() {
                 self.listeners.remove(&srvid);
             }
@@ -120,7 +136,7 @@ impl CtdbClients {
 
     /// CTDB's PROCESS_EXISTS: the pid is a client of this node and still runs.
     fn process_exists(&self, pid: i32) -> bool {
-        self.pids.values().any(|&p| p == pid)
+        self.connections_of.contains_key(&pid)
             && !matches!(
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
                 Err(nix::errno::Errno::ESRCH)
@@ -129,9 +145,8 @@ impl CtdbClients {
 
     /// CTDB's CHECK_PID_SRVID: a connection of process `pid` registered `srvid`.
     fn pid_has_srvid(&self, pid: i32, srvid: u64) -> bool {
-        self.pids.iter().any(|(client, &p)| {
-            p == pid && self.registered.get(client).is_some_and(|set| set.contains(&srvid))
-        })
+        let Some(clients) = self.connections_of.get(&pid) else { return false };
+        clients.iter().any(|client| self.registered.get(client).is_some_and(|set| set.contains(&srvid)))
     }
 }
 
@@ -349,7 +364,7 @@ impl Node {
     fn peer_lists(&self, peer: Pnn, data: &[u8]) -> bool {
         let Ok(pair) = ctdb::decode_pid_srvid(data) else { return false };
         self.ctdb.remote.get(&peer).is_some_and(|pairs| pairs.contains(&pair))
-            && self.engine.cluster_status().alive.contains(&peer)
+            && self.engine.is_alive(peer)
             && self.transport.link_states().iter().any(|l| l.pnn == peer && l.up)
     }
 
@@ -416,7 +431,7 @@ impl Node {
             return self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
         }
         let reachable = (destnode as usize) < self.nodes.len()
-            && self.engine.cluster_status().alive.contains(&destnode)
+            && self.engine.is_alive(destnode)
             && self.transport.link_states().iter().any(|l| l.pnn == destnode && l.up);
         if !reachable {
             // As ctdbd does for a disconnected node: an error at once, which smbd reads as
@@ -476,11 +491,10 @@ impl Node {
         let peers: Vec<Pnn> = match destnode {
             _ if destnode == CURRENT_NODE || destnode == self.pnn => vec![],
             ctdb::BROADCAST_ALL | ctdb::BROADCAST_ACTIVE | ctdb::BROADCAST_CONNECTED | ctdb::MULTICAST => {
-                let alive = self.engine.cluster_status().alive;
                 self.transport
                     .link_states()
                     .iter()
-                    .filter(|l| l.up && alive.contains(&l.pnn))
+                    .filter(|l| l.up && self.engine.is_alive(l.pnn))
                     .map(|l| l.pnn)
                     .collect()
             }
@@ -538,18 +552,53 @@ impl Node {
         records: Vec<crate::wire::control::RecordCopy>,
     ) {
         let Some(link) = self.clients.get(&client) else { return };
-        let generation = self.engine.generation();
-        let message = |data: Vec<u8>| Packet {
-            generation,
-            destnode: self.pnn,
-            srcnode: self.pnn,
-            reqid: 0,
-            body: Body::Message(ReqMessage { srvid: start.srvid, data }),
-        };
-        for record in records.iter().filter(|r| start.with_empty_records || !r.data.is_empty()) {
-            let data = ctdb::encode_rec_data(start.reqid, &record.key, Some((&record.header, &record.data)));
-            link.send(&message(data));
-        }
-        link.send(&message(ctdb::encode_rec_data(start.reqid, &[], None)));
+        let (generation, pnn, srvid, reqid) = (self.engine.generation(), self.pnn, start.srvid, start.reqid);
+        let with_empty = start.with_empty_records;
+        // Made one at a time as the client reads: a large database is never encoded whole.
+        let packets = records
+            .into_iter()
+            .filter(move |r| with_empty || !r.data.is_empty())
+            .map(move |r| ctdb::encode_rec_data(reqid, &r.key, Some((&r.header, &r.data))))
+            .chain(std::iter::once_with(move || ctdb::encode_rec_data(reqid, &[], None)))
+            .map(move |data| Packet {
+                generation,
+                destnode: pnn,
+                srcnode: pnn,
+                reqid: 0,
+                body: Body::Message(ReqMessage { srvid, data }),
+            });
+        link.send_stream(packets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two connections of one process: a srvid counts as released only when neither
+    /// holds it, and the indexes forget a process with its last connection.
+    #[test]
+    fn srvids_are_tracked_per_process_across_its_connections() {
+        let mut clients = CtdbClients::default();
+        let pid = std::process::id() as i32;
+        clients.connected(1, Some(pid));
+        clients.connected(2, Some(pid));
+        clients.connected(3, Some(pid + 1));
+        assert_eq!(clients.register(1, 10), Some((pid, 10)));
+        assert_eq!(clients.register(2, 10), None, "the process held it already");
+        assert_eq!(clients.register(3, 10), Some((pid + 1, 10)));
+        assert!(clients.pid_has_srvid(pid, 10) && !clients.pid_has_srvid(pid, 11));
+        assert_eq!(clients.listeners[&10].len(), 3);
+        assert_eq!(clients.deregister(1, 10), Some(None), "connection 2 still holds it");
+        assert_eq!(clients.deregister(1, 10), None, "not registered any more");
+        assert!(clients.process_exists(pid));
+        assert_eq!(clients.gone(2), vec![(pid, 10)]);
+        assert!(!clients.pid_has_srvid(pid, 10));
+        assert_eq!(clients.gone(1), vec![]);
+        assert!(!clients.process_exists(pid), "no connection of it left");
+        assert!(!clients.connections_of.contains_key(&pid));
+        assert_eq!(clients.listeners[&10].len(), 1);
+        assert_eq!(clients.gone(3), vec![(pid + 1, 10)]);
+        assert!(clients.listeners.is_empty() && clients.registered.is_empty() && clients.pids.is_empty());
     }
 }
