@@ -10,6 +10,7 @@ use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb::tool::demo;
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
@@ -29,6 +30,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch a 3-node cluster survive a crash under load.
+    Demo {
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value = "127.0.0.61")]
+        first_address: Ipv4Addr,
+        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        port: u16,
+        #[arg(long, default_value_t = demo::DEFAULT_COUNTERS)]
+        counters: usize,
+    },
+    /// One worker process of `rctdb demo` (the demo starts these itself).
+    #[command(hide = true)]
+    DemoWorker {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        counters: usize,
+    },
     /// A local test cluster of rctdbd on 127.0.0.x.
     Cluster {
         #[command(subcommand)]
@@ -277,6 +301,10 @@ fn run(cli: Cli) -> Result<(), String> {
     let socket =
         || cli.socket.clone().ok_or("no daemon socket: give --socket or set RCTDB_SOCKET".to_string());
     match cli.command {
+        Command::Demo { seconds, dir, keep, first_address, port, counters } => {
+            demo::run_demo(&demo::Demo { seconds, dir, keep, first_address, port, counters })
+        }
+        Command::DemoWorker { name, counters } => demo::demo_worker(&socket()?, &name, counters),
         Command::Cluster { action: ClusterCmd::Up { nodes, dir, first_address, port } } => {
             let mut spec = ClusterSpec::new(nodes, &dir);
             spec.first_address = first_address;

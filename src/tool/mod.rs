@@ -1,6 +1,7 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
 pub mod churn;
+pub mod demo;
 pub mod cluster;
 pub mod local_bench;
 pub mod recovery_bench;
