@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{signal, SigHandler, Signal};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::demo;
+use rctdb::tool::statistics;
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
@@ -59,7 +61,18 @@ enum Command {
         action: ClusterCmd,
     },
     /// This node, the state of its links, the generation and the attached databases.
-    Status,
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's counters: client calls, migrations, hop counts, lock waits, recoveries,
+    /// and each database's hot keys.
+    Statistics {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        reset: bool,
+    },
     /// Store VALUE under KEY in database DB (the record migrates to this node).
     Writekey { db: String, key: String, value: String },
     /// Print the value of KEY in database DB (the record migrates to this node).
@@ -286,6 +299,9 @@ enum BenchCmd {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as other tools' does, not with a panic.
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     env_logger::init();
     let cli = Cli::parse();
     match run(cli) {
@@ -331,9 +347,21 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("stopped {stopped} nodes");
             Ok(())
         }
-        Command::Status => {
+        Command::Status { json } => {
             let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
-            print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?);
+            match json {
+                true => println!("{}", statistics::checked_json(&daemon.status_json(TIMEOUT).map_err(|e| e.to_string())?)?),
+                false => print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?),
+            }
+            Ok(())
+        }
+        Command::Statistics { json, reset } => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            let stats = daemon.statistics(reset, TIMEOUT).map_err(|e| e.to_string())?;
+            match json {
+                true => println!("{}", statistics::to_json(&stats)?),
+                false => print!("{}", statistics::render(&stats)),
+            }
             Ok(())
         }
         Command::Writekey { db, key, value } => {

@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod local_bench;
 pub mod recovery_bench;
 pub mod ring;
+pub mod statistics;
