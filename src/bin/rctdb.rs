@@ -259,8 +259,8 @@ enum Command {
     /// This is what ctdb calls `shutdown`; ctdb's `stop` keeps the daemon running.
     Stop,
     /// Measure rctdb: the C ABI against raw libtdb, migrations, recoveries, churn.
-    #[command(after_long_help = "Each bench starts (and stops) its own cluster in its --dir on its own \
-        127.0.0.x addresses, so benches do not disturb a cluster of `rctdb cluster up`.\n\n\
+    #[command(after_long_help = "Benches that need a cluster start (and stop) their own in their --dir, on \
+        their own 127.0.0.x addresses: they do not disturb a cluster of `rctdb cluster up`.\n\n\
         EXAMPLES:\n  rctdb bench local --keys 100000\n  rctdb bench ring --nodes 2 --seconds 5\n  \
         rctdb bench recovery --records 100000\n  rctdb bench churn --compare")]
     Bench {

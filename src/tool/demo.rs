@@ -445,6 +445,8 @@ struct Run {
     phases: Vec<Phase>,
     marks: FaultMarks,
     kill_us: u64,
+    /// When the workload started, for the progress line.
+    started_us: u64,
     /// Increments acknowledged by the workers of node VICTIM that ran before the kill, and
     /// by everyone else.
     acked_victim: BTreeMap<String, u64>,
@@ -468,6 +470,7 @@ impl Run {
             phases: vec![],
             marks: FaultMarks::default(),
             kill_us: 0,
+            started_us: 0,
             acked_victim: BTreeMap::new(),
             acked_others: BTreeMap::new(),
             tty: std::io::stdout().is_terminal(),
@@ -492,6 +495,7 @@ impl Run {
             self.start_workers(node, 0)?;
         }
         let all: Vec<usize> = (0..NODES).collect();
+        self.started_us = now_us();
         self.phase("3 nodes", &all, steady)?;
         self.kill()?;
         let survivors: Vec<usize> = (0..NODES).filter(|&n| n != VICTIM).collect();
@@ -543,7 +547,7 @@ impl Run {
             let dt = (now - tick_us) as f64 / 1e6;
             let line = format!(
                 "  {:>5.1} s  {name:<12} ops/s {:>7.0}   migrations/s {:>7.0}   p99 {:>6.2} ms{}",
-                (now - start_us) as f64 / 1e6,
+                (now - self.started_us) as f64 / 1e6,
                 count as f64 / dt,
                 (migrations - tick_migrations) as f64 / dt,
                 p99,
@@ -599,8 +603,11 @@ impl Run {
             let acked = worker.stop()?;
             self.acked_victim.insert(worker.name.clone(), acked);
         }
+        // Killed from another thread: `kill_node` waits for the exit, and the survivors may
+        // notice before it returns.
+        let dir = self.spec.dir.clone();
         self.kill_us = now_us();
-        cluster::kill_node(&self.spec.dir, VICTIM)?;
+        let killer = std::thread::spawn(move || cluster::kill_node(&dir, VICTIM));
         println!("  +{:>7.1} ms  node {VICTIM} killed with SIGKILL (its workers stopped just before)", 0.0);
         let deadline = self.kill_us + FAULT_TIMEOUT.as_micros() as u64;
         let mut last_done = self.kill_us;
@@ -647,6 +654,7 @@ impl Run {
             }
             std::thread::sleep(FAULT_POLL);
         }
+        killer.join().map_err(|_| format!("killing node {VICTIM} panicked"))??;
         self.marks.longest_pause_ms = self.longest_pause_ms(self.kill_us, now_us());
         println!(
             "             the longest time no increment completed: {:.1} ms",
