@@ -12,10 +12,10 @@ use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::demo;
-use rctdb::tool::statistics;
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
+use rctdb::tool::statistics;
 use rctdb::tunables::opcode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,7 +238,9 @@ enum Command {
         name: String,
     },
     /// Set tunable NAME to VALUE on this node only, at run time (timers are in milliseconds).
-    #[command(after_long_help = "EXAMPLE:\n  rctdb setvar KeepaliveLimit 10   # a peer is dead after 10 silent intervals")]
+    #[command(
+        after_long_help = "EXAMPLE:\n  rctdb setvar KeepaliveLimit 10   # a peer is dead after 10 silent intervals"
+    )]
     Setvar {
         /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
         name: String,
@@ -259,10 +261,12 @@ enum Command {
     /// This is what ctdb calls `shutdown`; ctdb's `stop` keeps the daemon running.
     Stop,
     /// Measure rctdb: the C ABI against raw libtdb, migrations, recoveries, churn.
-    #[command(after_long_help = "Benches that need a cluster start (and stop) their own in their --dir, on \
+    #[command(
+        after_long_help = "Benches that need a cluster start (and stop) their own in their --dir, on \
         their own 127.0.0.x addresses: they do not disturb a cluster of `rctdb cluster up`.\n\n\
         EXAMPLES:\n  rctdb bench local --keys 100000\n  rctdb bench ring --nodes 2 --seconds 5\n  \
-        rctdb bench recovery --records 100000\n  rctdb bench churn --compare")]
+        rctdb bench recovery --records 100000\n  rctdb bench churn --compare"
+    )]
     Bench {
         #[command(subcommand)]
         bench: BenchCmd,
@@ -514,7 +518,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Status { json } => {
             let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
             match json {
-                true => println!("{}", statistics::checked_json(&daemon.status_json(TIMEOUT).map_err(|e| e.to_string())?)?),
+                true => println!(
+                    "{}",
+                    statistics::checked_json(&daemon.status_json(TIMEOUT).map_err(|e| e.to_string())?)?
+                ),
                 false => print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?),
             }
             Ok(())

@@ -56,7 +56,8 @@ impl DaemonConnection {
     pub fn statistics(&mut self, reset: bool, timeout: Duration) -> Result<Statistics> {
         let request = if reset { control::STATISTICS_RESET.to_vec() } else { vec![] };
         let data = self.control(opcode::STATISTICS, request, timeout)?;
-        serde_json::from_slice(&data).map_err(|e| Error::io(format!("rctdbd at {}: statistics: {e}", self.socket)))
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::io(format!("rctdbd at {}: statistics: {e}", self.socket)))
     }
 
     /// The newest copy of every non-empty record of the database, from every node.

@@ -154,7 +154,7 @@ impl Engine {
                         max_hops: t.max_hops,
                     })
                     .collect();
-                hot_keys.sort_by(|a, b| (b.migrations, b.max_hops).cmp(&(a.migrations, a.max_hops)));
+                hot_keys.sort_by_key(|hot| std::cmp::Reverse((hot.migrations, hot.max_hops)));
                 hot_keys.truncate(HOT_KEYS_SHOWN);
                 DbStatistics {
                     db_id,

@@ -55,7 +55,8 @@ pub struct Demo {
 
 /// Microseconds on CLOCK_MONOTONIC: one clock for the demo and its worker processes.
 fn now_us() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -86,7 +87,8 @@ fn pause(total: Duration) -> Result<(), String> {
     let end = now_us() + total.as_micros() as u64;
     while now_us() < end {
         check_interrupt()?;
-        std::thread::sleep(Duration::from_micros((end - now_us()).min(50_000))); // a timed phase
+        std::thread::sleep(Duration::from_micros((end - now_us()).min(50_000)));
+        // a timed phase
     }
     check_interrupt()
 }
@@ -189,7 +191,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(exe: &Path, dir: &Path, node: usize, name: &str, counters: usize, ops: &Arc<Mutex<Ops>>) -> Result<Worker, String> {
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        node: usize,
+        name: &str,
+        counters: usize,
+        ops: &Arc<Mutex<Ops>>,
+    ) -> Result<Worker, String> {
         let mut child = Command::new(exe)
             .arg("--socket")
             .arg(socket_path(dir, node))
@@ -279,7 +288,9 @@ impl NodeView {
                 }
                 "node" => {
                     let words: Vec<&str> = rest.split_whitespace().collect();
-                    if let (Some(pnn), Some(&"dead")) = (words.first().and_then(|w| w.parse().ok()), words.get(2)) {
+                    if let (Some(pnn), Some(&"dead")) =
+                        (words.first().and_then(|w| w.parse().ok()), words.get(2))
+                    {
                         view.dead.push(pnn);
                     }
                 }
@@ -327,7 +338,8 @@ impl Watch {
                 let view = NodeView::parse(&text);
                 // A restarted node counts from zero again.
                 let last = self.last_migrations[node];
-                self.migrations += if view.migrations >= last { view.migrations - last } else { view.migrations };
+                self.migrations +=
+                    if view.migrations >= last { view.migrations - last } else { view.migrations };
                 self.last_migrations[node] = view.migrations;
                 Some(view)
             }
@@ -427,7 +439,10 @@ pub fn run_demo(demo: &Demo) -> Result<(), String> {
     if demo.counters == 0 || demo.counters > 10_000 {
         return Err(format!("--counters {}: give 1 to 10000", demo.counters));
     }
-    let dir = demo.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rctdb-demo-{}", std::process::id())));
+    let dir = demo
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("rctdb-demo-{}", std::process::id())));
     prepare_dir(&dir)?;
     catch_interrupts()?;
     let mut run = Run::new(demo, &dir)?;
@@ -480,7 +495,8 @@ impl Run {
     }
 
     fn all(&mut self) -> Result<(), String> {
-        let (steady, down, back) = (self.demo.seconds * 0.4, self.demo.seconds * 0.3, self.demo.seconds * 0.3);
+        let (steady, down, back) =
+            (self.demo.seconds * 0.4, self.demo.seconds * 0.3, self.demo.seconds * 0.3);
         println!(
             "rctdb demo: {NODES} rctdbd on {}-{} (state in {}), {} workers incrementing {} counters under chain locks",
             self.spec.address(0),
@@ -518,7 +534,8 @@ impl Run {
     fn start_workers(&mut self, node: usize, first: usize) -> Result<(), String> {
         for index in first..first + WORKERS_PER_NODE {
             let name = format!("{node}{}", (b'a' + index as u8) as char);
-            let worker = Worker::start(&self.exe, &self.spec.dir, node, &name, self.demo.counters, &self.ops)?;
+            let worker =
+                Worker::start(&self.exe, &self.spec.dir, node, &name, self.demo.counters, &self.ops)?;
             self.cleanup.workers.push(worker);
         }
         Ok(())
@@ -558,7 +575,8 @@ impl Run {
         }
         self.finish_progress();
         let migrations = self.watch.migrations(nodes) - migrations_before;
-        let phase = Phase { name: name.to_owned(), nodes: nodes.len(), start_us, end_us: now_us(), migrations };
+        let phase =
+            Phase { name: name.to_owned(), nodes: nodes.len(), start_us, end_us: now_us(), migrations };
         self.phases.push(phase);
         Ok(())
     }
@@ -613,15 +631,18 @@ impl Run {
         let mut last_done = self.kill_us;
         loop {
             check_interrupt()?;
-            let views: Vec<Option<NodeView>> = survivors.iter().map(|&n| self.watch.view(n)).collect();
-            let at = self.clock_ms(now_us());
-            for (&node, view) in survivors.iter().zip(&views) {
+            let mut views = vec![];
+            for &node in &survivors {
+                let view = self.watch.view(node);
+                let at = self.clock_ms(now_us());
                 let sees_dead = view.as_ref().is_some_and(|v| v.dead.contains(&VICTIM));
+                views.push(view);
                 if sees_dead && !self.marks.detected.iter().any(|(n, _)| *n == node) {
                     println!("  +{at:>7.1} ms  node {node} sees node {VICTIM} dead");
                     self.marks.detected.push((node, at));
                 }
             }
+            let at = self.clock_ms(now_us());
             if self.marks.recovered.is_none() {
                 if let Some(generation) = settled(&views, &survivors, &old_generation) {
                     let leader = views.iter().flatten().find_map(|v| v.leader);
@@ -630,7 +651,7 @@ impl Run {
                         .and_then(|i| views[i].as_ref().map(|v| v.last_recovery_ms));
                     println!(
                         "  +{at:>7.1} ms  recovery done: nodes {survivors:?} serve in generation {generation}{}",
-                        recovery_ms.map_or(String::new(), |ms| format!(" (the leader's recovery took {ms} ms)"))
+                        recovery_ms.map_or(String::new(), |ms| format!(" (the leader's recovery took {})", whole_ms(ms)))
                     );
                     self.marks.recovered = Some((at, generation));
                     self.marks.recovery_ms = recovery_ms;
@@ -704,7 +725,9 @@ impl Run {
             let views: Vec<Option<NodeView>> = all.iter().map(|&n| self.watch.view(n)).collect();
             if let Some(generation) = settled(&views, &all, &old_generation) {
                 let at = (now_us() - start_us) as f64 / 1e3;
-                println!("  +{at:>7.1} ms  node {VICTIM} admitted: nodes {all:?} serve in generation {generation}");
+                println!(
+                    "  +{at:>7.1} ms  node {VICTIM} admitted: nodes {all:?} serve in generation {generation}"
+                );
                 self.marks.admitted = Some((at, generation));
                 return Ok(());
             }
@@ -718,12 +741,15 @@ impl Run {
     /// Reads every counter (the newest copy, cluster-wide) and compares each worker's slots
     /// with what it acknowledged.
     fn check(&mut self) -> Result<Verdict, String> {
-        let mut db = ClusteredDb::open(&socket_path(&self.spec.dir, 0), DB, WORKER_TIMEOUT).map_err(|e| e.to_string())?;
+        let mut db = ClusteredDb::open(&socket_path(&self.spec.dir, 0), DB, WORKER_TIMEOUT)
+            .map_err(|e| e.to_string())?;
         let mut counted: BTreeMap<String, u64> = BTreeMap::new();
         let mut bad = None;
         db.traverse(|_, value| {
             match parse_counter(value) {
-                Ok(slots) => slots.into_iter().for_each(|(worker, count)| *counted.entry(worker).or_default() += count),
+                Ok(slots) => {
+                    slots.into_iter().for_each(|(worker, count)| *counted.entry(worker).or_default() += count)
+                }
                 Err(err) => bad = Some(err),
             }
             true
@@ -739,7 +765,10 @@ impl Run {
         };
         let (others_acked, others_counted) = sum(&self.acked_others);
         let (victim_acked, victim_counted) = sum(&self.acked_victim);
-        let invented = counted.keys().filter(|w| !self.acked_others.contains_key(*w) && !self.acked_victim.contains_key(*w)).count();
+        let invented = counted
+            .keys()
+            .filter(|w| !self.acked_others.contains_key(*w) && !self.acked_victim.contains_key(*w))
+            .count();
         Ok(Verdict { others_acked, others_counted, victim_acked, victim_counted, invented })
     }
 
@@ -778,7 +807,9 @@ impl Run {
         println!(
             "    recovery done                {:>10}{}",
             ms(recovered),
-            self.marks.recovery_ms.map_or(String::new(), |r| format!("   (the recovery itself: {r} ms)"))
+            self.marks
+                .recovery_ms
+                .map_or(String::new(), |ms| format!("   (the recovery itself: {})", whole_ms(ms)))
         );
         println!(
             "    workload resumed             {:>10}   (longest time with no increment done: {:.1} ms)",
@@ -786,7 +817,10 @@ impl Run {
             self.marks.longest_pause_ms
         );
         println!("  node {VICTIM} started again, times from the start:");
-        println!("    readmitted                   {:>10}", ms(self.marks.admitted.as_ref().map(|(at, _)| *at)));
+        println!(
+            "    readmitted                   {:>10}",
+            ms(self.marks.admitted.as_ref().map(|(at, _)| *at))
+        );
         println!();
         println!("  check: each counter holds every worker's increments in its own slot");
         println!(
@@ -794,7 +828,8 @@ impl Run {
             verdict.others_acked,
             verdict.others_counted,
             match verdict.lost_updates() {
-                0 if verdict.invented == 0 && verdict.others_counted == verdict.others_acked => "no lost update".to_string(),
+                0 if verdict.invented == 0 && verdict.others_counted == verdict.others_acked =>
+                    "no lost update".to_string(),
                 0 => "MORE THAN ACKNOWLEDGED".to_string(),
                 lost => format!("{lost} LOST UPDATES"),
             }
@@ -830,6 +865,14 @@ impl Verdict {
     }
 }
 
+/// Milliseconds the daemons counted, which round down.
+fn whole_ms(ms: u64) -> String {
+    match ms {
+        0 => "under 1 ms".into(),
+        ms => format!("{ms} ms"),
+    }
+}
+
 /// The 99th percentile of `latencies` (µs), in ms.
 fn p99_ms(latencies: &mut [u64]) -> f64 {
     if latencies.is_empty() {
@@ -862,7 +905,8 @@ mod tests {
 
     #[test]
     fn a_surviving_workers_missing_increment_is_a_lost_update() {
-        let fine = Verdict { others_acked: 10, others_counted: 10, victim_acked: 5, victim_counted: 3, invented: 0 };
+        let fine =
+            Verdict { others_acked: 10, others_counted: 10, victim_acked: 5, victim_counted: 3, invented: 0 };
         assert_eq!(fine.lost_updates(), 0);
         let lost = Verdict { others_counted: 8, ..fine };
         assert_eq!(lost.lost_updates(), 2);

@@ -1,8 +1,8 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
 pub mod churn;
-pub mod demo;
 pub mod cluster;
+pub mod demo;
 pub mod local_bench;
 pub mod recovery_bench;
 pub mod ring;

@@ -104,7 +104,9 @@ mod tests {
             hot_keys: vec![HotKey { key: "counter-01".into(), migrations: 9, max_hops: 1 }],
         });
         let text = render(&stats);
-        for part in ["node 2 statistics", "client calls", "lock waits", "recoveries led", "1: 7", "counter-01"] {
+        for part in
+            ["node 2 statistics", "client calls", "lock waits", "recoveries led", "1: 7", "counter-01"]
+        {
             assert!(text.contains(part), "no {part:?} in\n{text}");
         }
         let json = to_json(&stats).unwrap();

@@ -175,7 +175,8 @@ impl Node {
                     log::info!("node {}: statistics reset", self.pnn);
                     self.engine.reset_statistics();
                 }
-                let reply = serde_json::to_vec(&statistics).map_or_else(|e| error_reply(&e.to_string()), ok_reply);
+                let reply =
+                    serde_json::to_vec(&statistics).map_or_else(|e| error_reply(&e.to_string()), ok_reply);
                 self.reply_to_client(client, reqid, Body::ReplyControl(reply));
             }
             // Attaching cluster-wide is the engine's (`engine::attach`): `Output::AttachDone`
@@ -326,7 +327,7 @@ impl Node {
             nodes,
             dbs,
             vacuum_backlog: self.engine.vacuum_backlog() as u64,
-            repacks: self.repacks.done as u64,
+            repacks: self.repacks.done,
             stats: self.engine.stats().clone(),
         }
     }
