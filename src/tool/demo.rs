@@ -525,6 +525,7 @@ impl Run {
         }
         let verdict = self.check()?;
         self.print_table(&verdict);
+        self.print_statistics()?;
         match verdict.lost_updates() {
             0 => Ok(()),
             lost => Err(format!("{lost} acknowledged increments of surviving workers were lost")),
@@ -835,12 +836,40 @@ impl Run {
             }
         );
         println!(
-            "    node {VICTIM}'s workers acknowledged {} before it died; {} survived ({} were in records node {VICTIM} \
-             held when it died, which a volatile database loses with its node, as CTDB's do)",
+            "    node {VICTIM}'s workers acknowledged {} before it died; {} of them survived, and the other {}\n    \
+             were in records node {VICTIM} held when it died (a volatile database loses those with its node, as CTDB's do)",
             verdict.victim_acked,
             verdict.victim_counted,
             verdict.victim_acked.saturating_sub(verdict.victim_counted)
         );
+    }
+}
+
+impl Run {
+    /// A line per node from its `rctdb statistics` (node VICTIM's count from its restart).
+    fn print_statistics(&self) -> Result<(), String> {
+        println!();
+        println!("  rctdb statistics per node:");
+        println!("    node  client calls  migrations in/out  lock waits (max ms)  busiest counter here");
+        for node in 0..NODES {
+            let mut daemon =
+                DaemonConnection::connect(&socket_path(&self.spec.dir, node)).map_err(|e| e.to_string())?;
+            let stats = daemon.statistics(false, STATUS_TIMEOUT).map_err(|e| e.to_string())?;
+            let c = &stats.counters;
+            let hottest = stats
+                .dbs
+                .iter()
+                .find(|db| db.name == DB)
+                .and_then(|db| db.hot_keys.first())
+                .map_or("-".to_string(), |hot| format!("{} ({} migrations)", hot.key, hot.migrations));
+            println!(
+                "    {node:>4}  {:>12}  {:>17}  {:>19}  {hottest}",
+                c.client_calls,
+                format!("{}/{}", c.migrations_completed, c.handovers),
+                format!("{} ({})", c.lock_waits, c.lock_wait_ms_max)
+            );
+        }
+        Ok(())
     }
 }
 
