@@ -62,7 +62,8 @@ fn the_demo_survives_a_kill_loses_no_update_and_leaves_nothing_behind() {
     let phases = ["3 nodes", "node 2 down", "node 2 back"];
     for phase in phases {
         let row = table.lines().find(|l| l.trim_start().starts_with(phase)).expect(phase);
-        let ops: u64 = row.split_whitespace().nth(phase.split_whitespace().count() + 2).unwrap().parse().unwrap();
+        let ops: u64 =
+            row.split_whitespace().nth(phase.split_whitespace().count() + 2).unwrap().parse().unwrap();
         assert!(ops > 0, "the workload ran in phase {phase:?}: {row}");
     }
     assert!(processes_of(&dir).is_empty(), "left running: {:?}", processes_of(&dir));
@@ -113,7 +114,8 @@ fn statistics_count_a_migration_and_list_its_key_as_hot() {
     assert!(counter(&after, "migrations_completed") >= counter(&before, "migrations_completed") + 3);
     assert!(counter(&after, "handovers") >= counter(&before, "handovers") + 3);
     assert!(counter(&after, "client_calls") >= counter(&before, "client_calls") + 3);
-    let hops: u64 = after["counters"]["hop_buckets"].as_array().unwrap().iter().filter_map(Value::as_u64).sum();
+    let hops: u64 =
+        after["counters"]["hop_buckets"].as_array().unwrap().iter().filter_map(Value::as_u64).sum();
     assert_eq!(hops, counter(&after, "handovers"), "every handover is in the hop histogram");
     let db = after["dbs"].as_array().unwrap().iter().find(|db| db["name"] == "stats.tdb").expect("stats.tdb");
     let hot = &db["hot_keys"][0];
