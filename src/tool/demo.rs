@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -187,7 +188,8 @@ struct Worker {
     node: usize,
     child: Child,
     stdin: Option<ChildStdin>,
-    acked: Arc<Mutex<Option<u64>>>,
+    /// Reads the worker's lines into `Ops`; ends with the count of its last line, `done N`.
+    reader: Option<JoinHandle<Option<u64>>>,
 }
 
 impl Worker {
@@ -217,9 +219,9 @@ impl Worker {
                 return Err(format!("worker {name} on node {node} did not start: {other:?}"));
             }
         }
-        let acked = Arc::new(Mutex::new(None));
-        let (ops, acked_by_reader) = (Arc::clone(ops), Arc::clone(&acked));
-        std::thread::spawn(move || {
+        let ops = Arc::clone(ops);
+        let reader = std::thread::spawn(move || {
+            let mut acked = None;
             for line in lines.map_while(Result::ok) {
                 let mut words = line.splitn(3, ' ');
                 match (words.next(), words.next(), words.next()) {
@@ -228,9 +230,7 @@ impl Worker {
                         ops.done.push(done.parse().unwrap_or(0));
                         ops.latency.push(latency.parse().unwrap_or(0));
                     }
-                    (Some("done"), Some(count), None) => {
-                        *acked_by_reader.lock().unwrap_or_else(|p| p.into_inner()) = count.parse().ok();
-                    }
+                    (Some("done"), Some(count), None) => acked = count.parse().ok(),
                     _ => {
                         let mut ops = ops.lock().unwrap_or_else(|p| p.into_inner());
                         ops.errors += 1;
@@ -238,23 +238,18 @@ impl Worker {
                     }
                 }
             }
+            acked
         });
         let stdin = child.stdin.take();
-        Ok(Worker { name: name.to_owned(), node, child, stdin, acked })
+        Ok(Worker { name: name.to_owned(), node, child, stdin, reader: Some(reader) })
     }
 
     /// Closes its stdin; it finishes the increment it is in and says how many it did.
     fn stop(&mut self) -> Result<u64, String> {
         self.stdin = None;
         let status = self.child.wait().map_err(|e| e.to_string())?;
-        let acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        // The reader thread may be a moment behind the exit.
-        let deadline = now_us() + 2_000_000;
-        let mut acked = acked;
-        while acked.is_none() && now_us() < deadline {
-            std::thread::sleep(Duration::from_millis(1)); // waiting for the reader thread's last line
-            acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        }
+        // Its stdout is closed now, so the reader has read the last line.
+        let acked = self.reader.take().and_then(|reader| reader.join().ok()).flatten();
         acked.ok_or(format!("worker {} on node {} ended ({status}) without a count", self.name, self.node))
     }
 }
@@ -629,7 +624,6 @@ impl Run {
         let killer = std::thread::spawn(move || cluster::kill_node(&dir, VICTIM));
         println!("  +{:>7.1} ms  node {VICTIM} killed with SIGKILL (its workers stopped just before)", 0.0);
         let deadline = self.kill_us + FAULT_TIMEOUT.as_micros() as u64;
-        let mut last_done = self.kill_us;
         loop {
             check_interrupt()?;
             let mut views = vec![];
@@ -660,7 +654,7 @@ impl Run {
             }
             if let Some((recovered_at, _)) = &self.marks.recovered {
                 let recovered_us = self.kill_us + (recovered_at * 1e3) as u64;
-                let first_after = self.first_op_after(recovered_us, &mut last_done);
+                let first_after = self.first_op_after(recovered_us);
                 if let Some(done) = first_after {
                     let at = self.clock_ms(done);
                     println!("  +{at:>7.1} ms  workload resumed: an increment completed after the recovery");
@@ -685,15 +679,15 @@ impl Run {
         Ok(())
     }
 
-    /// The earliest completion at or after `after_us` among the operations reported so far
-    /// (`scanned_to` keeps later calls from scanning them again).
-    fn first_op_after(&self, after_us: u64, scanned_to: &mut u64) -> Option<u64> {
+    /// The earliest completion at or after `after_us` among the operations reported so far.
+    /// Called every few ms: the newest reports are looked at first, all only once one is late
+    /// enough.
+    fn first_op_after(&self, after_us: u64) -> Option<u64> {
         let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let latest = ops.done.iter().rev().take(10_000).copied().max()?;
         if latest < after_us {
             return None;
         }
-        *scanned_to = latest;
         ops.done.iter().copied().filter(|&d| d >= after_us).min()
     }
 
