@@ -81,7 +81,7 @@ WHAT IT SHOWS:
      Node 2's workers' increments in records node 2 held when it died are lost with it, as
      in CTDB's volatile databases; that count is shown.
   5. A table per phase (operations, ops/s, p99, migrations) and of the fault's timings.
-The cluster is stopped and DIR removed at the end, also on an error or Ctrl-C.
+The cluster is stopped at the end, also on an error or Ctrl-C, and DIR is removed unless\n--keep is given or the demo failed (then DIR/nodeK.log tell why).
 
 EXAMPLES:
   rctdb demo                       # about 30 s, in a fresh directory under $TMPDIR

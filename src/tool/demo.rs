@@ -443,6 +443,11 @@ pub fn run_demo(demo: &Demo) -> Result<(), String> {
     let mut run = Run::new(demo, &dir)?;
     let result = run.all();
     run.finish_progress();
+    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) && !demo.keep {
+        // What went wrong is in the nodes' logs: keep them.
+        run.cleanup.keep = true;
+        eprintln!("rctdb demo: the cluster is stopped; its logs are kept in {}", dir.display());
+    }
     result
 }
 
