@@ -136,13 +136,13 @@ fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
 
     // A client of node 1 asking for records gets the disk's error, promptly, by name.
     // Which round each key holds: a store the full disk refused changed nothing.
-    let mut round = vec![1; KEYS];
+    let mut round = [1; KEYS];
     round[0] = 2;
     let mut refused = 0;
-    for i in 1..KEYS {
+    for (i, round) in round.iter_mut().enumerate().skip(1) {
         let started = Instant::now();
         match on1.store(&key(i), &[&value(i, 2)], StoreFlag::Replace) {
-            Ok(()) => round[i] = 2,
+            Ok(()) => *round = 2,
             Err(err) => {
                 let text = err.to_string();
                 assert!(
@@ -161,9 +161,9 @@ fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
 
     // The rest of the cluster is served meanwhile, and records node 1 could not write reach
     // the others with their data.
-    for i in 0..KEYS {
+    for (i, &round) in round.iter().enumerate() {
         let got = on2.fetch(&key(i)).expect("fetch on node 2").expect("the record exists");
-        assert!(got == value(i, round[i]), "key {i} read on node 2 is not round {}", round[i]);
+        assert!(got == value(i, round), "key {i} read on node 2 is not round {round}");
     }
 
     // Space returns: the kept records are written, and node 1 serves every key again.

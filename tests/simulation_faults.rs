@@ -399,6 +399,7 @@ impl Sim {
                 self.to_client[client as usize].push_back((status, data));
             }
             Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
+            Output::WaitForWrite { .. } => self.fail("a MemStore write cannot be left unwritten"),
             Output::AttachDone { client, reqid, result, .. } => {
                 let c = &mut self.clients[client as usize];
                 if c.state != ClientState::WaitingAttach || reqid != c.next_reqid {

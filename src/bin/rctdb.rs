@@ -6,31 +6,181 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{signal, SigHandler, Signal};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
 use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
 use rctdb::tool::clients_bench::{bench_clients, ClientsBench};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb::tool::demo;
 use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
+use rctdb::tool::statistics;
 use rctdb::tunables::opcode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+const TOP_HELP: &str = "\
+ENVIRONMENT:
+  RCTDB_SOCKET               The local rctdbd's socket, for every command that talks to a
+                             node (--socket wins over it).
+  RCTDB_MIGRATE_TIMEOUT_MS   (librctdb, not this tool) how long a C program waits for a
+                             record to reach its node before TDB_ERR_LOCK_TIMEOUT; the
+                             record commands here wait 30 s.
+  RUST_LOG                   Log level of rctdb itself (error, warn, info, debug); default error.
+
+EXIT STATUS:
+  0  the command did what it says (for `demo`: the cluster recovered and no acknowledged
+     update of a surviving worker was lost)
+  1  it failed; the reason is on stderr (for `demo`: also a lost update, or Ctrl-C)
+  2  the command line was wrong
+
+EXAMPLES:
+  rctdb demo                                  # a 3-node cluster, a crash, a recovery, ~30 s
+  rctdb cluster up --nodes 3 --dir /tmp/c     # rctdbd on 127.0.0.11-13
+  export RCTDB_SOCKET=/tmp/c/node0.sock
+  rctdb writekey opens.tdb alice \"share mode\" # the record migrates to node 0
+  rctdb --socket /tmp/c/node2.sock readkey opens.tdb alice
+  rctdb status; rctdb statistics              # this node, its counters and hot keys
+  rctdb cluster down --dir /tmp/c
+
+Run `rctdb help COMMAND` for a command's options, defaults and examples.";
+
 #[derive(Parser)]
-#[command(name = "rctdb", version, about = "rctdb: a clustered TDB (CTDB's record migration, in Rust)")]
+#[command(
+    name = "rctdb",
+    version,
+    about = "rctdb: a clustered TDB (CTDB's record migration, in Rust)",
+    long_about = "rctdb: the command-line tool of rctdb, a clustered TDB (CTDB's record \
+        migration, in Rust).\n\n\
+        It starts local test clusters of rctdbd on 127.0.0.x, shows a node's status and \
+        statistics, reads and writes records of clustered databases, changes a node's \
+        tunables at run time, injects faults, and measures rctdb. Commands that talk to a \
+        node use its unix socket (--socket or RCTDB_SOCKET).",
+    after_long_help = TOP_HELP
+)]
 struct Cli {
-    /// The local rctdbd's socket.
-    #[arg(long, env = "RCTDB_SOCKET", global = true)]
+    /// The local rctdbd's unix socket (a node's `--socket`; `cluster up` makes DIR/nodeK.sock).
+    #[arg(long, env = "RCTDB_SOCKET", global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+const DEMO_HELP: &str = "\
+WHAT IT SHOWS:
+  1. 3 nodes serve; 6 workers (2 per node) increment random counters of demo.tdb under
+     the chain lock, each in its own slot of the counter, so records migrate all the time.
+     A progress line about once a second: operations/s, migrations/s, p99 latency.
+  2. Node 2's workers stop, then node 2 is killed with SIGKILL. Printed as they are seen,
+     in ms from the kill: each survivor declaring it dead, the recovery into a new
+     generation done, the first increment completed after it.
+  3. Node 2 starts again; printed when a recovery has admitted it; its workers start again.
+  4. Every counter is read (newest copy, cluster-wide) and compared with what the workers
+     acknowledged: the surviving workers' increments must all be there (no lost update).
+     Node 2's workers' increments in records node 2 held when it died are lost with it, as
+     in CTDB's volatile databases; that count is shown.
+  5. A table per phase (operations, ops/s, p99, migrations) and of the fault's timings.
+The cluster is stopped at the end, also on an error or Ctrl-C, and DIR is removed unless\n--keep is given or the demo failed (then DIR/nodeK.log tell why).
+
+EXAMPLES:
+  rctdb demo                       # about 30 s, in a fresh directory under $TMPDIR
+  rctdb demo --seconds 60 --keep --dir /tmp/d   # then look at /tmp/d/node*.log
+
+EXIT STATUS:
+  0 recovered and no update lost; 1 an error, a lost update, or Ctrl-C.";
+
+const CLUSTER_HELP: &str = "\
+FILES (in DIR):
+  nodes                 the nodes file, one address per line (line K = node K)
+  nodeK.sock            node K's client socket (RCTDB_SOCKET)
+  nodeK.pid, nodeK.log  its process id and log
+  nodeK/                its database files
+  cluster.lock          the cluster lock every node is given (only its holder leads)
+
+EXAMPLES:
+  rctdb cluster up --nodes 3 --dir /tmp/c
+  rctdb cluster kill --dir /tmp/c --node 1     # a crash: the others recover in ~0.1 s
+  rctdb cluster start --dir /tmp/c --node 1    # back, once a recovery admitted it
+  rctdb cluster down --dir /tmp/c";
+
+const STATUS_HELP: &str = "\
+OUTPUT (one `key value` line each; --json: one object with the same fields):
+  pnn N                this node's number
+  state S              active (serves), recovering, inactive, banned or quiet
+  leader N | none      the node that runs recoveries
+  term N, generation G the leader's term and the generation this node serves in
+  vnn_map [..]         the active nodes, in LMASTER order
+  node N ADDR STATE    each node as this one sees it: self, alive or dead, link-up or
+                       link-down, packets sent and received on the link
+  db NAME ID           each attached database
+  vacuum_backlog N, repacks N, stats k=v ...   counters (see `rctdb statistics`)
+
+EXAMPLES:
+  rctdb --socket /tmp/c/node1.sock status
+  rctdb status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])'";
+
+const STATISTICS_HELP: &str = "\
+WHAT IS COUNTED (on this node, since it started or the last --reset):
+  client calls          requests of local clients for records not here (a client's
+                        reads and writes of records this node holds never reach the daemon)
+  migrations in / out   records that came here / that this node handed over
+  hop counts            per record handed over: how often its request was forwarded before
+                        it reached this node, the DMASTER (buckets 0, 1, 2-3, 4-7, ...)
+  lock waits            work on a record that waited for a chain lock a client held:
+                        count, total and longest wait in ms
+  recoveries            led (last, longest, mean duration in ms) and joined
+  hot keys              per database, the 10 keys that migrated to and from this node most,
+                        with the most forwards a request for them took (CTDB's dbstatistics)
+
+EXAMPLES:
+  rctdb statistics
+  rctdb --socket /tmp/c/node2.sock statistics --json > node2.json
+  rctdb statistics --reset         # print, then start from zero";
+
 #[derive(Subcommand)]
 enum Command {
-    /// A local test cluster of rctdbd on 127.0.0.x.
+    /// Watch a 3-node cluster keep every update through a crash, under load (~30 s).
+    #[command(
+        long_about = "Starts a 3-node cluster on loopback, runs a contended workload with a live \
+            progress line, kills a node with SIGKILL and shows its detection and the recovery as \
+            they happen, brings the node back, checks that no acknowledged update was lost, prints \
+            a table, and cleans up.",
+        after_long_help = DEMO_HELP
+    )]
+    Demo {
+        /// How long the workload runs in all: 40% before the kill, 30% with a node down, 30%
+        /// after it is back (3 to 3600).
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        seconds: f64,
+        /// Where the cluster keeps its state; it must be new, empty or an earlier demo's.
+        /// Default: a fresh directory under $TMPDIR.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep DIR (logs, database files) at the end instead of removing it.
+        #[arg(long)]
+        keep: bool,
+        /// Address of node 0; node K gets this plus K (127.0.0.0/8 works without setup).
+        #[arg(long, default_value = "127.0.0.61", value_name = "IP")]
+        first_address: Ipv4Addr,
+        /// TCP port of every node.
+        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        port: u16,
+        /// Counters the workers increment: fewer means more contention, more migrations.
+        #[arg(long, default_value_t = demo::DEFAULT_COUNTERS, value_name = "N")]
+        counters: usize,
+    },
+    /// One worker process of `rctdb demo` (the demo starts these itself).
+    #[command(hide = true)]
+    DemoWorker {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        counters: usize,
+    },
+    /// A local test cluster of rctdbd on 127.0.0.x: up, down, kill a node, start it again.
+    #[command(after_long_help = CLUSTER_HELP)]
     Cluster {
         #[command(subcommand)]
         action: ClusterCmd,
@@ -39,22 +189,62 @@ enum Command {
     /// give it to every node with `rctdbd --cluster-key FILE`.
     Keygen { file: PathBuf },
     /// This node, the state of its links, the generation and the attached databases.
-    Status,
+    #[command(after_long_help = STATUS_HELP)]
+    Status {
+        /// Print one JSON object instead of `key value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's counters: client calls, migrations, hop counts, lock waits, recoveries,
+    /// and each database's hot keys (CTDB's `statistics` and `dbstatistics`).
+    #[command(after_long_help = STATISTICS_HELP)]
+    Statistics {
+        /// Print one JSON object instead of a table: {pnn, counters: {client_calls, ...},
+        /// dbs: [{name, db_id, migrations_in, migrations_out, hot_keys: [{key, migrations,
+        /// max_hops}]}]}.
+        #[arg(long)]
+        json: bool,
+        /// Start the counters and hot keys from zero after printing them.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Store VALUE under KEY in database DB (the record migrates to this node).
-    Writekey { db: String, key: String, value: String },
+    #[command(after_long_help = "EXAMPLE:\n  rctdb writekey opens.tdb alice \"share mode\"")]
+    Writekey {
+        /// Database name, a file name under the nodes' --dbdir (attached on first use).
+        db: String,
+        key: String,
+        value: String,
+    },
     /// Print the value of KEY in database DB (the record migrates to this node).
-    Readkey { db: String, key: String },
+    ///
+    /// Fails, with exit status 1, when there is no such record.
+    Readkey {
+        /// Database name, a file name under the nodes' --dbdir (attached on first use).
+        db: String,
+        key: String,
+    },
     /// Delete KEY from database DB (the record migrates to this node, is left empty, and
     /// vacuuming removes it from every node).
-    Deletekey { db: String, key: String },
-    /// Every record of database DB in the cluster, newest copy.
-    Dump { db: String },
+    Deletekey {
+        /// Database name, a file name under the nodes' --dbdir (attached on first use).
+        db: String,
+        key: String,
+    },
+    /// Every record of database DB in the cluster, newest copy, as tdbdump-like lines.
+    Dump {
+        /// Database name, a file name under the nodes' --dbdir (attached on first use).
+        db: String,
+    },
     /// Print the value of tunable NAME on this node (names match in any case).
     Getvar {
         /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
         name: String,
     },
-    /// Set tunable NAME to VALUE on this node only (timers are in milliseconds).
+    /// Set tunable NAME to VALUE on this node only, at run time (timers are in milliseconds).
+    #[command(
+        after_long_help = "EXAMPLE:\n  rctdb setvar KeepaliveLimit 10   # a peer is dead after 10 silent intervals"
+    )]
     Setvar {
         /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
         name: String,
@@ -74,7 +264,13 @@ enum Command {
     ///
     /// This is what ctdb calls `shutdown`; ctdb's `stop` keeps the daemon running.
     Stop,
-    /// Measure rctdb.
+    /// Measure rctdb: the C ABI against raw libtdb, migrations, recoveries, churn.
+    #[command(
+        after_long_help = "Benches that need a cluster start (and stop) their own in their --dir, on \
+        their own 127.0.0.x addresses: they do not disturb a cluster of `rctdb cluster up`.\n\n\
+        EXAMPLES:\n  rctdb bench local --keys 100000\n  rctdb bench ring --nodes 2 --seconds 5\n  \
+        rctdb bench recovery --records 100000\n  rctdb bench churn --compare"
+    )]
     Bench {
         #[command(subcommand)]
         bench: BenchCmd,
@@ -86,35 +282,44 @@ enum ClusterCmd {
     /// Start N rctdbd writing DIR/nodes, DIR/nodeK.{sock,pid,log} and DIR/nodeK/, with the
     /// cluster lock DIR/cluster.lock; returns once every node serves.
     Up {
+        /// How many nodes (1 to 200).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The cluster's directory (made if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Address of node 0; node K gets this plus K.
-        #[arg(long, default_value = "127.0.0.11")]
+        #[arg(long, default_value = "127.0.0.11", value_name = "IP")]
         first_address: Ipv4Addr,
+        /// TCP port of every node.
         #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
         port: u16,
     },
-    /// Stop the nodes of the cluster in DIR.
+    /// Stop the nodes of the cluster in DIR (SIGTERM, then SIGKILL after 5 s).
     Down {
+        /// The cluster's directory, as given to `up`.
         #[arg(long)]
         dir: PathBuf,
     },
     /// Kill node K of the cluster in DIR at once (SIGKILL), as a crash would.
     Kill {
+        /// The cluster's directory, as given to `up`.
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long)]
+        /// The node's number (line of the nodes file, from 0).
+        #[arg(long, value_name = "K")]
         node: usize,
     },
     /// Start node K of the cluster in DIR again (after `kill`); returns once the cluster
     /// has admitted it and every node serves.
     Start {
+        /// The cluster's directory, as given to `up`.
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long)]
+        /// The node's number (line of the nodes file, from 0).
+        #[arg(long, value_name = "K")]
         node: usize,
+        /// TCP port of every node, as given to `up`.
         #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
         port: u16,
     },
@@ -284,6 +489,9 @@ enum BenchCmd {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as other tools' does, not with a panic.
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     env_logger::init();
     let cli = Cli::parse();
     match run(cli) {
@@ -299,6 +507,10 @@ fn run(cli: Cli) -> Result<(), String> {
     let socket =
         || cli.socket.clone().ok_or("no daemon socket: give --socket or set RCTDB_SOCKET".to_string());
     match cli.command {
+        Command::Demo { seconds, dir, keep, first_address, port, counters } => {
+            demo::run_demo(&demo::Demo { seconds, dir, keep, first_address, port, counters })
+        }
+        Command::DemoWorker { name, counters } => demo::demo_worker(&socket()?, &name, counters),
         Command::Cluster { action: ClusterCmd::Up { nodes, dir, first_address, port } } => {
             let mut spec = ClusterSpec::new(nodes, &dir);
             spec.first_address = first_address;
@@ -330,9 +542,24 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("cluster key written to {} (mode 0600)", file.display());
             Ok(())
         }
-        Command::Status => {
+        Command::Status { json } => {
             let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
-            print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?);
+            match json {
+                true => println!(
+                    "{}",
+                    statistics::checked_json(&daemon.status_json(TIMEOUT).map_err(|e| e.to_string())?)?
+                ),
+                false => print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?),
+            }
+            Ok(())
+        }
+        Command::Statistics { json, reset } => {
+            let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            let stats = daemon.statistics(reset, TIMEOUT).map_err(|e| e.to_string())?;
+            match json {
+                true => println!("{}", statistics::to_json(&stats)?),
+                false => print!("{}", statistics::render(&stats)),
+            }
             Ok(())
         }
         Command::Writekey { db, key, value } => {

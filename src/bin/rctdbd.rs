@@ -9,31 +9,69 @@ use rctdb::daemon::cluster_lock::ClusterLockSpec;
 use rctdb::daemon::{self, DaemonConfig, DEFAULT_PORT};
 use rctdb::tunables::Tunables;
 
+const AFTER_HELP: &str = "\
+CLIENTS:
+  librctdb (RCTDB_SOCKET=PATH in a C program's environment), the `rctdb` tool, and ctdbd's
+  clients: stock smbd with `clustering = yes` and `ctdbd socket = PATH`, Samba's `ctdb` tool
+  with CTDB_SOCKET=PATH.
+
+ENVIRONMENT:
+  RUST_LOG   log level: error, warn, info (default), debug, trace; per module too, e.g.
+             RUST_LOG=info,rctdb::engine=debug
+
+SIGNALS:
+  SIGTERM, SIGINT and SIGKILL end the daemon at once, as a crash would: the other nodes
+  detect it and recover without it. `rctdb stop` makes it leave the cluster first.
+
+EXIT STATUS:
+  0  it left the cluster as told (`rctdb stop`)
+  1  it could not start (bad option, address not in the nodes file, port or socket in use,
+     DIRECTORY not writable) or failed later; the reason is in the log and on stderr
+  2  the command line was wrong
+
+EXAMPLE (a node of three; `rctdb cluster up` does this for a local test cluster):
+  printf '10.0.0.1\\n10.0.0.2\\n10.0.0.3\\n' > /etc/rctdb/nodes
+  rctdbd --nodes /etc/rctdb/nodes --address 10.0.0.2 --socket /run/rctdb/rctdbd.sock \\
+         --dbdir /var/lib/rctdb --log /var/log/rctdb.log --cluster-lock /shared/rctdb.lock
+  RCTDB_SOCKET=/run/rctdb/rctdbd.sock rctdb status";
+
 #[derive(Parser)]
-#[command(version, about = "rctdb node daemon: migrates records between nodes")]
+#[command(
+    version,
+    about = "rctdb node daemon: migrates records between nodes",
+    long_about = "rctdbd: the daemon of one rctdb node. It keeps this node's copies of the \
+        clustered databases in DIRECTORY (--dbdir), serves local clients on a unix socket, talks \
+        to the other nodes of the nodes file over TCP, and migrates records to the node that \
+        needs them (CTDB's design). The nodes watch each other with heartbeats; when one dies, \
+        hangs or comes back, a leader runs a recovery into a new generation. It runs in the \
+        foreground; logs go to stderr or --log.",
+    after_long_help = AFTER_HELP
+)]
 struct Args {
-    /// Nodes file: one address per line (line = node number), `#` comments.
-    #[arg(long)]
+    /// Nodes file: one address per line (line K = node K), `#` comments; the same on every
+    /// node.
+    #[arg(long, value_name = "FILE")]
     nodes: PathBuf,
-    /// This node's address; must appear in the nodes file.
-    #[arg(long)]
+    /// This node's address; must appear in the nodes file (it says which node this is).
+    #[arg(long, value_name = "IP")]
     address: IpAddr,
+    /// TCP port of every node (the port CTDB uses).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
-    /// Unix socket local clients connect to (RCTDB_SOCKET).
-    #[arg(long)]
+    /// Unix socket local clients connect to (their RCTDB_SOCKET, or smbd's `ctdbd socket`).
+    #[arg(long, value_name = "PATH")]
     socket: PathBuf,
     /// Directory of this node's database files; volatile databases are emptied at start.
-    #[arg(long)]
+    #[arg(long, value_name = "DIRECTORY")]
     dbdir: PathBuf,
-    /// Log file (default: stderr). Level from RUST_LOG, default info.
-    #[arg(long)]
+    /// Log file, appended to (default: stderr). Level from RUST_LOG, default info.
+    #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
     /// Who may lead the cluster: FILE (an fcntl lock on a file every node sees) or
     /// '!COMMAND ARGS' (CTDB's cluster mutex helper protocol, e.g.
     /// '!/usr/libexec/ctdb/ctdb_mutex_fcntl_helper /shared/lock'). Without it a leader needs
     /// a strict majority of the nodes file, so two-node clusters need the lock.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE | '!COMMAND ARGS'")]
     cluster_lock: Option<String>,
     /// Group of the client socket (a name or a number), which is created mode 0660: its
     /// members and the daemon's user may connect. Default: the daemon's group.
@@ -43,7 +81,8 @@ struct Args {
     /// files limit, raised to its hard limit at start, may allow fewer).
     #[arg(long, default_value_t = daemon::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
-    /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`); may be repeated.
+    /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`; timers in ms), e.g.
+    /// KeepaliveInterval=100; may be repeated. `rctdb setvar` changes them at run time.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     tunables: Vec<String>,
     /// Secret of the cluster (32+ random bytes, mode 0600; `rctdb keygen FILE` makes one).

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::engine::statistics::Statistics;
 use crate::error::{Error, ErrorCode, Result};
 use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
@@ -43,6 +44,20 @@ impl DaemonConnection {
     pub fn status(&mut self, timeout: Duration) -> Result<String> {
         let data = self.control(opcode::STATUS, vec![], timeout)?;
         Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+
+    /// The status as a JSON object (`rctdb status --json`).
+    pub fn status_json(&mut self, timeout: Duration) -> Result<String> {
+        let data = self.control(opcode::STATUS, control::STATUS_JSON.to_vec(), timeout)?;
+        Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+
+    /// The node's statistics; with `reset` the daemon starts them from zero after answering.
+    pub fn statistics(&mut self, reset: bool, timeout: Duration) -> Result<Statistics> {
+        let request = if reset { control::STATISTICS_RESET.to_vec() } else { vec![] };
+        let data = self.control(opcode::STATISTICS, request, timeout)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::io(format!("rctdbd at {}: statistics: {e}", self.socket)))
     }
 
     /// The newest copy of every non-empty record of the database, from every node.

@@ -1,5 +1,6 @@
 //! The migration steps of DESIGN §8.2, each run with the key's chain lock held.
 
+use super::statistics::Direction;
 use super::{
     CallKind, ClientCall, ClientId, Engine, FirstUse, Migration, Output, Record, RecordStore, Waiter, Work,
     CALL_OK,
@@ -282,6 +283,7 @@ impl Engine {
             return; // still DMASTER; the requester's migration resends its request
         }
         self.stats.handovers += 1;
+        self.note_migration(call.db_id, &call.key, Direction::Out, call.hopcount);
         let Record { header, data } = left_behind;
         let lmaster = self.lmaster(&call.key);
         let body = if lmaster == me {
@@ -414,6 +416,7 @@ impl Engine {
         self.stats.migrations_completed += 1;
         // Kept in memory because the file refused it: the clients would not find it there.
         let status = store.unwritten(db_id, key).map_or(CALL_OK, |errno| -errno);
+        self.note_migration(db_id, key, Direction::In, 0);
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();

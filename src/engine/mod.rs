@@ -15,6 +15,7 @@ mod fetch;
 mod membership;
 mod migration;
 mod recovery;
+pub mod statistics;
 pub mod store;
 mod vacuum;
 
@@ -257,8 +258,12 @@ pub enum ClusterEvent {
 }
 
 /// Counters an operator (and a test) can read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EngineStats {
+    /// Requests local clients sent (records not here; a client's local hits never reach
+    /// the daemon).
+    pub client_calls: u64,
     pub calls_sent: u64,
     pub calls_resent: u64,
     pub calls_forwarded: u64,
@@ -274,7 +279,13 @@ pub struct EngineStats {
     pub lock_waits: u64,
     /// Clients that waited for a record to reach the file (`Output::WaitForWrite`).
     pub write_waits: u64,
+    /// Milliseconds work waited for chain locks clients held, in all and at most.
+    pub lock_wait_ms_total: u64,
+    pub lock_wait_ms_max: u64,
     pub max_hopcount: u32,
+    /// Records handed over, by how often their request was forwarded before it reached
+    /// this node (`statistics::hop_bucket`).
+    pub hop_buckets: [u64; statistics::HOP_BUCKETS],
     /// Requests dropped because they were forwarded `MaxHops` times (a record lost in
     /// flight: a recovery finds it again).
     pub calls_dropped_max_hops: u64,
@@ -287,6 +298,9 @@ pub struct EngineStats {
     pub recoveries_joined: u64,
     /// Milliseconds the last recovery this node led took, start to activation.
     pub last_recovery_ms: u64,
+    /// Of every recovery this node led: milliseconds in all and at most.
+    pub recovery_ms_total: u64,
+    pub recovery_ms_max: u64,
     pub records_fixed: u64,
     pub nodes_died: u64,
     /// Vacuuming: runs started, and of those the full ones (every record, not only the
@@ -315,12 +329,13 @@ impl std::fmt::Display for EngineStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
+            "client_calls={} calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
-             protocol_violations={} store_errors={} lock_waits={} write_waits={} max_hopcount={} calls_dropped_max_hops={} \
-             fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} records_fixed={} \
+             protocol_violations={} store_errors={} lock_waits={} write_waits={} lock_wait_ms_total={} lock_wait_ms_max={} max_hopcount={} calls_dropped_max_hops={} \
+             fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} recovery_ms_total={} recovery_ms_max={} records_fixed={} \
              nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_fetches_sent={} vacuum_fetches={} vacuum_deleted={} \
              vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={} vacuum_rounds_abandoned={}",
+            self.client_calls,
             self.calls_sent,
             self.calls_resent,
             self.calls_forwarded,
@@ -334,6 +349,8 @@ impl std::fmt::Display for EngineStats {
             self.store_errors,
             self.lock_waits,
             self.write_waits,
+            self.lock_wait_ms_total,
+            self.lock_wait_ms_max,
             self.max_hopcount,
             self.calls_dropped_max_hops,
             self.fetches_sent,
@@ -342,6 +359,8 @@ impl std::fmt::Display for EngineStats {
             self.recoveries_led,
             self.recoveries_joined,
             self.last_recovery_ms,
+            self.recovery_ms_total,
+            self.recovery_ms_max,
             self.records_fixed,
             self.nodes_died,
             self.vacuum_runs,
@@ -415,6 +434,8 @@ struct KeyState {
     parked: VecDeque<Work>,
     /// Work waiting for a chain lock that a client holds, in arrival order.
     lock_wait: VecDeque<Work>,
+    /// Since when `lock_wait` waits, for the statistics.
+    locked_out_since: Option<Millis>,
 }
 
 impl KeyState {
@@ -496,6 +517,7 @@ pub struct Engine {
     /// Reads sent for local clients, by reqid.
     fetches: BTreeMap<ReqId, fetch::Fetch>,
     vacuum: vacuum::Vacuum,
+    traffic: statistics::Traffic,
 }
 
 impl Engine {
@@ -516,6 +538,7 @@ impl Engine {
             next_attach_id: 1,
             fetches: BTreeMap::new(),
             vacuum: vacuum::Vacuum::default(),
+            traffic: statistics::Traffic::default(),
         }
     }
 
@@ -575,16 +598,23 @@ impl Engine {
         match input {
             Input::Packet(packet) => self.accept_packet(packet, out),
             Input::ClientCall(call) if !self.active() => {
+                self.stats.client_calls += 1;
                 self.stats.calls_deferred += 1;
                 self.cluster.deferred.push_back(call);
             }
-            Input::ClientCall(call) => self.ready.push_back(Work::ClientCall(call)),
+            Input::ClientCall(call) => {
+                self.stats.client_calls += 1;
+                self.ready.push_back(Work::ClientCall(call))
+            }
             Input::Attach { client, reqid, db } => self.attach_for_client(client, reqid, db, store, out),
             Input::ClientDone { client, db_id, key } => self.end_first_use(db_id, &key, Some(client)),
             Input::ClientGone(client) => self.forget_client(client),
             Input::Deleted { db_id, key } => self.schedule_for_deletion(db_id, key),
             Input::ChainLockAvailable { db_id, key } => {
                 if let Some(state) = self.keys.get_mut(&(db_id, key)) {
+                    if let Some(since) = state.locked_out_since.take() {
+                        self.stats.note_lock_wait(now.saturating_sub(since));
+                    }
                     self.ready.extend(state.lock_wait.drain(..));
                 }
             }
@@ -767,6 +797,7 @@ impl Engine {
         }
         if !store.try_lock(db_id, work.slot().1) {
             self.stats.lock_waits += 1;
+            state.locked_out_since = Some(self.now);
             let key = work.slot().1.to_vec();
             state.lock_wait.push_back(work);
             out.push(Output::WaitForChainLock { db_id, key });

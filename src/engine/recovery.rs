@@ -635,7 +635,7 @@ impl Engine {
         let Some(lead) = self.recoveries.lead.take() else { return };
         let first_started = self.recoveries.first_started.take().unwrap_or(lead.started_at);
         let millis = self.now.saturating_sub(first_started);
-        self.stats.last_recovery_ms = millis;
+        self.stats.note_recovery(millis);
         self.cluster.settled_at = self.now;
         self.cluster.wants_recovery = false;
         let members: Vec<Pnn> = lead.members.iter().copied().collect();

@@ -413,3 +413,40 @@ fn a_lost_request_is_sent_again_later_with_a_new_reqid() {
     assert_eq!(cluster.replies, vec![(1, 1, 1, CALL_OK)]);
     assert_eq!(cluster.engines[1].stats().calls_resent, 1);
 }
+
+#[test]
+fn statistics_count_lock_waits_hops_and_hot_keys() {
+    let mut cluster = Cluster::new(3);
+    let key = key_on(0, 3);
+    cluster.ask(1, 1, &key);
+    cluster.deliver_all();
+    cluster.input(1, Input::ClientDone { client: 1, db_id: DB, key: key.clone() });
+    assert!(cluster.stores[1].lock_as(DB, &key, store::LockOwner::Client(1)));
+    cluster.ask(2, 2, &key);
+    cluster.deliver_all();
+    assert_eq!(cluster.engines[1].stats().lock_waits, 1, "the handover waits for the client's lock");
+    cluster.stores[1].unlock_any(DB, &key);
+    let mut out = vec![];
+    let available = Input::ChainLockAvailable { db_id: DB, key: key.clone() };
+    cluster.engines[1].handle(40, available, &mut cluster.stores[1], &mut out);
+    cluster
+        .network
+        .extend(out.into_iter().filter_map(|o| if let Output::Send(p) = o { Some(p) } else { None }));
+    cluster.deliver_all();
+    assert_eq!(cluster.header(2, &key).unwrap().dmaster, 2);
+
+    let node1 = cluster.engines[1].statistics();
+    assert_eq!((node1.counters.lock_wait_ms_total, node1.counters.lock_wait_ms_max), (40, 40));
+    assert_eq!(node1.counters.hop_buckets.iter().sum::<u64>(), node1.counters.handovers);
+    assert_eq!(node1.counters.hop_buckets[1], 1, "node 2's request went through the LMASTER");
+    let db = node1.dbs.iter().find(|db| db.db_id == DB).unwrap();
+    assert_eq!((db.migrations_in, db.migrations_out), (1, 1));
+    assert_eq!(db.hot_keys[0].key, key.escape_ascii().to_string());
+    assert_eq!(db.hot_keys[0].migrations, 2);
+    assert_eq!(cluster.engines[2].statistics().counters.client_calls, 1);
+
+    cluster.engines[1].reset_statistics();
+    let node1 = cluster.engines[1].statistics();
+    assert_eq!(node1.counters, EngineStats::default());
+    assert!(node1.dbs.iter().all(|db| db.hot_keys.is_empty()));
+}

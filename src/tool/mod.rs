@@ -3,7 +3,9 @@
 pub mod churn;
 pub mod clients_bench;
 pub mod cluster;
+pub mod demo;
 pub mod idle_clients;
 pub mod local_bench;
 pub mod recovery_bench;
 pub mod ring;
+pub mod statistics;

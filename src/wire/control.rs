@@ -24,7 +24,15 @@ pub mod opcode {
     /// Client -> daemon, no reply: the client deleted this record (left it empty); CTDB's
     /// SCHEDULE_FOR_DELETION. Payload `encode_db_key`.
     pub const DELETED: u32 = 0x7c00_0007;
+    /// Client -> daemon: the node's statistics (`engine::statistics::Statistics`) as JSON;
+    /// payload `STATISTICS_RESET` also starts them from zero.
+    pub const STATISTICS: u32 = 0x7c00_0020;
 }
+
+/// STATUS payload asking for the status as JSON instead of `key value` lines.
+pub const STATUS_JSON: &[u8] = b"json";
+/// STATISTICS payload: answer, then reset the counters.
+pub const STATISTICS_RESET: &[u8] = b"reset";
 
 /// What a CLIENT_SRVIDS control says about the sender's clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

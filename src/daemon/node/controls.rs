@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::daemon::lock_wait::LockTarget;
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
-use crate::engine::{ClientId, Input};
+use crate::engine::{ClientId, EngineStats, Input};
 use crate::tunables::{self, Tunables};
 use crate::wire::cluster::DbName;
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
@@ -161,8 +161,23 @@ impl Node {
                 }
             }
             opcode::STATUS => {
-                let status = self.status_text();
-                self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(status.into_bytes())));
+                let status = self.status_report();
+                let reply = match request.data.as_slice() {
+                    control::STATUS_JSON => serde_json::to_vec_pretty(&status).map_err(|e| e.to_string()),
+                    _ => Ok(status.to_string().into_bytes()),
+                };
+                let reply = reply.map_or_else(|err| error_reply(&err), ok_reply);
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
+            }
+            opcode::STATISTICS => {
+                let statistics = self.engine.statistics();
+                if request.data.as_slice() == control::STATISTICS_RESET {
+                    log::info!("node {}: statistics reset", self.pnn);
+                    self.engine.reset_statistics();
+                }
+                let reply =
+                    serde_json::to_vec(&statistics).map_or_else(|e| error_reply(&e.to_string()), ok_reply);
+                self.reply_to_client(client, reqid, Body::ReplyControl(reply));
             }
             // Attaching cluster-wide is the engine's (`engine::attach`): `Output::AttachDone`
             // answers the client.
@@ -274,52 +289,113 @@ impl Node {
         Ok(AttachReply { db_id, pnn: self.pnn, tdb_flags: CLUSTERED_TDB_FLAGS as u32, path })
     }
 
-    /// `key value` lines a person can read and a script can parse.
-    fn status_text(&self) -> String {
+    /// What `rctdb status` shows: as text or, for scripts, as JSON.
+    fn status_report(&self) -> StatusReport {
         let cluster = self.engine.cluster_status();
-        let leader = cluster.leader.map_or("none".to_string(), |l| l.to_string());
-        let mut text = format!(
-            "pnn {}\nstate {}\nleader {leader}\nterm {}\ngeneration {:#010x}\nvnn_map {:?}\n",
-            self.pnn,
-            cluster.state,
-            cluster.term,
-            self.engine.generation(),
-            self.engine.vnn_map()
-        );
         let links = self.transport.link_states();
-        for (pnn, addr) in self.nodes.iter().enumerate() {
-            let state = if pnn as Pnn == self.pnn {
-                "self".to_string()
-            } else {
-                let alive = if cluster.alive.contains(&(pnn as Pnn)) { "alive" } else { "dead" };
-                match links.iter().find(|l| l.pnn == pnn as Pnn) {
-                    Some(link) if link.up => {
-                        format!(
-                            "{alive} link-up sent={} received={}",
-                            link.packets_sent, link.packets_received
-                        )
-                    }
-                    Some(link) if link.auth_error.is_some() => {
-                        format!(
-                            "{alive} link-down refused: {}",
-                            link.auth_error.as_deref().unwrap_or_default()
-                        )
-                    }
-                    _ => format!("{alive} link-down"),
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(pnn, addr)| {
+                let pnn = pnn as Pnn;
+                let link = links.iter().find(|l| l.pnn == pnn && l.up);
+                NodeReport {
+                    pnn,
+                    address: addr.to_string(),
+                    state: match pnn == self.pnn {
+                        true => "self",
+                        false if cluster.alive.contains(&pnn) => "alive",
+                        false => "dead",
+                    },
+                    link_up: link.is_some(),
+                    packets_sent: link.map_or(0, |l| l.packets_sent),
+                    packets_received: link.map_or(0, |l| l.packets_received),
+                    refused: links.iter().find(|l| l.pnn == pnn && !l.up).and_then(|l| l.auth_error.clone()),
                 }
+            })
+            .collect();
+        let mut dbs: Vec<DbReport> =
+            self.store.dbs().map(|(id, db)| DbReport { name: db.name.clone(), db_id: *id }).collect();
+        dbs.sort_by(|a, b| (&a.name, a.db_id).cmp(&(&b.name, b.db_id)));
+        StatusReport {
+            pnn: self.pnn,
+            state: cluster.state,
+            leader: cluster.leader,
+            term: cluster.term,
+            generation: self.engine.generation(),
+            vnn_map: self.engine.vnn_map().to_vec(),
+            nodes,
+            dbs,
+            vacuum_backlog: self.engine.vacuum_backlog() as u64,
+            repacks: self.repacks.done,
+            records_unwritten: self.store.unwritten_count(),
+            stats: self.engine.stats().clone(),
+        }
+    }
+}
+
+/// A node's status (the STATUS control). Its text form is `key value` lines a person can
+/// read and a script can parse; `rctdb status --json` gets it as JSON.
+#[derive(serde::Serialize)]
+struct StatusReport {
+    pnn: Pnn,
+    state: &'static str,
+    leader: Option<Pnn>,
+    term: u64,
+    generation: u32,
+    vnn_map: Vec<Pnn>,
+    nodes: Vec<NodeReport>,
+    dbs: Vec<DbReport>,
+    vacuum_backlog: u64,
+    repacks: u64,
+    /// Records the files refused (a full disk, a stuck lock), kept in memory.
+    records_unwritten: usize,
+    stats: EngineStats,
+}
+
+#[derive(serde::Serialize)]
+struct NodeReport {
+    pnn: Pnn,
+    address: String,
+    /// `self`, `alive` or `dead`, as this node sees it.
+    state: &'static str,
+    link_up: bool,
+    packets_sent: u64,
+    packets_received: u64,
+    /// Why the link is down, if the peer was refused (authentication).
+    refused: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct DbReport {
+    name: String,
+    db_id: DbId,
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let leader = self.leader.map_or("none".to_string(), |l| l.to_string());
+        writeln!(f, "pnn {}\nstate {}\nleader {leader}\nterm {}", self.pnn, self.state, self.term)?;
+        writeln!(f, "generation {:#010x}\nvnn_map {:?}", self.generation, self.vnn_map)?;
+        for node in &self.nodes {
+            let state = match (node.state, node.link_up) {
+                ("self", _) => "self".to_string(),
+                (alive, true) => {
+                    format!("{alive} link-up sent={} received={}", node.packets_sent, node.packets_received)
+                }
+                (alive, false) => match &node.refused {
+                    Some(why) => format!("{alive} link-down refused: {why}"),
+                    None => format!("{alive} link-down"),
+                },
             };
-            text.push_str(&format!("node {pnn} {addr} {state}\n"));
+            writeln!(f, "node {} {} {state}", node.pnn, node.address)?;
         }
-        let mut dbs: Vec<_> = self.store.dbs().map(|(id, db)| (db.name.clone(), *id)).collect();
-        dbs.sort();
-        for (name, id) in dbs {
-            text.push_str(&format!("db {name} {id:#010x}\n"));
+        for db in &self.dbs {
+            writeln!(f, "db {} {:#010x}", db.name, db.db_id)?;
         }
-        text.push_str(&format!("vacuum_backlog {}\n", self.engine.vacuum_backlog()));
-        text.push_str(&format!("repacks {}\n", self.repacks.done));
-        text.push_str(&format!("records_unwritten {}\n", self.store.unwritten_count()));
-        text.push_str(&format!("stats {}\n", self.engine.stats()));
-        text
+        writeln!(f, "vacuum_backlog {}\nrepacks {}", self.vacuum_backlog, self.repacks)?;
+        writeln!(f, "records_unwritten {}\nstats {}", self.records_unwritten, self.stats)
     }
 }
 
