@@ -81,6 +81,14 @@ struct Args {
     /// files limit, raised to its hard limit at start, may allow fewer).
     #[arg(long, default_value_t = daemon::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
+    /// A database clients may attach: a file name, or a prefix followed by '*'; may be
+    /// repeated. Without it clients may attach any database (a plain file name). Other
+    /// attaches are refused with a message saying so, before any file is created.
+    #[arg(long = "allow-db", value_name = "NAME|PREFIX*")]
+    allow_dbs: Vec<String>,
+    /// Refuse client attaches past this many databases.
+    #[arg(long, default_value_t = daemon::attach_policy::DEFAULT_MAX_DATABASES)]
+    max_databases: usize,
     /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`; timers in ms), e.g.
     /// KeepaliveInterval=100; may be repeated. `rctdb setvar` changes them at run time.
     #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -139,6 +147,13 @@ fn main() -> ExitCode {
         cluster_key: args.cluster_key,
         socket_group: args.socket_group,
         max_clients: args.max_clients,
+        attach_policy: match daemon::attach_policy::AttachPolicy::new(args.allow_dbs, args.max_databases) {
+            Ok(policy) => policy,
+            Err(err) => {
+                eprintln!("rctdbd: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,15 @@ impl ClusteredDb {
     /// Stores under the header the record already has: a client store never changes who is
     /// DMASTER or the RSN (DESIGN §8.1).
     pub fn store(&mut self, key: &[u8], parts: &[&[u8]], flag: StoreFlag) -> Result<()> {
+        let len = key.len() + crate::record::HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>();
+        if len > crate::wire::MAX_RECORD_LEN {
+            return Err(Error::einval(format!(
+                "{}: a record of {len} bytes could not migrate: records hold at most {} bytes, \
+                 key and header included",
+                self.name,
+                crate::wire::MAX_RECORD_LEN
+            )));
+        }
         let name = Arc::clone(&self.name);
         self.with_record(key, |tdb, record| {
             match flag {
@@ -275,6 +284,14 @@ impl ClusteredDb {
     /// Samba's fetch-locked loop: lock; if this node is DMASTER keep the lock; else unlock,
     /// have the daemon migrate the record here, and retry.
     fn lock_here(&mut self, key: &[u8]) -> Result<LockedRecord> {
+        if key.len() > crate::wire::MAX_KEY_LEN {
+            return Err(Error::einval(format!(
+                "{}: a key of {} bytes: keys hold at most {} bytes",
+                self.name,
+                key.len(),
+                crate::wire::MAX_KEY_LEN
+            )));
+        }
         let deadline = Instant::now() + self.migrate_timeout;
         let mut owes_done = false;
         loop {

@@ -80,9 +80,8 @@ impl DaemonConnection {
         match self.request(Body::ReqCall(call), timeout)? {
             Body::ReplyCall(reply) if reply.status == 0 => Ok(()),
             // The daemon refuses a call with REPLY_ERROR, as ctdbd does.
-            Body::ReplyCall(ReplyCall { status, .. }) | Body::ReplyError(ReplyError { status, .. }) => {
-                Err(self.migrate_refused(status))
-            }
+            Body::ReplyCall(ReplyCall { status, .. }) => Err(self.migrate_refused(status, &[])),
+            Body::ReplyError(ReplyError { status, msg }) => Err(self.migrate_refused(status, &msg)),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -155,13 +154,15 @@ impl DaemonConnection {
         }
     }
 
-    /// The daemon's refusal as tdb's code and a message (its status is a negated errno).
-    fn migrate_refused(&self, status: i32) -> Error {
+    /// The daemon's refusal as tdb's code and a message (its status is a negated errno,
+    /// `msg` its own words, if it said any).
+    fn migrate_refused(&self, status: i32, msg: &[u8]) -> Error {
         let (code, why) = match -status {
             libc::ENOENT => (ErrorCode::Einval, "the database is not attached on that node".to_string()),
             libc::EIO => (ErrorCode::Io, "the node could not read or store the record".to_string()),
             errno => (ErrorCode::Io, std::io::Error::from_raw_os_error(errno).to_string()),
         };
+        let why = if msg.is_empty() { why } else { format!("{why} ({})", String::from_utf8_lossy(msg)) };
         Error::new(code, format!("rctdbd at {} could not migrate the record: {why}", self.socket))
     }
 

@@ -3,6 +3,7 @@
 //! transport reader threads and the client event loop handle the packets they read under that
 //! mutex, the engine thread runs the timers, link events and lock waits.
 
+pub mod attach_policy;
 mod clients;
 pub mod cluster_lock;
 mod lock_bound;
@@ -46,6 +47,8 @@ pub struct DaemonConfig {
     /// Client connections past this many are refused (`--max-clients`); fewer if the open
     /// files limit allows fewer.
     pub max_clients: usize,
+    /// Which databases clients may attach, and how many.
+    pub attach_policy: attach_policy::AttachPolicy,
 }
 
 /// Default of `--max-clients`: smbd keeps a connection per SMB client.
@@ -110,6 +113,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         transport,
         config.cluster_lock.clone(),
         config.tunables.clone(),
+        config.attach_policy.clone(),
     )
     .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
     let node = Arc::new(Mutex::new(node));

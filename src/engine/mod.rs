@@ -42,6 +42,11 @@ pub const CALL_OK: i32 = 0;
 pub const CALL_UNKNOWN_DB: i32 = -libc::ENOENT;
 /// `status` of a client reply: the record could not be read or written on this node.
 pub const CALL_IO_ERROR: i32 = -libc::EIO;
+/// Refused: `MAX_WAITERS_PER_KEY` requests wait for the key already.
+pub const CALL_KEY_BUSY: i32 = -libc::EBUSY;
+/// Requests that may wait for one key at a node. smbd and librctdb have one outstanding
+/// request per connection, so only a client that floods reaches it, and only it is refused.
+pub const MAX_WAITERS_PER_KEY: usize = 10_000;
 
 /// Where a key's LMASTER is: the same answer on every node with the same vnn_map.
 pub fn lmaster_of(key: &[u8], vnn_map: &[Pnn]) -> Pnn {
@@ -277,6 +282,8 @@ pub struct EngineStats {
     pub protocol_violations: u64,
     pub store_errors: u64,
     pub lock_waits: u64,
+    /// Client requests refused because `MAX_WAITERS_PER_KEY` waited for their key.
+    pub calls_refused_busy: u64,
     /// Clients that waited for a record to reach the file (`Output::WaitForWrite`).
     pub write_waits: u64,
     /// Milliseconds work waited for chain locks clients held, in all and at most.
@@ -331,7 +338,7 @@ impl std::fmt::Display for EngineStats {
             f,
             "client_calls={} calls_sent={} calls_resent={} calls_forwarded={} calls_parked={} handovers={} migrations_completed={} \
              stale_generation_dropped={} duplicates_dropped={} unknown_db_dropped={} \
-             protocol_violations={} store_errors={} lock_waits={} write_waits={} lock_wait_ms_total={} lock_wait_ms_max={} max_hopcount={} calls_dropped_max_hops={} \
+             protocol_violations={} store_errors={} lock_waits={} calls_refused_busy={} write_waits={} lock_wait_ms_total={} lock_wait_ms_max={} max_hopcount={} calls_dropped_max_hops={} \
              fetches_sent={} fetches_answered={} calls_deferred={} recoveries_led={} recoveries_joined={} last_recovery_ms={} recovery_ms_total={} recovery_ms_max={} records_fixed={} \
              nodes_died={} vacuum_runs={} vacuum_full_runs={} vacuum_fetches_sent={} vacuum_fetches={} vacuum_deleted={} \
              vacuum_copies_dropped={} vacuum_copies_kept={} vacuum_skipped={} vacuum_rounds_abandoned={}",
@@ -348,6 +355,7 @@ impl std::fmt::Display for EngineStats {
             self.protocol_violations,
             self.store_errors,
             self.lock_waits,
+            self.calls_refused_busy,
             self.write_waits,
             self.lock_wait_ms_total,
             self.lock_wait_ms_max,
@@ -439,6 +447,11 @@ struct KeyState {
 }
 
 impl KeyState {
+    /// Requests waiting for the key: behind its lock, its migration, or first use.
+    fn waiting(&self) -> usize {
+        self.lock_wait.len() + self.parked.len() + self.migration.as_ref().map_or(0, |m| m.waiters.len())
+    }
+
     fn is_idle(&self) -> bool {
         self.migration.is_none()
             && self.first_use.is_none()
@@ -554,6 +567,12 @@ impl Engine {
         &self.config.vnn_map
     }
 
+    fn waiting_on(&self, db_id: DbId, key: &[u8]) -> usize {
+        // A lookup without building the (db, key) pair's owned key would need a borrowed
+        // form of it; the copy is one small allocation per call.
+        self.keys.get(&(db_id, key.to_vec())).map_or(0, KeyState::waiting)
+    }
+
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -604,6 +623,12 @@ impl Engine {
             }
             Input::ClientCall(call) => {
                 self.stats.client_calls += 1;
+                if self.waiting_on(call.db_id, &call.key) >= MAX_WAITERS_PER_KEY {
+                    self.stats.calls_refused_busy += 1;
+                    let (client, reqid) = (call.client, call.reqid);
+                    out.push(Output::ClientReply { client, reqid, status: CALL_KEY_BUSY, data: None });
+                    return;
+                }
                 self.ready.push_back(Work::ClientCall(call))
             }
             Input::Attach { client, reqid, db } => self.attach_for_client(client, reqid, db, store, out),

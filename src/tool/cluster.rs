@@ -28,6 +28,8 @@ pub struct ClusterSpec {
     /// `--cluster-key` of every node; `up` makes the key in `dir` unless it exists.
     /// `None`: links are not authenticated.
     pub cluster_key: Option<PathBuf>,
+    /// More rctdbd arguments for every node (e.g. `--allow-db NAME`).
+    pub daemon_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -41,6 +43,7 @@ impl ClusterSpec {
             cluster_lock: Some(dir.join("cluster.lock").display().to_string()),
             tunables: vec![],
             cluster_key: Some(dir.join("cluster.key")),
+            daemon_args: vec![],
         }
     }
 
@@ -164,6 +167,7 @@ pub fn start_node(spec: &ClusterSpec, node: usize) -> Result<(), String> {
     for (name, value) in &spec.tunables {
         command.arg("--set").arg(format!("{name}={value}"));
     }
+    command.args(&spec.daemon_args);
     let child = command
         .arg("--nodes")
         .arg(spec.dir.join("nodes"))

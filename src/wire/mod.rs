@@ -32,6 +32,10 @@ pub const PACKET_HEADER_LEN: usize = 32;
 /// Larger packets are refused before their body is read: no peer gets to make us allocate
 /// without bound.
 pub const MAX_PACKET_LEN: usize = 64 << 20;
+/// The longest key a client may use: far beyond smbd's (a file id, a few dozen bytes).
+pub const MAX_KEY_LEN: usize = 64 << 10;
+/// The most a record (key, header and data) may hold: a migration carries it in one packet.
+pub const MAX_RECORD_LEN: usize = MAX_PACKET_LEN - (1 << 20);
 
 /// The generation every node has while a recovery runs: nothing migrates under it.
 pub const INVALID_GENERATION: Generation = 1;

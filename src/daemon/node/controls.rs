@@ -181,7 +181,7 @@ impl Node {
             }
             // Attaching cluster-wide is the engine's (`engine::attach`): `Output::AttachDone`
             // answers the client.
-            opcode::DB_ATTACH => match db_name(&request.data) {
+            opcode::DB_ATTACH => match self.client_db_name(&request.data) {
                 Ok(db) => self.engine_input(Input::Attach { client, reqid, db }),
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
@@ -400,6 +400,23 @@ impl std::fmt::Display for StatusReport {
 }
 
 /// Database `name` of an attach request (a NUL may end it, as CTDB clients send it).
+impl Node {
+    /// The database a client asks to attach, if this node lets it (`--allow-db`,
+    /// `--max-databases`): checked before any file is created.
+    pub(super) fn client_db_name(&self, data: &[u8]) -> Result<DbName, String> {
+        let db = db_name(data)?;
+        let attached = self.store.dbs().count();
+        let is_attached = self.store.db(db.db_id).is_ok();
+        match self.attach_policy.refusal(&db.name, attached, is_attached) {
+            Some(why) => {
+                log::warn!("refused a client's attach: {why}");
+                Err(why)
+            }
+            None => Ok(db),
+        }
+    }
+}
+
 pub(super) fn db_name(data: &[u8]) -> Result<DbName, String> {
     let name = data.strip_suffix(b"\0").unwrap_or(data);
     let name = std::str::from_utf8(name).map_err(|_| "database name is not UTF-8".to_string())?;

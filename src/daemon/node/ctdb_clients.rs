@@ -209,7 +209,7 @@ impl Node {
                 }
                 None => status_reply(-1),
             },
-            opcode::DB_ATTACH => match super::controls::db_name(data) {
+            opcode::DB_ATTACH => match self.client_db_name(data) {
                 Ok(db) => {
                     self.ctdb.attaches.insert((client, reqid));
                     self.engine_input(Input::Attach { client, reqid, db });

@@ -24,6 +24,7 @@ mod repack;
 use controls::{error_reply, CopiesFor, PendingControl};
 use ctdb_clients::CtdbClients;
 
+use super::attach_policy::AttachPolicy;
 use super::clients::{ClientEvent, ClientLink};
 use super::cluster_lock::{ClusterLock, ClusterLockSpec};
 use super::lock_wait::{HeldLock, LockTarget, LockWaiters};
@@ -37,7 +38,7 @@ use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReplyError, ReqId, CALL_FETCH_FUNC,
-    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, INVALID_GENERATION, MAX_PACKET_LEN,
+    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, INVALID_GENERATION, MAX_KEY_LEN, MAX_PACKET_LEN,
 };
 
 const TICK: Duration = Duration::from_millis(10);
@@ -122,6 +123,7 @@ pub struct Node {
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     lock_waiters: LockWaiters,
+    attach_policy: AttachPolicy,
     /// Records kept in memory that clients wait for: asked again once written.
     waiting_writes: HashSet<(DbId, Vec<u8>)>,
     /// Who waits for a database's records while a client holds one of its chains.
@@ -184,6 +186,7 @@ impl Node {
         transport: Transport,
         cluster_lock: Option<ClusterLockSpec>,
         tunables: crate::tunables::Tunables,
+        attach_policy: AttachPolicy,
     ) -> std::io::Result<Node> {
         // Generations this node picks must differ from any other node's and run's.
         let seed = std::time::SystemTime::now()
@@ -217,6 +220,7 @@ impl Node {
             lock_waiters,
             copies_wanted: HashMap::new(),
             waiting_writes: HashSet::new(),
+            attach_policy,
             repacks: Default::default(),
             next_reqid: 1,
             started: Instant::now(),
@@ -238,6 +242,16 @@ impl Node {
                         0 => Body::ReplyCall(ReplyCall { status, data: data.unwrap_or_default() }),
                         // ctdbd refuses a call with REPLY_ERROR; smbd takes a REPLY_CALL of any
                         // status for success.
+                        crate::engine::CALL_KEY_BUSY => Body::ReplyError(ReplyError {
+                            status,
+                            msg: format!(
+                                "node {}: {} requests wait for this key already, the limit; \
+                                 refused",
+                                self.pnn,
+                                crate::engine::MAX_WAITERS_PER_KEY
+                            )
+                            .into_bytes(),
+                        }),
                         _ => Body::ReplyError(ReplyError {
                             status,
                             msg: format!(
@@ -447,6 +461,11 @@ impl Node {
             // (smbd's parse of a record it has no copy of) is answered where the record is,
             // except in a database with a change counter: smbd caches those reads by this
             // node's counter, which moves only when records here change.
+            Body::ReqCall(call) if call.key.len() > MAX_KEY_LEN => {
+                let msg = format!("a key of {} bytes: keys hold at most {MAX_KEY_LEN} bytes", call.key.len());
+                let body = Body::ReplyError(ReplyError { status: -libc::EINVAL, msg: msg.into_bytes() });
+                self.reply_to_client(client, packet.reqid, body);
+            }
             Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => {
                 let kind = match call.callid {
                     CALL_NULL_FUNC => CallKind::Migrate,
