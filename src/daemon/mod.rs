@@ -105,17 +105,8 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         config.socket.display()
     );
 
-    let node = node::Node::new(
-        pnn,
-        &nodes,
-        config.port,
-        &config.dbdir,
-        transport,
-        config.cluster_lock.clone(),
-        config.tunables.clone(),
-        config.attach_policy.clone(),
-    )
-    .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
+    let node = node::Node::new(pnn, &nodes, config, transport)
+        .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
     let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
     node::start_liveness_pump(&node);

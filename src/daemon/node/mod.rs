@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,13 +180,10 @@ impl Node {
     pub fn new(
         pnn: Pnn,
         nodes: &[IpAddr],
-        port: u16,
-        dbdir: &Path,
+        daemon: &super::DaemonConfig,
         transport: Transport,
-        cluster_lock: Option<ClusterLockSpec>,
-        tunables: crate::tunables::Tunables,
-        attach_policy: AttachPolicy,
     ) -> std::io::Result<Node> {
+        let cluster_lock = daemon.cluster_lock.clone();
         // Generations this node picks must differ from any other node's and run's.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -195,13 +191,13 @@ impl Node {
             ^ ((std::process::id() as u64) << 32)
             ^ pnn as u64;
         let mut config = EngineConfig::clustered(pnn, nodes.len(), cluster_lock.is_some(), seed);
-        config.tunables = tunables;
+        config.tunables = daemon.tunables.clone();
         let held_locks = crossbeam_channel::unbounded();
         let lock_waiters = LockWaiters::start(LOCK_WAITERS, held_locks.0.clone())?;
         Ok(Node {
             pnn,
             nodes: nodes.to_vec(),
-            port,
+            port: daemon.port,
             engine: Engine::new(config),
             cluster_lock,
             lock_attempt: None,
@@ -210,7 +206,7 @@ impl Node {
             quiet: false,
             liveness: Arc::new(Liveness::default()),
             stopping: false,
-            store: TdbStore::new(dbdir),
+            store: TdbStore::new(&daemon.dbdir),
             transport,
             clients: HashMap::new(),
             ctdb: CtdbClients::default(),
@@ -220,7 +216,7 @@ impl Node {
             lock_waiters,
             copies_wanted: HashMap::new(),
             waiting_writes: HashSet::new(),
-            attach_policy,
+            attach_policy: daemon.attach_policy.clone(),
             repacks: Default::default(),
             next_reqid: 1,
             started: Instant::now(),
