@@ -54,6 +54,10 @@ pub struct MemStore {
     pub frozen: bool,
     /// Stores fail (a full disk), for fault tests.
     pub failing: bool,
+    /// Stores are kept in memory only, as the daemon keeps what its file refuses, with
+    /// this errno (EAGAIN: a lock held too long; ENOSPC: a full disk).
+    pub refusing: Option<i32>,
+    unwritten: HashMap<(DbId, Vec<u8>), i32>,
     /// Hash chains: with `Some(n)`, keys share `n` chain locks as in a tdb file, so work on
     /// one key can wait for a lock held for another. `None`: a lock per key.
     pub chains: Option<u32>,
@@ -65,6 +69,12 @@ pub struct MemStore {
 impl MemStore {
     pub fn new() -> MemStore {
         MemStore::default()
+    }
+
+    /// The file takes writes again, and what it refused is written.
+    pub fn write_refused(&mut self) {
+        self.refusing = None;
+        self.unwritten.clear();
     }
 
     /// A store whose keys share `chains` chain locks (`None`: a lock per key).
@@ -142,10 +152,18 @@ impl RecordStore for MemStore {
         Ok(self.peek(db, key).cloned())
     }
 
+    fn unwritten(&self, db: DbId, key: &[u8]) -> Option<i32> {
+        self.unwritten.get(&(db, key.to_vec())).copied()
+    }
+
     fn store(&mut self, db: DbId, key: &[u8], record: &Record) -> Result<(), Error> {
         if self.failing {
             return Err(Error::io("simulated full disk".to_string()));
         }
+        match self.refusing {
+            Some(errno) => self.unwritten.insert((db, key.to_vec()), errno),
+            None => self.unwritten.remove(&(db, key.to_vec())),
+        };
         self.put(db, key, record.clone());
         Ok(())
     }

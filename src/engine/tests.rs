@@ -19,6 +19,8 @@ struct Cluster {
     fetched: Vec<(ClientId, Vec<u8>)>,
     /// (operation, from, to) of every packet delivered.
     log: Vec<(u32, Pnn, Pnn)>,
+    /// Keys whose clients wait for the record to reach the file (`Output::WaitForWrite`).
+    write_waits: Vec<(Pnn, Vec<u8>)>,
 }
 
 impl Cluster {
@@ -38,6 +40,7 @@ impl Cluster {
             replies: vec![],
             fetched: vec![],
             log: vec![],
+            write_waits: vec![],
         }
     }
 
@@ -52,6 +55,7 @@ impl Cluster {
                     self.fetched.extend(data.map(|data| (client, data)));
                 }
                 Output::WaitForChainLock { .. } => {}
+                Output::WaitForWrite { key, .. } => self.write_waits.push((pnn, key)),
                 other => panic!("a fixed cluster has no membership: {other:?}"),
             }
         }
@@ -346,6 +350,31 @@ fn a_client_holding_the_chain_lock_defers_the_handover() {
     cluster.input(0, Input::ChainLockAvailable { db_id: DB, key: key.clone() });
     cluster.deliver_all();
     assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1);
+}
+
+/// A record the file refused for a while (a lock a stopped client holds) is not answered as
+/// here, or clients would read an older copy from the file: they wait until it is written.
+/// One a full disk refused is answered with that error at once.
+#[test]
+fn clients_wait_for_a_record_the_file_took_late_and_hear_of_a_full_disk() {
+    let mut cluster = Cluster::new(2);
+    let key = key_on(1, 2);
+    cluster.ask(1, 1, &key);
+    cluster.stores[0].refusing = Some(libc::EAGAIN);
+    cluster.ask(0, 2, &key);
+    cluster.deliver_all();
+    assert_eq!(cluster.header(0, &key).unwrap().dmaster, 0, "the record arrived, in memory");
+    assert_eq!(cluster.write_waits, vec![(0, key.clone())]);
+    assert!(!cluster.replies.iter().any(|r| r.1 == 2), "answered before the file had it");
+    cluster.stores[0].write_refused();
+    cluster.input(0, Input::ChainLockAvailable { db_id: DB, key: key.clone() });
+    assert!(cluster.replies.contains(&(0, 2, 2, CALL_OK)), "{:?}", cluster.replies);
+
+    cluster.stores[1].refusing = Some(libc::ENOSPC);
+    cluster.ask(1, 3, &key);
+    cluster.deliver_all();
+    assert!(cluster.replies.contains(&(1, 3, 3, -libc::ENOSPC)), "{:?}", cluster.replies);
+    assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "the record is here all the same");
 }
 
 #[test]
