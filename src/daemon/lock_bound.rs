@@ -37,13 +37,23 @@ fn install_handler() -> Result<(), String> {
     result
 }
 
+/// A thread's timer, deleted when the thread ends (link reader threads come and go).
+struct ThreadTimer(libc::timer_t);
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by this thread and is deleted once, here.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
 thread_local! {
     /// This thread's timer, made at its first bounded call.
-    static TIMER: Cell<Option<libc::timer_t>> = const { Cell::new(None) };
+    static TIMER: std::cell::RefCell<Option<ThreadTimer>> = const { std::cell::RefCell::new(None) };
 }
 
 fn thread_timer() -> Result<libc::timer_t, String> {
-    if let Some(timer) = TIMER.get() {
+    if let Some(timer) = TIMER.with_borrow(|timer| timer.as_ref().map(|t| t.0)) {
         return Ok(timer);
     }
     install_handler()?;
@@ -60,7 +70,7 @@ fn thread_timer() -> Result<libc::timer_t, String> {
         }
         timer
     };
-    TIMER.set(Some(timer));
+    TIMER.with_borrow_mut(|slot| *slot = Some(ThreadTimer(timer)));
     Ok(timer)
 }
 
