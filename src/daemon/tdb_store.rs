@@ -27,11 +27,17 @@ pub const CLUSTERED_TDB_FLAGS: i32 = crate::local::flags::TDB_INCOMPATIBLE_HASH;
 /// CTDB's bucket count: chains stay short however many records migrate through.
 const HASH_SIZE: i32 = 100_001;
 /// How long a daemon write may wait for a lock libtdb takes by itself (the free list, the
-/// change counter): clients hold them for microseconds unless stopped inside a store.
-const WRITE_LOCK_BOUND: Duration = Duration::from_millis(5);
-/// After a write failed, writes to that database stay in memory this long before the file
-/// is tried again, so a stuck lock or a full disk costs the node little time.
-const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// change counter): clients hold them for microseconds, unless stopped inside a store (or
+/// descheduled: a busy 2-core machine shows a few ms).
+const WRITE_LOCK_BOUND: Duration = Duration::from_millis(10);
+/// After a write failed, writes of records the file does not have stay in memory until
+/// the file is tried again: after 10 ms, doubling while it keeps refusing, up to 1 s. A
+/// lock held for a moment costs a client 10 ms; a stuck lock or a full disk costs the
+/// node one bounded wait per retry.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const LAST_RETRY: Duration = Duration::from_secs(1);
+/// Records kept in memory longer than this because of a lock are worth a warning.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 /// Records written again per database per tick.
 const REWRITES_PER_TICK: usize = 256;
 
@@ -56,8 +62,12 @@ pub struct AttachedDb {
     _active_lock: std::fs::File,
     /// Records the file refused, newest version, until written.
     unwritten: HashMap<Vec<u8>, Unwritten>,
-    /// After a refused write: when the file is tried again.
+    /// After a refused write: when the file is tried again, and the wait before that.
     retry_at: Option<Instant>,
+    retry_delay: Duration,
+    /// Since when records are kept in memory, and whether that was said in the log.
+    unwritten_since: Option<Instant>,
+    stuck_reported: bool,
 }
 
 impl AttachedDb {
@@ -85,18 +95,52 @@ impl AttachedDb {
 
     fn keep_unwritten(&mut self, key: &[u8], record: &Record, errno: i32, err: Option<&Error>) {
         if let Some(err) = err {
-            if self.unwritten.is_empty() {
+            // A lock held a moment too long is the machine being busy: said only if it lasts
+            // (`report_stuck`). A full disk or a read-only file system is said at once.
+            if self.unwritten.is_empty() && errno != libc::EAGAIN {
                 log::error!(
                     "db {}: the file refused a record: {} (libtdb: {err}); records stay in memory \
-                     and are written again every {} ms, and clients asking for them get that error",
+                     and are written again once it takes them, and clients asking for them get \
+                     that error meanwhile",
                     self.name,
                     std::io::Error::from_raw_os_error(errno),
-                    WRITE_RETRY.as_millis(),
                 );
             }
-            self.retry_at = Some(Instant::now() + WRITE_RETRY);
+            self.retry_later();
         }
+        self.unwritten_since.get_or_insert_with(Instant::now);
         self.unwritten.insert(key.to_vec(), Unwritten { record: record.clone(), errno });
+    }
+
+    fn retry_later(&mut self) {
+        self.retry_delay = (self.retry_delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
+        self.retry_at = Some(Instant::now() + self.retry_delay);
+    }
+
+    fn all_written(&mut self) {
+        if self.stuck_reported {
+            log::warn!("db {}: every record kept in memory is written to the file again", self.name);
+        }
+        self.retry_at = None;
+        self.retry_delay = Duration::ZERO;
+        self.unwritten_since = None;
+        self.stuck_reported = false;
+    }
+
+    /// Records kept because a process holds a lock libtdb needs, for longer than a moment.
+    fn report_stuck(&mut self) {
+        let stuck = self.unwritten_since.is_some_and(|since| since.elapsed() > STUCK_AFTER);
+        if stuck && !self.stuck_reported {
+            self.stuck_reported = true;
+            log::warn!(
+                "db {}: {} records kept in memory for over {} s: a process holds a lock libtdb \
+                 needs to write them (the free list: a client stopped inside a store?), or the \
+                 file system refuses them; clients wait for them",
+                self.name,
+                self.unwritten.len(),
+                STUCK_AFTER.as_secs()
+            );
+        }
     }
 }
 
@@ -185,6 +229,9 @@ impl TdbStore {
                 _active_lock,
                 unwritten: HashMap::new(),
                 retry_at: None,
+                retry_delay: Duration::ZERO,
+                unwritten_since: None,
+                stuck_reported: false,
             },
         );
         self.headers.insert(db_id, HashMap::new());
@@ -268,14 +315,15 @@ impl TdbStore {
                     }
                     Err((errno, _)) => {
                         db.unwritten.get_mut(&key).expect("still kept").errno = errno;
-                        db.retry_at = Some(Instant::now() + WRITE_RETRY);
+                        db.retry_later();
                         break;
                     }
                 }
             }
             if db.unwritten.is_empty() {
-                db.retry_at = None;
-                log::warn!("db {}: every record kept in memory is written to the file again", db.name);
+                db.all_written();
+            } else {
+                db.report_stuck();
             }
         }
     }
@@ -383,7 +431,9 @@ impl RecordStore for TdbStore {
         } else {
             match db.write(key, record) {
                 Ok(()) => {
-                    db.unwritten.remove(key);
+                    if db.unwritten.remove(key).is_some() && db.unwritten.is_empty() {
+                        db.all_written();
+                    }
                 }
                 Err((errno, err)) => {
                     // libtdb drops the old record before it allocates, so it is usually gone.
@@ -434,7 +484,7 @@ impl RecordStore for TdbStore {
             .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
         lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.wipe_all())?;
         db.unwritten.clear();
-        db.retry_at = None;
+        db.all_written();
         self.headers.insert(db_id, HashMap::new());
         Ok(())
     }
