@@ -8,6 +8,8 @@
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
@@ -97,15 +99,65 @@ fn databases_keys_records_and_waiters_are_bounded_with_clear_errors() {
         other => panic!("an over-long key got {other:?}"),
     }
 
-    // Requests waiting for one key: this process holds the chain, so requests queue.
+    // Requests waiting: this process holds the chain of "hot", so calls for it queue. One
+    // client may have MAX_CALLS_PER_CLIENT waiting, one key MAX_WAITERS_PER_KEY: a client
+    // sends 50 more than its own limit, and ten more fill the key's and go 1000 past it.
     db.chainlock(b"hot").expect("chainlock");
-    let mut flood = UnixStream::connect(&socket).expect("connect");
-    let total = MAX_WAITERS_PER_KEY + 50;
+    let per_client = MAX_WAITERS_PER_KEY / 10;
+    let floods: Vec<_> = std::iter::once(per_client + 50)
+        .chain(std::iter::repeat(per_client).take(10))
+        .map(|calls| flood(&socket, db.db_id(), calls))
+        .collect();
+    let refused_of = |what: &str| floods.iter().map(|f| f.refused(what)).sum::<usize>();
+    let started = Instant::now();
+    while refused_of("calls of this client wait already") < 50
+        || refused_of("requests wait for this key already") < 1000
+    {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "refusals: {} per client, {} per key",
+            refused_of("calls of this client wait already"),
+            refused_of("requests wait for this key already")
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the reader threads' counts
+    }
+    // Everyone else is served meanwhile, and the flooded key once its chain is free.
+    let mut other = ClusteredDb::open(&socket, "smb_a.tdb", TIMEOUT).expect("attach");
+    other.store(b"not-hot", &[b"served"], StoreFlag::Replace).expect("another key is served");
+    db.chainunlock(b"hot").unwrap();
+    drop(floods);
+    db.store(b"hot", &[b"served"], StoreFlag::Replace).expect("the hot key once free");
+    let status = DaemonConnection::connect(&socket).unwrap().status(TIMEOUT).unwrap();
+    assert!(status.contains("calls_refused_busy=1000 "), "status:\n{status}");
+    drop(db);
+    still_serves(&cluster, "smb_b.tdb");
+}
+
+/// A connection that sent `calls` calls for "hot", and counts the refusals it got by reason.
+struct Flood {
+    stream: UnixStream,
+    refusals: Arc<Mutex<Vec<String>>>,
+}
+
+impl Flood {
+    fn refused(&self, what: &str) -> usize {
+        self.refusals.lock().unwrap().iter().filter(|m| m.contains(what)).count()
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn flood(socket: &Path, db_id: u32, calls: usize) -> Flood {
+    let stream = UnixStream::connect(socket).expect("connect");
     let mut frames = Vec::new();
-    for reqid in 1..=total as u32 {
+    for reqid in 1..=calls as u32 {
         let call = ReqCall {
             flags: 0,
-            db_id: db.db_id(),
+            db_id,
             callid: CALL_NULL_FUNC,
             hopcount: 0,
             key: b"hot".to_vec(),
@@ -119,31 +171,26 @@ fn databases_keys_records_and_waiters_are_bounded_with_clear_errors() {
             body: Body::ReqCall(call),
         }));
     }
-    let writer = {
-        let mut flood = flood.try_clone().unwrap();
-        std::thread::spawn(move || flood.write_all(&frames))
-    };
-    let started = Instant::now();
-    let mut refused = 0;
-    while refused < total - MAX_WAITERS_PER_KEY {
-        assert!(started.elapsed() < TIMEOUT, "only {refused} requests were refused");
-        if let Body::ReplyError(reply) = read_reply(&mut flood).body {
-            let msg = String::from_utf8_lossy(&reply.msg);
-            assert!(msg.contains("requests wait for this key already"), "{msg}");
-            refused += 1;
+    stream.try_clone().unwrap().write_all(&frames).expect("sending the calls");
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let (mut reader, seen) = (stream.try_clone().unwrap(), Arc::clone(&refusals));
+    std::thread::spawn(move || {
+        while let Some(packet) = try_read_reply(&mut reader) {
+            if let Body::ReplyError(reply) = packet.body {
+                seen.lock().unwrap().push(String::from_utf8_lossy(&reply.msg).into_owned());
+            }
         }
-    }
-    writer.join().unwrap().expect("sending the flood");
-    // Everyone else is served meanwhile, and the flooded key once its chain is free.
-    let mut other = ClusteredDb::open(&socket, "smb_a.tdb", TIMEOUT).expect("attach");
-    other.store(b"not-hot", &[b"served"], StoreFlag::Replace).expect("another key is served");
-    db.chainunlock(b"hot").unwrap();
-    drop(flood);
-    db.store(b"hot", &[b"served"], StoreFlag::Replace).expect("the hot key once free");
-    let status = DaemonConnection::connect(&socket).unwrap().status(TIMEOUT).unwrap();
-    assert!(status.contains(&format!("calls_refused_busy={refused}")), "status:\n{status}");
-    drop(db);
-    still_serves(&cluster, "smb_b.tdb");
+    });
+    Flood { stream, refusals }
+}
+
+fn try_read_reply(stream: &mut UnixStream) -> Option<Packet> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut frame = len.to_vec();
+    frame.resize(u32::from_le_bytes(len) as usize, 0);
+    stream.read_exact(&mut frame[4..]).ok()?;
+    decode_unpadded(&frame).ok()
 }
 
 fn read_reply(stream: &mut UnixStream) -> Packet {

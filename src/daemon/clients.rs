@@ -59,6 +59,9 @@ pub struct ClientSocketConfig {
     pub queue_limit: usize,
 }
 
+/// Traverse answers a client may leave unread before it is disconnected.
+const MAX_QUEUED_STREAMS: usize = 4;
+
 /// Default of [`ClientSocketConfig::queue_limit`]: far more than any client reading its
 /// socket leaves queued, little enough that a thousand stopped ones do not exhaust memory.
 pub const DEFAULT_QUEUE_LIMIT: usize = 16 << 20;
@@ -174,11 +177,17 @@ impl ClientLink {
         self.0.flush(&mut out);
     }
 
-    /// Sends `packets` in order, each made only when the socket takes the one before.
+    /// Sends `packets` in order, each made only when the socket takes the one before. A
+    /// stream holds its records until sent, so a client may have `MAX_QUEUED_STREAMS`
+    /// waiting at most (it asked for more traverses without reading the answers).
     pub fn send_stream(&self, packets: impl Iterator<Item = Packet> + Send + 'static) {
         let mut out = self.0.out.lock();
         if out.closed {
             return;
+        }
+        let streams = out.queue.iter().filter(|p| matches!(p, Pending::Stream(_))).count();
+        if streams >= MAX_QUEUED_STREAMS {
+            return self.0.disconnect_slow(&mut out, 0);
         }
         out.queue.push_back(Pending::Stream(Box::new(packets)));
         self.0.flush(&mut out);
@@ -572,6 +581,20 @@ mod tests {
         }
         let got: Vec<u32> = reader.join().expect("reader");
         assert_eq!(got, (0..=count).collect::<Vec<_>>());
+    }
+
+    /// Each stream holds its records until sent: a client asking for traverse after
+    /// traverse without reading is cut off, not allowed to pile them up.
+    #[test]
+    fn a_client_that_leaves_streams_unread_is_cut_off() {
+        let (link, _client) = link(1 << 20);
+        for _ in 0..MAX_QUEUED_STREAMS {
+            link.send_stream((0..2000).map(|seq| message(seq, 4 << 10)));
+            assert!(!link.0.out.lock().closed, "cut off before the bound");
+        }
+        link.send_stream((0..2000).map(|seq| message(seq, 4 << 10)));
+        assert!(link.0.out.lock().closed, "one stream past the bound cuts it off");
+        assert!(link.0.out.lock().queue.is_empty(), "and frees what it held");
     }
 
     #[test]

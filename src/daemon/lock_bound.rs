@@ -1,5 +1,5 @@
 //! Bounded waits for the locks libtdb takes by itself. A store or delete takes the free-list
-//! lock (and, with a change counter, the seqnum lock) with a waiting F_SETLKW; a client
+//! lock, and a traverse the transaction lock, with a waiting F_SETLKW; a client
 //! stopped inside its own store holds them, and a daemon thread that waited for them would
 //! stall the whole node. Every daemon tdb context is made interruptible
 //! (`Tdb::fail_lock_waits_on_signal`), and `within` arms a timer that signals the calling
@@ -80,7 +80,7 @@ fn arm(timer: libc::timer_t, every: Duration) {
     let every =
         libc::timespec { tv_sec: every.as_secs() as libc::time_t, tv_nsec: every.subsec_nanos() as _ };
     let spec = libc::itimerspec { it_interval: every, it_value: every };
-    // SAFETY: the timer was created by this thread and is never deleted.
+    // SAFETY: the timer was created by this thread, which deletes it only when it ends.
     unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
 }
 
@@ -98,10 +98,17 @@ pub fn within<T>(bound: Duration, call: impl FnOnce() -> T) -> T {
             return call();
         }
     };
+    /// Disarms the timer however `call` ends, a panic included: a timer left armed would
+    /// interrupt every later blocking call of the thread.
+    struct Disarm(libc::timer_t);
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            arm(self.0, Duration::ZERO);
+        }
+    }
     arm(timer, bound.max(Duration::from_micros(1)));
-    let result = call();
-    arm(timer, Duration::ZERO);
-    result
+    let _disarm = Disarm(timer);
+    call()
 }
 
 /// What a context's `*sigptr` points at: always raised, so any signal that interrupts one

@@ -26,9 +26,9 @@ use crate::wire::DbId;
 pub const CLUSTERED_TDB_FLAGS: i32 = crate::local::flags::TDB_INCOMPATIBLE_HASH;
 /// CTDB's bucket count: chains stay short however many records migrate through.
 const HASH_SIZE: i32 = 100_001;
-/// How long a daemon write may wait for a lock libtdb takes by itself (the free list, the
-/// change counter): clients hold them for microseconds, unless stopped inside a store (or
-/// descheduled: a busy 2-core machine shows a few ms).
+/// How long a daemon write may wait for a lock libtdb takes by itself (the free list; a
+/// traverse's transaction lock): clients hold them for microseconds, unless stopped inside
+/// a store (or descheduled: a busy 2-core machine shows a few ms).
 const WRITE_LOCK_BOUND: Duration = Duration::from_millis(10);
 /// After a write failed, writes of records the file does not have stay in memory until
 /// the file is tried again: after 10 ms, doubling while it keeps refusing, up to 1 s. A
@@ -38,6 +38,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(10);
 const LAST_RETRY: Duration = Duration::from_secs(1);
 /// Records kept in memory longer than this because of a lock are worth a warning.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// The DMASTER a placeholder names (CTDB's CTDB_UNKNOWN_PNN): no node, so no client trusts it.
+const NO_NODE: u32 = u32::MAX;
 /// Records written again per database per tick.
 const REWRITES_PER_TICK: usize = 256;
 
@@ -64,6 +66,8 @@ pub struct AttachedDb {
     unwritten: HashMap<Vec<u8>, Unwritten>,
     /// After a refused write: when the file is tried again, and the wait before that.
     retry_at: Option<Instant>,
+    /// Why the file refused the last write: what records kept meanwhile are refused with.
+    refused_errno: i32,
     retry_delay: Duration,
     /// Since when records are kept in memory, and whether that was said in the log.
     unwritten_since: Option<Instant>,
@@ -93,8 +97,24 @@ impl AttachedDb {
         })
     }
 
+    /// Makes sure no client finds a version of `key` in the file it would trust: one there is
+    /// overwritten in place (no allocation, so no free-list lock) by the record's header
+    /// naming no node, and no data; a client asks the daemon, which has the record. False if
+    /// a trusted version stays.
+    fn hide_in_file(&self, key: &[u8], record: &Record) -> bool {
+        if !self.tdb.exists(key) {
+            return true;
+        }
+        let placeholder = RecordHeader { dmaster: NO_NODE, ..record.header }.encode();
+        let hidden = lock_bound::within(WRITE_LOCK_BOUND, || {
+            self.tdb.storev(key, &[&placeholder], StoreFlag::Replace)
+        });
+        hidden.is_ok() || lock_bound::within(WRITE_LOCK_BOUND, || self.tdb.delete(key)).is_ok()
+    }
+
     fn keep_unwritten(&mut self, key: &[u8], record: &Record, errno: i32, err: Option<&Error>) {
         if let Some(err) = err {
+            self.refused_errno = errno;
             // A lock held a moment too long is the machine being busy: said only if it lasts
             // (`report_stuck`). A full disk or a read-only file system is said at once.
             if self.unwritten.is_empty() && errno != libc::EAGAIN {
@@ -229,6 +249,7 @@ impl TdbStore {
                 _active_lock,
                 unwritten: HashMap::new(),
                 retry_at: None,
+                refused_errno: libc::EAGAIN,
                 retry_delay: Duration::ZERO,
                 unwritten_since: None,
                 stuck_reported: false,
@@ -273,7 +294,7 @@ impl TdbStore {
             Err(err) if err.code == ErrorCode::Lock => return Ok(None),
             Err(err) => return Err(err),
         }
-        let copies = read_copies(&db.tdb);
+        let copies = lock_bound::within(WRITE_LOCK_BOUND, || read_copies(&db.tdb));
         db.tdb.unlockall_read()?;
         copies.map(|copies| Some(with_unwritten(db, copies)))
     }
@@ -282,7 +303,7 @@ impl TdbStore {
     pub fn copies_held_for_us(&self, db_id: DbId) -> Result<Vec<RecordCopy>> {
         let db = self.db(db_id)?;
         db.tdb.lockall_mark()?;
-        let copies = read_copies(&db.tdb);
+        let copies = lock_bound::within(WRITE_LOCK_BOUND, || read_copies(&db.tdb));
         db.tdb.lockall_unmark()?;
         copies.map(|copies| with_unwritten(db, copies))
     }
@@ -340,7 +361,7 @@ impl TdbStore {
     pub fn repack_held_for_us(&self, db_id: DbId) -> Result<usize> {
         let db = self.db(db_id)?;
         db.tdb.lockall_mark()?;
-        let repacked = rewrite(&db.tdb);
+        let repacked = lock_bound::within(WRITE_LOCK_BOUND, || rewrite(&db.tdb));
         db.tdb.lockall_unmark()?;
         repacked
     }
@@ -418,15 +439,18 @@ impl RecordStore for TdbStore {
 
     /// Never leaves an older version in the file while memory keeps the record: clients
     /// trust the file's header, and an older one may name this node DMASTER of a record that
-    /// left. A record the file has is written (in place, which needs no allocation); a
-    /// write that fails drops the file's copy, or the store fails.
+    /// left. Such a version is overwritten in place by a placeholder no client trusts
+    /// (`hide_in_file`), or the store fails.
     fn store(&mut self, db_id: DbId, key: &[u8], record: &Record) -> Result<()> {
         let db = self
             .dbs
             .get_mut(&db_id)
             .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
-        if db.write_deferred() && !db.tdb.exists(key) {
-            let errno = db.unwritten.values().next().map_or(libc::EAGAIN, |u| u.errno);
+        if db.write_deferred() {
+            if !db.hide_in_file(key, record) {
+                return Err(Error::io(format!("db {}: a stale copy stays in the file", db.name)));
+            }
+            let errno = db.refused_errno;
             db.keep_unwritten(key, record, errno, None);
         } else {
             match db.write(key, record) {
@@ -437,11 +461,8 @@ impl RecordStore for TdbStore {
                 }
                 Err((errno, err)) => {
                     // libtdb drops the old record before it allocates, so it is usually gone.
-                    if db.tdb.exists(key) {
-                        let _ = lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.delete(key));
-                        if db.tdb.exists(key) {
-                            return Err(err);
-                        }
+                    if !db.hide_in_file(key, record) {
+                        return Err(err);
                     }
                     db.keep_unwritten(key, record, errno, Some(&err));
                 }
@@ -531,6 +552,8 @@ fn with_unwritten(db: &AttachedDb, mut copies: Vec<RecordCopy>) -> Vec<RecordCop
 }
 
 /// Every record of the file, under a lock the caller holds (chain locks are skipped then).
+/// libtdb's traverse also read-locks the transaction lock, which a client may hold: callers
+/// bound that wait (`lock_bound`), and a traverse that meets it fails.
 fn read_copies(tdb: &Tdb) -> Result<Vec<RecordCopy>> {
     let mut copies = vec![];
     tdb.traverse_read(|key, value| {

@@ -420,17 +420,7 @@ impl Engine {
         let deadline = self.now + self.config.tunables.first_use_timeout_ms;
         let state = self.keys.entry((db_id, key.to_vec())).or_default();
         let waiters = state.migration.take().map(|m| m.waiters).unwrap_or_default();
-        if status == -libc::EAGAIN {
-            self.ready.extend(state.parked.drain(..));
-            return self.wait_for_write(db_id, key.to_vec(), waiters, out);
-        }
         let first_users: Vec<ClientId> = waiters.iter().filter(|w| w.first_use).map(|w| w.client).collect();
-        out.extend(waiters.into_iter().map(|w| Output::ClientReply {
-            client: w.client,
-            reqid: w.reqid,
-            status,
-            data: w.wants_data().then(|| data.to_vec()),
-        }));
         if first_users.is_empty() {
             self.ready.extend(state.parked.drain(..));
         } else {
@@ -441,6 +431,16 @@ impl Engine {
         if data.is_empty() {
             self.vacuum_arrived(db_id, key);
         }
+        if status == -libc::EAGAIN {
+            // Answered once the file has it; remote requests queue behind them meanwhile.
+            return self.wait_for_write(db_id, key.to_vec(), waiters, out);
+        }
+        out.extend(waiters.into_iter().map(|w| Output::ClientReply {
+            client: w.client,
+            reqid: w.reqid,
+            status,
+            data: w.wants_data().then(|| data.to_vec()),
+        }));
     }
 
     /// The record is here but not yet in the file: a lock libtdb takes by itself was held

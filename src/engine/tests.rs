@@ -370,8 +370,12 @@ fn clients_wait_for_a_record_the_file_took_late_and_hear_of_a_full_disk() {
     cluster.input(0, Input::ChainLockAvailable { db_id: DB, key: key.clone() });
     assert!(cluster.replies.contains(&(0, 2, 2, CALL_OK)), "{:?}", cluster.replies);
 
+    // Its first use is kept: node 1's request waits until client 2 is done with it.
     cluster.stores[1].refusing = Some(libc::ENOSPC);
     cluster.ask(1, 3, &key);
+    cluster.deliver_all();
+    assert!(!cluster.replies.iter().any(|r| r.1 == 3), "the record left before its first use");
+    cluster.input(0, Input::ClientDone { client: 2, db_id: DB, key: key.clone() });
     cluster.deliver_all();
     assert!(cluster.replies.contains(&(1, 3, 3, -libc::ENOSPC)), "{:?}", cluster.replies);
     assert_eq!(cluster.header(1, &key).unwrap().dmaster, 1, "the record is here all the same");

@@ -43,6 +43,9 @@ use crate::wire::{
 const TICK: Duration = Duration::from_millis(10);
 /// Threads that wait for chain locks clients hold (each wait takes turns of 100 ms).
 const LOCK_WAITERS: usize = 8;
+/// Calls one client may have waiting: smbd and librctdb wait for each answer, so only a
+/// client that floods has more, and only its calls are refused.
+const MAX_CALLS_PER_CLIENT: usize = 1000;
 
 /// When the engine last ticked, as the liveness pump sees it.
 #[derive(Default)]
@@ -114,6 +117,8 @@ pub struct Node {
     store: TdbStore,
     transport: Transport,
     clients: HashMap<ClientId, ClientLink>,
+    /// Calls each client has waiting for an answer.
+    calls_waiting: HashMap<ClientId, usize>,
     /// What ctdbd's client protocol needs: pids, registered srvids, forwarded controls.
     ctdb: CtdbClients,
     /// When this node last went into and out of recovery, for `ctdb uptime`.
@@ -209,6 +214,7 @@ impl Node {
             store: TdbStore::new(&daemon.dbdir),
             transport,
             clients: HashMap::new(),
+            calls_waiting: HashMap::new(),
             ctdb: CtdbClients::default(),
             recovery_times: Default::default(),
             pending: HashMap::new(),
@@ -234,6 +240,9 @@ impl Node {
             match output {
                 Output::Send(packet) => self.send_to_peer(packet),
                 Output::ClientReply { client, reqid, status, data } => {
+                    if let Some(waiting) = self.calls_waiting.get_mut(&client) {
+                        *waiting = waiting.saturating_sub(1);
+                    }
                     let reply = match status {
                         0 => Body::ReplyCall(ReplyCall { status, data: data.unwrap_or_default() }),
                         // ctdbd refuses a call with REPLY_ERROR; smbd takes a REPLY_CALL of any
@@ -444,6 +453,7 @@ impl Node {
             }
             ClientEvent::Gone(client) => {
                 self.clients.remove(&client);
+                self.calls_waiting.remove(&client);
                 self.ctdb_client_gone(client);
                 self.engine_input(Input::ClientGone(client));
             }
@@ -462,7 +472,16 @@ impl Node {
                 let body = Body::ReplyError(ReplyError { status: -libc::EINVAL, msg: msg.into_bytes() });
                 self.reply_to_client(client, packet.reqid, body);
             }
+            Body::ReqCall(_)
+                if self.calls_waiting.get(&client).is_some_and(|&n| n >= MAX_CALLS_PER_CLIENT) =>
+            {
+                let msg =
+                    format!("{MAX_CALLS_PER_CLIENT} calls of this client wait already, the limit; refused");
+                let body = Body::ReplyError(ReplyError { status: -libc::EBUSY, msg: msg.into_bytes() });
+                self.reply_to_client(client, packet.reqid, body);
+            }
             Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => {
+                *self.calls_waiting.entry(client).or_default() += 1;
                 let kind = match call.callid {
                     CALL_NULL_FUNC => CallKind::Migrate,
                     _ if self.store.seqnum_enabled(call.db_id) => CallKind::MigrateAndRead,
