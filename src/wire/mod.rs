@@ -12,6 +12,8 @@ pub mod control;
 pub mod ctdb;
 #[cfg(test)]
 mod dissector_tests;
+#[doc(hidden)]
+pub mod fuzz;
 mod payload;
 
 pub use codec::{
