@@ -95,8 +95,17 @@ pub fn client_request(bytes: &[u8]) -> bool {
 }
 
 /// Every control payload decoder on the same bytes; a value any of them accepts must
-/// encode back to the bytes where the format is canonical.
+/// encode back to the bytes where the format is canonical. Returns whether a structured
+/// payload (counts, lists, fixed layouts) decoded: nearly any bytes pass the plain ones.
 pub fn control_payload(bytes: &[u8]) -> bool {
+    if let Ok(reply) = AttachReply::decode(bytes) {
+        assert_eq!(reply.encode(), bytes, "AttachReply");
+    }
+    if let Ok((db_id, key)) = control::decode_db_key(bytes) {
+        assert_eq!(control::encode_db_key(db_id, key), bytes, "db_id ++ key");
+    }
+    let _ = control::decode_db_id(bytes);
+    db_name(bytes);
     let mut decoded = false;
     if let Ok(update) = SrvidUpdate::decode(bytes) {
         assert_eq!(update.encode(), bytes, "SrvidUpdate");
@@ -106,15 +115,6 @@ pub fn control_payload(bytes: &[u8]) -> bool {
         assert_eq!(control::encode_records(&records), bytes, "records");
         decoded = true;
     }
-    if let Ok(reply) = AttachReply::decode(bytes) {
-        assert_eq!(reply.encode(), bytes, "AttachReply");
-        decoded = true;
-    }
-    if let Ok((db_id, key)) = control::decode_db_key(bytes) {
-        assert_eq!(control::encode_db_key(db_id, key), bytes, "db_id ++ key");
-        decoded = true;
-    }
-    decoded |= control::decode_db_id(bytes).is_ok();
     if ctdb::decode_u32_arg(bytes, "arg").is_ok() || ctdb::decode_pid(bytes).is_ok() {
         assert!(bytes.len() == 4 || bytes.len() == 8, "a u32 argument is 4 or 8 bytes");
         decoded = true;
@@ -130,7 +130,7 @@ pub fn control_payload(bytes: &[u8]) -> bool {
         assert!(36 + key.len() <= bytes.len(), "the key lies inside the payload");
         decoded = true;
     }
-    decoded | tunable_payload(bytes) | db_name(bytes)
+    decoded | tunable_payload(bytes)
 }
 
 /// A membership or recovery message body (`ClusterMsg`), alone and inside a CLUSTER packet.
@@ -209,14 +209,13 @@ fn client_payload(packet: &Packet) {
 
 /// An attach's database name as the daemon reads it: UTF-8, one trailing NUL allowed, then
 /// checked as a file name before anything is created.
-fn db_name(data: &[u8]) -> bool {
+fn db_name(data: &[u8]) {
     let name = data.strip_suffix(b"\0").unwrap_or(data);
-    let Ok(name) = std::str::from_utf8(name) else { return false };
+    let Ok(name) = std::str::from_utf8(name) else { return };
     if control::valid_db_name(name) {
         assert!(!name.contains('/') && name != ".." && name.len() <= 255, "{name:?} is a plain file name");
         let _ = control::db_id_of(name);
     }
-    true
 }
 
 /// GET_TUNABLE and SET_TUNABLE requests: what decodes re-encodes to the same request.

@@ -44,7 +44,7 @@ impl Report {
 
 /// Mutants grow no larger than this: the decoders' limits are far above, and small inputs
 /// run faster.
-const MAX_INPUT: usize = 64 << 10;
+const MAX_INPUT: usize = 8 << 10;
 const MAX_CORPUS: usize = 10_000;
 
 /// Runs `target` on the seeds, then on mutants of the corpus, until the budget is spent or

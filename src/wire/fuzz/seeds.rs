@@ -5,7 +5,7 @@ use super::super::cluster::{
     flags, ClusterMsg, DbName, Epoch, FixEntry, HeaderEntry, Heartbeat, RecordFix, VacuumEntry,
 };
 use super::super::codec::{decode_unpadded, encode, PACKET_ALIGNMENT};
-use super::super::control::{self, opcode as rctdb_op, AttachReply, RecordCopy, SrvidUpdate};
+use super::super::control::{self, opcode as rctdb_op, RecordCopy, SrvidUpdate};
 use super::super::ctdb::opcode as ctdb_op;
 use super::super::*;
 use crate::record::RecordHeader;
@@ -107,14 +107,7 @@ fn packets() -> Vec<Packet> {
 /// payload for, each with a valid payload.
 fn client_packets() -> Vec<Packet> {
     let db_id = 9u32.to_le_bytes().to_vec();
-    let mut traverse = [9u32.to_le_bytes(), 4u32.to_le_bytes()].concat();
-    traverse.extend_from_slice(&0x55u64.to_le_bytes());
-    let traverse_ext = [traverse.clone(), vec![1, 0, 0, 0, 0, 0, 0, 0]].concat();
-    let pid_srvid = [7u32.to_le_bytes().to_vec(), 0x55u64.to_le_bytes().to_vec()].concat();
-    let mut deletion = [9u32.to_le_bytes(), [0; 4]].concat();
-    deletion.extend_from_slice(&RecordHeader { rsn: 3, dmaster: 0, flags: 0 }.encode());
-    deletion.extend_from_slice(&3u32.to_le_bytes());
-    deletion.extend_from_slice(b"key");
+    let [traverse, traverse_ext, pid_srvid, deletion] = ctdb_arguments();
     let bodies = vec![
         Body::ReqCall(ReqCall {
             flags: CALL_FLAG_FIRST_USE,
@@ -152,6 +145,20 @@ fn client_packets() -> Vec<Packet> {
         .collect()
 }
 
+/// TRAVERSE_START's, TRAVERSE_START_EXT's, CHECK_PID_SRVID's and SCHEDULE_FOR_DELETION's
+/// arguments.
+fn ctdb_arguments() -> [Vec<u8>; 4] {
+    let mut traverse = [9u32.to_le_bytes(), 4u32.to_le_bytes()].concat();
+    traverse.extend_from_slice(&0x55u64.to_le_bytes());
+    let traverse_ext = [traverse.clone(), vec![1, 0, 0, 0, 0, 0, 0, 0]].concat();
+    let pid_srvid = [7u32.to_le_bytes().to_vec(), 0x55u64.to_le_bytes().to_vec()].concat();
+    let mut deletion = [9u32.to_le_bytes(), [0; 4]].concat();
+    deletion.extend_from_slice(&RecordHeader { rsn: 3, dmaster: 0, flags: 0 }.encode());
+    deletion.extend_from_slice(&3u32.to_le_bytes());
+    deletion.extend_from_slice(b"key");
+    [traverse, traverse_ext, pid_srvid, deletion]
+}
+
 fn sample_records() -> Vec<RecordCopy> {
     vec![
         RecordCopy {
@@ -163,21 +170,18 @@ fn sample_records() -> Vec<RecordCopy> {
     ]
 }
 
+/// The payloads with structure (counts, lists, fixed sizes); the plain ones (a db id then a
+/// key, a name) take nearly any bytes and need no seed.
 fn control_payloads() -> Vec<Vec<u8>> {
     let mut payloads = vec![
         SrvidUpdate::All(vec![(1, 2), (-1, u64::MAX)]).encode(),
         SrvidUpdate::Removed(vec![]).encode(),
         control::encode_records(&sample_records()),
-        AttachReply { db_id: 9, pnn: 1, tdb_flags: 1, path: "/var/lib/rctdb/locking.tdb".into() }.encode(),
-        control::encode_db_key(9, b"key"),
+        9u32.to_le_bytes().to_vec(),
         tunables::payload::encode_get_request("KeepaliveLimit"),
         tunables::payload::encode_set_request("KeepaliveLimit", 9),
-        b"locking.tdb\0".to_vec(),
     ];
-    payloads.extend(client_packets().into_iter().filter_map(|p| match p.body {
-        Body::ReqControl(c) => Some(c.data),
-        _ => None,
-    }));
+    payloads.extend(ctdb_arguments());
     payloads
 }
 
