@@ -50,8 +50,11 @@ for target in ${targets//,/ }; do
     log=fuzz/artifacts/$target.log
     mkdir -p "fuzz/artifacts/$target"
     echo "== $target: $seconds s"
-    if libfuzzer run "$target" -- -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 \
-        >"$log" 2>&1; then
+    # New inputs go to the first directory; the saved regressions seed the run too.
+    corpora=("fuzz/corpus/$target")
+    [ -d "tests/fuzz_corpus/$target" ] && corpora+=("tests/fuzz_corpus/$target")
+    if libfuzzer run "$target" "${corpora[@]}" -- -max_total_time="$seconds" -max_len=8192 \
+        -print_final_stats=1 >"$log" 2>&1; then
         status=ok
     else
         status=CRASH

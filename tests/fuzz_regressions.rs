@@ -57,6 +57,22 @@ fn short_stable_fuzz_run_finds_nothing() {
     }
 }
 
+/// The runner finds a planted bug (a panic on a frame shorter than a header whose length
+/// field says 4 GiB) and hands back the input that caused it.
+#[test]
+fn the_runner_reports_a_crash_with_its_input() {
+    fn planted(bytes: &[u8]) -> bool {
+        assert!(!(bytes.len() < 32 && bytes.starts_with(&u32::MAX.to_le_bytes())), "planted bug");
+        !bytes.is_empty()
+    }
+    let seeds = vec![vec![0u8; 32]];
+    let report =
+        runner::run(planted, seeds, 7, runner::Budget { execs: 1_000_000, time: Duration::from_secs(5) });
+    let crash = report.crash.expect("the planted bug is found");
+    assert!(crash.input.len() < 32 && crash.input.starts_with(&[0xff; 4]), "{:02x?}", crash.input);
+    assert!(crash.message.contains("planted bug"), "{}", crash.message);
+}
+
 /// The stable fuzzer for a while: `FUZZ_SECONDS` per target (default 60), the targets in
 /// `FUZZ_TARGETS` (comma separated; default all), crashing inputs saved to `FUZZ_ARTIFACTS`
 /// (default target/fuzz-artifacts). `scripts/fuzz.sh` runs this when cargo fuzz cannot.

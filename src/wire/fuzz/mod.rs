@@ -218,10 +218,15 @@ fn db_name(data: &[u8]) {
     }
 }
 
-/// GET_TUNABLE and SET_TUNABLE requests: what decodes re-encodes to the same request.
+/// GET_TUNABLE and SET_TUNABLE requests: what decodes re-encodes to the same request. And
+/// the replies a client reads.
 fn tunable_payload(data: &[u8]) -> bool {
     use tunables::payload::*;
-    let mut decoded = false;
+    let mut decoded = decode_value(data).is_ok();
+    if let Ok(names) = decode_list_reply(data) {
+        assert!(names.iter().all(|name| !name.is_empty() && !name.contains([':', '\0'])));
+        decoded = true;
+    }
     if let Ok(name) = decode_get_request(data) {
         assert_eq!(decode_get_request(&encode_get_request(&name)), Ok(name));
         decoded = true;
