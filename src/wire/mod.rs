@@ -12,6 +12,9 @@ pub mod control;
 pub mod ctdb;
 #[cfg(test)]
 mod dissector_tests;
+/// Public for fuzz/ and tests/fuzz_regressions.rs only; no part of the API.
+#[doc(hidden)]
+pub mod fuzz;
 mod payload;
 
 pub use codec::{
