@@ -419,7 +419,11 @@ impl EventLoop {
         while budget > 0 {
             let connection = self.connections.get_mut(&client).ok_or(None)?;
             let n = match nix::unistd::read(connection.link.stream.as_raw_fd(), &mut self.scratch[..budget]) {
-                Ok(0) => return Err(None),
+                Ok(0) if connection.partial.is_empty() => return Err(None),
+                Ok(0) => {
+                    let held = connection.partial.len();
+                    return Err(Some(format!("the connection ended {held} bytes into a frame")));
+                }
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(()),
