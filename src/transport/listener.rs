@@ -102,23 +102,35 @@ impl RefusalLog {
     }
 }
 
+/// Handshakes one source address may have pending: a node reconnects with one at a time.
+const PENDING_PER_ADDRESS: usize = 2;
+
 /// A handshake slot, given back when dropped.
-struct PendingHandshake(Arc<Shared>);
+struct PendingHandshake(Arc<Shared>, IpAddr);
 
 impl PendingHandshake {
-    fn enter(shared: &Arc<Shared>) -> Option<PendingHandshake> {
+    fn enter(shared: &Arc<Shared>, source: IpAddr) -> Option<PendingHandshake> {
+        let mut by_address = shared.pending_by_address.lock();
+        let of_source = by_address.entry(source).or_default();
         let limit = shared.config.max_pending_handshakes.max(1);
-        let taken = shared.pending_handshakes.fetch_add(1, Ordering::AcqRel);
-        if taken >= limit {
-            shared.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+        if *of_source >= PENDING_PER_ADDRESS || shared.pending_handshakes.load(Ordering::Acquire) >= limit {
             return None;
         }
-        Some(PendingHandshake(Arc::clone(shared)))
+        *of_source += 1;
+        shared.pending_handshakes.fetch_add(1, Ordering::AcqRel);
+        Some(PendingHandshake(Arc::clone(shared), source))
     }
 }
 
 impl Drop for PendingHandshake {
     fn drop(&mut self) {
+        let mut by_address = self.0.pending_by_address.lock();
+        if let Some(count) = by_address.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.1);
+            }
+        }
         self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -152,14 +164,15 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
         return; // dropping the stream closes it
     }
     let slot = match shared.config.cluster_key {
-        Some(_) => match PendingHandshake::enter(shared) {
+        Some(_) => match PendingHandshake::enter(shared, addr.ip()) {
             Some(slot) => Some(slot),
             None => {
                 shared.refused_busy.fetch_add(1, Ordering::Relaxed);
                 shared.refusals.warn(|| {
                     format!(
-                        "refused connection from {addr}: {} handshakes are already pending",
-                        shared.config.max_pending_handshakes
+                        "refused connection from {addr}: {} handshakes are already pending ({} \
+                         from one address at most)",
+                        shared.config.max_pending_handshakes, PENDING_PER_ADDRESS
                     )
                 });
                 return;

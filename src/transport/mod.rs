@@ -188,6 +188,9 @@ struct Shared {
     refused_handshake: AtomicU64,
     refused_busy: AtomicU64,
     pending_handshakes: AtomicUsize,
+    /// Handshakes pending per source address: a process using one node's address can hold
+    /// up only that node's reconnects.
+    pending_by_address: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     refusals: listener::RefusalLog,
     dropped_unknown_destination: AtomicU64,
     dropped_to_self: AtomicU64,
@@ -307,6 +310,7 @@ impl Transport {
             refused_handshake: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
             pending_handshakes: AtomicUsize::new(0),
+            pending_by_address: Default::default(),
             refusals: listener::RefusalLog::default(),
             dropped_unknown_destination: AtomicU64::new(0),
             dropped_to_self: AtomicU64::new(0),

@@ -155,9 +155,12 @@ impl Node {
                     self.engine_input(Input::ClientDone { client, db_id, key: key.to_vec() });
                 }
             }
+            // No reply: a key longer than any call could use is dropped, not queued.
             opcode::DELETED => {
                 if let Ok((db_id, key)) = control::decode_db_key(&request.data) {
-                    self.engine_input(Input::Deleted { db_id, key: key.to_vec() });
+                    if key.len() <= crate::wire::MAX_KEY_LEN {
+                        self.engine_input(Input::Deleted { db_id, key: key.to_vec() });
+                    }
                 }
             }
             opcode::STATUS => {

@@ -253,6 +253,11 @@ impl Node {
             opcode::GET_PUBLIC_IPS => ok_reply(ctdb::encode_empty_list()),
             // smbd deleted a record (left it empty): vacuuming removes it from every node.
             opcode::SCHEDULE_FOR_DELETION => match ctdb::decode_schedule_for_deletion(data) {
+                Ok((_, key)) if key.len() > crate::wire::MAX_KEY_LEN => error_reply(&format!(
+                    "a key of {} bytes: keys hold at most {}",
+                    key.len(),
+                    crate::wire::MAX_KEY_LEN
+                )),
                 Ok((db_id, key)) => {
                     self.engine_input(Input::Deleted { db_id, key });
                     ok_reply(vec![])
