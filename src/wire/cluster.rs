@@ -545,59 +545,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        let dbs = vec![DbName { db_id: 7, name: "locking.tdb".into() }];
-        let epoch = Epoch { term: 3, seq: 9 };
-        for msg in [
-            ClusterMsg::Heartbeat(Heartbeat {
-                term: 2,
-                leader: 1,
-                flags: flags::ACTIVE,
-                epoch,
-                generation: 77,
-            }),
-            ClusterMsg::VoteRequest { term: 4 },
-            ClusterMsg::Vote { term: 4, granted: true },
-            ClusterMsg::RecoveryStart { term: 4, generation: 99 },
-            ClusterMsg::RecoveryReady { generation: 99, epoch, participants: vec![0, 2], dbs: dbs.clone() },
-            ClusterMsg::Pull { generation: 99, dbs: vec![7] },
-            ClusterMsg::Headers {
-                generation: 99,
-                db_id: 7,
-                chunk: 2,
-                entries: vec![HeaderEntry { key: b"k".to_vec(), rsn: 5, dmaster: 2 }],
-                last: true,
-            },
-            ClusterMsg::Wipe { generation: 99, dbs: dbs.clone() },
-            ClusterMsg::Wiped { generation: 99 },
-            ClusterMsg::Fixes {
-                generation: 99,
-                db_id: 7,
-                fixes: vec![
-                    FixEntry { key: b"a".to_vec(), fix: RecordFix::Promote { rsn: 6 } },
-                    FixEntry { key: vec![], fix: RecordFix::Point { dmaster: 1 } },
-                ],
-            },
-            ClusterMsg::Commit { generation: 99, epoch, vnn_map: vec![0, 1], dbs, fixes: 12 },
-            ClusterMsg::Committed { generation: 99 },
-            ClusterMsg::RecoveryFailed { generation: 99 },
-            ClusterMsg::Activate { generation: 99 },
-            ClusterMsg::Trouble { reason: "lost".into() },
-            ClusterMsg::Leaving,
-            ClusterMsg::Alive,
-            ClusterMsg::Attach { id: 3, db: DbName { db_id: 7, name: "brlock.tdb".into() } },
-            ClusterMsg::Attached { id: 3, error: String::new() },
-            ClusterMsg::VacuumFetch { generation: 99, db_id: 7, keys: vec![b"k".to_vec(), vec![]] },
-            ClusterMsg::VacuumDrop {
-                generation: 99,
-                round: 4,
-                db_id: 7,
-                entries: vec![
-                    VacuumEntry { key: b"k".to_vec(), rsn: 9 },
-                    VacuumEntry { key: vec![], rsn: 1 },
-                ],
-            },
-            ClusterMsg::VacuumKept { generation: 99, round: 4, kept: vec![b"k".to_vec()] },
-        ] {
+        for msg in crate::wire::fuzz::seeds::cluster_msgs() {
             round_trip(msg);
         }
     }

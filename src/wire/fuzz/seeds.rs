@@ -185,7 +185,9 @@ fn control_payloads() -> Vec<Vec<u8>> {
     payloads
 }
 
-fn cluster_msgs() -> Vec<ClusterMsg> {
+/// One message of every kind, empty keys among them; the cluster codec's round-trip test
+/// uses them too.
+pub(crate) fn cluster_msgs() -> Vec<ClusterMsg> {
     let dbs = vec![DbName { db_id: 9, name: "locking.tdb".into() }];
     let epoch = Epoch { term: 3, seq: 2 };
     vec![
@@ -216,6 +218,7 @@ fn cluster_msgs() -> Vec<ClusterMsg> {
             fixes: vec![
                 FixEntry { key: b"a".to_vec(), fix: RecordFix::Promote { rsn: 6 } },
                 FixEntry { key: b"b".to_vec(), fix: RecordFix::Point { dmaster: 1 } },
+                FixEntry { key: vec![], fix: RecordFix::Point { dmaster: 1 } },
             ],
         },
         ClusterMsg::Commit { generation: 6, epoch, vnn_map: vec![0, 1], dbs: dbs.clone(), fixes: 2 },
@@ -227,12 +230,12 @@ fn cluster_msgs() -> Vec<ClusterMsg> {
         ClusterMsg::Alive,
         ClusterMsg::Attach { id: 1, db: dbs[0].clone() },
         ClusterMsg::Attached { id: 1, error: String::new() },
-        ClusterMsg::VacuumFetch { generation: 6, db_id: 9, keys: vec![b"k".to_vec()] },
+        ClusterMsg::VacuumFetch { generation: 6, db_id: 9, keys: vec![b"k".to_vec(), vec![]] },
         ClusterMsg::VacuumDrop {
             generation: 6,
             round: 1,
             db_id: 9,
-            entries: vec![VacuumEntry { key: b"k".to_vec(), rsn: 7 }],
+            entries: vec![VacuumEntry { key: b"k".to_vec(), rsn: 7 }, VacuumEntry { key: vec![], rsn: 1 }],
         },
         ClusterMsg::VacuumKept { generation: 6, round: 1, kept: vec![b"k".to_vec()] },
     ]
