@@ -97,6 +97,14 @@ impl AttachedDb {
         })
     }
 
+    /// Whether the file's version of `key` is at least as long as `record`: libtdb then
+    /// overwrites it in place, with no allocation and so no free-list lock, and records
+    /// already here keep moving while a client holds the free list.
+    fn fits_in_place(&self, key: &[u8], record: &Record) -> bool {
+        let len = crate::record::HEADER_LEN + record.data.len();
+        matches!(self.tdb.parse_record(key, |value| value.len() >= len), Ok(Some(true)))
+    }
+
     /// Makes sure no client finds a version of `key` in the file it would trust: one there is
     /// overwritten in place (no allocation, so no free-list lock) by the record's header
     /// naming no node, and no data; a client asks the daemon, which has the record. False if
@@ -446,7 +454,7 @@ impl RecordStore for TdbStore {
             .dbs
             .get_mut(&db_id)
             .ok_or_else(|| Error::einval(format!("db {db_id:#x} is not attached")))?;
-        if db.write_deferred() {
+        if db.write_deferred() && !db.fits_in_place(key, record) {
             if !db.hide_in_file(key, record) {
                 return Err(Error::io(format!("db {}: a stale copy stays in the file", db.name)));
             }
