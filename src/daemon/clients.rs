@@ -57,6 +57,9 @@ pub struct ClientSocketConfig {
     /// Bytes of replies and messages a client may leave unread before it is disconnected.
     /// One packet is always taken into an empty queue, whatever its size.
     pub queue_limit: usize,
+    /// Bytes of unfinished frames all clients together may have sent: past it, the client
+    /// whose bytes went over is disconnected. Each may send a whole packet (64 MiB).
+    pub partial_budget: usize,
 }
 
 /// Traverse answers a client may leave unread before it is disconnected.
@@ -65,6 +68,8 @@ const MAX_QUEUED_STREAMS: usize = 4;
 /// Default of [`ClientSocketConfig::queue_limit`]: far more than any client reading its
 /// socket leaves queued, little enough that a thousand stopped ones do not exhaust memory.
 pub const DEFAULT_QUEUE_LIMIT: usize = 16 << 20;
+/// Default of [`ClientSocketConfig::partial_budget`]: four packets of the largest size.
+pub const DEFAULT_PARTIAL_BUDGET: usize = 4 * crate::wire::MAX_PACKET_LEN;
 
 /// Bytes read from one connection before the loop serves the others.
 const READ_BUDGET: usize = 256 << 10;
@@ -100,6 +105,7 @@ pub fn listen(path: &Path, config: ClientSocketConfig, events: ClientHandler) ->
         refusals_logged_at: None,
         refusals_unlogged: 0,
         scratch: vec![0; READ_BUDGET],
+        partial_bytes: 0,
     };
     thread::Builder::new().name("clients".into()).spawn(move || event_loop.run())?;
     Ok(())
@@ -285,6 +291,8 @@ struct EventLoop {
     refusals_logged_at: Option<Instant>,
     refusals_unlogged: u64,
     scratch: Vec<u8>,
+    /// Bytes of unfinished frames over all connections.
+    partial_bytes: usize,
 }
 
 impl EventLoop {
@@ -418,6 +426,7 @@ impl EventLoop {
         let mut budget = READ_BUDGET;
         while budget > 0 {
             let connection = self.connections.get_mut(&client).ok_or(None)?;
+            let before = connection.partial.len();
             let n = match nix::unistd::read(connection.link.stream.as_raw_fd(), &mut self.scratch[..budget]) {
                 Ok(0) if connection.partial.is_empty() => return Err(None),
                 Ok(0) => {
@@ -432,14 +441,27 @@ impl EventLoop {
             budget -= n;
             connection.partial.extend_from_slice(&self.scratch[..n]);
             let mut partial = std::mem::take(&mut connection.partial);
-            let consumed = self.handle_frames(client, &partial)?;
+            let consumed = match self.handle_frames(client, &partial) {
+                Ok(consumed) => consumed,
+                Err(why) => {
+                    self.partial_bytes = self.partial_bytes.saturating_sub(before);
+                    return Err(why);
+                }
+            };
             partial.drain(..consumed);
             if partial.is_empty() && partial.capacity() > READ_BUDGET {
                 partial = Vec::new(); // a large frame's buffer is not kept for an idle client
             }
-            match self.connections.get_mut(&client) {
-                Some(connection) => connection.partial = partial,
-                None => return Ok(()),
+            self.partial_bytes = self.partial_bytes.saturating_sub(before);
+            let Some(connection) = self.connections.get_mut(&client) else { return Ok(()) };
+            let held = partial.len();
+            connection.partial = partial;
+            self.partial_bytes += held;
+            if self.partial_bytes > self.config.partial_budget {
+                return Err(Some(format!(
+                    "unfinished frames of all clients passed {} bytes, {held} of them this one's",
+                    self.config.partial_budget
+                )));
             }
         }
         Ok(())
@@ -473,6 +495,7 @@ impl EventLoop {
     /// Ends a connection; `why` is logged unless the client simply closed it.
     fn remove(&mut self, client: ClientId, why: Option<String>) {
         let Some(connection) = self.connections.remove(&client) else { return };
+        self.partial_bytes = self.partial_bytes.saturating_sub(connection.partial.len());
         let link = &connection.link;
         if let Some(why) = why.filter(|_| !connection.refused) {
             let pid = link.pid.map_or("unknown".to_string(), |p| p.to_string());
@@ -599,6 +622,62 @@ mod tests {
         link.send_stream((0..2000).map(|seq| message(seq, 4 << 10)));
         assert!(link.0.out.lock().closed, "one stream past the bound cuts it off");
         assert!(link.0.out.lock().queue.is_empty(), "and frees what it held");
+    }
+
+    /// Unfinished frames are bounded over all clients: the client whose bytes pass the
+    /// budget is dropped, the others keep their connections and are served.
+    #[test]
+    fn unfinished_frames_of_all_clients_are_bounded() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("rctdb-partial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&served);
+        let handler: ClientHandler = Arc::new(move |event| {
+            if let ClientEvent::Packet { .. } = event {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let budget = 1 << 20;
+        let config =
+            ClientSocketConfig { group: None, max_clients: 16, queue_limit: 1 << 20, partial_budget: budget };
+        listen(&path, config, handler).expect("listen");
+        // Each declares a 1 MiB frame and sends 400 KiB of it: three pass the budget, two not.
+        let header = |len: u32| {
+            let mut frame = encode(&message(1, 0));
+            frame[..4].copy_from_slice(&len.to_le_bytes());
+            frame
+        };
+        let mut senders: Vec<UnixStream> =
+            (0..3).map(|_| UnixStream::connect(&path).expect("connect")).collect();
+        for sender in &mut senders {
+            sender.write_all(&header(1 << 20)).expect("header");
+            sender.write_all(&vec![0u8; 400 << 10]).expect("part of the body");
+        }
+        // Two fit the budget: whichever read passes it, only that client goes. Closed with
+        // its bytes unread, its socket ends with a reset rather than an EOF.
+        let dropped = senders
+            .iter_mut()
+            .filter(|sender| {
+                sender.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                match (&**sender).read(&mut [0u8; 16]) {
+                    Ok(0) => true,
+                    Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+                    Ok(_) => panic!("a reply to an unfinished frame"),
+                }
+            })
+            .count();
+        assert_eq!(dropped, 1, "one client past the budget is dropped, no other");
+        let mut other = UnixStream::connect(&path).expect("connect");
+        other.write_all(&encode(&message(2, 10))).expect("a whole frame");
+        let started = Instant::now();
+        while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "a whole frame was not served");
+            std::thread::yield_now();
+        }
+        drop(senders);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

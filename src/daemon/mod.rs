@@ -94,8 +94,12 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     let open_files = raise_open_files_limit();
     let max_clients = config.max_clients.min(open_files.saturating_sub(FDS_NOT_FOR_CLIENTS) as usize);
     log::info!("open files limit {open_files}: at most {max_clients} clients");
-    let socket_config =
-        clients::ClientSocketConfig { group, max_clients, queue_limit: clients::DEFAULT_QUEUE_LIMIT };
+    let socket_config = clients::ClientSocketConfig {
+        group,
+        max_clients,
+        queue_limit: clients::DEFAULT_QUEUE_LIMIT,
+        partial_budget: clients::DEFAULT_PARTIAL_BUDGET,
+    };
     clients::listen(&config.socket, socket_config, client_handler)
         .map_err(|e| format!("client socket {}: {e}", config.socket.display()))?;
     log::info!(
