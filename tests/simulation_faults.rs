@@ -131,6 +131,10 @@ struct SimNode {
     restart_at: Option<u64>,
     quiet_until: Option<u64>,
     failing_until: Option<u64>,
+    /// Writes kept in memory (a lock libtdb needs held too long), and the keys whose
+    /// clients wait for them (`Output::WaitForWrite`).
+    refusing_until: Option<u64>,
+    write_waits: Vec<Vec<u8>>,
     incarnation: u64,
 }
 
@@ -223,6 +227,8 @@ struct Coverage {
     quiets: u64,
     partitions: u64,
     store_failures: u64,
+    writes_held: u64,
+    write_waits: u64,
     link_resets: u64,
     dropped: u64,
     max_hop_drops: u64,
@@ -249,6 +255,8 @@ impl Coverage {
         self.quiets += o.quiets;
         self.partitions += o.partitions;
         self.store_failures += o.store_failures;
+        self.writes_held += o.writes_held;
+        self.write_waits += o.write_waits;
         self.link_resets += o.link_resets;
         self.dropped += o.dropped;
         self.max_hop_drops += o.max_hop_drops;
@@ -294,6 +302,8 @@ impl Sim {
                 restart_at: None,
                 quiet_until: None,
                 failing_until: None,
+                refusing_until: None,
+                write_waits: vec![],
                 incarnation: 0,
             })
             .collect();
@@ -399,7 +409,7 @@ impl Sim {
                 self.to_client[client as usize].push_back((status, data));
             }
             Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
-            Output::WaitForWrite { .. } => self.fail("a MemStore write cannot be left unwritten"),
+            Output::WaitForWrite { key, .. } => self.nodes[pnn as usize].write_waits.push(key),
             Output::AttachDone { client, reqid, result, .. } => {
                 let c = &mut self.clients[client as usize];
                 if c.state != ClientState::WaitingAttach || reqid != c.next_reqid {
@@ -591,6 +601,8 @@ impl Sim {
         node.freeze_pending = false;
         node.quiet_until = None;
         node.failing_until = None;
+        node.refusing_until = None;
+        node.write_waits.clear();
         node.restart_at = Some(self.now + 50 + self.rng.below64(1500));
         if self.lock_holder == Some(k) {
             self.lock_holder = None; // the kernel drops a dead process's lock
@@ -637,7 +649,7 @@ impl Sim {
             return;
         }
         self.faults_left -= 1;
-        match self.rng.below64(5) {
+        match self.rng.below64(6) {
             0 => self.crash_node(k),
             1 => {
                 self.coverage.quiets += 1;
@@ -659,6 +671,15 @@ impl Sim {
                 self.disrupt();
                 self.nodes[k as usize].store.failing = true;
                 self.nodes[k as usize].failing_until = Some(self.now + 5 + self.rng.below64(100));
+            }
+            4 => {
+                // A client holds a lock libtdb needs to write: writes stay in memory and
+                // clients wait for them. Nothing may be lost, so the cluster is not disrupted.
+                self.coverage.writes_held += 1;
+                let until = self.now + 5 + self.rng.below64(200);
+                let node = &mut self.nodes[k as usize];
+                node.store.refusing = Some(libc::EAGAIN);
+                node.refusing_until = Some(until);
             }
             _ => {
                 // A connection reset: what was queued on it is gone. Not a fault that may
@@ -692,6 +713,13 @@ impl Sim {
                 node.failing_until = None;
                 node.store.failing = false;
             }
+            let node = &mut self.nodes[k as usize];
+            if node.refusing_until.is_some_and(|t| t <= now) {
+                node.refusing_until = None;
+                node.store.write_refused();
+                let written: Vec<Vec<u8>> = node.write_waits.drain(..).collect();
+                self.lock_available.extend(written.into_iter().map(|key| (k, key)));
+            }
         }
         if self.partition.as_ref().is_some_and(|(_, until)| *until <= now) {
             self.partition = None;
@@ -716,7 +744,9 @@ impl Sim {
 
     fn healed(&self) -> bool {
         self.partition.is_none()
-            && self.nodes.iter().all(|n| n.up && n.quiet_until.is_none() && n.failing_until.is_none())
+            && self.nodes.iter().all(|n| {
+                n.up && n.quiet_until.is_none() && n.failing_until.is_none() && n.refusing_until.is_none()
+            })
     }
 
     /// One step of simulated time; false once every client is done and the cluster settled.
@@ -985,6 +1015,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         sim.coverage.migrations += stats.migrations_completed;
         sim.coverage.max_hop_drops += stats.calls_dropped_max_hops;
         sim.coverage.lock_waits += stats.lock_waits;
+        sim.coverage.write_waits += stats.write_waits;
         sim.coverage.vacuumed += stats.vacuum_deleted;
         sim.coverage.vacuum_copies_dropped += stats.vacuum_copies_dropped;
         sim.coverage.vacuum_copies_kept += stats.vacuum_copies_kept;
@@ -1018,6 +1049,8 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_operation() {
     assert!(total.vacuum_copies_dropped > 0 && total.vacuum_copies_kept > 0, "{total:?}");
     // Recoveries and broken links in the middle of vacuuming rounds.
     assert!(total.vacuum_rounds_abandoned > 0, "{total:?}");
+    // Records held in memory while a client holds a lock libtdb needs, clients waiting.
+    assert!(total.writes_held > 0 && total.write_waits > 0, "{total:?}");
     // Holders asking LMASTERs to take their empty records, taken by migration.
     assert!(total.vacuum_fetches > 0, "{total:?}");
 }
