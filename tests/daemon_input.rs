@@ -1,25 +1,19 @@
 //! Bad input on rctdbd's client socket gets a clear error or a closed connection, never a
 //! crash: the daemon keeps serving everyone else.
 
+mod socket_support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rctdb::client::DaemonConnection;
 use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
-use rctdb::wire::codec::{read_packet, write_packet};
 use rctdb::wire::control::opcode;
-use rctdb::wire::{Body, Packet, ReqCall, ReqControl, CURRENT_NODE, MAX_PACKET_LEN};
+use rctdb::wire::{Body, ReqCall, ReqControl};
+use socket_support::request;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn request(stream: &mut UnixStream, reqid: u32, body: Body) -> Body {
-    let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body };
-    write_packet(stream, &packet).expect("write");
-    let reply = read_packet(stream, MAX_PACKET_LEN).expect("a reply");
-    assert_eq!(reply.reqid, reqid);
-    reply.body
-}
 
 /// The daemon closed the connection: end of stream, or a reset when it closed with our
 /// unread bytes still in its buffer.

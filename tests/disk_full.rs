@@ -110,15 +110,22 @@ fn file_is_sound(path: &Path) -> usize {
     count
 }
 
+/// A fresh cluster directory whose node `node` keeps its databases on a tmpfs of `size`;
+/// `None`, said on stderr, when not root.
+fn cluster_dir_with_tmpfs(name: &str, node: usize, size: &str) -> Option<(PathBuf, Tmpfs)> {
+    if !is_root() {
+        eprintln!("not run: mounting the small tmpfs this test uses needs root");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("rctdb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tmpfs = Tmpfs::mount(&dir.join(format!("node{node}")), size);
+    Some((dir, tmpfs))
+}
+
 #[test]
 fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
-    if !is_root() {
-        eprintln!("not run: mounting the small tmpfs this test fills needs root");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("rctdb-disk-full-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tmpfs = Tmpfs::mount(&dir.join("node1"), "8m");
+    let Some((dir, tmpfs)) = cluster_dir_with_tmpfs("disk-full", 1, "8m") else { return };
     let mut spec = ClusterSpec::new(3, &dir).with_tunable("VacuumInterval", 0);
     spec.first_address = Ipv4Addr::new(127, 0, 54, 11);
     let cluster = RunningCluster::start(spec).expect("cluster up");
@@ -186,13 +193,7 @@ fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
 
 #[test]
 fn a_read_only_database_directory_is_refused_by_name() {
-    if !is_root() {
-        eprintln!("not run: mounting the read-only tmpfs this test uses needs root");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("rctdb-read-only-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tmpfs = Tmpfs::mount(&dir.join("node0"), "1m");
+    let Some((dir, tmpfs)) = cluster_dir_with_tmpfs("read-only", 0, "1m") else { return };
     tmpfs.remount("ro");
     let mut spec = ClusterSpec::new(1, &dir);
     spec.first_address = Ipv4Addr::new(127, 0, 54, 21);

@@ -5,7 +5,7 @@
 //!
 //! Address: 127.0.56.11.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -16,8 +16,8 @@ use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::engine::MAX_WAITERS_PER_KEY;
 use rctdb::local::StoreFlag;
 use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
-use rctdb::wire::codec::{decode_unpadded, encode};
-use rctdb::wire::{Body, Packet, ReqCall, CALL_NULL_FUNC, MAX_KEY_LEN, MAX_RECORD_LEN};
+use rctdb::wire::codec::{encode, read_packet};
+use rctdb::wire::{Body, Packet, ReqCall, CALL_NULL_FUNC, MAX_KEY_LEN, MAX_PACKET_LEN, MAX_RECORD_LEN};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,7 +91,7 @@ fn databases_keys_records_and_waiters_are_bounded_with_clear_errors() {
         body: Body::ReqCall(call),
     }))
     .unwrap();
-    match read_reply(&mut raw).body {
+    match read_packet(&mut raw, MAX_PACKET_LEN).expect("a reply").body {
         Body::ReplyError(reply) => {
             let msg = String::from_utf8_lossy(&reply.msg);
             assert!(msg.contains("keys hold at most"), "{msg}");
@@ -175,30 +175,11 @@ fn flood(socket: &Path, db_id: u32, calls: usize) -> Flood {
     let refusals = Arc::new(Mutex::new(Vec::new()));
     let (mut reader, seen) = (stream.try_clone().unwrap(), Arc::clone(&refusals));
     std::thread::spawn(move || {
-        while let Some(packet) = try_read_reply(&mut reader) {
+        while let Ok(packet) = read_packet(&mut reader, MAX_PACKET_LEN) {
             if let Body::ReplyError(reply) = packet.body {
                 seen.lock().unwrap().push(String::from_utf8_lossy(&reply.msg).into_owned());
             }
         }
     });
     Flood { stream, refusals }
-}
-
-fn try_read_reply(stream: &mut UnixStream) -> Option<Packet> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).ok()?;
-    let mut frame = len.to_vec();
-    frame.resize(u32::from_le_bytes(len) as usize, 0);
-    stream.read_exact(&mut frame[4..]).ok()?;
-    decode_unpadded(&frame).ok()
-}
-
-fn read_reply(stream: &mut UnixStream) -> Packet {
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).expect("a reply");
-    let mut frame = len.to_vec();
-    frame.resize(u32::from_le_bytes(len) as usize, 0);
-    stream.read_exact(&mut frame[4..]).expect("the rest of the reply");
-    decode_unpadded(&frame).expect("a reply we can decode")
 }

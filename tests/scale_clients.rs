@@ -3,6 +3,8 @@
 //! where they were when they leave; a client that stops reading costs only itself; limits
 //! refuse the one client over them with an error that says why.
 
+mod socket_support;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -17,9 +19,10 @@ use rctdb::client::DaemonConnection;
 use rctdb::tool::clients_bench::ProcessFigures;
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tool::idle_clients::IdleClients;
-use rctdb::wire::codec::{read_packet, write_packet};
+use rctdb::wire::codec::write_packet;
 use rctdb::wire::ctdb::opcode;
-use rctdb::wire::{Body, Packet, ReqControl, ReqMessage, CURRENT_NODE, MAX_PACKET_LEN};
+use rctdb::wire::{Body, Packet, ReqControl, ReqMessage, CURRENT_NODE};
+use socket_support::request;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_CLIENTS: usize = 2000;
@@ -29,14 +32,6 @@ const IDLE_CLIENTS: usize = 2000;
 const MAX_THREADS: usize = 32;
 const MAX_EXTRA_FDS: usize = 32;
 const MAX_RSS_KIB: usize = 48 << 10;
-
-fn request(stream: &mut UnixStream, reqid: u32, body: Body) -> Body {
-    let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body };
-    write_packet(stream, &packet).expect("write");
-    let reply = read_packet(stream, MAX_PACKET_LEN).expect("a reply");
-    assert_eq!(reply.reqid, reqid);
-    reply.body
-}
 
 fn control(opcode: u32, srvid: u64) -> Body {
     Body::ReqControl(ReqControl { opcode, srvid, client_id: 0, flags: 0, data: vec![] })
