@@ -7,7 +7,7 @@
 #
 # DIR is a `cluster.sh up --backend rctdb` state directory whose rctdbd ran the workload
 # with vacuuming off (VacuumInterval 0), so that smbd's deletes are still there: at least
-# one empty record must be, or the check would prove nothing. Sets VacuumInterval to 500 ms
+# one empty record must be, or the check would prove nothing. Sets VacuumIntervalMs to 500
 # on each rctdbd, then waits up to SECONDS (default 20) until no node's locking.tdb or
 # brlock.tdb holds an empty record. Prints the counts before and after. Exit 0 when none is
 # left, 1 otherwise (a missing file, nothing deleted to begin with, or records left).
@@ -52,7 +52,7 @@ if [ "$EMPTY" -eq 0 ]; then
     exit 1
 fi
 for k in 0 1; do
-    "$RCTDB" --socket "$DIR/rctdb/node$k.sock" setvar VacuumInterval 500 >/dev/null
+    "$RCTDB" --socket "$DIR/rctdb/node$k.sock" setvar VacuumIntervalMs 500 >/dev/null
 done
 deadline=$((SECONDS + WAIT))
 while :; do

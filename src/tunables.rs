@@ -1,42 +1,49 @@
-//! The settings of rctdbd that can change at run time (`rctdb getvar/setvar/listvars`), named
-//! as Samba's CTDB names them. CTDB counts its timers in seconds; ours are milliseconds,
-//! because a local test cluster should fail over in well under a second.
+//! The settings of rctdbd that can change at run time (`rctdb getvar/setvar/listvars`, and
+//! Samba's `ctdb` tool), named as Samba's CTDB names them and in CTDB's units: a time with
+//! a CTDB name is in seconds. A local cluster fails over in well under a second, so each such
+//! time has a second name ending in `Ms` that takes and prints milliseconds; settings CTDB
+//! does not have are in milliseconds and carry `Ms` too. The two names of one time are one
+//! setting: whichever is set last wins. The daemon keeps every time in milliseconds.
 //!
 //! `payload` holds the bodies of CTDB's tunable controls in CTDB's own layouts, and `opcode`
 //! their control numbers plus the few node controls that are ours alone.
 
-/// The runtime-tunable settings of one node.
+/// The runtime-tunable settings of one node, times in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunables {
-    /// "KeepaliveInterval": a heartbeat goes to every peer this often.
+    /// "KeepaliveInterval" (s) / "KeepaliveIntervalMs": a heartbeat goes to every peer this
+    /// often.
     pub keepalive_interval_ms: u64,
     /// "KeepaliveLimit": a peer silent for `keepalive_interval_ms * keepalive_limit` is dead.
     pub keepalive_limit: u64,
-    /// "ElectionTimeout": a candidate without a result after this long tries again.
+    /// "ElectionTimeout" (s) / "ElectionTimeoutMs": a candidate without a result after this
+    /// long tries again.
     pub election_timeout_ms: u64,
-    /// "RecoverInterval": how often the leader checks whether the cluster needs a recovery.
+    /// "RecoverInterval" (s) / "RecoverIntervalMs": how often the leader checks whether the
+    /// cluster needs a recovery.
     pub recover_interval_ms: u64,
-    /// "RecoverTimeout": a node that does not answer a recovery step within this is excluded.
+    /// "RecoverTimeout" (s) / "RecoverTimeoutMs": a node that does not answer a recovery step
+    /// within this is excluded.
     pub recover_timeout_ms: u64,
-    /// "RecoveryBanPeriod": a node that failed recoveries, or failed to store a record, stays
-    /// out of the cluster this long.
+    /// "RecoveryBanPeriod" (s) / "RecoveryBanPeriodMs": a node that failed recoveries, or
+    /// failed to store a record, stays out of the cluster this long.
     pub recovery_ban_period_ms: u64,
-    /// "MigrationResend": a migration not done after this sends its request again; each
+    /// "MigrationResendMs": a migration not done after this sends its request again; each
     /// resend doubles the wait.
     pub migration_resend_ms: u64,
-    /// "MigrationResendMax": the longest wait between two resends of a migration request.
+    /// "MigrationResendMaxMs": the longest wait between two resends of a migration request.
     pub migration_resend_max_ms: u64,
-    /// "FirstUseTimeout": how long a record migrated for a client stays here for that client
-    /// before remote requests may take it.
+    /// "FirstUseTimeoutMs": how long a record migrated for a client stays here for that
+    /// client before remote requests may take it.
     pub first_use_timeout_ms: u64,
     /// "MaxHops": a request forwarded this often is dropped and a recovery asked for (CTDB's
     /// MaxRedirectCount plays this part).
     pub max_hops: u64,
-    /// "VacuumInterval": a vacuuming run starts this often (DESIGN §8.5); 0 turns
-    /// vacuuming off.
+    /// "VacuumInterval" (s) / "VacuumIntervalMs": a vacuuming run starts this often (DESIGN
+    /// §8.5); 0 turns vacuuming off.
     pub vacuum_interval_ms: u64,
-    /// "VacuumMaxRunTime": a run still going after this long stops; what it did not reach
-    /// waits for the next run.
+    /// "VacuumMaxRunTime" (s) / "VacuumMaxRunTimeMs": a run still going after this long
+    /// stops; what it did not reach waits for the next run.
     pub vacuum_max_run_time_ms: u64,
     /// "VacuumFastPathCount": every this many runs, one also scans the whole database for
     /// empty records, instead of only the keys deleted since the last run.
@@ -67,87 +74,61 @@ impl Default for Tunables {
     }
 }
 
-/// One tunable: its name, the smallest value that makes sense, and where it lives.
+/// What a tunable's value counts, under one of its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Intervals, hops, runs, pieces: no unit.
+    Count,
+    /// Whole seconds, CTDB's unit for its times. A time that is not a whole number of
+    /// seconds reads rounded up, so a running timer never reads as 0 (VacuumInterval's off).
+    Seconds,
+    /// Milliseconds: the names ending in `Ms`.
+    Millis,
+}
+
+const MS_PER_SECOND: u64 = 1000;
+
+/// One name of a tunable: its unit, the smallest value that makes sense (in that unit), and
+/// the field it reads and writes.
 struct Spec {
     name: &'static str,
+    unit: Unit,
     min: u64,
     value: fn(&Tunables) -> u64,
     slot: fn(&mut Tunables) -> &mut u64,
 }
 
-/// Every tunable, in the order `names()` and `listing()` give them.
-const SPECS: [Spec; 14] = [
-    Spec {
-        name: "KeepaliveInterval",
-        min: 1,
-        value: |t| t.keepalive_interval_ms,
-        slot: |t| &mut t.keepalive_interval_ms,
-    },
+macro_rules! spec {
+    ($name:literal, $unit:ident, $min:expr, $field:ident) => {
+        Spec { name: $name, unit: Unit::$unit, min: $min, value: |t| t.$field, slot: |t| &mut t.$field }
+    };
+}
+
+/// Every name, in the order `names()` and `listing()` give them.
+const SPECS: [Spec; 21] = [
+    spec!("KeepaliveInterval", Seconds, 1, keepalive_interval_ms),
+    spec!("KeepaliveIntervalMs", Millis, 1, keepalive_interval_ms),
     // With a limit of 1, one heartbeat lost to scheduling jitter would declare a peer dead.
-    Spec { name: "KeepaliveLimit", min: 2, value: |t| t.keepalive_limit, slot: |t| &mut t.keepalive_limit },
-    Spec {
-        name: "ElectionTimeout",
-        min: 1,
-        value: |t| t.election_timeout_ms,
-        slot: |t| &mut t.election_timeout_ms,
-    },
-    Spec {
-        name: "RecoverInterval",
-        min: 1,
-        value: |t| t.recover_interval_ms,
-        slot: |t| &mut t.recover_interval_ms,
-    },
-    Spec {
-        name: "RecoverTimeout",
-        min: 1,
-        value: |t| t.recover_timeout_ms,
-        slot: |t| &mut t.recover_timeout_ms,
-    },
-    Spec {
-        name: "RecoveryBanPeriod",
-        min: 1,
-        value: |t| t.recovery_ban_period_ms,
-        slot: |t| &mut t.recovery_ban_period_ms,
-    },
-    Spec {
-        name: "MigrationResend",
-        min: 1,
-        value: |t| t.migration_resend_ms,
-        slot: |t| &mut t.migration_resend_ms,
-    },
-    Spec {
-        name: "MigrationResendMax",
-        min: 1,
-        value: |t| t.migration_resend_max_ms,
-        slot: |t| &mut t.migration_resend_max_ms,
-    },
-    Spec {
-        name: "FirstUseTimeout",
-        min: 1,
-        value: |t| t.first_use_timeout_ms,
-        slot: |t| &mut t.first_use_timeout_ms,
-    },
+    spec!("KeepaliveLimit", Count, 2, keepalive_limit),
+    spec!("ElectionTimeout", Seconds, 1, election_timeout_ms),
+    spec!("ElectionTimeoutMs", Millis, 1, election_timeout_ms),
+    spec!("RecoverInterval", Seconds, 1, recover_interval_ms),
+    spec!("RecoverIntervalMs", Millis, 1, recover_interval_ms),
+    spec!("RecoverTimeout", Seconds, 1, recover_timeout_ms),
+    spec!("RecoverTimeoutMs", Millis, 1, recover_timeout_ms),
+    spec!("RecoveryBanPeriod", Seconds, 1, recovery_ban_period_ms),
+    spec!("RecoveryBanPeriodMs", Millis, 1, recovery_ban_period_ms),
+    spec!("MigrationResendMs", Millis, 1, migration_resend_ms),
+    spec!("MigrationResendMaxMs", Millis, 1, migration_resend_max_ms),
+    spec!("FirstUseTimeoutMs", Millis, 1, first_use_timeout_ms),
     // One hop is the normal case (a request to the LMASTER forwarded to the DMASTER).
-    Spec { name: "MaxHops", min: 2, value: |t| t.max_hops, slot: |t| &mut t.max_hops },
-    Spec {
-        name: "VacuumInterval",
-        min: 0,
-        value: |t| t.vacuum_interval_ms,
-        slot: |t| &mut t.vacuum_interval_ms,
-    },
-    Spec {
-        name: "VacuumMaxRunTime",
-        min: 1,
-        value: |t| t.vacuum_max_run_time_ms,
-        slot: |t| &mut t.vacuum_max_run_time_ms,
-    },
-    Spec {
-        name: "VacuumFastPathCount",
-        min: 1,
-        value: |t| t.vacuum_fast_path_count,
-        slot: |t| &mut t.vacuum_fast_path_count,
-    },
-    Spec { name: "RepackLimit", min: 0, value: |t| t.repack_limit, slot: |t| &mut t.repack_limit },
+    spec!("MaxHops", Count, 2, max_hops),
+    spec!("VacuumInterval", Seconds, 0, vacuum_interval_ms),
+    spec!("VacuumIntervalMs", Millis, 0, vacuum_interval_ms),
+    spec!("VacuumMaxRunTime", Seconds, 1, vacuum_max_run_time_ms),
+    spec!("VacuumMaxRunTimeMs", Millis, 1, vacuum_max_run_time_ms),
+    spec!("VacuumFastPathCount", Count, 1, vacuum_fast_path_count),
+    spec!("RepackLimit", Count, 0, repack_limit),
 ];
 
 /// Every name, for `names()`, taken from SPECS so the two cannot drift apart.
@@ -161,49 +142,77 @@ const NAMES: [&str; SPECS.len()] = {
     names
 };
 
-/// Tunable values travel in CTDB's controls as 32-bit numbers.
+/// Tunable values travel in CTDB's controls as 32-bit numbers, under every name: a time in
+/// seconds may be at most this many milliseconds too.
 pub const MAX_VALUE: u64 = u32::MAX as u64;
 
 /// `ctdb listvars` pads the names to this width.
 const LISTING_NAME_WIDTH: usize = 26;
 
+impl Spec {
+    /// The stored value as this name reads it.
+    fn read(&self, tunables: &Tunables) -> u64 {
+        let stored = (self.value)(tunables);
+        match self.unit {
+            Unit::Count | Unit::Millis => stored,
+            Unit::Seconds => stored.div_ceil(MS_PER_SECOND),
+        }
+    }
+
+    /// The value to store for `value` given under this name, if it is in range.
+    fn to_stored(&self, value: u64) -> Result<u64, String> {
+        let name = self.name;
+        if value < self.min {
+            let hint = match self.unit {
+                Unit::Seconds => format!(" ({name}Ms takes milliseconds)"),
+                Unit::Count | Unit::Millis => String::new(),
+            };
+            return Err(format!("{name} = {value}: the smallest allowed value is {}{hint}", self.min));
+        }
+        let (max, stored) = match self.unit {
+            Unit::Count | Unit::Millis => (MAX_VALUE, value),
+            Unit::Seconds => (MAX_VALUE / MS_PER_SECOND, value.saturating_mul(MS_PER_SECOND)),
+        };
+        if value > max {
+            return Err(match self.unit {
+                Unit::Seconds => {
+                    format!("{name} = {value}: at most {max} s, whose milliseconds are a 32-bit value")
+                }
+                Unit::Count | Unit::Millis => {
+                    format!("{name} = {value}: tunables are 32-bit values, at most {max}")
+                }
+            });
+        }
+        Ok(stored)
+    }
+}
+
 impl Tunables {
-    /// Every tunable's CTDB-style name, in a stable order.
+    /// Every tunable name, in a stable order: CTDB's names, each time's `Ms` name after it.
     pub fn names() -> &'static [&'static str] {
         &NAMES
     }
 
-    /// The value of the tunable `name`, matched case-insensitively as ctdb does.
+    /// The value of the tunable `name` in its unit, matched case-insensitively as ctdb does.
     pub fn get(&self, name: &str) -> Option<u64> {
-        spec_of(name).map(|spec| (spec.value)(self))
+        spec_of(name).map(|spec| spec.read(self))
     }
 
-    /// Sets the tunable `name` (case-insensitive) if `value` is in its range; otherwise
-    /// nothing changes and the message says why.
+    /// Sets the tunable `name` (case-insensitive) to `value` in its unit, if it is in range;
+    /// otherwise nothing changes and the message says why.
     pub fn set(&mut self, name: &str, value: u64) -> Result<(), String> {
         let spec = spec_of(name).ok_or_else(|| format!("no such tunable {name:?}"))?;
-        let name = spec.name;
-        if value < spec.min {
-            return Err(format!("{name} = {value}: the smallest allowed value is {}", spec.min));
-        }
-        if value > MAX_VALUE {
-            return Err(format!("{name} = {value}: tunables are 32-bit values, at most {MAX_VALUE}"));
-        }
-        // The resend backoff doubles from MigrationResend up to MigrationResendMax, so the
-        // pair must stay ordered whichever of the two changes.
-        if name == "MigrationResend" && value > self.migration_resend_max_ms {
+        let mut changed = self.clone();
+        *(spec.slot)(&mut changed) = spec.to_stored(value)?;
+        // The resend backoff doubles from MigrationResendMs up to MigrationResendMaxMs, so
+        // the pair must stay ordered whichever of the two changes.
+        if changed.migration_resend_ms > changed.migration_resend_max_ms {
             return Err(format!(
-                "{name} = {value}: must not exceed MigrationResendMax ({})",
-                self.migration_resend_max_ms
+                "{} = {value}: MigrationResendMs ({}) must not exceed MigrationResendMaxMs ({})",
+                spec.name, changed.migration_resend_ms, changed.migration_resend_max_ms
             ));
         }
-        if name == "MigrationResendMax" && value < self.migration_resend_ms {
-            return Err(format!(
-                "{name} = {value}: must be at least MigrationResend ({})",
-                self.migration_resend_ms
-            ));
-        }
-        *(spec.slot)(self) = value;
+        *self = changed;
         Ok(())
     }
 
@@ -211,7 +220,7 @@ impl Tunables {
     pub fn listing(&self) -> String {
         SPECS
             .iter()
-            .map(|spec| format!("{:<LISTING_NAME_WIDTH$} = {}\n", spec.name, (spec.value)(self)))
+            .map(|spec| format!("{:<LISTING_NAME_WIDTH$} = {}\n", spec.name, spec.read(self)))
             .collect()
     }
 }
@@ -356,25 +365,78 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn defaults() {
+    fn defaults_read_in_each_names_unit() {
         let t = Tunables::default();
         let expected = [
-            ("KeepaliveInterval", 100),
+            ("KeepaliveInterval", 1), // 100 ms, rounded up to whole seconds
+            ("KeepaliveIntervalMs", 100),
             ("KeepaliveLimit", 6),
-            ("ElectionTimeout", 300),
-            ("RecoverInterval", 50),
-            ("RecoverTimeout", 3000),
-            ("RecoveryBanPeriod", 5000),
-            ("MigrationResend", 200),
-            ("MigrationResendMax", 2000),
-            ("FirstUseTimeout", 200),
+            ("ElectionTimeout", 1),
+            ("ElectionTimeoutMs", 300),
+            ("RecoverInterval", 1),
+            ("RecoverIntervalMs", 50),
+            ("RecoverTimeout", 3),
+            ("RecoverTimeoutMs", 3000),
+            ("RecoveryBanPeriod", 5),
+            ("RecoveryBanPeriodMs", 5000),
+            ("MigrationResendMs", 200),
+            ("MigrationResendMaxMs", 2000),
+            ("FirstUseTimeoutMs", 200),
             ("MaxHops", 64),
+            ("VacuumInterval", 10),
+            ("VacuumIntervalMs", 10_000),
+            ("VacuumMaxRunTime", 120),
+            ("VacuumMaxRunTimeMs", 120_000),
+            ("VacuumFastPathCount", 60),
+            ("RepackLimit", 10_000),
         ];
+        assert_eq!(Tunables::names().len(), expected.len(), "a name without a check here");
         for (name, value) in expected {
             assert_eq!(t.get(name), Some(value), "{name}");
         }
         assert_eq!(t.keepalive_interval_ms, 100);
         assert_eq!(t.max_hops, 64);
+    }
+
+    #[test]
+    fn ctdbs_names_take_seconds_as_ctdb_does() {
+        let mut t = Tunables::default();
+        t.set("KeepaliveInterval", 5).unwrap();
+        assert_eq!(t.keepalive_interval_ms, 5000, "five seconds, as to a CTDB administrator");
+        assert_eq!((t.get("KeepaliveInterval"), t.get("KeepaliveIntervalMs")), (Some(5), Some(5000)));
+        t.set("RecoverTimeout", 120).unwrap();
+        t.set("RecoveryBanPeriod", 300).unwrap();
+        t.set("ElectionTimeout", 3).unwrap();
+        t.set("RecoverInterval", 1).unwrap();
+        t.set("VacuumInterval", 10).unwrap();
+        t.set("VacuumMaxRunTime", 120).unwrap();
+        assert_eq!(
+            (t.recover_timeout_ms, t.recovery_ban_period_ms, t.election_timeout_ms, t.recover_interval_ms),
+            (120_000, 300_000, 3000, 1000)
+        );
+        assert_eq!((t.vacuum_interval_ms, t.vacuum_max_run_time_ms), (10_000, 120_000));
+    }
+
+    #[test]
+    fn the_two_names_of_a_time_are_one_setting_and_the_last_set_wins() {
+        let mut t = Tunables::default();
+        t.set("KeepaliveInterval", 2).unwrap();
+        t.set("KeepaliveIntervalMs", 250).unwrap();
+        assert_eq!(t.keepalive_interval_ms, 250);
+        assert_eq!((t.get("KeepaliveInterval"), t.get("KeepaliveIntervalMs")), (Some(1), Some(250)));
+        t.set("KeepaliveInterval", 2).unwrap();
+        assert_eq!((t.get("KeepaliveInterval"), t.get("KeepaliveIntervalMs")), (Some(2), Some(2000)));
+    }
+
+    #[test]
+    fn a_time_in_seconds_reads_rounded_up_so_a_running_timer_never_reads_as_off() {
+        let mut t = Tunables::default();
+        for (ms, seconds) in [(1, 1), (999, 1), (1000, 1), (1001, 2), (1500, 2), (2000, 2)] {
+            t.set("VacuumIntervalMs", ms).unwrap();
+            assert_eq!(t.get("VacuumInterval"), Some(seconds), "{ms} ms");
+        }
+        t.set("VacuumIntervalMs", 0).unwrap();
+        assert_eq!(t.get("VacuumInterval"), Some(0), "off reads as off");
     }
 
     #[test]
@@ -386,16 +448,29 @@ mod tests {
     }
 
     #[test]
+    fn names_in_milliseconds_end_in_ms_and_follow_their_seconds_name() {
+        for spec in &SPECS {
+            assert_eq!(spec.unit == Unit::Millis, spec.name.ends_with("Ms"), "{}", spec.name);
+        }
+        for pair in SPECS.windows(2).filter(|pair| pair[0].unit == Unit::Seconds) {
+            assert_eq!(pair[1].name, format!("{}Ms", pair[0].name), "the Ms name follows its seconds name");
+        }
+    }
+
+    #[test]
     fn every_name_round_trips_through_set_and_get() {
         for (i, name) in Tunables::names().iter().enumerate() {
             let mut t = Tunables::default();
-            // Within MigrationResend <= MigrationResendMax (200 <= 2000) for either.
+            // Within MigrationResendMs <= MigrationResendMaxMs (200 <= 2000) for either.
             let value = 500 + i as u64;
             t.set(name, value).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(t.get(name), Some(value), "{name}");
+            let same_setting = |other: &str| {
+                other.eq_ignore_ascii_case(&format!("{name}Ms")) || format!("{other}Ms") == **name
+            };
             let others_unchanged = Tunables::names()
                 .iter()
-                .filter(|other| *other != name)
+                .filter(|other| *other != name && !same_setting(other))
                 .all(|other| t.get(other) == Tunables::default().get(other));
             assert!(others_unchanged, "setting {name} changed another tunable");
         }
@@ -406,31 +481,31 @@ mod tests {
         let mut t = Tunables::default();
         t.set("KeepaliveInterval", 11).unwrap();
         t.set("KeepaliveLimit", 12).unwrap();
-        t.set("ElectionTimeout", 13).unwrap();
-        t.set("RecoverInterval", 14).unwrap();
+        t.set("ElectionTimeoutMs", 13).unwrap();
+        t.set("RecoverIntervalMs", 14).unwrap();
         t.set("RecoverTimeout", 15).unwrap();
-        t.set("RecoveryBanPeriod", 16).unwrap();
-        t.set("MigrationResend", 17).unwrap();
-        t.set("MigrationResendMax", 18).unwrap();
-        t.set("FirstUseTimeout", 19).unwrap();
+        t.set("RecoveryBanPeriodMs", 16).unwrap();
+        t.set("MigrationResendMs", 17).unwrap();
+        t.set("MigrationResendMaxMs", 18).unwrap();
+        t.set("FirstUseTimeoutMs", 19).unwrap();
         t.set("MaxHops", 20).unwrap();
-        t.set("VacuumInterval", 21).unwrap();
+        t.set("VacuumIntervalMs", 21).unwrap();
         t.set("VacuumMaxRunTime", 22).unwrap();
         t.set("VacuumFastPathCount", 23).unwrap();
         t.set("RepackLimit", 24).unwrap();
         let expected = Tunables {
-            keepalive_interval_ms: 11,
+            keepalive_interval_ms: 11_000,
             keepalive_limit: 12,
             election_timeout_ms: 13,
             recover_interval_ms: 14,
-            recover_timeout_ms: 15,
+            recover_timeout_ms: 15_000,
             recovery_ban_period_ms: 16,
             migration_resend_ms: 17,
             migration_resend_max_ms: 18,
             first_use_timeout_ms: 19,
             max_hops: 20,
             vacuum_interval_ms: 21,
-            vacuum_max_run_time_ms: 22,
+            vacuum_max_run_time_ms: 22_000,
             vacuum_fast_path_count: 23,
             repack_limit: 24,
         };
@@ -442,6 +517,7 @@ mod tests {
         let mut t = Tunables::default();
         assert_eq!(t.get("NoSuchThing"), None);
         assert_eq!(t.get(""), None);
+        assert_eq!(t.get("MigrationResend"), None, "ours are in milliseconds, and say so");
         let err = t.set("NoSuchThing", 5).unwrap_err();
         assert!(err.contains("no such tunable") && err.contains("NoSuchThing"), "{err}");
         assert_eq!(t, Tunables::default());
@@ -451,7 +527,7 @@ mod tests {
     fn values_out_of_range_are_refused() {
         let mut t = Tunables::default();
         for name in Tunables::names() {
-            if *name == "VacuumInterval" || *name == "RepackLimit" {
+            if ["VacuumInterval", "VacuumIntervalMs", "RepackLimit"].contains(name) {
                 assert!(t.set(name, 0).is_ok(), "0 turns {name} off");
             } else {
                 let err = t.set(name, 0).unwrap_err();
@@ -464,29 +540,48 @@ mod tests {
             assert!(t.set(name, 1).is_err(), "{name} = 1");
             assert!(t.set(name, 2).is_ok(), "{name} = 2");
         }
-        assert!(t.set("KeepaliveInterval", 1).is_ok());
-        assert_eq!(t.get("KeepaliveInterval"), Some(1));
+        assert!(t.set("KeepaliveIntervalMs", 1).is_ok());
+        assert_eq!(t.get("KeepaliveIntervalMs"), Some(1));
+    }
+
+    #[test]
+    fn a_time_in_seconds_is_refused_where_its_milliseconds_leave_32_bits() {
+        let mut t = Tunables::default();
+        let most = MAX_VALUE / 1000;
+        t.set("RecoverTimeout", most).unwrap();
+        assert_eq!(t.get("RecoverTimeoutMs"), Some(most * 1000));
+        assert!(t.get("RecoverTimeoutMs").is_some_and(|ms| ms <= MAX_VALUE));
+        let err = t.set("RecoverTimeout", most + 1).unwrap_err();
+        assert!(err.contains("32-bit") && err.contains(&most.to_string()), "{err}");
+        assert_eq!(t.get("RecoverTimeout"), Some(most), "a refused value changes nothing");
+    }
+
+    #[test]
+    fn below_a_second_the_error_names_the_milliseconds_name() {
+        let err = Tunables::default().set("KeepaliveInterval", 0).unwrap_err();
+        assert!(err.contains("KeepaliveIntervalMs"), "{err}");
     }
 
     #[test]
     fn migration_resend_stays_below_its_maximum() {
         let mut t = Tunables::default();
-        let err = t.set("MigrationResend", 2001).unwrap_err();
-        assert!(err.contains("MigrationResendMax (2000)"), "{err}");
-        let err = t.set("MigrationResendMax", 199).unwrap_err();
-        assert!(err.contains("MigrationResend (200)"), "{err}");
+        let err = t.set("MigrationResendMs", 2001).unwrap_err();
+        assert!(err.contains("MigrationResendMaxMs (2000)"), "{err}");
+        let err = t.set("MigrationResendMaxMs", 199).unwrap_err();
+        assert!(err.contains("MigrationResendMs (200)"), "{err}");
         assert_eq!(t, Tunables::default());
-        t.set("MigrationResend", 2000).unwrap();
-        t.set("MigrationResendMax", 2000).unwrap();
+        t.set("MigrationResendMs", 2000).unwrap();
+        t.set("MigrationResendMaxMs", 2000).unwrap();
         assert_eq!((t.migration_resend_ms, t.migration_resend_max_ms), (2000, 2000));
     }
 
     #[test]
     fn names_match_case_insensitively() {
         let mut t = Tunables::default();
-        assert_eq!(t.get("keepaliveinterval"), Some(100));
+        assert_eq!(t.get("keepaliveintervalms"), Some(100));
+        assert_eq!(t.get("KEEPALIVEINTERVAL"), Some(1));
         assert_eq!(t.get("MAXHOPS"), Some(64));
-        t.set("recoverybanperiod", 7000).unwrap();
+        t.set("recoverybanperiod", 7).unwrap();
         assert_eq!(t.recovery_ban_period_ms, 7000);
         let err = t.set("keepalivelimit", 1).unwrap_err();
         assert!(err.starts_with("KeepaliveLimit = 1"), "the canonical name: {err}");
@@ -497,8 +592,9 @@ mod tests {
         let listing = Tunables::default().listing();
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), Tunables::names().len());
-        assert_eq!(lines[0], "KeepaliveInterval          = 100");
-        assert_eq!(lines[9], "MaxHops                    = 64");
+        assert_eq!(lines[0], "KeepaliveInterval          = 1");
+        assert_eq!(lines[1], "KeepaliveIntervalMs        = 100");
+        assert_eq!(lines[14], "MaxHops                    = 64");
     }
 
     #[test]
@@ -573,7 +669,7 @@ mod tests {
         }
 
         #[test]
-        fn set_then_get_agree(index in 0usize..10, value in 0u64..=MAX_VALUE + 10) {
+        fn set_then_get_agree(index in 0usize..SPECS.len(), value in 0u64..=MAX_VALUE + 10) {
             let mut t = Tunables::default();
             let name = Tunables::names()[index];
             match t.set(name, value) {

@@ -1,8 +1,9 @@
 //! Samba's `ctdb` tool (Debian package ctdb) against rctdbd (DESIGN §6): administrators
 //! keep their tool. A 3-node cluster on 127.0.40.11-13, records stored and read through
 //! `ClusteredDb` on different nodes, then `ctdb pnn`, `status`, `-X status`, `getdbmap`,
-//! `catdb`, `listnodes`, `leader`, `uptime`, `ping`, `runstate`, `getreclock` and
-//! `getvar` run on the nodes and their output checked; last, a node is killed and
+//! `catdb`, `listnodes`, `leader`, `uptime`, `ping`, `runstate`, `getreclock`, `getvar`,
+//! `setvar` and `listvars` (CTDB's units: seconds) run on the nodes and their output
+//! checked; last, a node is killed and
 //! `ctdb status` must show it DISCONNECTED and the others still OK.
 //!
 //! The tool decodes our replies with Samba's own parsers, so an output that reads right is
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use rctdb::client::ClusteredDb;
+use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
 use rctdb::record::FLAG_MIGRATED_WITH_DATA;
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
@@ -35,6 +36,10 @@ const TOOL_LIMIT: Duration = Duration::from_secs(30);
 const QUICK: Duration = Duration::from_secs(5);
 /// Detection of a killed node plus the recovery without it, on a loaded machine.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(15);
+/// The nodes start with `--set KeepaliveInterval=2`, in CTDB's unit: seconds. Not a whole
+/// second would read rounded up; 2 tells seconds from milliseconds and from rounding. A
+/// killed node is still noticed at once (its reconnect is refused).
+const KEEPALIVE_SECONDS: u64 = 2;
 
 /// `ctdb ARGS` against node `node` of the cluster in `dir`: its stdout, and how long it took.
 /// Panics on a failed or overlong run.
@@ -156,7 +161,7 @@ fn the_ctdb_tool_reads_an_rctdb_cluster() {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("rctdb-ctdb-tool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut spec = ClusterSpec::new(NODES, &dir);
+    let mut spec = ClusterSpec::new(NODES, &dir).with_tunable("KeepaliveInterval", KEEPALIVE_SECONDS);
     spec.first_address = FIRST_ADDRESS;
     let running = RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
     let dir = running.dir().to_owned();
@@ -254,8 +259,26 @@ fn the_ctdb_tool_reads_an_rctdb_cluster() {
     assert_eq!(ctdb(&dir, 0, &["runstate"]).0, "RUNNING\n", "ctdb runstate");
     let lock = dir.join("cluster.lock");
     assert_eq!(ctdb(&dir, 0, &["getreclock"]).0, format!("{}\n", lock.display()), "ctdb getreclock");
-    let (getvar, _) = ctdb(&dir, 0, &["getvar", "RecoverInterval"]);
-    assert!(getvar.starts_with("RecoverInterval") && getvar.contains(" = "), "ctdb getvar: {getvar}");
+
+    // Tunables: CTDB's names in CTDB's units, the finer name in milliseconds, and rctdbd's
+    // `--set`, Samba's tool and librctdb's connection all agree.
+    let var = |name: &str, value: u64| format!("{name:<26} = {value}\n");
+    let (getvar, _) = ctdb(&dir, 0, &["getvar", "KeepaliveInterval"]);
+    assert_eq!(getvar, var("KeepaliveInterval", KEEPALIVE_SECONDS), "ctdb getvar prints seconds");
+    let (getvar, _) = ctdb(&dir, 0, &["getvar", "KeepaliveIntervalMs"]);
+    assert_eq!(getvar, var("KeepaliveIntervalMs", KEEPALIVE_SECONDS * 1000), "ctdb getvar of the Ms name");
+    ctdb(&dir, 1, &["setvar", "VacuumInterval", "7"]);
+    let mut daemon = DaemonConnection::connect(&running.socket(1)).expect("connect to node 1");
+    let vacuum_ms = daemon.get_tunable("VacuumIntervalMs", QUICK).expect("get VacuumIntervalMs");
+    assert_eq!(vacuum_ms, 7000, "ctdb setvar VacuumInterval 7 means seven seconds");
+    drop(daemon);
+    let (listvars, _) = ctdb(&dir, 1, &["listvars"]);
+    let listed: Vec<String> = listvars.lines().map(|line| format!("{line}\n")).collect();
+    for line in
+        [var("VacuumInterval", 7), var("VacuumIntervalMs", 7000), var("KeepaliveInterval", KEEPALIVE_SECONDS)]
+    {
+        assert!(listed.contains(&line), "no {line:?} in ctdb listvars:\n{listvars}");
+    }
     let (dbstatus, _) = ctdb(&dir, 1, &["getdbstatus", DB]);
     assert!(dbstatus.contains("HEALTH: OK\n"), "ctdb getdbstatus:\n{dbstatus}");
     let (remote, _) = ctdb(&dir, 0, &["-n", "2", "getdbmap"]);

@@ -116,12 +116,12 @@ fn vacuuming_keeps_files_bounded_under_churn() {
 
     // Without vacuuming, every closed file stays behind: at least one empty record per key
     // (on the node that deleted it).
-    cluster.set_tunable("VacuumInterval", 0).expect("vacuuming off");
+    cluster.set_tunable("VacuumIntervalMs", 0).expect("vacuuming off");
     let left = phase(&mut cluster, "off", OFF_KEYS);
     let records: usize = left.iter().map(|k| k.records).sum();
     assert!(records >= OFF_KEYS, "vacuuming off, yet only {records} records left of {OFF_KEYS} deleted keys");
     // Turned on again, vacuuming removes them: the deletes were remembered meanwhile.
-    cluster.set_tunable("VacuumInterval", VACUUM_INTERVAL_MS).expect("vacuuming on");
+    cluster.set_tunable("VacuumIntervalMs", VACUUM_INTERVAL_MS).expect("vacuuming on");
     let (_, left) = cluster.settle(&prefix("off"), DRAIN_BOUND).expect("drain");
     assert_under_one_percent("off, then on", OFF_KEYS, &left);
 

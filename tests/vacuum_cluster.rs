@@ -70,7 +70,7 @@ fn deletes_while_a_node_is_away_leave_nothing_behind_when_it_returns() {
     let cluster = RunningCluster::start(spec.clone()).expect("cluster up");
     for node in 0..3 {
         let mut daemon = DaemonConnection::connect(&cluster.socket(node)).expect("connect");
-        daemon.set_tunable("VacuumInterval", 300, TIMEOUT).expect("setvar");
+        daemon.set_tunable("VacuumIntervalMs", 300, TIMEOUT).expect("setvar");
     }
     // The records pass through node 2 and end on node 0: node 2 keeps older copies with data.
     for node in [2, 0] {

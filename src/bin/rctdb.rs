@@ -241,7 +241,8 @@ enum Command {
         /// A tunable's name, e.g. KeepaliveInterval; `rctdb listvars` lists them.
         name: String,
     },
-    /// Set tunable NAME to VALUE on this node only, at run time (timers are in milliseconds).
+    /// Set tunable NAME to VALUE on this node only, at run time (times are in seconds under
+    /// CTDB's names, in milliseconds under names ending in Ms).
     #[command(
         after_long_help = "EXAMPLE:\n  rctdb setvar KeepaliveLimit 10   # a peer is dead after 10 silent intervals"
     )]

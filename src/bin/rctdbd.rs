@@ -89,8 +89,10 @@ struct Args {
     /// Refuse client attaches past this many databases.
     #[arg(long, default_value_t = daemon::attach_policy::DEFAULT_MAX_DATABASES)]
     max_databases: usize,
-    /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`; timers in ms), e.g.
-    /// KeepaliveInterval=100; may be repeated. `rctdb setvar` changes them at run time.
+    /// Set a tunable at start, NAME=VALUE (see `rctdb listvars`): CTDB's names take CTDB's
+    /// units (seconds for times), names ending in Ms take milliseconds, e.g.
+    /// KeepaliveIntervalMs=100; may be repeated, the later of two names of one time wins.
+    /// `rctdb setvar` changes them at run time.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     tunables: Vec<String>,
     /// Secret of the cluster (32+ random bytes, mode 0600; `rctdb keygen FILE` makes one).

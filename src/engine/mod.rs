@@ -107,7 +107,7 @@ impl EngineConfig {
 
 /// A local client's request to migrate a record here. With `first_use`, the client promises
 /// a `ClientDone` once it has used the record, and remote requests wait for that (up to
-/// `FirstUseTimeout`).
+/// `FirstUseTimeoutMs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCall {
     pub client: ClientId,

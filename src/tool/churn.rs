@@ -330,7 +330,7 @@ impl ChurnCluster {
         // Nodes a previous run left behind first, while their pid files still say who they are.
         let _ = crate::tool::cluster::down(dir);
         let _ = std::fs::remove_dir_all(dir);
-        let mut spec = ClusterSpec::new(nodes, dir).with_tunable("VacuumInterval", vacuum_interval_ms);
+        let mut spec = ClusterSpec::new(nodes, dir).with_tunable("VacuumIntervalMs", vacuum_interval_ms);
         spec.first_address = first_address;
         let cluster = RunningCluster::start(spec)?;
         let mut churn =
@@ -372,7 +372,7 @@ impl ChurnCluster {
                 .and_then(|mut daemon| daemon.set_tunable(name, value, STATUS_TIMEOUT))
                 .map_err(|e| format!("node {node}: setvar {name} {value}: {e}"))?;
         }
-        if name.eq_ignore_ascii_case("VacuumInterval") {
+        if name.eq_ignore_ascii_case("VacuumIntervalMs") {
             self.vacuum_interval_ms = value;
         }
         Ok(())

@@ -542,8 +542,13 @@ impl Run {
 
     fn print_tunables(&self) {
         let Ok(mut daemon) = DaemonConnection::connect(&self.cluster.socket(0)) else { return };
-        let names =
-            ["KeepaliveInterval", "KeepaliveLimit", "ElectionTimeout", "RecoverInterval", "RecoverTimeout"];
+        let names = [
+            "KeepaliveIntervalMs",
+            "KeepaliveLimit",
+            "ElectionTimeoutMs",
+            "RecoverIntervalMs",
+            "RecoverTimeoutMs",
+        ];
         let values: Vec<String> = names
             .iter()
             .map(|name| match daemon.get_tunable(name, STATUS_TIMEOUT) {
@@ -551,7 +556,7 @@ impl Run {
                 Err(_) => format!("{name}=?"),
             })
             .collect();
-        println!("tunables: {} (ms)", values.join(" "));
+        println!("tunables: {}", values.join(" "));
     }
 
     /// The leader, or the highest-numbered node that does not lead.
