@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -35,6 +36,19 @@ pub struct RecoveryBench {
     pub first_address: Ipv4Addr,
     /// Tunables every node starts with, as `NAME=VALUE` (`rctdbd --set`).
     pub tunables: Vec<String>,
+    /// The faults to run, in this order, each followed by its victim's return.
+    pub faults: Vec<Fault>,
+}
+
+/// A fault of the bench; the victim comes back after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of a node that does not lead, then a restart.
+    Kill,
+    /// SIGSTOP of a node that does not lead (hung), then SIGCONT.
+    Stop,
+    /// kill -9 of the leader, then a restart.
+    Leader,
 }
 
 const NODES: usize = 3;
@@ -61,6 +75,7 @@ pub fn bench_recovery(bench: &RecoveryBench) -> Result<(), String> {
         cluster,
         records,
         moved: bench.moved,
+        faults: bench.faults.clone(),
         counters: [None; NODES],
         rows: vec![],
         travelled: BTreeSet::new(),
@@ -71,7 +86,15 @@ pub fn bench_recovery(bench: &RecoveryBench) -> Result<(), String> {
         println!("stopped: {err}");
         println!("node logs: {}/nodeK.log", run.cluster.spec.dir.display());
     }
-    result
+    result?;
+    let failed: Vec<String> =
+        run.rows.iter().filter(|r| r.check.is_some_and(|c| !c.fine)).map(title).collect();
+    match failed.is_empty() {
+        true => Ok(()),
+        false => {
+            Err(format!("acknowledged records were lost or came back wrong after: {}", failed.join(", ")))
+        }
+    }
 }
 
 // ---- the records
@@ -160,8 +183,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Stops whatever a previous run left in the directory and writes the nodes file; no
-    /// node runs yet.
+    /// Stops whatever a previous run left in the directory and writes what `rctdb cluster
+    /// up` gives its nodes (nodes file, cluster key); no node runs yet.
     fn prepare(bench: &RecoveryBench) -> Result<Cluster, String> {
         let mut spec = ClusterSpec::new(NODES, &bench.dir);
         spec.first_address = bench.first_address;
@@ -169,13 +192,10 @@ impl Cluster {
             spec.tunables.push(parse_tunable(setting)?);
         }
         let _ = cluster::down(&spec.dir);
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
         for node in 0..NODES {
             let _ = std::fs::remove_file(spec.dir.join(format!("node{node}.log")));
         }
-        let list: String = (0..NODES).map(|k| format!("{}\n", spec.address(k))).collect();
-        let nodes_file = spec.dir.join("nodes");
-        std::fs::write(&nodes_file, list).map_err(|e| format!("{}: {e}", nodes_file.display()))?;
+        cluster::prepare(&spec)?;
         Ok(Cluster { spec })
     }
 
@@ -357,6 +377,16 @@ struct Row {
     recoveries: u64,
     last_recovery_ms: Option<u64>,
     fixes: u64,
+    /// For the victim's return: what the pass over every record found afterwards.
+    check: Option<Check>,
+}
+
+/// Records lost and wrong after a victim came back, and whether that is allowed.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    lost: usize,
+    wrong: usize,
+    fine: bool,
 }
 
 /// What a client asks for at the fault.
@@ -369,11 +399,18 @@ enum Probe {
 
 impl Probe {
     /// Runs on `db` (or on a client that connects to `socket` as soon as it can); returns
-    /// when it was answered and how the answer compares.
-    fn run(self, db: Option<ClusteredDb>, socket: &Path, t0: Instant) -> (Option<f64>, String) {
+    /// when it was answered and how the answer compares. `give_up` ends the wait for a
+    /// node that will not come.
+    fn run(
+        self,
+        db: Option<ClusteredDb>,
+        socket: &Path,
+        t0: Instant,
+        give_up: &AtomicBool,
+    ) -> (Option<f64>, String) {
         let db = match db {
             Some(db) => Ok(db),
-            None => connect_when_up(socket, t0),
+            None => connect_when_up(socket, t0, give_up),
         };
         let result = db.and_then(|mut db| match &self {
             Probe::Fetch { key, expect } => {
@@ -396,11 +433,13 @@ impl Probe {
 }
 
 /// A client of a node that is starting: it tries until the socket answers.
-fn connect_when_up(socket: &Path, t0: Instant) -> Result<ClusteredDb, String> {
+fn connect_when_up(socket: &Path, t0: Instant, give_up: &AtomicBool) -> Result<ClusteredDb, String> {
     loop {
         match ClusteredDb::open(socket, DB, CLIENT_TIMEOUT) {
             Ok(db) => return Ok(db),
-            Err(err) if t0.elapsed() > CLIENT_TIMEOUT => return Err(err.to_string()),
+            Err(err) if t0.elapsed() > CLIENT_TIMEOUT || give_up.load(Ordering::Relaxed) => {
+                return Err(err.to_string())
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(1)), // the daemon is starting
         }
     }
@@ -431,6 +470,8 @@ struct Marks {
     gap: f64,
     /// First and last time a node heard a peer whose link from it was down.
     half_open: Option<(f64, f64)>,
+    /// A node that should serve whose process is gone: nothing more will happen.
+    exited: Option<usize>,
 }
 
 /// Polls until the cluster settled and the client was answered (or SCENARIO_TIMEOUT).
@@ -453,8 +494,10 @@ fn follow(watch: &mut Watch, t0: Instant, expect: &Expect, probe_done: &dyn Fn()
             marks.gap += now - polled;
         }
         polled = now;
+        marks.exited =
+            expect.serving.iter().copied().find(|&n| cluster::running_pid(&watch.dir, n).is_none());
         let over = marks.detected.is_some() && marks.recovered.is_some() && probe_done();
-        if over || t0.elapsed() > SCENARIO_TIMEOUT {
+        if over || marks.exited.is_some() || t0.elapsed() > SCENARIO_TIMEOUT {
             return marks;
         }
         std::thread::sleep(POLL);
@@ -472,6 +515,7 @@ struct Run {
     cluster: Cluster,
     records: Records,
     moved: usize,
+    faults: Vec<Fault>,
     counters: [Option<Counters>; NODES],
     rows: Vec<Row>,
     /// Records that were ever migrated off their LMASTER: a copy may be left elsewhere, so
@@ -491,16 +535,20 @@ impl Run {
             load.seconds,
             self.records.count as f64 / load.seconds
         );
-        for (fault, back, victim_leads) in [
-            (Kind::Kill, Kind::Restart, false),
-            (Kind::Stop, Kind::Resume, false),
-            (Kind::Kill, Kind::Restart, true),
-        ] {
+        for fault in self.faults.clone() {
+            let (kind, back, victim_leads) = match fault {
+                Fault::Kill => (Kind::Kill, Kind::Restart, false),
+                Fault::Stop => (Kind::Stop, Kind::Resume, false),
+                Fault::Leader => (Kind::Kill, Kind::Restart, true),
+            };
             let victim = self.pick_victim(victim_leads)?;
-            self.failure(fault, victim)?;
+            self.failure(kind, victim)?;
             self.join(back, victim)?;
-            let check = fill(&self.cluster.spec.dir, &self.records)?;
-            self.print_check(victim, check);
+            let found = fill(&self.cluster.spec.dir, &self.records)?;
+            let check = self.check(kind, victim, found);
+            if let Some(row) = self.rows.last_mut() {
+                row.check = Some(check);
+            }
         }
         Ok(())
     }
@@ -647,9 +695,11 @@ impl Run {
     ) -> Result<(), String> {
         let socket = self.cluster.socket(client.node);
         let mut watch = Watch::new(&self.cluster);
+        let give_up = AtomicBool::new(false);
         let (marks, (served, answer)) = std::thread::scope(|scope| {
-            let asked = scope.spawn(|| client.probe.run(client.db, &socket, t0));
+            let asked = scope.spawn(|| client.probe.run(client.db, &socket, t0, &give_up));
             let marks = follow(&mut watch, t0, expect, &|| asked.is_finished());
+            give_up.store(true, Ordering::Relaxed);
             let answer = asked.join().unwrap_or((None, "the client panicked".into()));
             (marks, answer)
         });
@@ -665,13 +715,18 @@ impl Run {
             recoveries,
             last_recovery_ms,
             fixes,
+            check: None,
         };
         println!("{}", summary(&row));
         let settled = row.recovered.is_some();
         self.rows.push(row);
-        match settled {
-            true => Ok(()),
-            false => Err(format!("the cluster did not settle within {SCENARIO_TIMEOUT:?}")),
+        match (marks.exited, settled) {
+            (Some(node), _) => Err(format!(
+                "node {node} exited; see {}",
+                self.cluster.spec.dir.join(format!("node{node}.log")).display()
+            )),
+            (None, true) => Ok(()),
+            (None, false) => Err(format!("the cluster did not settle within {SCENARIO_TIMEOUT:?}")),
         }
     }
 
@@ -702,28 +757,39 @@ impl Run {
         (recoveries, last.filter(|_| recoveries > 0), fixes)
     }
 
-    /// The victim's own records die with it, but those that once travelled may have left a
-    /// copy behind; no other record may be lost, and none may come back wrong.
-    fn print_check(&self, victim: usize, check: FillReport) {
+    /// A killed victim's own records die with it (volatile databases), but those that once
+    /// travelled may have left a copy behind. A stopped victim is alive: it must keep every
+    /// record (a stall is no crash). No other record may be lost, and none may come back
+    /// wrong.
+    fn check(&self, fault: Kind, victim: usize, found: FillReport) -> Check {
         let own = &self.records.by_lmaster[victim];
         let travelled = own.iter().filter(|i| self.travelled.contains(i)).count();
-        let fine = check.wrong == 0 && (own.len() - travelled..=own.len()).contains(&check.missing);
+        let may_lose = match fault {
+            Kind::Stop => 0..=0,
+            _ => own.len() - travelled..=own.len(),
+        };
+        let fine = found.wrong == 0 && may_lose.contains(&found.missing);
+        let verdict = match (fine, fault) {
+            (true, _) => "as expected",
+            (false, Kind::Stop) => "FAILED: a stalled node's acknowledged records must all be kept",
+            (false, _) => "FAILED: only the killed node's own records may be lost",
+        };
         println!(
             "check after node {victim} came back: {} records kept, {} lost (node {victim} held {} of its own, \
-             {travelled} of them with copies elsewhere), {} wrong: {}; refilled in {:.2} s",
-            check.kept,
-            check.missing,
+             {travelled} of them with copies elsewhere), {} wrong: {verdict}; refilled in {:.2} s",
+            found.kept,
+            found.missing,
             own.len(),
-            check.wrong,
-            if fine { "as expected" } else { "UNEXPECTED" },
-            check.seconds
+            found.wrong,
+            found.seconds
         );
+        Check { lost: found.missing, wrong: found.wrong, fine }
     }
 
     fn print_table(&self) {
         println!();
         println!(
-            "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8}  goal",
+            "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8} {:>14}  goal",
             "scenario (ms from the fault)",
             "records",
             "detected",
@@ -732,12 +798,13 @@ impl Run {
             "outage",
             "recov",
             "last ms",
-            "fixes"
+            "fixes",
+            "records lost"
         );
         let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         for row in &self.rows {
             println!(
-                "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8}  {}",
+                "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8} {:>14}  {}",
                 title(row),
                 row.scenario.records,
                 cell(row.detected),
@@ -747,10 +814,17 @@ impl Run {
                 row.recoveries,
                 row.last_recovery_ms.map_or("-".to_string(), |v| v.to_string()),
                 row.fixes,
+                row.check.map_or("-".to_string(), |c| lost_cell(&c)),
                 goals(row).iter().map(|g| g.to_string()).collect::<Vec<_>>().join("; ")
             );
         }
     }
+}
+
+/// The victim's records lost (and wrong) in a check, with a word for whether that is allowed.
+fn lost_cell(check: &Check) -> String {
+    let wrong = if check.wrong > 0 { format!("+{} wrong ", check.wrong) } else { String::new() };
+    format!("{} {wrong}{}", check.lost, if check.fine { "ok" } else { "FAILED" })
 }
 
 fn counters(status: &NodeStatus) -> Counters {
