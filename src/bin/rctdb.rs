@@ -585,12 +585,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Status { json } => {
             let mut daemon = DaemonConnection::connect(&socket()?).map_err(|e| e.to_string())?;
+            let status = daemon.status(TIMEOUT).map_err(|e| e.to_string())?;
             match json {
-                true => println!(
-                    "{}",
-                    statistics::checked_json(&daemon.status_json(TIMEOUT).map_err(|e| e.to_string())?)?
-                ),
-                false => print!("{}", daemon.status(TIMEOUT).map_err(|e| e.to_string())?),
+                true => println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?),
+                false => print!("{status}"),
             }
             Ok(())
         }

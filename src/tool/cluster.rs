@@ -11,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::client::DaemonConnection;
+use crate::wire::Pnn;
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -245,14 +246,9 @@ pub fn wait_until_serving(spec: &ClusterSpec, serving: &[usize]) -> Result<(), S
             let status = DaemonConnection::connect(&socket_path(&spec.dir, node))
                 .and_then(|mut daemon| daemon.status(Duration::from_secs(2)));
             if let Ok(status) = &status {
-                let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name).map(str::to_owned));
-                let peers_ok = serving.iter().filter(|&&p| p != node).all(|p| {
-                    status
-                        .lines()
-                        .any(|l| l.starts_with(&format!("node {p} ")) && l.contains(" alive link-up"))
-                });
-                if field("state ").as_deref() == Some("active") && peers_ok {
-                    generations.insert(field("generation ").unwrap_or_default());
+                let peers_ok = serving.iter().filter(|&&p| p != node).all(|&p| status.sees_up(p as Pnn));
+                if status.serves() && peers_ok {
+                    generations.insert(status.generation);
                     break;
                 }
             }

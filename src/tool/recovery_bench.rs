@@ -10,7 +10,7 @@
 //! The client asks at the fault and waits, as smbd would: its answer comes when the cluster
 //! can give it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::engine::lmaster_of;
 use crate::local::StoreFlag;
+use crate::status::{NodeStatus, PeerStatus};
 use crate::tool::cluster::{self, socket_path, ClusterSpec};
 use crate::wire::Pnn;
 
@@ -232,64 +233,6 @@ fn parse_tunable(text: &str) -> Result<(String, u64), String> {
 
 // ---- status
 
-/// The parts of a node's `status` text the bench follows.
-#[derive(Debug, Default, Clone)]
-struct NodeStatus {
-    state: String,
-    leader: Option<usize>,
-    generation: String,
-    vnn_map: Vec<usize>,
-    /// Peers this node believes alive with their link up.
-    peers_up: Vec<usize>,
-    /// Peers this node hears (alive) while its own link to them is down: what it sends them
-    /// is dropped.
-    peers_half_open: Vec<usize>,
-    peers_dead: Vec<usize>,
-    stats: BTreeMap<String, u64>,
-}
-
-impl NodeStatus {
-    fn parse(text: &str) -> NodeStatus {
-        let mut status = NodeStatus::default();
-        for line in text.lines() {
-            let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
-            match name {
-                "state" => status.state = rest.to_owned(),
-                "leader" => status.leader = rest.parse().ok(),
-                "generation" => status.generation = rest.to_owned(),
-                "vnn_map" => {
-                    let list = rest.trim_matches(|c| c == '[' || c == ']');
-                    status.vnn_map = list.split(',').filter_map(|n| n.trim().parse().ok()).collect();
-                }
-                "node" => {
-                    let words: Vec<&str> = rest.split_whitespace().collect();
-                    let Some(pnn) = words.first().and_then(|w| w.parse().ok()) else { continue };
-                    match words.get(2..4) {
-                        Some(["alive", "link-up"]) => status.peers_up.push(pnn),
-                        Some(["alive", "link-down"]) => status.peers_half_open.push(pnn),
-                        Some(["dead", _]) => status.peers_dead.push(pnn),
-                        _ => {}
-                    }
-                }
-                "stats" => {
-                    let pairs = rest.split_whitespace().filter_map(|w| w.split_once('='));
-                    status.stats = pairs.filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?))).collect();
-                }
-                _ => {}
-            }
-        }
-        status
-    }
-
-    fn serves(&self) -> bool {
-        self.state == "active"
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.stats.get(name).copied().unwrap_or(0)
-    }
-}
-
 /// Status connections to the nodes, made again whenever one fails.
 struct Watch {
     dir: PathBuf,
@@ -306,9 +249,8 @@ impl Watch {
         if self.connections[node].is_none() {
             self.connections[node] = DaemonConnection::connect(&socket_path(&self.dir, node)).ok();
         }
-        let text = self.connections[node].as_mut()?.status(STATUS_TIMEOUT);
-        match text {
-            Ok(text) => Some(NodeStatus::parse(&text)),
+        match self.connections[node].as_mut()?.status(STATUS_TIMEOUT) {
+            Ok(status) => Some(status),
             Err(_) => {
                 self.connections[node] = None;
                 None
@@ -323,14 +265,14 @@ impl Watch {
 }
 
 /// Every node of `nodes` serves, in one generation other than `old`, with map `nodes`.
-fn settled(statuses: &[Option<NodeStatus>], nodes: &[usize], old: Option<&str>) -> bool {
+fn settled(statuses: &[Option<NodeStatus>], nodes: &[usize], old: Option<u32>) -> bool {
     let Some(Some(first)) = nodes.first().map(|&n| &statuses[n]) else { return false };
     nodes.iter().all(|&n| {
         statuses[n].as_ref().is_some_and(|s| {
             s.serves()
                 && s.generation == first.generation
-                && Some(s.generation.as_str()) != old
-                && s.vnn_map == nodes
+                && Some(s.generation) != old
+                && s.vnn_map.iter().map(|&p| p as usize).eq(nodes.iter().copied())
         })
     })
 }
@@ -458,7 +400,7 @@ struct Expect<'a> {
     steady: &'a [usize],
     /// Whether their statuses (indexed by node) show that the change was noticed.
     noticed: &'a dyn Fn(&[Option<NodeStatus>]) -> bool,
-    old_generation: Option<&'a str>,
+    old_generation: Option<u32>,
 }
 
 /// When the change was noticed and when the cluster settled, from the fault.
@@ -487,7 +429,7 @@ fn follow(watch: &mut Watch, t0: Instant, expect: &Expect, probe_done: &dyn Fn()
         if marks.recovered.is_none() && settled(&statuses, expect.serving, expect.old_generation) {
             marks.recovered = Some(now);
         }
-        if statuses.iter().flatten().any(|s| !s.peers_half_open.is_empty()) {
+        if statuses.iter().flatten().any(|s| s.nodes.iter().any(PeerStatus::is_half_open)) {
             marks.half_open = Some((marks.half_open.map_or(now, |(first, _)| first), now));
         }
         if expect.steady.iter().any(|&n| !statuses[n].as_ref().is_some_and(NodeStatus::serves)) {
@@ -605,7 +547,7 @@ impl Run {
     /// The leader, or the highest-numbered node that does not lead.
     fn pick_victim(&mut self, leader: bool) -> Result<usize, String> {
         let mut watch = Watch::new(&self.cluster);
-        let lead = watch.status(0).and_then(|s| s.leader).ok_or("node 0 names no leader")?;
+        let lead = watch.status(0).and_then(|s| s.leader).ok_or("node 0 names no leader")? as usize;
         Ok(if leader { lead } else { (0..NODES).rev().find(|&n| n != lead).unwrap_or(0) })
     }
 
@@ -637,17 +579,17 @@ impl Run {
         );
         let mut watch = Watch::new(&self.cluster);
         let before = watch.status(client).ok_or(format!("node {client} does not answer"))?;
-        let was_leader = before.leader == Some(victim);
+        let was_leader = before.leader == Some(victim as Pnn);
         let db =
             ClusteredDb::open(&self.cluster.socket(client), DB, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
         let probe = Probe::Fetch { key: key(probe_record), expect: self.records.value(probe_record) };
         self.travelled.insert(probe_record);
-        let noticed = |s: &[Option<NodeStatus>]| s.iter().flatten().any(|s| s.peers_dead.contains(&victim));
+        let noticed = |s: &[Option<NodeStatus>]| s.iter().flatten().any(|s| s.sees_dead(victim as Pnn));
         let expect = Expect {
             serving: &survivors,
             steady: &survivors,
             noticed: &noticed,
-            old_generation: Some(&before.generation),
+            old_generation: Some(before.generation),
         };
         self.snapshot_counters();
         let t0 = Instant::now();
@@ -662,17 +604,17 @@ impl Run {
     fn join(&mut self, kind: Kind, node: usize) -> Result<(), String> {
         let all: Vec<usize> = (0..NODES).collect();
         let mut watch = Watch::new(&self.cluster);
-        let old = watch.status((node + 1) % NODES).map(|s| s.generation).unwrap_or_default();
+        let old = watch.status((node + 1) % NODES).map(|s| s.generation);
         // A record another node holds: it must move to the node that came back.
         let record = *self.records.by_lmaster[(node + 1) % NODES].last().unwrap_or(&0);
         let probe = Probe::Fetch { key: key(record), expect: self.records.value(record) };
         self.travelled.insert(record);
         let noticed = |s: &[Option<NodeStatus>]| {
             let others = s.iter().enumerate().filter(|&(n, _)| n != node);
-            others.into_iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.peers_up.contains(&node)))
+            others.into_iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.sees_up(node as Pnn)))
         };
         let others: Vec<usize> = all.iter().copied().filter(|&n| n != node).collect();
-        let expect = Expect { serving: &all, steady: &others, noticed: &noticed, old_generation: Some(&old) };
+        let expect = Expect { serving: &all, steady: &others, noticed: &noticed, old_generation: old };
         let t0 = Instant::now();
         match kind {
             Kind::Resume => self.cluster.signal(node, Signal::SIGCONT)?,
@@ -749,8 +691,8 @@ impl Run {
             let before = self.counters[node].unwrap_or_default();
             recoveries += now.recoveries.saturating_sub(before.recoveries);
             fixes += now.fixes.saturating_sub(before.fixes);
-            if status.leader == Some(node) {
-                last = Some(status.stat("last_recovery_ms"));
+            if status.leader == Some(node as Pnn) {
+                last = Some(status.stats.last_recovery_ms);
             }
             self.counters[node] = Some(now);
         }
@@ -828,12 +770,12 @@ fn lost_cell(check: &Check) -> String {
 }
 
 fn counters(status: &NodeStatus) -> Counters {
-    Counters { recoveries: status.stat("recoveries_led"), fixes: status.stat("records_fixed") }
+    Counters { recoveries: status.stats.recoveries_led, fixes: status.stats.records_fixed }
 }
 
 /// `status` of node `me` shows every other node of `nodes` alive with its link up.
 fn sees_up(status: &NodeStatus, nodes: &[usize], me: usize) -> bool {
-    nodes.iter().filter(|&&n| n != me).all(|n| status.peers_up.contains(n))
+    nodes.iter().filter(|&&n| n != me).all(|&n| status.sees_up(n as Pnn))
 }
 
 fn title(row: &Row) -> String {
