@@ -6,11 +6,12 @@
 # check that no acknowledged update was lost; a table; and everything stopped again.
 # Installs what it needs first (Debian), builds in release mode.
 #   ./scripts/demo.sh [rctdb demo options: --seconds N, --dir DIR, --keep, ...]
+# RCTDB_BIN_DIR: a directory with rctdb and rctdbd to run instead of building them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 rctdb_install_packages
 
 echo "== building rctdbd and the rctdb tool (release)"
-cargo build --release --bins
-exec "$(rctdb_target_dir)/release/rctdb" demo "$@"
+bin=$(rctdb_bin_dir --bins)
+exec "$bin/rctdb" demo "$@"

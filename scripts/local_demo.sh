@@ -2,15 +2,15 @@
 # The local demo of librctdb: builds the library, runs a small C program on it, shows that
 # the file it wrote is a plain tdb (tdbdump, python3-tdb read it), and measures the C ABI
 # against raw libtdb. Installs what it needs first (Debian).
-#   ./scripts/local_demo.sh
+#   ./scripts/local_demo.sh [rctdb bench local options: --keys N, --rounds N, ...]
+# RCTDB_BIN_DIR: a directory with librctdb.so and rctdb to use instead of building them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 rctdb_install_packages
 
 echo "== building librctdb.so and the rctdb tool (release)"
-cargo build --release --lib --bin rctdb
-lib="$(rctdb_target_dir)/release"
+lib=$(rctdb_bin_dir --lib --bin rctdb)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -31,5 +31,5 @@ for key in sorted(db.keys()):
     print(f"  {key.decode()!r:32} -> {db.get(key).decode()!r}")
 PY
 
-echo "== C ABI against raw libtdb (fetch+store, 100k keys, 100-byte values)"
-"$lib/rctdb" bench local
+echo "== C ABI against raw libtdb (fetch+store; default 100k keys, 100-byte values)"
+"$lib/rctdb" bench local "$@"

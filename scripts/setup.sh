@@ -37,3 +37,15 @@ rctdb_target_dir() {
 	cargo metadata --format-version 1 --no-deps |
 		/usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
+
+# The directory with this tree's release binaries (rctdb, rctdbd, librctdb.so), built with
+# `cargo build --release ARGS...`; RCTDB_BIN_DIR names prebuilt ones instead (the README
+# smoke test runs the scripts on the binaries `cargo test` built).
+rctdb_bin_dir() {
+	if [ -n "${RCTDB_BIN_DIR:-}" ]; then
+		echo "$RCTDB_BIN_DIR"
+		return
+	fi
+	cargo build --release "$@" >&2
+	echo "$(rctdb_target_dir)/release"
+}

@@ -7,6 +7,7 @@ pub mod error;
 pub mod hash;
 pub mod local;
 pub mod record;
+pub mod status;
 pub mod tool;
 pub mod transport;
 pub mod tunables;

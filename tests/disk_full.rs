@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::flags::{TDB_INCOMPATIBLE_HASH, TDB_NOLOCK};
 use rctdb::local::{StoreFlag, Tdb};
+use rctdb::status::NodeStatus;
 use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 
 const DB: &str = "full.tdb";
@@ -77,17 +78,10 @@ fn value(i: usize, round: u32) -> Vec<u8> {
     format!("round {round} of key {i} ").repeat(10_000).into_bytes()
 }
 
-fn status(cluster: &RunningCluster, node: usize) -> String {
+fn status(cluster: &RunningCluster, node: usize) -> NodeStatus {
     DaemonConnection::connect(&cluster.socket(node))
         .and_then(|mut d| d.status(TIMEOUT))
         .unwrap_or_else(|e| panic!("node {node} does not answer: {e}"))
-}
-
-fn counter(status: &str, name: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in status:\n{status}"))
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -163,8 +157,8 @@ fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
     }
     assert!(refused > 0, "the disk was full, yet every store on node 1 succeeded");
     let full = status(&cluster, 1);
-    assert!(full.lines().any(|l| l == "state active"), "node 1 left the cluster over a full disk:\n{full}");
-    assert!(counter(&full, "records_unwritten") > 0, "node 1 keeps no record in memory:\n{full}");
+    assert!(full.serves(), "node 1 left the cluster over a full disk:\n{full}");
+    assert!(full.records_unwritten > 0, "node 1 keeps no record in memory:\n{full}");
 
     // The rest of the cluster is served meanwhile, and records node 1 could not write reach
     // the others with their data.
@@ -175,7 +169,7 @@ fn a_full_disk_fails_operations_clearly_and_loses_nothing() {
 
     // Space returns: the kept records are written, and node 1 serves every key again.
     std::fs::remove_file(&filler).unwrap();
-    wait_for("node 1 to write what it kept", || counter(&status(&cluster, 1), "records_unwritten") == 0);
+    wait_for("node 1 to write what it kept", || status(&cluster, 1).records_unwritten == 0);
     for i in 0..KEYS {
         on1.store(&key(i), &[&value(i, 3)], StoreFlag::Replace)
             .expect("store on node 1 after space returned");
@@ -203,7 +197,7 @@ fn a_read_only_database_directory_is_refused_by_name() {
         .expect("attaching a database in a read-only directory succeeded");
     assert!(err.to_string().contains("Read-only file system"), "the error does not say why: {err}");
     let after = status(&cluster, 0);
-    assert!(after.lines().any(|l| l == "state active"), "the node stopped serving:\n{after}");
+    assert!(after.serves(), "the node stopped serving:\n{after}");
     tmpfs.remount("rw");
     ClusteredDb::open(&cluster.socket(0), DB, TIMEOUT).expect("attaching once the directory is writable");
     drop(cluster);

@@ -31,8 +31,10 @@ use nix::unistd::Pid;
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags::TDB_INCOMPATIBLE_HASH, StoreFlag, Tdb};
 use rctdb::record::RecordHeader;
+use rctdb::status::{NodeStatus, PeerState};
 use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tunables::opcode;
+use rctdb::wire::Pnn;
 
 const DB: &str = "faults.tdb";
 /// How long a client waits for a record: far above detection plus recovery.
@@ -77,9 +79,9 @@ impl Fixture {
         self.must(db, &format!("attaching {DB} on node {node}"))
     }
 
-    fn status(&self, node: usize) -> Option<Status> {
+    fn status(&self, node: usize) -> Option<NodeStatus> {
         let mut daemon = DaemonConnection::connect(&self.socket(node)).ok()?;
-        daemon.status(STATUS_TIMEOUT).ok().map(Status)
+        daemon.status(STATUS_TIMEOUT).ok()
     }
 
     fn node_control(&self, node: usize, control: u32) {
@@ -98,7 +100,7 @@ impl Fixture {
     fn leader(&self, nodes: &[usize]) -> usize {
         self.wait_for("the nodes to agree on a leader", RECOVERY_LIMIT, || {
             let leaders: Vec<Option<usize>> =
-                nodes.iter().map(|&n| self.status(n).and_then(|s| s.leader())).collect();
+                nodes.iter().map(|&n| self.status(n).and_then(|s| s.leader).map(|l| l as usize)).collect();
             leaders[0].filter(|_| leaders.iter().all(|l| *l == leaders[0]))
         })
     }
@@ -123,22 +125,24 @@ impl Fixture {
         &self,
         up: &[usize],
         gone: usize,
-        old_generation: &str,
+        old_generation: u32,
         since: Instant,
     ) -> (Duration, Duration) {
         let mut detected = None;
         self.wait_for(&format!("nodes {up:?} to serve without node {gone}"), RECOVERY_LIMIT, || {
-            let statuses: Option<Vec<Status>> = up.iter().map(|&n| self.status(n)).collect();
+            let statuses: Option<Vec<NodeStatus>> = up.iter().map(|&n| self.status(n)).collect();
             let statuses = statuses?;
-            if detected.is_none() && statuses.iter().any(|s| s.sees_dead(gone)) {
+            if detected.is_none() && statuses.iter().any(|s| s.sees_dead(gone as Pnn)) {
                 detected = Some(since.elapsed());
             }
-            let generation = statuses[0].generation().to_owned();
+            let generation = statuses[0].generation;
             let settled = statuses.iter().all(|s| {
-                s.active()
-                    && s.sees_dead(gone)
-                    && s.generation() == generation
-                    && up.iter().all(|&p| s.pnn() == Some(p) || s.sees_alive(p))
+                s.serves()
+                    && s.sees_dead(gone as Pnn)
+                    && s.generation == generation
+                    && up
+                        .iter()
+                        .all(|&p| s.pnn as usize == p || s.peers_in(PeerState::Alive).contains(&(p as Pnn)))
             });
             (settled && generation != old_generation).then_some(())
         });
@@ -160,7 +164,7 @@ impl Fixture {
     fn statuses(&self) -> String {
         (0..self.nodes())
             .map(|n| match self.status(n) {
-                Some(s) => format!("--- status of node {n}\n{}", s.0),
+                Some(s) => format!("--- status of node {n}\n{s}"),
                 None => format!("--- node {n}: no status\n"),
             })
             .collect()
@@ -218,56 +222,6 @@ impl Fixture {
             );
         }
         holders.into_iter().map(|nodes| nodes[0]).collect()
-    }
-}
-
-/// `rctdb status` text.
-struct Status(String);
-
-impl Status {
-    fn field(&self, name: &str) -> &str {
-        self.0.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).unwrap_or("")
-    }
-
-    fn pnn(&self) -> Option<usize> {
-        self.field("pnn").parse().ok()
-    }
-
-    fn state(&self) -> &str {
-        self.field("state")
-    }
-
-    fn active(&self) -> bool {
-        self.state() == "active"
-    }
-
-    fn leader(&self) -> Option<usize> {
-        self.field("leader").parse().ok()
-    }
-
-    fn generation(&self) -> &str {
-        self.field("generation")
-    }
-
-    /// The second word after `node K ADDR`: `self`, `alive` or `dead`.
-    fn sees(&self, node: usize) -> &str {
-        let prefix = format!("node {node} ");
-        let line = self.0.lines().find(|l| l.starts_with(&prefix)).unwrap_or("");
-        line.split_whitespace().nth(3).unwrap_or("")
-    }
-
-    fn sees_alive(&self, node: usize) -> bool {
-        self.sees(node) == "alive"
-    }
-
-    fn sees_dead(&self, node: usize) -> bool {
-        self.sees(node) == "dead"
-    }
-
-    fn stat(&self, name: &str) -> Option<u64> {
-        self.field("stats")
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     }
 }
 
@@ -426,18 +380,17 @@ fn kill_recover_restart(name: &str, third_octet: u8, kill_leader: bool) {
     let leader = fx.leader(&all);
     let victim = if kill_leader { leader } else { *all.iter().rev().find(|&&n| n != leader).unwrap() };
     let survivors: Vec<usize> = all.iter().copied().filter(|&n| n != victim).collect();
-    let old_generation = fx.status(survivors[0]).expect("status").generation().to_owned();
+    let old_generation = fx.status(survivors[0]).expect("status").generation;
     let killed_at = Instant::now();
     fx.must(cluster::kill_node(fx.dir(), victim), "kill -9");
-    let (detected, recovered) = fx.wait_recovered(&survivors, victim, &old_generation, killed_at);
+    let (detected, recovered) = fx.wait_recovered(&survivors, victim, old_generation, killed_at);
     let new_leader = fx.leader(&survivors);
     let leader_status = fx.status(new_leader).expect("status");
     println!(
         "{name}: killed node {victim} (leader was {leader}, now {new_leader}): seen dead after \
          {detected:?}, survivors serve after {recovered:?}; leader's last_recovery_ms={:?} \
          records_fixed={:?}",
-        leader_status.stat("last_recovery_ms"),
-        leader_status.stat("records_fixed"),
+        leader_status.stats.last_recovery_ms, leader_status.stats.records_fixed,
     );
     assert!(!kill_leader || new_leader != victim, "a dead node still leads");
 
@@ -514,10 +467,10 @@ fn a_restarted_node_is_admitted_promptly() {
     let fx = Fixture::start("admit", 28, 3);
     let mut admissions = vec![];
     for _ in 0..3 {
-        let old_generation = fx.status(0).expect("status").generation().to_owned();
+        let old_generation = fx.status(0).expect("status").generation;
         let killed_at = Instant::now();
         fx.must(cluster::kill_node(fx.dir(), 2), "kill -9 node 2");
-        fx.wait_recovered(&[0, 1], 2, &old_generation, killed_at);
+        fx.wait_recovered(&[0, 1], 2, old_generation, killed_at);
         let restarted_at = Instant::now();
         fx.must(cluster::start_node(&fx.spec, 2), "restarting node 2");
         fx.wait_healthy();
@@ -550,7 +503,7 @@ fn a_stopped_node_is_excluded_then_admitted_again_with_one_holder_per_record() {
     let up: Vec<usize> = all.iter().copied().filter(|&n| n != stopped).collect();
     let least_restored: Vec<u64> = (0..keys.len()).map(|i| tally.survivors_newest(&up, i)).collect();
     let acked_before = tally.acked.clone();
-    let old_generation = fx.status(up[0]).expect("status").generation().to_owned();
+    let old_generation = fx.status(up[0]).expect("status").generation;
 
     // Clients on the nodes that stay up keep incrementing every key while the others
     // exclude the stopped node (the stopped node's records wait for that recovery).
@@ -559,7 +512,7 @@ fn a_stopped_node_is_excluded_then_admitted_again_with_one_holder_per_record() {
     let stopped_at = Instant::now();
     let guard = Stopped::new(fx.pid(stopped));
     let (detected, recovered) = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| fx.wait_recovered(&up, stopped, &old_generation, stopped_at));
+        let watcher = scope.spawn(|| fx.wait_recovered(&up, stopped, old_generation, stopped_at));
         increment_with(&fx, &mut up_clients, &keys, 10, &mut during);
         watcher.join().expect("watcher")
     });
@@ -576,9 +529,8 @@ fn a_stopped_node_is_excluded_then_admitted_again_with_one_holder_per_record() {
     for &node in &up {
         let status = fx.status(node).expect("status");
         assert!(
-            status.active() && status.sees_dead(stopped),
-            "node {node} while {stopped} is stopped:\n{}",
-            status.0
+            status.serves() && status.sees_dead(stopped as Pnn),
+            "node {node} while {stopped} is stopped:\n{status}"
         );
     }
     let continued_at = Instant::now();
@@ -688,13 +640,13 @@ fn a_quiet_node_stops_serving_and_the_lock_holder_serves_on() {
     // Node 1's client, opened while it serves, with a short migrate timeout.
     let probe_db = fx.open(1, Duration::from_secs(1));
     let db_id = probe_db.db_id();
-    let old_generation = fx.status(0).expect("status").generation().to_owned();
+    let old_generation = fx.status(0).expect("status").generation;
     // Opened ahead: attaching waits for every peer whose link is up, a quiet one too.
     let mut db0 = fx.open(0, MIGRATE_TIMEOUT);
 
     let quiet_at = Instant::now();
     fx.node_control(1, opcode::QUIET);
-    let state = fx.status(1).expect("a quiet node answers its clients").state().to_owned();
+    let state = fx.status(1).expect("a quiet node answers its clients").state.clone();
     assert_ne!(state, "active", "a quiet node does not serve");
 
     // Node 0 (it holds, or takes, the cluster lock) serves: writes to every key, those node
@@ -703,7 +655,7 @@ fn a_quiet_node_stops_serving_and_the_lock_holder_serves_on() {
         fx.must(db0.store(key, &[&during(i)], StoreFlag::Replace), "a store through node 0");
     }
     let written = quiet_at.elapsed();
-    let (detected, recovered) = fx.wait_recovered(&[0], 1, &old_generation, quiet_at);
+    let (detected, recovered) = fx.wait_recovered(&[0], 1, old_generation, quiet_at);
     println!("quiet: node 0 sees node 1 dead after {detected:?}, serves alone after {recovered:?}, all writes done after {written:?}");
     assert!(written < RECOVERY_LIMIT, "node 0 took {written:?} to serve the writes");
 
@@ -733,7 +685,7 @@ fn a_quiet_node_stops_serving_and_the_lock_holder_serves_on() {
     }
     probe.join().expect("probe thread");
     for _ in 0..10 {
-        let state = fx.status(1).expect("status").state().to_owned();
+        let state = fx.status(1).expect("status").state.clone();
         assert_ne!(state, "active", "quiet node 1 serves\n{}", fx.logs());
         std::thread::sleep(POLL); // sampling node 1's state for a while
     }
@@ -781,7 +733,7 @@ fn stop_the_leader(name: &str, third_octet: u8, check_records: bool) {
     let stopped_at = Instant::now();
     let guard = Stopped::new(fx.pid(leader));
     let detected = fx.wait_for("the other node to notice the leader is gone", RECOVERY_LIMIT, || {
-        fx.status(other).filter(|s| s.sees_dead(leader) && !s.active()).map(|_| stopped_at.elapsed())
+        fx.status(other).filter(|s| s.sees_dead(leader as Pnn) && !s.serves()).map(|_| stopped_at.elapsed())
     });
     println!("{name}: node {other} sees leader {leader} dead and stops serving after {detected:?}");
     // The stopped process still holds its fcntl lock: the other cannot take it, so it must
@@ -791,9 +743,8 @@ fn stop_the_leader(name: &str, third_octet: u8, check_records: bool) {
     while watched_from.elapsed() < HOLD {
         let status = fx.must(fx.status(other).ok_or("no status"), "status");
         assert!(
-            !status.active() && status.leader() != Some(other),
-            "node {other} serves or leads while stopped node {leader} holds the cluster lock:\n{}\n{}",
-            status.0,
+            !status.serves() && status.leader != Some(other as Pnn),
+            "node {other} serves or leads while stopped node {leader} holds the cluster lock:\n{status}\n{}",
             fx.logs()
         );
         samples += 1;
@@ -853,10 +804,10 @@ fn attaching_does_not_wait_for_a_stopped_peer() {
     // stop the cluster: see the test above).
     let leader = fx.leader(&[0, 1]);
     let stopped = 1 - leader;
-    let old_generation = fx.status(leader).expect("status").generation().to_owned();
+    let old_generation = fx.status(leader).expect("status").generation;
     let stopped_at = Instant::now();
     let _guard = Stopped::new(fx.pid(stopped));
-    fx.wait_recovered(&[leader], stopped, &old_generation, stopped_at);
+    fx.wait_recovered(&[leader], stopped, old_generation, stopped_at);
     let asked_at = Instant::now();
     drop(fx.open(leader, MIGRATE_TIMEOUT));
     let attached = asked_at.elapsed();

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
+use rctdb::status::NodeStatus;
 use rctdb::tool::cluster::{self, socket_path, ClusterSpec, RunningCluster};
 use rctdb::transport::auth::{self, ClusterKey, HandshakeError};
 use rctdb::transport::connect::connect_from;
@@ -53,12 +54,8 @@ fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("rctdb-rogue-{name}-{}", std::process::id()))
 }
 
-fn status(socket: &Path) -> String {
+fn status(socket: &Path) -> NodeStatus {
     DaemonConnection::connect(socket).and_then(|mut d| d.status(TIMEOUT)).expect("status")
-}
-
-fn field(status: &str, name: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_owned()
 }
 
 fn pid(dir: &Path, node: usize) -> i32 {
@@ -192,9 +189,7 @@ fn a_rogue_without_the_key_can_neither_inject_steal_nor_stall() {
     };
     let before = traverse();
     assert_eq!((before.header.dmaster, before.data.as_slice()), (0, &b"v1"[..]));
-    let statuses: Vec<String> = (0..NODES).map(|k| status(&cluster.socket(k))).collect();
-    let generation = field(&statuses[0], "generation ");
-    let generation_number = u32::from_str_radix(generation.trim_start_matches("0x"), 16).expect("generation");
+    let generation = status(&cluster.socket(0)).generation;
     let pids: Vec<i32> = (0..NODES).map(|k| pid(cluster.dir(), k)).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,7 +209,7 @@ fn a_rogue_without_the_key_can_neither_inject_steal_nor_stall() {
     let wrong_key = ClusterKey::from_bytes(&[0x5a; auth::MIN_KEY_LEN]).expect("key");
     for target in 0..NODES {
         let pretend = (target + 1) % NODES;
-        let attack = attack_packets(target, pretend as Pnn, db_id, generation_number, before.header.rsn);
+        let attack = attack_packets(target, pretend as Pnn, db_id, generation, before.header.rsn);
         // No key at all, from a real node's address and from a stranger's.
         for from in [address(pretend), STRANGER] {
             let mut rogue = connect_from(IpAddr::V4(from), node_addr(target), TIMEOUT).expect("connect");
@@ -283,8 +278,8 @@ fn a_rogue_without_the_key_can_neither_inject_steal_nor_stall() {
         assert_eq!(pid(cluster.dir(), k), started_as, "node {k} restarted");
         assert!(alive(started_as), "node {k} died");
         let now = status(&cluster.socket(k));
-        assert_eq!(field(&now, "generation "), generation, "node {k} went through a recovery");
-        assert_eq!(now.matches(" alive link-up").count(), NODES - 1, "node {k}: {now}");
+        assert_eq!(now.generation, generation, "node {k} went through a recovery");
+        assert_eq!((0..NODES).filter(|&p| now.sees_up(p as Pnn)).count(), NODES - 1, "node {k}: {now}");
     }
 
     // Every node logged the refusals, naming the addresses.
@@ -317,10 +312,9 @@ fn without_a_key_the_same_attack_takes_effect() {
     let cluster = RunningCluster::start(spec.clone()).unwrap_or_else(|e| panic!("cluster up: {e}"));
     let mut owner = ClusteredDb::open(&cluster.socket(0), DB, TIMEOUT).expect("attach");
     owner.store(SECRET, &[b"v1"], StoreFlag::Replace).expect("store");
-    let generation = field(&status(&cluster.socket(1)), "generation ");
-    let generation_number = u32::from_str_radix(generation.trim_start_matches("0x"), 16).expect("generation");
+    let generation = status(&cluster.socket(1)).generation;
 
-    let attack = attack_packets(0, 1, owner.db_id(), generation_number, 1);
+    let attack = attack_packets(0, 1, owner.db_id(), generation, 1);
     let mut rogue = connect_from(
         IpAddr::V4(spec.address(1)),
         SocketAddr::new(IpAddr::V4(spec.address(0)), PORT),
@@ -336,7 +330,7 @@ fn without_a_key_the_same_attack_takes_effect() {
             .is_ok_and(|records| records.iter().any(|r| r.key == SECRET && r.data != b"v1"));
         let recovered = DaemonConnection::connect(&cluster.socket(1))
             .and_then(|mut d| d.status(TIMEOUT))
-            .is_ok_and(|now| field(&now, "generation ") != generation);
+            .is_ok_and(|now| now.generation != generation);
         forged || recovered
     };
     while !took_effect() {
@@ -375,11 +369,9 @@ fn only_nodes_with_the_same_key_form_a_cluster() {
 
     let deadline = Instant::now() + TIMEOUT;
     let refused = |node: usize, peer: usize| {
-        status(&socket_path(&dir, node)).lines().any(|l| {
-            l.starts_with(&format!("node {peer} "))
-                && l.contains("link-down refused: ")
-                && l.contains("different cluster key")
-        })
+        let status = status(&socket_path(&dir, node));
+        let why = status.peer(peer as Pnn).and_then(|p| p.refused.clone()).unwrap_or_default();
+        why.contains("different cluster key")
     };
     while !(refused(0, 2) && refused(1, 2) && refused(2, 0) && refused(2, 1)) {
         assert!(
@@ -390,7 +382,7 @@ fn only_nodes_with_the_same_key_form_a_cluster() {
         std::thread::sleep(Duration::from_millis(20)); // polling the daemons' status
     }
     let status0 = status(&socket_path(&dir, 0));
-    assert!(status0.contains("node 1 127.0.88.12 alive link-up"), "{status0}");
+    assert!(status0.sees_up(1), "{status0}");
     for node in 0..NODES {
         let log = std::fs::read_to_string(dir.join(format!("node{node}.log"))).expect("log");
         assert!(log.contains("holds a different cluster key"), "node {node}'s log does not say why");

@@ -206,7 +206,7 @@ fn answers(cluster: &RunningCluster, node: usize) -> bool {
     let started = Instant::now();
     let answered = DaemonConnection::connect(&cluster.socket(node))
         .and_then(|mut d| d.status(Duration::from_secs(1)))
-        .is_ok_and(|s| s.lines().any(|l| l == "state active"));
+        .is_ok_and(|s| s.serves());
     answered && started.elapsed() < Duration::from_secs(1)
 }
 
@@ -311,7 +311,7 @@ fn stopped_clients_cost_only_what_they_hold() {
     drop(same);
     let status = DaemonConnection::connect(&socket(0)).and_then(|mut d| d.status(TIMEOUT)).expect("status");
     assert!(
-        status.lines().any(|l| l.starts_with("records_unwritten ") && l != "records_unwritten 0"),
+        status.records_unwritten > 0,
         "node 0 keeps no record in memory, so the held free list was never met:\n{status}"
     );
     eprintln!("progress while clients were stopped: {progress:?} (counted from {before:?})");

@@ -110,8 +110,8 @@ fn vacuuming_keeps_files_bounded_under_churn() {
     assert_under_one_percent("p1+p2", 2 * PHASE_KEYS, &all);
     let statuses = cluster.statuses().expect("status");
     for (node, status) in statuses.iter().enumerate() {
-        assert!(status.stat("vacuum_deleted") > 0, "node {node} deleted nothing as LMASTER: {status:?}");
-        assert!(status.stat("vacuum_copies_dropped") > 0, "node {node} dropped no copy: {status:?}");
+        assert!(status.stats.vacuum_deleted > 0, "node {node} deleted nothing as LMASTER: {status:?}");
+        assert!(status.stats.vacuum_copies_dropped > 0, "node {node} dropped no copy: {status:?}");
     }
 
     // Without vacuuming, every closed file stays behind: at least one empty record per key

@@ -51,14 +51,10 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     started.elapsed()
 }
 
-fn status(cluster: &RunningCluster, node: usize) -> String {
+fn serving(cluster: &RunningCluster, node: usize) -> bool {
     DaemonConnection::connect(&cluster.socket(node))
         .and_then(|mut d| d.status(Duration::from_secs(1)))
-        .unwrap_or_default()
-}
-
-fn serving(cluster: &RunningCluster, node: usize) -> bool {
-    status(cluster, node).lines().any(|l| l == "state active")
+        .is_ok_and(|status| status.serves())
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::statistics::Statistics;
 use crate::error::{Error, ErrorCode, Result};
+use crate::status::NodeStatus;
 use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
@@ -41,15 +42,11 @@ impl DaemonConnection {
         AttachReply::decode(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
     }
 
-    pub fn status(&mut self, timeout: Duration) -> Result<String> {
+    /// The node's status (`rctdb status`).
+    pub fn status(&mut self, timeout: Duration) -> Result<NodeStatus> {
         let data = self.control(opcode::STATUS, vec![], timeout)?;
-        Ok(String::from_utf8_lossy(&data).into_owned())
-    }
-
-    /// The status as a JSON object (`rctdb status --json`).
-    pub fn status_json(&mut self, timeout: Duration) -> Result<String> {
-        let data = self.control(opcode::STATUS, control::STATUS_JSON.to_vec(), timeout)?;
-        Ok(String::from_utf8_lossy(&data).into_owned())
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::io(format!("rctdbd at {}: status: {e}", self.socket)))
     }
 
     /// The node's statistics; with `reset` the daemon starts them from zero after answering.

@@ -9,7 +9,7 @@
 //! workload it waits for the vacuum backlog to drain and reads the nodes' files (read-only,
 //! once nothing writes them any more) for the keys left behind.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::HEADER_LEN;
+use crate::status::NodeStatus;
 use crate::tool::cluster::{ClusterSpec, RunningCluster};
 
 /// The database the workers churn, like smbd's locking.tdb.
@@ -172,36 +173,11 @@ fn read_ops(path: &Path) -> Result<Vec<Op>, String> {
 
 // ---- the cluster
 
-/// The parts of a node's `status` the bench follows.
-#[derive(Debug, Clone, Default)]
-pub struct NodeStatus {
-    pub vacuum_backlog: u64,
-    pub stats: BTreeMap<String, u64>,
-}
-
-impl NodeStatus {
-    fn parse(text: &str) -> NodeStatus {
-        let mut status = NodeStatus::default();
-        for line in text.lines() {
-            if let Some(n) = line.strip_prefix("vacuum_backlog ") {
-                status.vacuum_backlog = n.trim().parse().unwrap_or(0);
-            } else if let Some(pairs) = line.strip_prefix("stats ") {
-                let pairs = pairs.split_whitespace().filter_map(|w| w.split_once('='));
-                status.stats = pairs.filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?))).collect();
-            }
-        }
-        status
-    }
-
-    pub fn stat(&self, name: &str) -> u64 {
-        self.stats.get(name).copied().unwrap_or(0)
-    }
-
-    /// The sum of the counters that move when vacuuming does work.
-    fn vacuum_work(&self) -> u64 {
-        let work = self.stats.iter().filter(|(name, _)| name.starts_with("vacuum_") && *name != VACUUM_RUNS);
-        work.map(|(_, n)| n).sum()
-    }
+/// The sum of the counters that move when vacuuming does work.
+fn vacuum_work(status: &NodeStatus) -> u64 {
+    let counters = status.counters();
+    let work = counters.iter().filter(|(name, _)| name.starts_with("vacuum_") && *name != VACUUM_RUNS);
+    work.map(|(_, n)| n).sum()
 }
 
 /// A churn workload: `workers` processes on every node, `keys` keys in all (split evenly
@@ -383,9 +359,8 @@ impl ChurnCluster {
             let daemon = DaemonConnection::connect(&self.cluster.socket(node)).map_err(|e| e.to_string())?;
             self.statuses[node] = Some(daemon);
         }
-        let text = self.statuses[node].as_mut().map(|daemon| daemon.status(STATUS_TIMEOUT));
-        match text {
-            Some(Ok(text)) => Ok(NodeStatus::parse(&text)),
+        match self.statuses[node].as_mut().map(|daemon| daemon.status(STATUS_TIMEOUT)) {
+            Some(Ok(status)) => Ok(status),
             Some(Err(err)) => {
                 self.statuses[node] = None;
                 Err(format!("node {node}: status: {err}"))
@@ -489,7 +464,7 @@ impl ChurnCluster {
         let mut quiet_since: Option<(Instant, Vec<u64>)> = None;
         loop {
             let nodes = self.statuses()?;
-            let work: Vec<u64> = nodes.iter().map(NodeStatus::vacuum_work).collect();
+            let work: Vec<u64> = nodes.iter().map(vacuum_work).collect();
             let empty = nodes.iter().all(|n| n.vacuum_backlog == 0);
             quiet_since = match quiet_since {
                 Some((since, before)) if empty && before == work => Some((since, before)),
@@ -670,7 +645,7 @@ fn vacuum_windows(samples: &[Sample]) -> Vec<(u64, u64, bool)> {
         .windows(2)
         .map(|pair| {
             let moved = pair[0].nodes.iter().zip(&pair[1].nodes).any(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => a.vacuum_work() != b.vacuum_work(),
+                (Some(a), Some(b)) => vacuum_work(a) != vacuum_work(b),
                 _ => false,
             });
             (pair[0].at_ns, pair[1].at_ns, moved)
@@ -1018,75 +993,79 @@ fn print_sizes(bench: &ChurnBench, run: &ChurnRun, label: &str) {
         println!("{line}");
     }
     for (node, status) in run.drain.nodes.iter().enumerate() {
-        let counters = status.stats.iter().filter(|(name, _)| name.starts_with("vacuum_"));
+        let counters = status.counters();
+        let counters = counters.iter().filter(|(name, _)| name.starts_with("vacuum_"));
         let list: Vec<String> = counters.map(|(name, n)| format!("{name}={n}")).collect();
         println!("  node {node}: {} vacuum_backlog={}", list.join(" "), status.vacuum_backlog);
     }
 }
 
-fn json_percentiles(p: &Percentiles) -> String {
-    format!(
-        "{{\"ops\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1}}}",
-        p.ops, p.p50_us, p.p99_us, p.p999_us, p.max_us
-    )
+fn json_percentiles(p: &Percentiles) -> serde_json::Value {
+    serde_json::json!({
+        "ops": p.ops, "p50_us": p.p50_us, "p99_us": p.p99_us, "p999_us": p.p999_us, "max_us": p.max_us,
+    })
 }
 
-fn json_list<T>(items: &[T], each: impl Fn(&T) -> String) -> String {
-    format!("[{}]", items.iter().map(each).collect::<Vec<_>>().join(","))
-}
-
-fn json(bench: &ChurnBench, runs: &[ChurnRun]) -> String {
+fn json(bench: &ChurnBench, runs: &[ChurnRun]) -> serde_json::Value {
     let run_json = |run: &ChurnRun| {
         let w = &run.workload;
-        let sizes =
-            json_list(&w.sizes, |(at, sizes)| format!("[{at:.2},{}]", json_list(sizes, u64::to_string)));
-        let left = json_list(&run.keys_left, |k| {
-            format!(
-                "{{\"records\":{},\"with_data\":{},\"all_records\":{}}}",
-                k.records, k.with_data, k.all_records
-            )
-        });
-        let free = json_list(&run.free_lists, |f| match f {
-            Some(f) => format!(
-                "{{\"entries\":{},\"bytes\":{},\"largest\":{},\"dead_records\":{},\"uncoalesced\":{}}}",
-                f.entries, f.bytes, f.largest, f.dead_records, f.uncoalesced
-            ),
-            None => "null".into(),
-        });
-        let stats = json_list(&run.drain.nodes, |n| {
-            let pairs: Vec<String> = n.stats.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-            format!("{{\"vacuum_backlog\":{},{}}}", n.vacuum_backlog, pairs.join(","))
-        });
-        format!(
-            "{{\"vacuum_interval_ms\":{},\"load\":{:.2},\"daemon_cpu_us_per_key\":{:.2},\"seconds\":{:.3},\"ops\":{},\"ops_per_s\":{:.0},\"all\":{},\"opens\":{},\
-             \"closes\":{},\"during_vacuum\":{},\"outside_vacuum\":{},\"windows_with_vacuum\":{},\"windows\":{},\
-             \"sizes\":{sizes},\"drained\":{},\"drain_seconds\":{:.2},\"sizes_after_drain\":{},\"keys_left\":{left},\
-             \"free_lists\":{free},\"stats\":{stats}}}",
-            run.vacuum_interval_ms,
-            run.load,
-            run.daemon_cpu_us_per_key,
-            w.seconds,
-            w.ops,
-            w.ops_per_second(),
-            json_percentiles(&w.all),
-            json_percentiles(&w.opens),
-            json_percentiles(&w.closes),
-            json_percentiles(&w.during_vacuum),
-            json_percentiles(&w.outside_vacuum),
-            w.windows_with_vacuum,
-            w.windows,
-            run.drain.drained,
-            run.drain.seconds,
-            json_list(&run.sizes_after_drain, u64::to_string),
-        )
+        let left: Vec<_> = run
+            .keys_left
+            .iter()
+            .map(|k| serde_json::json!({"records": k.records, "with_data": k.with_data, "all_records": k.all_records}))
+            .collect();
+        let free: Vec<_> = run
+            .free_lists
+            .iter()
+            .map(|f| {
+                f.map(|f| {
+                    serde_json::json!({
+                        "entries": f.entries, "bytes": f.bytes, "largest": f.largest,
+                        "dead_records": f.dead_records, "uncoalesced": f.uncoalesced,
+                    })
+                })
+            })
+            .collect();
+        let stats: Vec<_> = run
+            .drain
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut counters = serde_json::Map::new();
+                counters.insert("vacuum_backlog".into(), n.vacuum_backlog.into());
+                counters.extend(n.counters().into_iter().map(|(name, value)| (name, value.into())));
+                counters
+            })
+            .collect();
+        serde_json::json!({
+            "vacuum_interval_ms": run.vacuum_interval_ms,
+            "load": run.load,
+            "daemon_cpu_us_per_key": run.daemon_cpu_us_per_key,
+            "seconds": w.seconds,
+            "ops": w.ops,
+            "ops_per_s": w.ops_per_second().round(),
+            "all": json_percentiles(&w.all),
+            "opens": json_percentiles(&w.opens),
+            "closes": json_percentiles(&w.closes),
+            "during_vacuum": json_percentiles(&w.during_vacuum),
+            "outside_vacuum": json_percentiles(&w.outside_vacuum),
+            "windows_with_vacuum": w.windows_with_vacuum,
+            "windows": w.windows,
+            "sizes": w.sizes,
+            "drained": run.drain.drained,
+            "drain_seconds": run.drain.seconds,
+            "sizes_after_drain": run.sizes_after_drain,
+            "keys_left": left,
+            "free_lists": free,
+            "stats": stats,
+        })
     };
-    format!(
-        "{{\"nodes\":{},\"workers\":{},\"keys\":{},\"open_files\":{},\"value_size\":{},\"runs\":{}}}",
-        bench.nodes,
-        bench.workers,
-        bench.keys,
-        bench.window,
-        bench.value_size,
-        json_list(runs, run_json)
-    )
+    serde_json::json!({
+        "nodes": bench.nodes,
+        "workers": bench.workers,
+        "keys": bench.keys,
+        "open_files": bench.window,
+        "value_size": bench.value_size,
+        "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+    })
 }

@@ -25,6 +25,8 @@ use nix::time::{clock_gettime, ClockId};
 use super::cluster::{self, socket_path, ClusterSpec};
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::local::StoreFlag;
+use crate::status::NodeStatus;
+use crate::wire::Pnn;
 
 const NODES: usize = 3;
 const VICTIM: usize = 2;
@@ -256,55 +258,6 @@ impl Worker {
 
 // ---- watching the nodes
 
-/// The parts of a node's `status` the demo follows.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct NodeView {
-    active: bool,
-    generation: String,
-    vnn_map: Vec<usize>,
-    dead: Vec<usize>,
-    leader: Option<usize>,
-    migrations: u64,
-    last_recovery_ms: u64,
-}
-
-impl NodeView {
-    fn parse(text: &str) -> NodeView {
-        let mut view = NodeView::default();
-        for line in text.lines() {
-            let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
-            match name {
-                "state" => view.active = rest == "active",
-                "generation" => view.generation = rest.to_owned(),
-                "leader" => view.leader = rest.parse().ok(),
-                "vnn_map" => {
-                    let list = rest.trim_matches(|c| c == '[' || c == ']');
-                    view.vnn_map = list.split(',').filter_map(|n| n.trim().parse().ok()).collect();
-                }
-                "node" => {
-                    let words: Vec<&str> = rest.split_whitespace().collect();
-                    if let (Some(pnn), Some(&"dead")) =
-                        (words.first().and_then(|w| w.parse().ok()), words.get(2))
-                    {
-                        view.dead.push(pnn);
-                    }
-                }
-                "stats" => {
-                    for (key, value) in rest.split_whitespace().filter_map(|w| w.split_once('=')) {
-                        match key {
-                            "migrations_completed" => view.migrations = value.parse().unwrap_or(0),
-                            "last_recovery_ms" => view.last_recovery_ms = value.parse().unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        view
-    }
-}
-
 /// Status connections to the nodes, made again when one fails (a node died or restarted).
 struct Watch {
     dir: PathBuf,
@@ -324,19 +277,17 @@ impl Watch {
         }
     }
 
-    fn view(&mut self, node: usize) -> Option<NodeView> {
+    fn view(&mut self, node: usize) -> Option<NodeStatus> {
         if self.connections[node].is_none() {
             self.connections[node] = DaemonConnection::connect(&socket_path(&self.dir, node)).ok();
         }
         match self.connections[node].as_mut()?.status(STATUS_TIMEOUT) {
-            Ok(text) => {
-                let view = NodeView::parse(&text);
+            Ok(status) => {
                 // A restarted node counts from zero again.
-                let last = self.last_migrations[node];
-                self.migrations +=
-                    if view.migrations >= last { view.migrations - last } else { view.migrations };
-                self.last_migrations[node] = view.migrations;
-                Some(view)
+                let (last, now) = (self.last_migrations[node], status.stats.migrations_completed);
+                self.migrations += if now >= last { now - last } else { now };
+                self.last_migrations[node] = now;
+                Some(status)
             }
             Err(_) => {
                 self.connections[node] = None;
@@ -356,12 +307,16 @@ impl Watch {
 
 /// Whether `views` (of `nodes`) all serve in one generation other than `old`, with
 /// exactly `nodes` in the map.
-fn settled(views: &[Option<NodeView>], nodes: &[usize], old: &str) -> Option<String> {
+fn settled(views: &[Option<NodeStatus>], nodes: &[usize], old: Option<u32>) -> Option<String> {
     let first = views.first()?.as_ref()?;
     let all = views.iter().all(|v| {
-        v.as_ref().is_some_and(|v| v.active && v.generation == first.generation && v.vnn_map == nodes)
+        v.as_ref().is_some_and(|v| {
+            v.serves()
+                && v.generation == first.generation
+                && v.vnn_map.iter().map(|&p| p as usize).eq(nodes.iter().copied())
+        })
     });
-    (all && first.generation != old).then(|| first.generation.clone())
+    (all && Some(first.generation) != old).then(|| format!("{:#010x}", first.generation))
 }
 
 // ---- the run
@@ -607,7 +562,7 @@ impl Run {
     /// workload goes on; prints each step as it is seen.
     fn kill(&mut self) -> Result<(), String> {
         let survivors: Vec<usize> = (0..NODES).filter(|&n| n != VICTIM).collect();
-        let old_generation = self.watch.view(survivors[0]).map(|v| v.generation).unwrap_or_default();
+        let old_generation = self.watch.view(survivors[0]).map(|v| v.generation);
         // Its workers stop first, so their counts are exact; what they did to records the
         // node still holds dies with it, as a volatile database's records do.
         let mut victims: Vec<Worker> = vec![];
@@ -635,7 +590,7 @@ impl Run {
             for &node in &survivors {
                 let view = self.watch.view(node);
                 let at = self.clock_ms(now_us());
-                let sees_dead = view.as_ref().is_some_and(|v| v.dead.contains(&VICTIM));
+                let sees_dead = view.as_ref().is_some_and(|v| v.sees_dead(VICTIM as Pnn));
                 views.push(view);
                 if sees_dead && !self.marks.detected.iter().any(|(n, _)| *n == node) {
                     println!("  +{at:>7.1} ms  node {node} sees node {VICTIM} dead");
@@ -644,11 +599,11 @@ impl Run {
             }
             let at = self.clock_ms(now_us());
             if self.marks.recovered.is_none() {
-                if let Some(generation) = settled(&views, &survivors, &old_generation) {
+                if let Some(generation) = settled(&views, &survivors, old_generation) {
                     let leader = views.iter().flatten().find_map(|v| v.leader);
                     let recovery_ms = leader
-                        .and_then(|l| survivors.iter().position(|&n| n == l))
-                        .and_then(|i| views[i].as_ref().map(|v| v.last_recovery_ms));
+                        .and_then(|l| survivors.iter().position(|&n| n as Pnn == l))
+                        .and_then(|i| views[i].as_ref().map(|v| v.stats.last_recovery_ms));
                     println!(
                         "  +{at:>7.1} ms  recovery done: nodes {survivors:?} serve in generation {generation}{}",
                         recovery_ms.map_or(String::new(), |ms| format!(" (the leader's recovery took {})", whole_ms(ms)))
@@ -715,15 +670,15 @@ impl Run {
     /// Starts node VICTIM again and waits until a recovery admitted it.
     fn readmit(&mut self) -> Result<(), String> {
         let all: Vec<usize> = (0..NODES).collect();
-        let old_generation = self.watch.view(0).map(|v| v.generation).unwrap_or_default();
+        let old_generation = self.watch.view(0).map(|v| v.generation);
         let start_us = now_us();
         cluster::start_node(&self.spec, VICTIM)?;
         println!("  +{:>7.1} ms  node {VICTIM} started again", 0.0);
         let deadline = start_us + FAULT_TIMEOUT.as_micros() as u64;
         loop {
             check_interrupt()?;
-            let views: Vec<Option<NodeView>> = all.iter().map(|&n| self.watch.view(n)).collect();
-            if let Some(generation) = settled(&views, &all, &old_generation) {
+            let views: Vec<Option<NodeStatus>> = all.iter().map(|&n| self.watch.view(n)).collect();
+            if let Some(generation) = settled(&views, &all, old_generation) {
                 let at = (now_us() - start_us) as f64 / 1e3;
                 println!(
                     "  +{at:>7.1} ms  node {VICTIM} admitted: nodes {all:?} serve in generation {generation}"

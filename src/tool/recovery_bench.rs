@@ -10,9 +10,10 @@
 //! The client asks at the fault and waits, as smbd would: its answer comes when the cluster
 //! can give it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -21,6 +22,7 @@ use nix::unistd::Pid;
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::engine::lmaster_of;
 use crate::local::StoreFlag;
+use crate::status::{NodeStatus, PeerStatus};
 use crate::tool::cluster::{self, socket_path, ClusterSpec};
 use crate::wire::Pnn;
 
@@ -35,6 +37,19 @@ pub struct RecoveryBench {
     pub first_address: Ipv4Addr,
     /// Tunables every node starts with, as `NAME=VALUE` (`rctdbd --set`).
     pub tunables: Vec<String>,
+    /// The faults to run, in this order, each followed by its victim's return.
+    pub faults: Vec<Fault>,
+}
+
+/// A fault of the bench; the victim comes back after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of a node that does not lead, then a restart.
+    Kill,
+    /// SIGSTOP of a node that does not lead (hung), then SIGCONT.
+    Stop,
+    /// kill -9 of the leader, then a restart.
+    Leader,
 }
 
 const NODES: usize = 3;
@@ -61,6 +76,7 @@ pub fn bench_recovery(bench: &RecoveryBench) -> Result<(), String> {
         cluster,
         records,
         moved: bench.moved,
+        faults: bench.faults.clone(),
         counters: [None; NODES],
         rows: vec![],
         travelled: BTreeSet::new(),
@@ -71,7 +87,15 @@ pub fn bench_recovery(bench: &RecoveryBench) -> Result<(), String> {
         println!("stopped: {err}");
         println!("node logs: {}/nodeK.log", run.cluster.spec.dir.display());
     }
-    result
+    result?;
+    let failed: Vec<String> =
+        run.rows.iter().filter(|r| r.check.is_some_and(|c| !c.fine)).map(title).collect();
+    match failed.is_empty() {
+        true => Ok(()),
+        false => {
+            Err(format!("acknowledged records were lost or came back wrong after: {}", failed.join(", ")))
+        }
+    }
 }
 
 // ---- the records
@@ -160,8 +184,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Stops whatever a previous run left in the directory and writes the nodes file; no
-    /// node runs yet.
+    /// Stops whatever a previous run left in the directory and writes what `rctdb cluster
+    /// up` gives its nodes (nodes file, cluster key); no node runs yet.
     fn prepare(bench: &RecoveryBench) -> Result<Cluster, String> {
         let mut spec = ClusterSpec::new(NODES, &bench.dir);
         spec.first_address = bench.first_address;
@@ -169,13 +193,10 @@ impl Cluster {
             spec.tunables.push(parse_tunable(setting)?);
         }
         let _ = cluster::down(&spec.dir);
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
         for node in 0..NODES {
             let _ = std::fs::remove_file(spec.dir.join(format!("node{node}.log")));
         }
-        let list: String = (0..NODES).map(|k| format!("{}\n", spec.address(k))).collect();
-        let nodes_file = spec.dir.join("nodes");
-        std::fs::write(&nodes_file, list).map_err(|e| format!("{}: {e}", nodes_file.display()))?;
+        cluster::prepare(&spec)?;
         Ok(Cluster { spec })
     }
 
@@ -212,64 +233,6 @@ fn parse_tunable(text: &str) -> Result<(String, u64), String> {
 
 // ---- status
 
-/// The parts of a node's `status` text the bench follows.
-#[derive(Debug, Default, Clone)]
-struct NodeStatus {
-    state: String,
-    leader: Option<usize>,
-    generation: String,
-    vnn_map: Vec<usize>,
-    /// Peers this node believes alive with their link up.
-    peers_up: Vec<usize>,
-    /// Peers this node hears (alive) while its own link to them is down: what it sends them
-    /// is dropped.
-    peers_half_open: Vec<usize>,
-    peers_dead: Vec<usize>,
-    stats: BTreeMap<String, u64>,
-}
-
-impl NodeStatus {
-    fn parse(text: &str) -> NodeStatus {
-        let mut status = NodeStatus::default();
-        for line in text.lines() {
-            let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
-            match name {
-                "state" => status.state = rest.to_owned(),
-                "leader" => status.leader = rest.parse().ok(),
-                "generation" => status.generation = rest.to_owned(),
-                "vnn_map" => {
-                    let list = rest.trim_matches(|c| c == '[' || c == ']');
-                    status.vnn_map = list.split(',').filter_map(|n| n.trim().parse().ok()).collect();
-                }
-                "node" => {
-                    let words: Vec<&str> = rest.split_whitespace().collect();
-                    let Some(pnn) = words.first().and_then(|w| w.parse().ok()) else { continue };
-                    match words.get(2..4) {
-                        Some(["alive", "link-up"]) => status.peers_up.push(pnn),
-                        Some(["alive", "link-down"]) => status.peers_half_open.push(pnn),
-                        Some(["dead", _]) => status.peers_dead.push(pnn),
-                        _ => {}
-                    }
-                }
-                "stats" => {
-                    let pairs = rest.split_whitespace().filter_map(|w| w.split_once('='));
-                    status.stats = pairs.filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?))).collect();
-                }
-                _ => {}
-            }
-        }
-        status
-    }
-
-    fn serves(&self) -> bool {
-        self.state == "active"
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.stats.get(name).copied().unwrap_or(0)
-    }
-}
-
 /// Status connections to the nodes, made again whenever one fails.
 struct Watch {
     dir: PathBuf,
@@ -286,9 +249,8 @@ impl Watch {
         if self.connections[node].is_none() {
             self.connections[node] = DaemonConnection::connect(&socket_path(&self.dir, node)).ok();
         }
-        let text = self.connections[node].as_mut()?.status(STATUS_TIMEOUT);
-        match text {
-            Ok(text) => Some(NodeStatus::parse(&text)),
+        match self.connections[node].as_mut()?.status(STATUS_TIMEOUT) {
+            Ok(status) => Some(status),
             Err(_) => {
                 self.connections[node] = None;
                 None
@@ -303,14 +265,14 @@ impl Watch {
 }
 
 /// Every node of `nodes` serves, in one generation other than `old`, with map `nodes`.
-fn settled(statuses: &[Option<NodeStatus>], nodes: &[usize], old: Option<&str>) -> bool {
+fn settled(statuses: &[Option<NodeStatus>], nodes: &[usize], old: Option<u32>) -> bool {
     let Some(Some(first)) = nodes.first().map(|&n| &statuses[n]) else { return false };
     nodes.iter().all(|&n| {
         statuses[n].as_ref().is_some_and(|s| {
             s.serves()
                 && s.generation == first.generation
-                && Some(s.generation.as_str()) != old
-                && s.vnn_map == nodes
+                && Some(s.generation) != old
+                && s.vnn_map.iter().map(|&p| p as usize).eq(nodes.iter().copied())
         })
     })
 }
@@ -357,6 +319,16 @@ struct Row {
     recoveries: u64,
     last_recovery_ms: Option<u64>,
     fixes: u64,
+    /// For the victim's return: what the pass over every record found afterwards.
+    check: Option<Check>,
+}
+
+/// Records lost and wrong after a victim came back, and whether that is allowed.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    lost: usize,
+    wrong: usize,
+    fine: bool,
 }
 
 /// What a client asks for at the fault.
@@ -369,11 +341,18 @@ enum Probe {
 
 impl Probe {
     /// Runs on `db` (or on a client that connects to `socket` as soon as it can); returns
-    /// when it was answered and how the answer compares.
-    fn run(self, db: Option<ClusteredDb>, socket: &Path, t0: Instant) -> (Option<f64>, String) {
+    /// when it was answered and how the answer compares. `give_up` ends the wait for a
+    /// node that will not come.
+    fn run(
+        self,
+        db: Option<ClusteredDb>,
+        socket: &Path,
+        t0: Instant,
+        give_up: &AtomicBool,
+    ) -> (Option<f64>, String) {
         let db = match db {
             Some(db) => Ok(db),
-            None => connect_when_up(socket, t0),
+            None => connect_when_up(socket, t0, give_up),
         };
         let result = db.and_then(|mut db| match &self {
             Probe::Fetch { key, expect } => {
@@ -396,11 +375,13 @@ impl Probe {
 }
 
 /// A client of a node that is starting: it tries until the socket answers.
-fn connect_when_up(socket: &Path, t0: Instant) -> Result<ClusteredDb, String> {
+fn connect_when_up(socket: &Path, t0: Instant, give_up: &AtomicBool) -> Result<ClusteredDb, String> {
     loop {
         match ClusteredDb::open(socket, DB, CLIENT_TIMEOUT) {
             Ok(db) => return Ok(db),
-            Err(err) if t0.elapsed() > CLIENT_TIMEOUT => return Err(err.to_string()),
+            Err(err) if t0.elapsed() > CLIENT_TIMEOUT || give_up.load(Ordering::Relaxed) => {
+                return Err(err.to_string())
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(1)), // the daemon is starting
         }
     }
@@ -419,7 +400,7 @@ struct Expect<'a> {
     steady: &'a [usize],
     /// Whether their statuses (indexed by node) show that the change was noticed.
     noticed: &'a dyn Fn(&[Option<NodeStatus>]) -> bool,
-    old_generation: Option<&'a str>,
+    old_generation: Option<u32>,
 }
 
 /// When the change was noticed and when the cluster settled, from the fault.
@@ -431,6 +412,8 @@ struct Marks {
     gap: f64,
     /// First and last time a node heard a peer whose link from it was down.
     half_open: Option<(f64, f64)>,
+    /// A node that should serve whose process is gone: nothing more will happen.
+    exited: Option<usize>,
 }
 
 /// Polls until the cluster settled and the client was answered (or SCENARIO_TIMEOUT).
@@ -446,15 +429,17 @@ fn follow(watch: &mut Watch, t0: Instant, expect: &Expect, probe_done: &dyn Fn()
         if marks.recovered.is_none() && settled(&statuses, expect.serving, expect.old_generation) {
             marks.recovered = Some(now);
         }
-        if statuses.iter().flatten().any(|s| !s.peers_half_open.is_empty()) {
+        if statuses.iter().flatten().any(|s| s.nodes.iter().any(PeerStatus::is_half_open)) {
             marks.half_open = Some((marks.half_open.map_or(now, |(first, _)| first), now));
         }
         if expect.steady.iter().any(|&n| !statuses[n].as_ref().is_some_and(NodeStatus::serves)) {
             marks.gap += now - polled;
         }
         polled = now;
+        marks.exited =
+            expect.serving.iter().copied().find(|&n| cluster::running_pid(&watch.dir, n).is_none());
         let over = marks.detected.is_some() && marks.recovered.is_some() && probe_done();
-        if over || t0.elapsed() > SCENARIO_TIMEOUT {
+        if over || marks.exited.is_some() || t0.elapsed() > SCENARIO_TIMEOUT {
             return marks;
         }
         std::thread::sleep(POLL);
@@ -472,6 +457,7 @@ struct Run {
     cluster: Cluster,
     records: Records,
     moved: usize,
+    faults: Vec<Fault>,
     counters: [Option<Counters>; NODES],
     rows: Vec<Row>,
     /// Records that were ever migrated off their LMASTER: a copy may be left elsewhere, so
@@ -491,16 +477,20 @@ impl Run {
             load.seconds,
             self.records.count as f64 / load.seconds
         );
-        for (fault, back, victim_leads) in [
-            (Kind::Kill, Kind::Restart, false),
-            (Kind::Stop, Kind::Resume, false),
-            (Kind::Kill, Kind::Restart, true),
-        ] {
+        for fault in self.faults.clone() {
+            let (kind, back, victim_leads) = match fault {
+                Fault::Kill => (Kind::Kill, Kind::Restart, false),
+                Fault::Stop => (Kind::Stop, Kind::Resume, false),
+                Fault::Leader => (Kind::Kill, Kind::Restart, true),
+            };
             let victim = self.pick_victim(victim_leads)?;
-            self.failure(fault, victim)?;
+            self.failure(kind, victim)?;
             self.join(back, victim)?;
-            let check = fill(&self.cluster.spec.dir, &self.records)?;
-            self.print_check(victim, check);
+            let found = fill(&self.cluster.spec.dir, &self.records)?;
+            let check = self.check(kind, victim, found);
+            if let Some(row) = self.rows.last_mut() {
+                row.check = Some(check);
+            }
         }
         Ok(())
     }
@@ -562,7 +552,7 @@ impl Run {
     /// The leader, or the highest-numbered node that does not lead.
     fn pick_victim(&mut self, leader: bool) -> Result<usize, String> {
         let mut watch = Watch::new(&self.cluster);
-        let lead = watch.status(0).and_then(|s| s.leader).ok_or("node 0 names no leader")?;
+        let lead = watch.status(0).and_then(|s| s.leader).ok_or("node 0 names no leader")? as usize;
         Ok(if leader { lead } else { (0..NODES).rev().find(|&n| n != lead).unwrap_or(0) })
     }
 
@@ -594,17 +584,17 @@ impl Run {
         );
         let mut watch = Watch::new(&self.cluster);
         let before = watch.status(client).ok_or(format!("node {client} does not answer"))?;
-        let was_leader = before.leader == Some(victim);
+        let was_leader = before.leader == Some(victim as Pnn);
         let db =
             ClusteredDb::open(&self.cluster.socket(client), DB, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
         let probe = Probe::Fetch { key: key(probe_record), expect: self.records.value(probe_record) };
         self.travelled.insert(probe_record);
-        let noticed = |s: &[Option<NodeStatus>]| s.iter().flatten().any(|s| s.peers_dead.contains(&victim));
+        let noticed = |s: &[Option<NodeStatus>]| s.iter().flatten().any(|s| s.sees_dead(victim as Pnn));
         let expect = Expect {
             serving: &survivors,
             steady: &survivors,
             noticed: &noticed,
-            old_generation: Some(&before.generation),
+            old_generation: Some(before.generation),
         };
         self.snapshot_counters();
         let t0 = Instant::now();
@@ -619,17 +609,17 @@ impl Run {
     fn join(&mut self, kind: Kind, node: usize) -> Result<(), String> {
         let all: Vec<usize> = (0..NODES).collect();
         let mut watch = Watch::new(&self.cluster);
-        let old = watch.status((node + 1) % NODES).map(|s| s.generation).unwrap_or_default();
+        let old = watch.status((node + 1) % NODES).map(|s| s.generation);
         // A record another node holds: it must move to the node that came back.
         let record = *self.records.by_lmaster[(node + 1) % NODES].last().unwrap_or(&0);
         let probe = Probe::Fetch { key: key(record), expect: self.records.value(record) };
         self.travelled.insert(record);
         let noticed = |s: &[Option<NodeStatus>]| {
             let others = s.iter().enumerate().filter(|&(n, _)| n != node);
-            others.into_iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.peers_up.contains(&node)))
+            others.into_iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.sees_up(node as Pnn)))
         };
         let others: Vec<usize> = all.iter().copied().filter(|&n| n != node).collect();
-        let expect = Expect { serving: &all, steady: &others, noticed: &noticed, old_generation: Some(&old) };
+        let expect = Expect { serving: &all, steady: &others, noticed: &noticed, old_generation: old };
         let t0 = Instant::now();
         match kind {
             Kind::Resume => self.cluster.signal(node, Signal::SIGCONT)?,
@@ -652,9 +642,11 @@ impl Run {
     ) -> Result<(), String> {
         let socket = self.cluster.socket(client.node);
         let mut watch = Watch::new(&self.cluster);
+        let give_up = AtomicBool::new(false);
         let (marks, (served, answer)) = std::thread::scope(|scope| {
-            let asked = scope.spawn(|| client.probe.run(client.db, &socket, t0));
+            let asked = scope.spawn(|| client.probe.run(client.db, &socket, t0, &give_up));
             let marks = follow(&mut watch, t0, expect, &|| asked.is_finished());
+            give_up.store(true, Ordering::Relaxed);
             let answer = asked.join().unwrap_or((None, "the client panicked".into()));
             (marks, answer)
         });
@@ -670,13 +662,18 @@ impl Run {
             recoveries,
             last_recovery_ms,
             fixes,
+            check: None,
         };
         println!("{}", summary(&row));
         let settled = row.recovered.is_some();
         self.rows.push(row);
-        match settled {
-            true => Ok(()),
-            false => Err(format!("the cluster did not settle within {SCENARIO_TIMEOUT:?}")),
+        match (marks.exited, settled) {
+            (Some(node), _) => Err(format!(
+                "node {node} exited; see {}",
+                self.cluster.spec.dir.join(format!("node{node}.log")).display()
+            )),
+            (None, true) => Ok(()),
+            (None, false) => Err(format!("the cluster did not settle within {SCENARIO_TIMEOUT:?}")),
         }
     }
 
@@ -699,36 +696,47 @@ impl Run {
             let before = self.counters[node].unwrap_or_default();
             recoveries += now.recoveries.saturating_sub(before.recoveries);
             fixes += now.fixes.saturating_sub(before.fixes);
-            if status.leader == Some(node) {
-                last = Some(status.stat("last_recovery_ms"));
+            if status.leader == Some(node as Pnn) {
+                last = Some(status.stats.last_recovery_ms);
             }
             self.counters[node] = Some(now);
         }
         (recoveries, last.filter(|_| recoveries > 0), fixes)
     }
 
-    /// The victim's own records die with it, but those that once travelled may have left a
-    /// copy behind; no other record may be lost, and none may come back wrong.
-    fn print_check(&self, victim: usize, check: FillReport) {
+    /// A killed victim's own records die with it (volatile databases), but those that once
+    /// travelled may have left a copy behind. A stopped victim is alive: it must keep every
+    /// record (a stall is no crash). No other record may be lost, and none may come back
+    /// wrong.
+    fn check(&self, fault: Kind, victim: usize, found: FillReport) -> Check {
         let own = &self.records.by_lmaster[victim];
         let travelled = own.iter().filter(|i| self.travelled.contains(i)).count();
-        let fine = check.wrong == 0 && (own.len() - travelled..=own.len()).contains(&check.missing);
+        let may_lose = match fault {
+            Kind::Stop => 0..=0,
+            _ => own.len() - travelled..=own.len(),
+        };
+        let fine = found.wrong == 0 && may_lose.contains(&found.missing);
+        let verdict = match (fine, fault) {
+            (true, _) => "as expected",
+            (false, Kind::Stop) => "FAILED: a stalled node's acknowledged records must all be kept",
+            (false, _) => "FAILED: only the killed node's own records may be lost",
+        };
         println!(
             "check after node {victim} came back: {} records kept, {} lost (node {victim} held {} of its own, \
-             {travelled} of them with copies elsewhere), {} wrong: {}; refilled in {:.2} s",
-            check.kept,
-            check.missing,
+             {travelled} of them with copies elsewhere), {} wrong: {verdict}; refilled in {:.2} s",
+            found.kept,
+            found.missing,
             own.len(),
-            check.wrong,
-            if fine { "as expected" } else { "UNEXPECTED" },
-            check.seconds
+            found.wrong,
+            found.seconds
         );
+        Check { lost: found.missing, wrong: found.wrong, fine }
     }
 
     fn print_table(&self) {
         println!();
         println!(
-            "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8}  goal",
+            "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8} {:>14}  goal",
             "scenario (ms from the fault)",
             "records",
             "detected",
@@ -737,12 +745,13 @@ impl Run {
             "outage",
             "recov",
             "last ms",
-            "fixes"
+            "fixes",
+            "records lost"
         );
         let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         for row in &self.rows {
             println!(
-                "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8}  {}",
+                "{:<30} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5} {:>8} {:>8} {:>14}  {}",
                 title(row),
                 row.scenario.records,
                 cell(row.detected),
@@ -752,19 +761,26 @@ impl Run {
                 row.recoveries,
                 row.last_recovery_ms.map_or("-".to_string(), |v| v.to_string()),
                 row.fixes,
+                row.check.map_or("-".to_string(), |c| lost_cell(&c)),
                 goals(row).iter().map(|g| g.to_string()).collect::<Vec<_>>().join("; ")
             );
         }
     }
 }
 
+/// The victim's records lost (and wrong) in a check, with a word for whether that is allowed.
+fn lost_cell(check: &Check) -> String {
+    let wrong = if check.wrong > 0 { format!("+{} wrong ", check.wrong) } else { String::new() };
+    format!("{} {wrong}{}", check.lost, if check.fine { "ok" } else { "FAILED" })
+}
+
 fn counters(status: &NodeStatus) -> Counters {
-    Counters { recoveries: status.stat("recoveries_led"), fixes: status.stat("records_fixed") }
+    Counters { recoveries: status.stats.recoveries_led, fixes: status.stats.records_fixed }
 }
 
 /// `status` of node `me` shows every other node of `nodes` alive with its link up.
 fn sees_up(status: &NodeStatus, nodes: &[usize], me: usize) -> bool {
-    nodes.iter().filter(|&&n| n != me).all(|n| status.peers_up.contains(n))
+    nodes.iter().filter(|&&n| n != me).all(|&n| status.sees_up(n as Pnn))
 }
 
 fn title(row: &Row) -> String {

@@ -111,12 +111,7 @@ pub fn deaths_declared(dir: &Path, nodes: usize) -> Result<u64, String> {
     for node in 0..nodes {
         let mut daemon = DaemonConnection::connect(&socket_path(dir, node)).map_err(|e| e.to_string())?;
         let status = daemon.status(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        let died = status
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("nodes_died="))
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| format!("node {node}: no nodes_died counter in its status"))?;
-        total += died;
+        total += status.stats.nodes_died;
     }
     Ok(total)
 }

@@ -80,12 +80,6 @@ pub fn to_json(stats: &Statistics) -> Result<String, String> {
     serde_json::to_string_pretty(stats).map_err(|e| e.to_string())
 }
 
-/// A daemon's JSON answer, checked to parse before a script gets it.
-pub fn checked_json(text: &str) -> Result<&str, String> {
-    serde_json::from_str::<serde_json::Value>(text).map_err(|e| format!("the daemon's JSON: {e}"))?;
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,6 @@ pub mod opcode {
     pub const STATISTICS: u32 = 0x7c00_0020;
 }
 
-/// STATUS payload asking for the status as JSON instead of `key value` lines.
-pub const STATUS_JSON: &[u8] = b"json";
 /// STATISTICS payload: answer, then reset the counters.
 pub const STATISTICS_RESET: &[u8] = b"reset";
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::daemon::lock_wait::LockTarget;
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
-use crate::engine::{ClientId, EngineStats, Input};
+use crate::engine::{ClientId, Input};
+use crate::status::{DbStatus, NodeStatus, PeerState, PeerStatus};
 use crate::tunables::{self, Tunables};
 use crate::wire::cluster::DbName;
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
@@ -164,12 +165,8 @@ impl Node {
                 }
             }
             opcode::STATUS => {
-                let status = self.status_report();
-                let reply = match request.data.as_slice() {
-                    control::STATUS_JSON => serde_json::to_vec_pretty(&status).map_err(|e| e.to_string()),
-                    _ => Ok(status.to_string().into_bytes()),
-                };
-                let reply = reply.map_or_else(|err| error_reply(&err), ok_reply);
+                let reply =
+                    serde_json::to_vec(&self.status()).map_or_else(|e| error_reply(&e.to_string()), ok_reply);
                 self.reply_to_client(client, reqid, Body::ReplyControl(reply));
             }
             opcode::STATISTICS => {
@@ -292,8 +289,8 @@ impl Node {
         Ok(AttachReply { db_id, pnn: self.pnn, tdb_flags: CLUSTERED_TDB_FLAGS as u32, path })
     }
 
-    /// What `rctdb status` shows: as text or, for scripts, as JSON.
-    fn status_report(&self) -> StatusReport {
+    /// What `rctdb status` shows.
+    fn status(&self) -> NodeStatus {
         let cluster = self.engine.cluster_status();
         let links = self.transport.link_states();
         let nodes = self
@@ -303,13 +300,13 @@ impl Node {
             .map(|(pnn, addr)| {
                 let pnn = pnn as Pnn;
                 let link = links.iter().find(|l| l.pnn == pnn && l.up);
-                NodeReport {
+                PeerStatus {
                     pnn,
                     address: addr.to_string(),
                     state: match pnn == self.pnn {
-                        true => "self",
-                        false if cluster.alive.contains(&pnn) => "alive",
-                        false => "dead",
+                        true => PeerState::Me,
+                        false if cluster.alive.contains(&pnn) => PeerState::Alive,
+                        false => PeerState::Dead,
                     },
                     link_up: link.is_some(),
                     packets_sent: link.map_or(0, |l| l.packets_sent),
@@ -318,12 +315,12 @@ impl Node {
                 }
             })
             .collect();
-        let mut dbs: Vec<DbReport> =
-            self.store.dbs().map(|(id, db)| DbReport { name: db.name.clone(), db_id: *id }).collect();
+        let mut dbs: Vec<DbStatus> =
+            self.store.dbs().map(|(id, db)| DbStatus { name: db.name.clone(), db_id: *id }).collect();
         dbs.sort_by(|a, b| (&a.name, a.db_id).cmp(&(&b.name, b.db_id)));
-        StatusReport {
+        NodeStatus {
             pnn: self.pnn,
-            state: cluster.state,
+            state: cluster.state.to_owned(),
             leader: cluster.leader,
             term: cluster.term,
             generation: self.engine.generation(),
@@ -335,70 +332,6 @@ impl Node {
             records_unwritten: self.store.unwritten_count(),
             stats: self.engine.stats().clone(),
         }
-    }
-}
-
-/// A node's status (the STATUS control). Its text form is `key value` lines a person can
-/// read and a script can parse; `rctdb status --json` gets it as JSON.
-#[derive(serde::Serialize)]
-struct StatusReport {
-    pnn: Pnn,
-    state: &'static str,
-    leader: Option<Pnn>,
-    term: u64,
-    generation: u32,
-    vnn_map: Vec<Pnn>,
-    nodes: Vec<NodeReport>,
-    dbs: Vec<DbReport>,
-    vacuum_backlog: u64,
-    repacks: u64,
-    /// Records the files refused (a full disk, a stuck lock), kept in memory.
-    records_unwritten: usize,
-    stats: EngineStats,
-}
-
-#[derive(serde::Serialize)]
-struct NodeReport {
-    pnn: Pnn,
-    address: String,
-    /// `self`, `alive` or `dead`, as this node sees it.
-    state: &'static str,
-    link_up: bool,
-    packets_sent: u64,
-    packets_received: u64,
-    /// Why the link is down, if the peer was refused (authentication).
-    refused: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct DbReport {
-    name: String,
-    db_id: DbId,
-}
-
-impl std::fmt::Display for StatusReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let leader = self.leader.map_or("none".to_string(), |l| l.to_string());
-        writeln!(f, "pnn {}\nstate {}\nleader {leader}\nterm {}", self.pnn, self.state, self.term)?;
-        writeln!(f, "generation {:#010x}\nvnn_map {:?}", self.generation, self.vnn_map)?;
-        for node in &self.nodes {
-            let state = match (node.state, node.link_up) {
-                ("self", _) => "self".to_string(),
-                (alive, true) => {
-                    format!("{alive} link-up sent={} received={}", node.packets_sent, node.packets_received)
-                }
-                (alive, false) => match &node.refused {
-                    Some(why) => format!("{alive} link-down refused: {why}"),
-                    None => format!("{alive} link-down"),
-                },
-            };
-            writeln!(f, "node {} {} {state}", node.pnn, node.address)?;
-        }
-        for db in &self.dbs {
-            writeln!(f, "db {} {:#010x}", db.name, db.db_id)?;
-        }
-        writeln!(f, "vacuum_backlog {}\nrepacks {}", self.vacuum_backlog, self.repacks)?;
-        writeln!(f, "records_unwritten {}\nstats {}", self.records_unwritten, self.stats)
     }
 }
 
