@@ -436,7 +436,7 @@ const BY_HAND: &[(&str, Check)] = &[
     ("rctdb dump opens.tdb", Check::Line("1 records")),
     ("rctdb deletekey opens.tdb alice", Check::Then("rctdb dump opens.tdb", "0 records")),
     ("ltdbtool dump -p /tmp/c/node2/opens.tdb", Check::Line("key(5) = \"alice\"")),
-    ("rctdb listvars", Check::Line("KeepaliveInterval          = 100")),
+    ("rctdb listvars", Check::Line("KeepaliveIntervalMs        = 100")),
     (
         "rctdb setvar KeepaliveLimit 10",
         Check::Then("rctdb getvar KeepaliveLimit", "KeepaliveLimit             = 10"),
