@@ -53,6 +53,13 @@ use parking_lot::Mutex;
 
 use crate::wire::{Packet, Pnn, MAX_PACKET_LEN};
 
+/// The frame that opens a link's session, after the key handshake if there is one: what a
+/// node sends first on a connection without a key (`session` names the sender's run).
+pub fn resume_frame(from: Pnn, to: Pnn, session: u64) -> Vec<u8> {
+    let frame = session::Frame { kind: session::Kind::Resume, srcnode: from, destnode: to, a: session, b: 0 };
+    frame.encode().to_vec()
+}
+
 /// What the transport tells the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportEvent {
