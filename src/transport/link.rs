@@ -457,7 +457,9 @@ fn watch(mut stream: TcpStream, peer: Arc<Peer>, conn_id: u64) {
         match stream.read_exact(&mut buf) {
             Err(_) => break,
             Ok(()) => match Frame::decode(&buf) {
-                Ok(Frame { kind: Kind::Ack, b: received, .. }) => peer.outbox.lock().acknowledged(received),
+                Ok(Frame { kind: Kind::Ack, a: session, b: received, .. }) => {
+                    peer.outbox.lock().acknowledged(session, received)
+                }
                 Ok(frame) => {
                     warn!("node {} sent {:?} on our outgoing connection: closing it", peer.pnn, frame.kind);
                     break;

@@ -320,10 +320,8 @@ fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut frame = Vec::new();
     loop {
-        let read = codec::read_frame(&mut reader, max_len, &mut frame)
-            .and_then(|()| codec::decode(&frame).map_err(ReadError::Wire));
-        let packet = match read {
-            Ok(packet) => packet,
+        match codec::read_frame(&mut reader, max_len, &mut frame) {
+            Ok(()) => {}
             Err(ReadError::Eof) => {
                 debug!("connection from {addr} closed");
                 break;
@@ -334,14 +332,22 @@ fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64
                 }
                 break;
             }
-        };
+        }
         let mut inbound = peer.inbound.lock();
         if !inbound.is_current(conn_id) {
             break; // a newer connection resumed the session: it gets this frame again
         }
+        // Counted even if it does not decode: sent again, it would break every connection.
         if let Some(received) = inbound.count_frame() {
-            acknowledge(stream, shared.config.my_pnn, pnn, received);
+            acknowledge(stream, shared.config.my_pnn, pnn, inbound.session(), received);
         }
+        let packet = match codec::decode(&frame) {
+            Ok(packet) => packet,
+            Err(e) => {
+                note_read_error(shared, pnn, addr, &ReadError::Wire(e));
+                break;
+            }
+        };
         // A forwarded REQ_CALL keeps its requester as srcnode (CTDB's redirect): that is the
         // node the record must go to, so it only has to name a node we know. Every other
         // packet speaks for its sender.
@@ -374,8 +380,8 @@ fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64
 
 /// Tells the sender how many frames of its session we read, so it can forget them. Never
 /// blocks: the next acknowledgement says the same and more.
-fn acknowledge(stream: &TcpStream, me: Pnn, peer: Pnn, received: u64) {
-    let ack = Frame { kind: Kind::Ack, srcnode: me, destnode: peer, a: 0, b: received };
+fn acknowledge(stream: &TcpStream, me: Pnn, peer: Pnn, session: u64, received: u64) {
+    let ack = Frame { kind: Kind::Ack, srcnode: me, destnode: peer, a: session, b: received };
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
     if let Err(e) = send(stream.as_raw_fd(), &ack.encode(), flags) {
         debug!("acknowledging node {peer}'s frames: {e}");

@@ -48,7 +48,7 @@ pub(super) enum Kind {
     Resume = 1,
     /// Acceptor to connector: `a` = its instance id, `b` = frames of the session it read.
     Resumed = 2,
-    /// Acceptor to connector: `b` = frames of the session it read so far.
+    /// Acceptor to connector: `a` = the session, `b` = frames of it read so far.
     Ack = 3,
 }
 
@@ -250,8 +250,14 @@ impl Outbox {
         self.written = (self.written + n).min(self.bytes.len());
     }
 
-    /// The receiver has read `received` frames of the session: forget those.
-    pub(super) fn acknowledged(&mut self, received: u64) {
+    /// The receiver has read `received` frames of `session`: forget those.
+    pub(super) fn acknowledged(&mut self, session: u64, received: u64) {
+        if session == self.session {
+            self.trim(received);
+        }
+    }
+
+    fn trim(&mut self, received: u64) {
         let done = received.saturating_sub(self.first_seq).min(self.lens.len() as u64) as usize;
         let trimmed: usize = self.lens.drain(..done).sum();
         self.first_seq += done as u64;
@@ -263,7 +269,7 @@ impl Outbox {
     /// A new connection: the receiver (instance `receiver`) read `received` frames of our
     /// session. What it has not read is written again, from the start.
     pub(super) fn resume(&mut self, receiver: u64, received: u64) -> Resumed {
-        let known = self.receiver.is_none_or(|r| r == receiver);
+        let known = self.receiver.map_or(true, |r| r == receiver);
         self.receiver = Some(receiver);
         let next_seq = self.first_seq + self.lens.len() as u64;
         if !known || received < self.first_seq || received > next_seq {
@@ -277,7 +283,7 @@ impl Outbox {
             return Resumed::PeerRestarted { dropped };
         }
         let written_frames = self.frames_before(self.written);
-        self.acknowledged(received);
+        self.trim(received);
         self.written = self.start;
         Resumed::Continued { resent: written_frames.saturating_sub(received) }
     }
@@ -344,6 +350,10 @@ impl Inbound {
         (self.received % ACK_EVERY == 0).then_some(self.received)
     }
 
+    pub(super) fn session(&self) -> u64 {
+        self.session
+    }
+
     pub(super) fn closed(&mut self, conn: u64) {
         if self.conn == Some(conn) {
             self.conn = None;
@@ -386,7 +396,9 @@ mod tests {
         }
         let all = outbox.unwritten().len();
         outbox.wrote(all);
-        outbox.acknowledged(4);
+        outbox.acknowledged(outbox.session() + 1, 5);
+        assert_eq!(outbox.len(), 10, "another session's acknowledgement");
+        outbox.acknowledged(outbox.session(), 4);
         assert_eq!(outbox.len(), 6);
         // The connection broke after the receiver read 7: 7, 8, 9 go again, then new ones.
         outbox.push(&packet(10)).unwrap();
@@ -420,7 +432,7 @@ mod tests {
         by_bytes.push(&packet(0)).unwrap();
         by_bytes.push(&packet(1)).unwrap();
         assert!(matches!(by_bytes.push(&packet(2)), Err(PushError::Full)));
-        by_bytes.acknowledged(1);
+        by_bytes.acknowledged(by_bytes.session(), 1);
         by_bytes.push(&packet(2)).unwrap();
         assert_eq!(frames_in(by_bytes.unwritten()), vec![1, 2]);
     }
