@@ -307,6 +307,12 @@ fn note_open_error(shared: &Shared, peer: &Peer, e: &OpenError, failures: u64) {
     match e {
         OpenError::Connect(e) => {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // Nothing listens: the process we queued for is gone.
+                let dropped = peer.outbox.lock().discard();
+                if dropped > 0 {
+                    peer.dropped.fetch_add(dropped, Ordering::Relaxed);
+                    debug!("node {} refuses connections: dropped {dropped} packets queued for it", peer.pnn);
+                }
                 shared.deliver(TransportEvent::Refused(peer.pnn));
             }
             if failures == 1 {

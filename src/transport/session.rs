@@ -21,6 +21,10 @@
 //!   sender starts a new session (count 0); a restarted receiver answers with a new instance
 //!   id, and the sender drops its whole outbox rather than replay frames meant for the
 //!   process that died (the engine recovers with the new one from scratch).
+//! - A peer that refuses the connection has no process listening: what we hold for it was
+//!   meant for a run that ended, and is dropped then (membership declares it dead at once
+//!   on the refusal, too). So the outbox holds frames for a live peer's reconnect, not for
+//!   a node that is down for hours.
 //! - The outbox is bounded (frames and bytes). A frame that does not fit is dropped and
 //!   counted (`packets_dropped`, `queue_full_drops`), never a frame already numbered, so the
 //!   numbering has no gaps. Membership declares a node dead long before a live link fills it.
@@ -288,6 +292,14 @@ impl Outbox {
         Resumed::Continued { resent: written_frames.saturating_sub(received) }
     }
 
+    /// Forgets every frame held (the receiver is gone); returns how many. Numbering goes
+    /// on after them, so no frame of this session can be taken for another.
+    pub(super) fn discard(&mut self) -> u64 {
+        let dropped = self.lens.len() as u64;
+        self.trim(self.first_seq + dropped);
+        dropped
+    }
+
     /// The number of the first frame not wholly before byte `offset`.
     fn frames_before(&self, offset: usize) -> u64 {
         let mut at = self.start;
@@ -417,6 +429,20 @@ mod tests {
         assert!(outbox.unwritten().is_empty());
         outbox.push(&packet(5)).unwrap();
         assert_eq!(frames_in(outbox.unwritten()), vec![5]);
+    }
+
+    #[test]
+    fn discarded_frames_are_never_written_and_numbering_goes_on() {
+        let mut outbox = Outbox::new(100, 1 << 20);
+        outbox.resume(7, 0);
+        for n in 0..5 {
+            outbox.push(&packet(n)).unwrap();
+        }
+        assert_eq!(outbox.discard(), 5);
+        assert!(outbox.unwritten().is_empty());
+        outbox.push(&packet(5)).unwrap();
+        // The same receiver had read none of them: its count is behind, so it starts over.
+        assert_eq!(outbox.resume(7, 0), Resumed::PeerRestarted { dropped: 1 });
     }
 
     #[test]
