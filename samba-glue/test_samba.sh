@@ -10,9 +10,11 @@
 # 2. smb_coherence.py across the two: every cross-node check must pass;
 # 3. torture.sh: raw.oplock, base.lock, base.deny2, base.ntdeny2, base.open must pass;
 #    then vacuum_check.sh: the records smbd deleted meanwhile are vacuumed from both nodes;
-# 4. node_failure.py: node A (its rctdbd and its smbd) is killed while files are open on
+# 4. link_blips.py: node B's node links are killed with `ss -K` every 0.3 s for 20 s while
+#    a client on B tries conflicting opens and locks against A's: every one is refused;
+# 5. node_failure.py: node A (its rctdbd and its smbd) is killed while files are open on
 #    both nodes; node B keeps its own opens and locks, frees A's, and serves on;
-# 5. the same two smbd with clustering = no (backend plain) over one directory must show
+# 6. the same two smbd with clustering = no (backend plain) over one directory must show
 #    the split brain the cluster prevents: at least one coherence check fails (otherwise
 #    the checks would prove nothing).
 # Everything started is stopped on exit. Builds nothing. Needs root (port 445), smbd,
@@ -26,7 +28,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 # everything, teardown included, ends within this many seconds
-TOTAL=${TEST_SAMBA_SECONDS:-290}
+TOTAL=${TEST_SAMBA_SECONDS:-320}
 TEARDOWN_RESERVE=30
 
 skip() { echo "test_samba: SKIP: $*"; exit 77; }
@@ -108,6 +110,16 @@ if step "rctdb: cluster up" 90 "$HERE/cluster.sh" up "$A" --backend rctdb; then
     TORTURE_TIMEOUT=120 step "rctdb: torture.sh" 200 "$HERE/torture.sh" "$A" || true
     # Everything is closed now: smbd's deleted records must be vacuumed from both nodes.
     step "rctdb: vacuum_check.sh (smbd's deletes vacuumed)" 30 "$HERE/vacuum_check.sh" "$A" 20 || true
+    # Link blips must be invisible to smbd: a conflicting open or lock is never granted.
+    echo "== rctdb: link_blips.py (B's node links killed every 0.3 s for 20 s)"
+    rc=0
+    timeout --kill-after=5 "$(budget 60)" "$PYTHON" "$HERE/link_blips.py" --kill-address 127.0.0.3 \
+        --seconds 20 --every 0.3 127.0.0.2 127.0.0.3 || rc=$?
+    case $rc in
+        0) ;;
+        77) echo "   link blips: SKIPPED (ss -K cannot kill sockets here)" ;;
+        *) failures+=("rctdb: link_blips.py") ;;
+    esac
     # Last: it leaves the cluster with one node. smbd exits by itself when its rctdbd dies.
     kill_a="'$BIN_DIR/rctdb' cluster kill --dir '$A/rctdb' --node 0; pkill -9 -x -f '/usr/sbin/smbd -D -s $A/node0/smb.conf'; true"
     step "rctdb: node_failure.py (node A killed under open files)" 60 \

@@ -196,3 +196,44 @@ fn smbd_speaks_to_rctdbd_as_to_ctdbd() {
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CTDB's srvid for "the cluster was reconfigured", which smbd registers to revalidate its
+/// byte-range locks (`ctdb/include/ctdb_protocol.h`).
+const SRVID_RECONFIGURE: u64 = 0xF200_0000_0000_0000;
+
+/// The next message on `client`'s connection; panics after its read timeout.
+fn next_message(client: &mut CtdbClient) -> ReqMessage {
+    match client.read().body {
+        Body::Message(message) => message,
+        other => panic!("expected REQ_MESSAGE, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_recovery_tells_reconfigure_listeners() {
+    let dir = std::env::temp_dir().join(format!("rctdb-ctdb-reconfigure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spec = ClusterSpec::new(3, &dir);
+    spec.first_address = Ipv4Addr::new(127, 0, 41, 21);
+    let running = RunningCluster::start(spec.clone()).unwrap_or_else(|e| panic!("cluster up: {e}"));
+    let mut listener = CtdbClient::connect(&running.socket(0));
+    assert_eq!(listener.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID_RECONFIGURE, &[]).0, 0);
+    let reconfigured = ReqMessage { srvid: SRVID_RECONFIGURE, data: vec![] };
+
+    // A node dies: the survivors recover without it, and node 0's listener hears of it.
+    rctdb::tool::cluster::kill_node(&dir, 2).unwrap_or_else(|e| panic!("kill node 2: {e}"));
+    assert_eq!(next_message(&mut listener), reconfigured);
+    rctdb::tool::cluster::wait_until_serving(&spec, &[0, 1]).unwrap_or_else(|e| panic!("{e}"));
+    // It comes back: the recovery that admits it is announced too, on node 1 as well (a
+    // listener registered after the first recovery settled).
+    let mut late_listener = CtdbClient::connect(&running.socket(1));
+    assert_eq!(late_listener.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID_RECONFIGURE, &[]).0, 0);
+    rctdb::tool::cluster::start_node(&spec, 2).unwrap_or_else(|e| panic!("start node 2: {e}"));
+    rctdb::tool::cluster::wait_until_serving(&spec, &[0, 1, 2]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next_message(&mut late_listener), reconfigured);
+    // Only registered connections hear it: this one asks a control and gets just its reply.
+    let mut other = CtdbClient::connect(&running.socket(0));
+    assert_eq!(other.control(CURRENT_NODE, opcode::GET_PNN, 0, &[]).0, 0);
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}

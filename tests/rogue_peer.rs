@@ -321,7 +321,8 @@ fn without_a_key_the_same_attack_takes_effect() {
         TIMEOUT,
     )
     .expect("connect");
-    let _ = rogue.write_all(&attack);
+    // Without a key, a link opens with its session's resume alone, then carries packets.
+    let _ = rogue.write_all(&[rctdb::transport::resume_frame(1, 0, 1), attack].concat());
 
     let deadline = Instant::now() + TIMEOUT;
     let took_effect = || {

@@ -1,17 +1,21 @@
-//! One peer's link: its counters, its send queue, and the writer thread that owns the
-//! outgoing connection (connect with backoff, batch and write, notice breakage, reconnect).
+//! One peer's link: its counters, its session's outbox, and the writer thread that owns
+//! the outgoing connection (connect with backoff, resume the session, write, notice
+//! breakage, reconnect).
 //!
-//! Sending has two paths, as in CTDB's `ctdb_queue_send`: when nothing is queued for the
-//! peer, the caller writes the packet itself with a non-blocking `send` (one syscall, no
-//! thread hand-off: that hand-off costs more than the write on a loaded 2-core machine);
-//! otherwise, or when the socket buffer is full, the packet goes to the writer thread,
-//! which batches and blocks for it. A counter of packets queued but not yet written keeps
-//! the two paths in order: the caller only writes directly when it is zero.
+//! Every frame goes into the peer's [`Outbox`] first (see [`super::session`]): it is kept
+//! there, encoded, until the peer acknowledges it, so a connection that dies with frames
+//! in its buffers loses none, and frames sent while the link is down wait there for the
+//! reconnect. Writing has two paths, as in CTDB's `ctdb_queue_send`: the caller writes
+//! what the connection has not taken yet itself, with a non-blocking `send` (one syscall,
+//! no thread hand-off: that hand-off costs more than the write on a loaded 2-core machine),
+//! when the writer thread is not writing; otherwise, or when the socket buffer is full, it
+//! wakes the writer, which blocks for it. Both take bytes from the outbox's write cursor
+//! under the connection's lock, so the byte stream keeps the frames' order.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,18 +26,18 @@ use nix::sys::socket::{send, MsgFlags};
 use parking_lot::Mutex;
 
 use super::auth::{self, HandshakeError};
+use super::session::{self, Frame, Inbound, Kind, Outbox, PushError, Resumed};
 use super::{connect, LinkState, Shared, TransportConfig, TransportEvent};
-use crate::wire::{codec, Packet, Pnn};
+use crate::wire::{Packet, Pnn};
 
-/// Stop adding queued packets to a batch once it is this large.
-const BATCH_BYTES: usize = 64 * 1024;
+/// The most bytes the writer copies out of the outbox for one `write`.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Everything the writer thread is told, on one channel: waiting on one channel is much
 /// cheaper than `select!` over two (measured: ~15 µs vs 20-50 µs per round trip).
 pub(super) enum WriterMsg {
-    Packet(Packet),
-    /// A direct send left part of a packet in `Conn::pending`: write it.
-    Flush,
+    /// The outbox holds bytes the connection has not taken: write them.
+    Wake,
     /// The watcher saw the outgoing connection with this id close.
     ConnectionLost(u64),
     /// The peer just connected to us, so it is up: stop waiting out a reconnect backoff.
@@ -44,33 +48,36 @@ pub(super) enum WriterMsg {
     Raw(Vec<u8>),
 }
 
-/// The live outgoing connection, shared by the writer thread and direct senders.
+/// The live outgoing connection, shared by the writer thread and direct senders; held
+/// while writing to it.
 #[derive(Default)]
 struct Conn {
     stream: Option<TcpStream>,
-    /// Encoding buffer of the direct path.
-    scratch: Vec<u8>,
-    /// The unsent tail of a packet a direct send could only partly write; goes out first.
-    pending: Vec<u8>,
 }
 
 pub(super) struct Peer {
     pub(super) pnn: Pnn,
     pub(super) addr: SocketAddr,
     direct_write: bool,
-    queue_limit: usize,
     up: AtomicBool,
     tx: Sender<WriterMsg>,
-    /// Packets handed to the writer and not yet written or dropped.
-    queued: AtomicUsize,
+    /// A `Wake` is on its way to the writer: callers need not send another.
+    wake_pending: AtomicBool,
+    /// Lock order: `outbox`, then `conn` (direct senders only try the latter).
+    outbox: Mutex<Outbox>,
+    session: u64,
     conn: Mutex<Conn>,
     /// Another handle on the live connection, so shutdown can break a write that holds `conn`.
     kill: Mutex<Option<TcpStream>>,
     /// The id of the accepted connection this peer currently sends to us on.
     pub(super) incoming_conn: Mutex<Option<u64>>,
+    /// The peer's session towards us: what we read of it, on which connection.
+    pub(super) inbound: Mutex<Inbound>,
     sent: AtomicU64,
     pub(super) received: AtomicU64,
     dropped: AtomicU64,
+    queue_full: AtomicU64,
+    resent: AtomicU64,
     connects: AtomicU64,
     pub(super) bad_frames: AtomicU64,
     pub(super) forged: AtomicU64,
@@ -82,24 +89,28 @@ impl Peer {
     pub(super) fn new(
         pnn: Pnn,
         addr: SocketAddr,
-        queue_limit: usize,
-        direct_write: bool,
+        config: &TransportConfig,
     ) -> (Arc<Peer>, Receiver<WriterMsg>) {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let outbox = Outbox::new(config.send_queue_len, config.send_queue_bytes);
         let peer = Arc::new(Peer {
             pnn,
             addr,
-            direct_write,
-            queue_limit: queue_limit.max(1),
+            direct_write: config.direct_write,
             up: AtomicBool::new(false),
             tx,
-            queued: AtomicUsize::new(0),
+            wake_pending: AtomicBool::new(false),
+            session: outbox.session(),
+            outbox: Mutex::new(outbox),
             conn: Mutex::new(Conn::default()),
             kill: Mutex::new(None),
             incoming_conn: Mutex::new(None),
+            inbound: Mutex::new(Inbound::default()),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             forged: AtomicU64::new(0),
@@ -108,75 +119,67 @@ impl Peer {
         (peer, rx)
     }
 
-    /// The caller's side of `send`: never blocks.
+    /// The caller's side of `send`: never blocks. The packet is numbered in the session and
+    /// kept until the peer has it, whether the link is up or down; only a full outbox (or a
+    /// packet too large to encode) drops it.
     pub(super) fn queue(&self, packet: Packet) {
+        let mut outbox = self.outbox.lock();
+        match outbox.push(&packet) {
+            Ok(()) => {}
+            Err(PushError::Full) => {
+                drop(outbox);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let n = self.queue_full.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    warn!("send queue to node {} is full: dropped {} packets so far", self.pnn, n + 1);
+                }
+                return;
+            }
+            Err(PushError::Encode(e)) => {
+                drop(outbox);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return warn!("dropping packet for node {}: {e}", self.pnn);
+            }
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if self.direct_write && self.try_write_direct(&mut outbox) {
+            return;
+        }
+        drop(outbox);
+        self.wake_writer();
+    }
+
+    /// Writes what the connection has not taken from the caller's thread, if the writer is
+    /// not writing and the socket takes it without blocking. True when all of it went.
+    fn try_write_direct(&self, outbox: &mut Outbox) -> bool {
         if !self.up.load(Ordering::Acquire) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
-        let packet = if self.direct_write {
-            match self.try_send_direct(packet) {
-                Some(p) => p,
-                None => return,
+        // The writer holds `conn` while it writes: then leave it to the writer.
+        let Some(conn) = self.conn.try_lock() else { return false };
+        let Some(stream) = conn.stream.as_ref() else { return false };
+        let bytes = outbox.unwritten();
+        let len = bytes.len();
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match send(stream.as_raw_fd(), bytes, flags) {
+            Ok(n) => {
+                outbox.wrote(n);
+                n == len
             }
-        } else {
-            packet
-        };
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.queue_limit {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if n.is_power_of_two() {
-                warn!("send queue to node {} is full: dropped {} packets so far", self.pnn, n + 1);
+            Err(Errno::EAGAIN | Errno::EINTR) => false,
+            Err(e) => {
+                // The watcher sees the shutdown; the outbox keeps the frames for the reconnect.
+                debug!("direct send to node {} failed: {e}", self.pnn);
+                let _ = stream.shutdown(Shutdown::Both);
+                false
             }
-            return;
-        }
-        if self.tx.send(WriterMsg::Packet(packet)).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Writes `packet` from the caller's thread if that keeps the order and cannot block.
-    /// Gives the packet back when it must be queued instead.
-    fn try_send_direct(&self, packet: Packet) -> Option<Packet> {
-        if self.queued.load(Ordering::Acquire) != 0 {
-            return Some(packet);
+    fn wake_writer(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(WriterMsg::Wake);
         }
-        // The writer holds `conn` while it writes: then queue rather than wait.
-        let Some(mut guard) = self.conn.try_lock() else { return Some(packet) };
-        let conn = &mut *guard;
-        // Checked again under the lock: the writer decrements only after writing.
-        if self.queued.load(Ordering::Acquire) != 0 || !conn.pending.is_empty() {
-            return Some(packet);
-        }
-        let Some(stream) = conn.stream.as_ref() else { return Some(packet) };
-        conn.scratch.clear();
-        if let Err(e) = codec::encode_into(&packet, &mut conn.scratch) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            warn!("dropping packet for node {}: {e}", self.pnn);
-            return None;
-        }
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        match send(stream.as_raw_fd(), &conn.scratch, flags) {
-            Ok(n) if n == conn.scratch.len() => {}
-            Ok(n) => {
-                conn.pending.extend_from_slice(&conn.scratch[n..]);
-                let _ = self.tx.send(WriterMsg::Flush);
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => return Some(packet),
-            Err(e) => {
-                // The watcher sees the shutdown and the writer reports the link down.
-                debug!("direct send to node {} failed: {e}", self.pnn);
-                let _ = stream.shutdown(Shutdown::Both);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        }
-        if conn.scratch.capacity() > 4 * BATCH_BYTES {
-            conn.scratch = Vec::new();
-        }
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        None
     }
 
     pub(super) fn state(&self) -> LinkState {
@@ -188,6 +191,9 @@ impl Peer {
             packets_sent: self.sent.load(Ordering::Relaxed),
             packets_received: self.received.load(Ordering::Relaxed),
             packets_dropped: self.dropped.load(Ordering::Relaxed),
+            packets_queued: self.outbox.lock().len() as u64,
+            packets_resent: self.resent.load(Ordering::Relaxed),
+            queue_full_drops: self.queue_full.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             forged_packets: self.forged.load(Ordering::Relaxed),
@@ -214,10 +220,19 @@ impl Peer {
         let _ = self.tx.send(WriterMsg::PeerCalled);
     }
 
-    /// A packet the writer took off the channel will not be written.
-    fn drop_queued(&self, count: u64) {
-        self.queued.fetch_sub(count as usize, Ordering::AcqRel);
-        self.dropped.fetch_add(count, Ordering::Relaxed);
+    /// A new connection took the session over: the peer read `received` of its frames.
+    fn resumed(&self, receiver: u64, received: u64) {
+        match self.outbox.lock().resume(receiver, received) {
+            Resumed::Continued { resent: 0 } => {}
+            Resumed::Continued { resent } => {
+                self.resent.fetch_add(resent, Ordering::Relaxed);
+                info!("link to node {}: {resent} packets lost with the last connection go again", self.pnn);
+            }
+            Resumed::PeerRestarted { dropped } => {
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
+                info!("node {} restarted: {dropped} packets meant for its previous run dropped", self.pnn);
+            }
+        }
     }
 }
 
@@ -230,36 +245,43 @@ enum LinkEnd {
 enum OpenError {
     Connect(std::io::Error),
     Handshake(HandshakeError),
+    /// The session handshake (RESUME / RESUMED) failed.
+    Resume(std::io::Error),
 }
 
-/// Connects to the peer from our own address and, with a cluster key, authenticates it.
-fn open_link(config: &TransportConfig, peer: &Peer) -> Result<TcpStream, OpenError> {
+/// Connects to the peer from our own address, authenticates it (with a cluster key) and
+/// resumes our session: returns the stream and the peer's RESUMED.
+fn open_link(config: &TransportConfig, peer: &Peer) -> Result<(TcpStream, Frame), OpenError> {
     let my_ip = config.nodes[config.my_pnn as usize].ip();
     let stream = connect::connect_from(my_ip, peer.addr, config.connect_timeout)
         .and_then(|s| connect::configure(&s).map(|()| s))
         .map_err(OpenError::Connect)?;
+    let deadline = Instant::now() + config.handshake_timeout;
     if let Some(key) = &config.cluster_key {
-        let deadline = Instant::now() + config.handshake_timeout;
         auth::authenticate_outgoing(&stream, key, config.my_pnn, peer.pnn, deadline)
             .map_err(OpenError::Handshake)?;
     }
+    let resume =
+        Frame { kind: Kind::Resume, srcnode: config.my_pnn, destnode: peer.pnn, a: peer.session, b: 0 };
+    resume.send(&stream, deadline).map_err(OpenError::Resume)?;
+    let resumed = Frame::receive(&stream, Kind::Resumed, deadline).map_err(OpenError::Resume)?;
     stream.set_write_timeout(config.write_timeout).map_err(OpenError::Connect)?;
-    Ok(stream)
+    Ok((stream, resumed))
 }
 
-/// The writer thread: connect, pump packets until the connection breaks, repeat.
+/// The writer thread: connect, write until the connection breaks, repeat.
 pub(super) fn writer_loop(shared: Arc<Shared>, peer: Arc<Peer>, rx: Receiver<WriterMsg>) {
     let config = &shared.config;
     let mut backoff = config.connect_backoff_min;
     let mut failures: u64 = 0;
     let mut conn_id: u64 = 0;
     while !shared.is_shutting_down() {
-        let stream = match open_link(config, &peer) {
-            Ok(stream) => stream,
+        let (stream, resumed) = match open_link(config, &peer) {
+            Ok(opened) => opened,
             Err(e) => {
                 failures += 1;
                 note_open_error(&shared, &peer, &e, failures);
-                if !wait_dropping(&peer, &rx, backoff) {
+                if !wait_backoff(&rx, backoff) {
                     return;
                 }
                 backoff = (backoff * 2).min(config.connect_backoff_max);
@@ -269,6 +291,7 @@ pub(super) fn writer_loop(shared: Arc<Shared>, peer: Arc<Peer>, rx: Receiver<Wri
         failures = 0;
         backoff = config.connect_backoff_min;
         *peer.auth_error.lock() = None;
+        peer.resumed(resumed.a, resumed.b);
         conn_id += 1;
         let end = run_connection(&shared, &peer, &rx, stream, conn_id);
         if let LinkEnd::Broken(reason) = end {
@@ -284,12 +307,25 @@ fn note_open_error(shared: &Shared, peer: &Peer, e: &OpenError, failures: u64) {
     match e {
         OpenError::Connect(e) => {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // Nothing listens: the process we queued for is gone.
+                let dropped = peer.outbox.lock().discard();
+                if dropped > 0 {
+                    peer.dropped.fetch_add(dropped, Ordering::Relaxed);
+                    debug!("node {} refuses connections: dropped {dropped} packets queued for it", peer.pnn);
+                }
                 shared.deliver(TransportEvent::Refused(peer.pnn));
             }
             if failures == 1 {
                 info!("cannot connect to node {} at {}: {e}; retrying", peer.pnn, peer.addr);
             } else {
                 debug!("connect to node {} failed ({failures} times): {e}", peer.pnn);
+            }
+        }
+        OpenError::Resume(e) => {
+            if failures == 1 {
+                info!("link to node {} ({}): session not resumed: {e}; retrying", peer.pnn, peer.addr);
+            } else {
+                debug!("resuming the session with node {} failed ({failures} times): {e}", peer.pnn);
             }
         }
         OpenError::Handshake(e) => {
@@ -308,7 +344,7 @@ fn note_open_error(shared: &Shared, peer: &Peer, e: &OpenError, failures: u64) {
 /// One established outgoing connection, from LinkUp to its end.
 fn run_connection(
     shared: &Shared,
-    peer: &Peer,
+    peer: &Arc<Peer>,
     rx: &Receiver<WriterMsg>,
     stream: TcpStream,
     conn_id: u64,
@@ -317,10 +353,10 @@ fn run_connection(
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return LinkEnd::Broken(format!("cannot duplicate socket: {e}")),
     };
-    let tx = peer.tx.clone();
+    let watched = Arc::clone(peer);
     let watcher = match std::thread::Builder::new()
         .name(format!("rctdb-watch-{}", peer.pnn))
-        .spawn(move || watch(watch_stream, tx, conn_id))
+        .spawn(move || watch(watch_stream, watched, conn_id))
     {
         Ok(t) => t,
         Err(e) => return LinkEnd::Broken(format!("cannot start watcher thread: {e}")),
@@ -328,11 +364,7 @@ fn run_connection(
     *peer.kill.lock() = Some(kill_handle);
     // A stop() that ran before the kill handle was stored could not break this
     // connection; it left a Shutdown message that `pump` will see first.
-    {
-        let mut conn = peer.conn.lock();
-        conn.stream = Some(stream);
-        conn.pending.clear();
-    }
+    peer.conn.lock().stream = Some(stream);
     peer.connects.fetch_add(1, Ordering::Relaxed);
     peer.up.store(true, Ordering::Release);
     info!("link to node {} ({}) up", peer.pnn, peer.addr);
@@ -353,76 +385,67 @@ fn run_connection(
     end
 }
 
-/// Writes queued packets, batching whatever has piled up, until the connection breaks or
-/// the transport stops.
+/// Writes what the outbox holds for the connection (first what the last one lost), then
+/// whatever callers leave to it, until the connection breaks or the transport stops.
 fn pump(peer: &Peer, rx: &Receiver<WriterMsg>, conn_id: u64) -> LinkEnd {
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut batch = Vec::new();
     loop {
-        let Ok(first) = rx.recv() else { return LinkEnd::Shutdown };
-        batch.clear();
-        let mut count: u64 = 0;
-        let mut end = None;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Packet(p) => match codec::encode_into(&p, &mut batch) {
-                    Ok(()) => count += 1,
-                    Err(e) => {
-                        peer.drop_queued(1);
-                        warn!("dropping packet for node {}: {e}", peer.pnn);
-                    }
-                },
-                WriterMsg::Flush | WriterMsg::PeerCalled => {}
-                WriterMsg::ConnectionLost(id) if id == conn_id => {
-                    end = Some(LinkEnd::Broken("the peer closed the connection".into()));
-                }
-                WriterMsg::ConnectionLost(_) => {}
-                WriterMsg::Shutdown => end = Some(LinkEnd::Shutdown),
-                #[cfg(test)]
-                WriterMsg::Raw(bytes) => batch.extend_from_slice(&bytes),
-            }
-            if end.is_none() && batch.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        if let Some(end) = end {
-            peer.drop_queued(count);
-            return end;
-        }
-        if let Err(e) = write_batch(peer, &batch) {
-            peer.drop_queued(count);
+        if let Err(e) = write_unwritten(peer, &mut batch) {
             return LinkEnd::Broken(format!("write failed: {e}"));
         }
-        peer.queued.fetch_sub(count as usize, Ordering::AcqRel);
-        peer.sent.fetch_add(count, Ordering::Relaxed);
-        if batch.capacity() > 16 * BATCH_BYTES {
-            batch = Vec::with_capacity(BATCH_BYTES); // one huge packet: give the memory back
+        let Ok(msg) = rx.recv() else { return LinkEnd::Shutdown };
+        match msg {
+            WriterMsg::Wake | WriterMsg::PeerCalled => {}
+            WriterMsg::ConnectionLost(id) if id == conn_id => {
+                return LinkEnd::Broken("the peer closed the connection".into());
+            }
+            WriterMsg::ConnectionLost(_) => {}
+            WriterMsg::Shutdown => return LinkEnd::Shutdown,
+            #[cfg(test)]
+            WriterMsg::Raw(bytes) => {
+                if let Some(mut stream) = peer.conn.lock().stream.as_ref() {
+                    let _ = stream.write_all(&bytes);
+                }
+            }
         }
     }
 }
 
-/// Writes a direct send's leftover, then the batch, holding `conn` so no direct send can
-/// slip in between. The queued counter is still non-zero here, so none will try.
-fn write_batch(peer: &Peer, batch: &[u8]) -> std::io::Result<()> {
-    let mut guard = peer.conn.lock();
-    let conn = &mut *guard;
-    let Some(mut stream) = conn.stream.as_ref() else {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no connection"));
-    };
-    if !conn.pending.is_empty() {
-        stream.write_all(&conn.pending)?;
-        conn.pending.clear();
+/// Writes the outbox's unwritten bytes, holding `conn` so no direct send slips in between.
+fn write_unwritten(peer: &Peer, batch: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        // Cleared before looking, so a frame pushed after the look wakes us again.
+        peer.wake_pending.store(false, Ordering::Release);
+        let conn = peer.conn.lock();
+        let Some(mut stream) = conn.stream.as_ref() else {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no connection"));
+        };
+        batch.clear();
+        {
+            let mut outbox = peer.outbox.lock();
+            let unwritten = outbox.unwritten();
+            let n = unwritten.len().min(BATCH_BYTES);
+            batch.extend_from_slice(&unwritten[..n]);
+            // Taken now: should the write fail, the next connection's resume rewinds.
+            outbox.wrote(n);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        stream.write_all(batch)?;
+        drop(conn);
+        if batch.capacity() > 4 * BATCH_BYTES {
+            *batch = Vec::new();
+        }
     }
-    stream.write_all(batch)
 }
 
-/// Sleeps out a reconnect backoff, dropping whatever is sent meanwhile (the link is down).
-/// False when the transport is stopping.
-fn wait_dropping(peer: &Peer, rx: &Receiver<WriterMsg>, delay: Duration) -> bool {
+/// Sleeps out a reconnect backoff; what is sent meanwhile waits in the outbox. False when
+/// the transport is stopping.
+fn wait_backoff(rx: &Receiver<WriterMsg>, delay: Duration) -> bool {
     let deadline = Instant::now() + delay;
     loop {
         match rx.recv_deadline(deadline) {
-            Ok(WriterMsg::Packet(_)) => peer.drop_queued(1),
             Ok(WriterMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return false,
             Ok(WriterMsg::PeerCalled) => return true,
             Ok(_) => {}
@@ -431,20 +454,29 @@ fn wait_dropping(peer: &Peer, rx: &Receiver<WriterMsg>, delay: Duration) -> bool
     }
 }
 
-/// Reads the outgoing connection, on which the peer never sends: EOF or error means the
-/// connection is gone, and so does any data (CTDB treats both the same way).
-fn watch(mut stream: TcpStream, tx: Sender<WriterMsg>, conn_id: u64) {
-    let mut buf = [0u8; 64];
+/// Reads the outgoing connection, on which the peer sends only ACKs of our session: those
+/// trim the outbox; EOF, an error or anything else means the connection is gone (CTDB
+/// treats both the same way).
+fn watch(mut stream: TcpStream, peer: Arc<Peer>, conn_id: u64) {
+    let mut buf = [0u8; session::FRAME_LEN];
     loop {
-        match stream.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                warn!("peer sent {n} bytes on our outgoing connection: closing it");
-                break;
-            }
+        match stream.read_exact(&mut buf) {
+            Err(_) => break,
+            Ok(()) => match Frame::decode(&buf) {
+                Ok(Frame { kind: Kind::Ack, a: session, b: received, .. }) => {
+                    peer.outbox.lock().acknowledged(session, received)
+                }
+                Ok(frame) => {
+                    warn!("node {} sent {:?} on our outgoing connection: closing it", peer.pnn, frame.kind);
+                    break;
+                }
+                Err(e) => {
+                    warn!("node {} sent bytes on our outgoing connection ({e}): closing it", peer.pnn);
+                    break;
+                }
+            },
         }
     }
     let _ = stream.shutdown(Shutdown::Both);
-    let _ = tx.send(WriterMsg::ConnectionLost(conn_id));
+    let _ = peer.tx.send(WriterMsg::ConnectionLost(conn_id));
 }

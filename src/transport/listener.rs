@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use parking_lot::Mutex;
 
+use nix::sys::socket::{send, MsgFlags};
+use std::os::fd::AsRawFd;
+
 use super::auth::{self, HANDSHAKE_OPERATION};
+use super::session::{Frame, Kind};
 use super::{connect, Shared, TransportEvent};
 use crate::wire::codec::{self, ReadError, WireError};
 use crate::wire::{Body, Pnn};
@@ -33,14 +37,6 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// A node's address refused again for the same reason within this time is logged at debug
 /// level only: a misconfigured node retries every second.
 const REPEATED_REFUSAL_QUIET: Duration = Duration::from_secs(60);
-
-/// Who is on the other end of an accepted connection.
-enum Identity {
-    Known(Pnn),
-    /// Several nodes share the source IP (they differ by port) and there is no key: the
-    /// first packet's srcnode decides among them.
-    OneOf(Vec<Pnn>),
-}
 
 /// Warnings about refused connections, a burst at most per interval: a flood must not
 /// flood the log too.
@@ -212,7 +208,8 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     }
 }
 
-/// An accepted connection's thread: authenticate (with a key), then read its packets.
+/// An accepted connection's thread: authenticate (with a key), resume the peer's session,
+/// then read its packets.
 fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -221,14 +218,14 @@ fn serve(
     candidates: Vec<Pnn>,
     slot: Option<PendingHandshake>,
 ) {
-    let identity = match &shared.config.cluster_key {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let authenticated = match &shared.config.cluster_key {
         Some(key) => {
-            let deadline = Instant::now() + shared.config.handshake_timeout;
             let result =
                 auth::authenticate_incoming(&stream, key, shared.config.my_pnn, &candidates, deadline);
             drop(slot);
             match result {
-                Ok(pnn) => Some(Identity::Known(pnn)),
+                Ok(pnn) => Some(vec![pnn]),
                 Err(e) => {
                     if !shared.is_shutting_down() {
                         shared.refused_handshake.fetch_add(1, Ordering::Relaxed);
@@ -245,24 +242,57 @@ fn serve(
                 }
             }
         }
-        None => Some(match candidates.as_slice() {
-            [pnn] => Identity::Known(*pnn),
-            _ => Identity::OneOf(candidates),
-        }),
+        None => Some(candidates),
     };
-    match identity {
-        Some(identity) => {
-            if let Identity::Known(pnn) = identity {
-                claim(&shared, pnn, conn_id, addr);
-            }
-            read_loop(&shared, &stream, addr, conn_id, identity);
-        }
-        None => {
-            let _ = stream.shutdown(Shutdown::Both);
-            shared.incoming.lock().remove(&conn_id);
-        }
+    if let Some(pnn) = authenticated.and_then(|c| resume(&shared, &stream, addr, conn_id, &c, deadline)) {
+        read_loop(&shared, &stream, addr, conn_id, pnn);
     }
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.incoming.lock().remove(&conn_id);
 }
+
+/// The session handshake of an accepted connection: the peer names itself (one of
+/// `candidates`, the nodes on its address) and its session; it learns how much of that
+/// session we read. From here on this connection alone hands on the peer's frames.
+fn resume(
+    shared: &Shared,
+    stream: &TcpStream,
+    addr: SocketAddr,
+    conn_id: u64,
+    candidates: &[Pnn],
+    deadline: Instant,
+) -> Option<Pnn> {
+    let me = shared.config.my_pnn;
+    let request = match Frame::receive(stream, Kind::Resume, deadline) {
+        Ok(frame) => frame,
+        Err(e) => {
+            if !shared.is_shutting_down() {
+                shared.refused_handshake.fetch_add(1, Ordering::Relaxed);
+                shared.refusals.warn_peer(addr.ip(), "no session resume".into(), || {
+                    format!("refused connection from {addr}: no session resume ({e})")
+                });
+            }
+            return None;
+        }
+    };
+    let pnn = request.srcnode;
+    if !candidates.contains(&pnn) || request.destnode != me {
+        shared.refused_handshake.fetch_add(1, Ordering::Relaxed);
+        warn!("refused connection from {addr}: it resumes as node {pnn} to node {}", request.destnode);
+        return None;
+    }
+    let peer = shared.peer(pnn)?;
+    claim(shared, pnn, conn_id, addr);
+    // Waits for an older connection's reader to finish handing on its current frame.
+    let received = peer.inbound.lock().resume(conn_id, request.a);
+    let answer = Frame { kind: Kind::Resumed, srcnode: me, destnode: pnn, a: shared.instance, b: received };
+    if let Err(e) = answer.send(stream, deadline).and_then(|()| stream.set_write_timeout(None)) {
+        info!("connection from node {pnn} ({addr}) lost in its session resume: {e}");
+        return None;
+    }
+    Some(pnn)
+}
+
 /// Makes `conn_id` the connection node `pnn` sends to us on. A peer has one outgoing
 /// connection at a time, so an older one is stale (the peer restarted or reconnected
 /// before we saw the old one die): close it.
@@ -281,54 +311,53 @@ fn claim(shared: &Shared, pnn: Pnn, conn_id: u64, addr: SocketAddr) {
     }
 }
 
-fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64, mut identity: Identity) {
+/// Reads node `pnn`'s frames while this connection carries its session: each is counted,
+/// checked and handed on under the session's lock, so a newer connection's resume sees a
+/// final count.
+fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64, pnn: Pnn) {
+    let Some(peer) = shared.peer(pnn) else { return };
     let max_len = shared.config.max_packet_len;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut frame = Vec::new();
     loop {
-        let read = codec::read_frame(&mut reader, max_len, &mut frame)
-            .and_then(|()| codec::decode(&frame).map_err(ReadError::Wire));
-        let packet = match read {
-            Ok(packet) => packet,
+        match codec::read_frame(&mut reader, max_len, &mut frame) {
+            Ok(()) => {}
             Err(ReadError::Eof) => {
                 debug!("connection from {addr} closed");
                 break;
             }
             Err(e) => {
                 if !shared.is_shutting_down() {
-                    note_read_error(shared, &identity, addr, &e);
+                    note_read_error(shared, pnn, addr, &e);
                 }
+                break;
+            }
+        }
+        let mut inbound = peer.inbound.lock();
+        if !inbound.is_current(conn_id) {
+            break; // a newer connection resumed the session: it gets this frame again
+        }
+        // Counted even if it does not decode: sent again, it would break every connection.
+        if let Some(received) = inbound.count_frame() {
+            acknowledge(stream, shared.config.my_pnn, pnn, inbound.session(), received);
+        }
+        let packet = match codec::decode(&frame) {
+            Ok(packet) => packet,
+            Err(e) => {
+                note_read_error(shared, pnn, addr, &ReadError::Wire(e));
                 break;
             }
         };
         // A forwarded REQ_CALL keeps its requester as srcnode (CTDB's redirect): that is the
         // node the record must go to, so it only has to name a node we know. Every other
-        // packet speaks for its sender, and only those may identify a connection.
-        let is_call = matches!(packet.body, Body::ReqCall(_));
-        if let Identity::OneOf(candidates) = &identity {
-            if !is_call {
-                let claimed = packet.srcnode;
-                if !candidates.contains(&claimed) {
-                    warn!("closing connection from {addr}: it claims to be node {claimed}, which does not use that address");
-                    break;
-                }
-                claim(shared, claimed, conn_id, addr);
-                identity = Identity::Known(claimed);
-            }
-        }
-        let sender = match identity {
-            Identity::Known(pnn) => Some(pnn),
-            Identity::OneOf(_) => None,
-        };
-        let genuine = if is_call {
+        // packet speaks for its sender.
+        let genuine = if matches!(packet.body, Body::ReqCall(_)) {
             (packet.srcnode as usize) < shared.config.nodes.len()
         } else {
-            Some(packet.srcnode) == sender
+            packet.srcnode == pnn
         };
         if !genuine {
-            if let Some(peer) = sender.and_then(|pnn| shared.peer(pnn)) {
-                peer.forged.fetch_add(1, Ordering::Relaxed);
-            }
+            peer.forged.fetch_add(1, Ordering::Relaxed);
             warn!(
                 "dropping {} from {addr} that claims to come from node {}",
                 operation_name(&packet),
@@ -336,25 +365,26 @@ fn read_loop(shared: &Shared, stream: &TcpStream, addr: SocketAddr, conn_id: u64
             );
             continue;
         }
-        // Not yet identified (several nodes on its IP) and a call: its origin is the best
-        // name we have for it.
-        let from = sender.unwrap_or(packet.srcnode);
-        if let Some(peer) = shared.peer(from) {
-            peer.received.fetch_add(1, Ordering::Relaxed);
-        }
-        if !shared.deliver(TransportEvent::Packet { from, packet }) {
+        peer.received.fetch_add(1, Ordering::Relaxed);
+        if !shared.deliver(TransportEvent::Packet { from: pnn, packet }) {
             break;
         }
+        drop(inbound);
     }
-    let _ = stream.shutdown(Shutdown::Both);
-    shared.incoming.lock().remove(&conn_id);
-    if let Identity::Known(pnn) = identity {
-        if let Some(peer) = shared.peer(pnn) {
-            let mut current = peer.incoming_conn.lock();
-            if *current == Some(conn_id) {
-                *current = None;
-            }
-        }
+    peer.inbound.lock().closed(conn_id);
+    let mut current = peer.incoming_conn.lock();
+    if *current == Some(conn_id) {
+        *current = None;
+    }
+}
+
+/// Tells the sender how many frames of its session we read, so it can forget them. Never
+/// blocks: the next acknowledgement says the same and more.
+fn acknowledge(stream: &TcpStream, me: Pnn, peer: Pnn, session: u64, received: u64) {
+    let ack = Frame { kind: Kind::Ack, srcnode: me, destnode: peer, a: session, b: received };
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    if let Err(e) = send(stream.as_raw_fd(), &ack.encode(), flags) {
+        debug!("acknowledging node {peer}'s frames: {e}");
     }
 }
 
@@ -365,20 +395,15 @@ fn operation_name(packet: &crate::wire::Packet) -> &'static str {
 /// A corrupt or oversized frame is the peer's fault and worth a warning and a count; it
 /// costs that peer its link, never the node. A connection that just ends mid-frame or fails
 /// is a peer going away.
-fn note_read_error(shared: &Shared, identity: &Identity, addr: SocketAddr, e: &ReadError) {
-    let who = match identity {
-        Identity::Known(pnn) => format!("node {pnn} ({addr})"),
-        Identity::OneOf(_) => addr.to_string(),
-    };
+fn note_read_error(shared: &Shared, pnn: Pnn, addr: SocketAddr, e: &ReadError) {
+    let who = format!("node {pnn} ({addr})");
     match e {
         ReadError::Wire(WireError::UnknownOperation(HANDSHAKE_OPERATION)) => shared.refusals.warn_peer(addr.ip(), "handshake without a key".into(), || {
             format!("refused connection from {who}: it authenticates with a cluster key and this node has none (--cluster-key)")
         }),
         ReadError::Wire(_) | ReadError::FrameTooShort { .. } | ReadError::FrameTooLong { .. } => {
-            if let Identity::Known(pnn) = identity {
-                if let Some(peer) = shared.peer(*pnn) {
-                    peer.bad_frames.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(peer) = shared.peer(pnn) {
+                peer.bad_frames.fetch_add(1, Ordering::Relaxed);
             }
             warn!("dropping the link from {who}: {e}");
         }

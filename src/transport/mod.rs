@@ -16,15 +16,17 @@
 //!   (`start_with_handler`), a reader thread also handles its packets itself instead of
 //!   waking the engine thread: on a 2-core VM a thread wakeup costs more than the protocol
 //!   step (measured: context switches are ~2/3 of the daemons' CPU in the ring).
-//! - A link whose outgoing connection is down drops what is sent to it, counting the drops:
-//!   a late migration sends its request again (and a recovery, later, starts afresh), which
-//!   is simpler and more honest than a queue that replays packets from an older view of the
-//!   cluster.
+//! - Nothing sent to a peer is lost to a broken connection or a link that is down for a
+//!   moment: each direction of a link is a numbered session whose frames are kept until
+//!   the peer acknowledges them and written again after a reconnect, once each and in
+//!   order; a restarted peer starts afresh ([`session`] has the design). A stock smbd reads
+//!   a control lost to a TCP reset as "that process is gone" and drops its share modes.
 //! - `LinkUp(p)` / `LinkDown(p)` follow the outgoing connection to `p`, which is reconnected
-//!   with exponential backoff. The outgoing socket is watched for EOF so a dead peer is
+//!   with exponential backoff (first after 10 ms: a reset link is back within milliseconds). The outgoing socket is watched for EOF so a dead peer is
 //!   noticed without waiting for the next write.
 //! - With a cluster key (see [`auth`]) every connection opens with a mutual challenge and
-//!   response; only then does it carry packets or count as a node's link. Without one, a
+//!   response, then the session's resume; only then does it carry packets or count as a
+//!   node's link. Without one, a
 //!   peer is whoever uses a node's source address, as in CTDB.
 //! - Threads, not an event loop: a handful of peers, blocking I/O, and a thread per
 //!   direction is the least code that keeps a slow peer from delaying the others.
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod connect;
 mod link;
 mod listener;
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +53,13 @@ use parking_lot::Mutex;
 
 use crate::wire::{Packet, Pnn, MAX_PACKET_LEN};
 
+/// The frame that opens a link's session, after the key handshake if there is one: what a
+/// node sends first on a connection without a key (`session` names the sender's run).
+pub fn resume_frame(from: Pnn, to: Pnn, session: u64) -> Vec<u8> {
+    let frame = session::Frame { kind: session::Kind::Resume, srcnode: from, destnode: to, a: session, b: 0 };
+    frame.encode().to_vec()
+}
+
 /// What the transport tells the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportEvent {
@@ -59,8 +69,8 @@ pub enum TransportEvent {
     Packet { from: Pnn, packet: Packet },
     /// The outgoing connection to this node is established: packets sent to it now travel.
     LinkUp(Pnn),
-    /// The outgoing connection to this node broke: packets sent to it are dropped until the
-    /// next `LinkUp`.
+    /// The outgoing connection to this node broke: packets sent to it wait (bounded) for the
+    /// next `LinkUp`, and those the broken connection lost go again after it.
     LinkDown(Pnn),
     /// Connecting to this node was refused: nothing listens at its address, so no rctdbd
     /// runs there. Said on every refused attempt.
@@ -79,8 +89,11 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// A write blocked this long (peer not reading) breaks the link. `None`: wait forever.
     pub write_timeout: Option<Duration>,
-    /// Packets queued per peer before `send` starts dropping.
+    /// Packets kept per peer until it acknowledges them (while its link is down, too);
+    /// `send` drops and counts a packet beyond this or `send_queue_bytes`.
     pub send_queue_len: usize,
+    /// Bytes kept per peer, as `send_queue_len`; at least one packet of the largest size.
+    pub send_queue_bytes: usize,
     /// Larger frames from a peer close the connection; capped at [`MAX_PACKET_LEN`].
     pub max_packet_len: usize,
     /// When nothing is queued for a peer, `send` writes the packet itself with a
@@ -105,7 +118,10 @@ impl TransportConfig {
             connect_backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             write_timeout: Some(Duration::from_secs(10)),
-            send_queue_len: 16 * 1024,
+            // Unacknowledged frames include what sits in both socket buffers, several MB on
+            // loopback: a burst of small frames must fit.
+            send_queue_len: 256 * 1024,
+            send_queue_bytes: 2 * MAX_PACKET_LEN,
             max_packet_len: MAX_PACKET_LEN,
             direct_write: true,
             cluster_key: None,
@@ -126,8 +142,15 @@ pub struct LinkState {
     pub incoming: bool,
     pub packets_sent: u64,
     pub packets_received: u64,
-    /// Sent while the link was down or the queue full, or too large to encode.
+    /// Not sent: the queue was full, the packet too large to encode, or it was meant for a
+    /// previous run of a peer that restarted.
     pub packets_dropped: u64,
+    /// Kept until the peer acknowledges them (or the link is back up).
+    pub packets_queued: u64,
+    /// Written again after a reconnect: the broken connection lost them.
+    pub packets_resent: u64,
+    /// Dropped because the queue held `send_queue_len` packets or `send_queue_bytes`.
+    pub queue_full_drops: u64,
     /// Times the outgoing connection was established.
     pub connects: u64,
     /// Connections from it closed because of a corrupt or oversized frame.
@@ -194,6 +217,8 @@ struct Shared {
     refusals: listener::RefusalLog,
     dropped_unknown_destination: AtomicU64,
     dropped_to_self: AtomicU64,
+    /// This run's id in session resumes: a peer that sees it change knows we restarted.
+    instance: u64,
 }
 
 /// Sends on a running transport (see [`Transport::sender`]).
@@ -292,8 +317,7 @@ impl Transport {
                 peers.push(None);
                 continue;
             }
-            let (peer, inputs) =
-                link::Peer::new(pnn as Pnn, addr, config.send_queue_len, config.direct_write);
+            let (peer, inputs) = link::Peer::new(pnn as Pnn, addr, &config);
             peers.push(Some(Arc::clone(&peer)));
             writer_inputs.push((peer, inputs));
         }
@@ -314,6 +338,7 @@ impl Transport {
             refusals: listener::RefusalLog::default(),
             dropped_unknown_destination: AtomicU64::new(0),
             dropped_to_self: AtomicU64::new(0),
+            instance: session::fresh_id(),
         });
 
         let mut transport =
@@ -335,8 +360,9 @@ impl Transport {
         Ok(transport)
     }
 
-    /// Queues `packet` for node `to`; never blocks. Dropped (and counted) when the link is
-    /// down, the queue is full, or `to` is unknown. A packet to ourselves comes straight
+    /// Queues `packet` for node `to`; never blocks. It reaches `to` once, in order, even
+    /// across a broken connection; dropped (and counted) only when the queue is full, `to`
+    /// is unknown, or `to` restarted before it could have it. A packet to ourselves comes straight
     /// back as an event.
     pub fn send(&self, to: Pnn, packet: Packet) {
         self.shared.send(to, packet)
@@ -346,6 +372,18 @@ impl Transport {
     /// the `Transport`.
     pub fn sender(&self) -> TransportSender {
         TransportSender { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Tests: the connection `from` sends to us on dies as in a reset: what our reader
+    /// holds and the socket buffers hold of it is lost.
+    #[cfg(test)]
+    fn abandon_incoming(&self, from: Pnn) {
+        let Some(peer) = self.shared.peer(from) else { return };
+        let Some(conn) = *peer.incoming_conn.lock() else { return };
+        peer.inbound.lock().closed(conn);
+        if let Some(s) = self.shared.incoming.lock().get(&conn) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Tests: write `bytes` unframed on the live outgoing connection to `to`.

@@ -12,13 +12,19 @@ use std::time::{Duration, Instant};
 
 use super::controls::{error_reply, ok_reply};
 use super::Node;
-use crate::engine::{ClientId, Input};
+use crate::engine::{ClientId, ClusterEvent, Input};
 use crate::wire::control::SrvidUpdate;
 use crate::wire::ctdb::{self, opcode, NodeEntry, TraverseStart};
 use crate::wire::{Body, Packet, Pnn, ReplyControl, ReqControl, ReqId, ReqMessage, CURRENT_NODE};
 
 /// How long a control sent on to another node may take before the client gets an error.
+/// A link that breaks meanwhile does not end the wait: the transport sends the control
+/// again after the reconnect, and only membership declaring the node dead fails it sooner.
+/// (A protocol deadline kept on the daemon side for now.)
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// CTDB's srvid for "the cluster was reconfigured" (a recovery completed); no data.
+const SRVID_RECONFIGURE: u64 = 0xF200_0000_0000_0000;
 
 /// What the node knows of its CTDB clients, indexed both ways so that registering,
 /// leaving and the questions smbd asks per open (CHECK_PID_SRVID, PROCESS_EXISTS) cost the
@@ -365,12 +371,11 @@ impl Node {
         Ok((db_id, path, db.name.clone()))
     }
 
-    /// Whether live peer `peer` listed the (pid, srvid) a CHECK_PID_SRVID asks about.
+    /// Whether live peer `peer` listed the (pid, srvid) a CHECK_PID_SRVID asks about. Its
+    /// updates reach us in order across link breaks, so its list holds while it lives.
     fn peer_lists(&self, peer: Pnn, data: &[u8]) -> bool {
         let Ok(pair) = ctdb::decode_pid_srvid(data) else { return false };
-        self.ctdb.remote.get(&peer).is_some_and(|pairs| pairs.contains(&pair))
-            && self.engine.is_alive(peer)
-            && self.transport.link_states().iter().any(|l| l.pnn == peer && l.up)
+        self.ctdb.remote.get(&peer).is_some_and(|pairs| pairs.contains(&pair)) && self.engine.is_alive(peer)
     }
 
     /// A connection closed: its peers learn which of its processes' srvids went with it.
@@ -406,8 +411,16 @@ impl Node {
         }
     }
 
+    /// To every peer that is alive or linked (a link that is down now gets it after the
+    /// reconnect, in order with the rest).
     fn tell_peers_srvids(&mut self, update: SrvidUpdate) {
-        let peers: Vec<Pnn> = self.transport.link_states().iter().filter(|l| l.up).map(|l| l.pnn).collect();
+        let peers: Vec<Pnn> = self
+            .transport
+            .link_states()
+            .iter()
+            .filter(|l| l.up || self.engine.is_alive(l.pnn))
+            .map(|l| l.pnn)
+            .collect();
         for peer in peers {
             self.send_srvids(peer, &update);
         }
@@ -435,9 +448,9 @@ impl Node {
                 format!("control {:#x} is not one a client may send to another node", request.opcode);
             return self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)));
         }
-        let reachable = (destnode as usize) < self.nodes.len()
-            && self.engine.is_alive(destnode)
-            && self.transport.link_states().iter().any(|l| l.pnn == destnode && l.up);
+        // A link that is down for a moment is no reason: the control waits for the
+        // reconnect. Only a node membership counts dead is answered for at once.
+        let reachable = (destnode as usize) < self.nodes.len() && self.engine.is_alive(destnode);
         if !reachable {
             // As ctdbd does for a disconnected node: an error at once, which smbd reads as
             // "that process is gone" (the node's processes are).
@@ -473,11 +486,23 @@ impl Node {
         self.fail_forwards(|f| f.deadline <= now, "the node the control was for did not answer");
     }
 
-    /// The link to `peer` went down: what was sent on to it is answered now, with an error,
-    /// as ctdbd answers for a node that is not connected.
-    pub(super) fn ctdb_peer_lost(&mut self, peer: Pnn) {
-        self.ctdb.remote.remove(&peer);
-        self.fail_forwards(|f| f.peer == peer, "the node the control was for is not connected");
+    /// What a CTDB client must hear of a cluster event: controls sent on to a node
+    /// membership declared dead fail now (as ctdbd answers for a disconnected node; a link
+    /// that merely broke does not count), and after every recovery the clients registered
+    /// for CTDB_SRVID_RECONFIGURE hear of it (smbd then revalidates its byte-range locks),
+    /// as ctdbd's recovery daemon broadcasts it when a recovery completes.
+    pub(super) fn ctdb_cluster_event(&mut self, event: &ClusterEvent) {
+        match event {
+            ClusterEvent::NodeDead(peer) => {
+                self.ctdb.remote.remove(peer);
+                self.fail_forwards(|f| f.peer == *peer, "the node the control was for is dead");
+            }
+            ClusterEvent::Activated { .. } => {
+                let reconfigured = ReqMessage { srvid: SRVID_RECONFIGURE, data: vec![] };
+                self.deliver_message(self.pnn, reconfigured);
+            }
+            _ => {}
+        }
     }
 
     fn fail_forwards(&mut self, failed: impl Fn(&Forwarded) -> bool, why: &str) {
@@ -496,12 +521,8 @@ impl Node {
         let peers: Vec<Pnn> = match destnode {
             _ if destnode == CURRENT_NODE || destnode == self.pnn => vec![],
             ctdb::BROADCAST_ALL | ctdb::BROADCAST_ACTIVE | ctdb::BROADCAST_CONNECTED | ctdb::MULTICAST => {
-                self.transport
-                    .link_states()
-                    .iter()
-                    .filter(|l| l.up && self.engine.is_alive(l.pnn))
-                    .map(|l| l.pnn)
-                    .collect()
+                // Queued to a live node whose link is down for a moment, as ctdbd does.
+                (0..self.nodes.len() as Pnn).filter(|&p| p != self.pnn && self.engine.is_alive(p)).collect()
             }
             peer if (peer as usize) < self.nodes.len() => vec![peer],
             other => {

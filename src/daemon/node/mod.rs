@@ -300,6 +300,7 @@ impl Node {
                 Output::Event(event) => {
                     log_event(self.pnn, &event);
                     self.ctdb_tool_event(&event);
+                    self.ctdb_cluster_event(&event);
                 }
                 Output::AttachDone { client, reqid, db_id, result } => {
                     let ctdb_form = self.ctdb.take_attach(client, reqid);
@@ -407,8 +408,8 @@ impl Node {
             }
             TransportEvent::Refused(pnn) => self.engine_input(Input::Refused(pnn)),
             TransportEvent::LinkDown(pnn) => {
+                // What was sent to it waits for the reconnect; membership decides its death.
                 log::warn!("link to node {pnn} down");
-                self.ctdb_peer_lost(pnn);
                 self.engine_input(Input::LinkDown(pnn));
             }
         }
