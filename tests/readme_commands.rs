@@ -7,7 +7,7 @@
 //! What changes from the READMEs, for every command: the binaries are the ones `cargo test`
 //! built (debug, put first on PATH and given to the scripts as RCTDB_BIN_DIR, instead of a
 //! release build), each cluster lives in a scratch directory instead of /tmp/c, and it runs
-//! on this test's addresses (127.0.70.x to 127.0.76.x) instead of the READMEs' defaults, so
+//! on this test's addresses (127.0.70.x to 127.0.77.x) instead of the READMEs' defaults, so
 //! that it never meets another test's cluster.
 //!
 //! | command (README)                                    | here |
