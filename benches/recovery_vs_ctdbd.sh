@@ -28,6 +28,7 @@
 #        CTDB_ANCHORS  the anchors' ctdbd dir (default: ../shared/anchors/ctdbd beside the repo)
 #        CTDB_NODES    ctdbd's three addresses (default "127.0.0.11 127.0.0.12 127.0.0.13", the
 #                      anchors'); the anchors' scripts run from a copy with this NODES line
+#        RCTDB_FIRST   node 0 of rctdbd's cluster (default 127.0.0.51, `rctdb bench recovery`'s)
 #        RCTDB_BIN     a directory with rctdb and rctdbd to measure instead of building this tree's
 set -euo pipefail
 
@@ -37,6 +38,7 @@ ANCHORS=${CTDB_ANCHORS:-$ROOT/../shared/anchors/ctdbd}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${RCTDB_BIN:-$TARGET/release}
 RECORDS=${RECORDS:-10000 100000}
+RCTDB_FIRST=${RCTDB_FIRST:-127.0.0.51}
 
 die() { echo "recovery_vs_ctdbd: $*" >&2; exit 1; }
 [ -f "$ANCHORS/failure_test.sh" ] || die "no $ANCHORS/failure_test.sh (set CTDB_ANCHORS)"
@@ -115,7 +117,8 @@ bash "$ANCHORS/stop_cluster.sh" >/dev/null || true # its status is its last kill
 # --- our rctdbd -----------------------------------------------------------------------------------
 for n in $RECORDS; do
 	echo "rctdbd: rctdb bench recovery --records $n (load $(load))"
-	step 1800 "$BIN/rctdb" bench recovery --records "$n" --dir "$WORK/ours" >"$OUT/rctdbd_$n.out" 2>&1 \
+	step 1800 "$BIN/rctdb" bench recovery --records "$n" --first-address "$RCTDB_FIRST" --dir "$WORK/ours" \
+		>"$OUT/rctdbd_$n.out" 2>&1 \
 		|| echo "  (it stopped early or missed a check: see its output below)"
 done
 

@@ -120,10 +120,14 @@ echo "starting rctdbd (first address $OURS_FIRST)"
 step "$BIN/rctdb" cluster up --nodes 3 --dir "$WORK/ours" --first-address "$OURS_FIRST" >/dev/null
 ours_sock() { echo "$WORK/ours/node$1.sock"; }
 for n in 0 1 2; do "$BIN/rctdb" --socket "$(ours_sock $n)" writekey "$DB" attach yes >/dev/null; done
-OUR_DBID=$("$BIN/rctdb" --socket "$(ours_sock 0)" status | sed -nE "s/^db $DB 0x([0-9a-f]+)$/\1/p")
-[ -n "$OUR_DBID" ] || die "rctdbd: $DB not in status"
-# "vnn_map [0, 1, 2]"
-read -r -a OUR_VNN < <("$BIN/rctdb" --socket "$(ours_sock 0)" status | sed -nE 's/^vnn_map \[(.*)\]$/\1/p' | tr -d ,)
+# the database's id (8 hex digits, as ctdb prints it) and the vnn map, from `rctdb status --json`
+read -r OUR_DBID OUR_VNN_LIST < <("$BIN/rctdb" --socket "$(ours_sock 0)" status --json | /usr/bin/python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+ids = ["%08x" % db["db_id"] for db in status["dbs"] if db["name"] == sys.argv[1]]
+print(ids[0] if ids else "-", ",".join(map(str, status["vnn_map"])))' "$DB")
+[ "${OUR_DBID:--}" != - ] || die "rctdbd: $DB not in status"
+IFS=, read -r -a OUR_VNN <<<"$OUR_VNN_LIST"
 [ ${#OUR_VNN[@]} = 3 ] || die "rctdbd vnn map: ${OUR_VNN[*]}"
 OUR_L=$("$TARGET/lmaster" "$KEY" "${OUR_VNN[@]}")
 [ "$OUR_L" = "$CTDB_L" ] || echo "note: LMASTER of $KEY is node $OUR_L here, node $CTDB_L on ctdbd"

@@ -214,18 +214,26 @@ counters_before() {
         ctdbd) for n in 0 1; do ctdb_on "$dir" $n statisticsreset >/dev/null 2>&1; done ;;
         rctdb)
             for n in 0 1; do
-                timeout 5 "$BINS/rctdb" --socket "$dir/rctdb/node$n.sock" status >"$WORK/status.$n.before" 2>&1
+                timeout 5 "$BINS/rctdb" --socket "$dir/rctdb/node$n.sock" status --json >"$WORK/status.$n.before" 2>&1
             done
             ;;
     esac
 }
 
-# key=value counters of an rctdb status text, and the link packet counts as
+# key=value counters of `rctdb status --json`, and the link packet counts as
 # sent_to_K / received_from_K.
 rctdb_counters() {
-    awk '/^stats /{for (i = 2; i <= NF; i++) print $i}
-         /^node [0-9]+ .* link-up /{for (i = 1; i <= NF; i++) if ($i ~ /^(sent|received)=/) {
-             split($i, kv, "="); print (kv[1] == "sent" ? "sent_to_" : "received_from_") $2 "=" kv[2] }}' "$1"
+    /usr/bin/python3 - "$1" <<'PY' 2>/dev/null || true
+import json, sys
+status = json.load(open(sys.argv[1]))
+for name, value in status["stats"].items():
+    if isinstance(value, int):
+        print(f"{name}={value}")
+for node in status["nodes"]:
+    if node["state"] == "alive" and node["link_up"]:
+        print(f"sent_to_{node['pnn']}={node['packets_sent']}")
+        print(f"received_from_{node['pnn']}={node['packets_received']}")
+PY
 }
 
 counters_after() {
@@ -247,7 +255,7 @@ counters_after() {
             ;;
         rctdb)
             for n in 0 1; do
-                timeout 5 "$BINS/rctdb" --socket "$dir/rctdb/node$n.sock" status >"$WORK/status.$n.after" 2>&1
+                timeout 5 "$BINS/rctdb" --socket "$dir/rctdb/node$n.sock" status --json >"$WORK/status.$n.after" 2>&1
                 {
                     rctdb_counters "$WORK/status.$n.before" | sed 's/^/before /'
                     rctdb_counters "$WORK/status.$n.after" | sed 's/^/after /'

@@ -7,7 +7,7 @@
 //! What changes from the READMEs, for every command: the binaries are the ones `cargo test`
 //! built (debug, put first on PATH and given to the scripts as RCTDB_BIN_DIR, instead of a
 //! release build), each cluster lives in a scratch directory instead of /tmp/c, and it runs
-//! on this test's addresses (127.0.70.x to 127.0.76.x) instead of the READMEs' defaults, so
+//! on this test's addresses (127.0.70.x to 127.0.77.x) instead of the READMEs' defaults, so
 //! that it never meets another test's cluster.
 //!
 //! | command (README)                                    | here |
@@ -322,7 +322,7 @@ fn every_command_the_readmes_show_is_run_here_or_left_out() {
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rctdb-readme-bin-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("readme-bin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let links = [

@@ -10,7 +10,7 @@ use crate::wire::{DbId, Pnn};
 pub mod opcode {
     /// Client -> daemon, and daemon -> every peer: attach a database by name.
     pub const DB_ATTACH: u32 = 0x7c00_0001;
-    /// Client -> daemon: this node, its links, engine counters.
+    /// Client -> daemon: this node, its links, engine counters (`status::NodeStatus`, as JSON).
     pub const STATUS: u32 = 0x7c00_0002;
     /// Daemon -> peer: every record of a database that the peer holds a copy of.
     pub const PULL_DB: u32 = 0x7c00_0003;
