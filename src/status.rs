@@ -38,6 +38,12 @@ pub struct PeerStatus {
     pub link_up: bool,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// Kept until the peer acknowledges them: sent again after a reconnect if need be.
+    pub packets_queued: u64,
+    /// Written again after a reconnect: the broken connection lost them.
+    pub packets_resent: u64,
+    /// Never sent: the queue was full, or they were meant for a peer's previous run.
+    pub packets_dropped: u64,
     /// Why the link is down, if the peer was refused (authentication).
     pub refused: Option<String>,
 }
@@ -101,7 +107,7 @@ impl PeerStatus {
         self.state == PeerState::Alive && self.link_up
     }
 
-    /// Heard (alive) while the link to it is down: what this node sends it is dropped.
+    /// Heard (alive) while the link to it is down: what this node sends it waits in its queue.
     pub fn is_half_open(&self) -> bool {
         self.state == PeerState::Alive && !self.link_up
     }
@@ -134,7 +140,11 @@ impl std::fmt::Display for NodeStatus {
                     None => format!("{alive} link-down"),
                 },
             };
-            writeln!(f, "node {} {} {state}", node.pnn, node.address)?;
+            let queue = match (node.packets_queued, node.packets_resent, node.packets_dropped) {
+                (0, 0, 0) => String::new(),
+                (queued, resent, dropped) => format!(" queued={queued} resent={resent} dropped={dropped}"),
+            };
+            writeln!(f, "node {} {} {state}{queue}", node.pnn, node.address)?;
         }
         for db in &self.dbs {
             writeln!(f, "db {} {:#010x}", db.name, db.db_id)?;
@@ -156,6 +166,9 @@ mod tests {
             link_up,
             packets_sent: 3,
             packets_received: 4,
+            packets_queued: 0,
+            packets_resent: 0,
+            packets_dropped: 0,
             refused: None,
         };
         NodeStatus {

@@ -300,6 +300,7 @@ impl Node {
             .map(|(pnn, addr)| {
                 let pnn = pnn as Pnn;
                 let link = links.iter().find(|l| l.pnn == pnn && l.up);
+                let queue = links.iter().find(|l| l.pnn == pnn);
                 PeerStatus {
                     pnn,
                     address: addr.to_string(),
@@ -311,6 +312,9 @@ impl Node {
                     link_up: link.is_some(),
                     packets_sent: link.map_or(0, |l| l.packets_sent),
                     packets_received: link.map_or(0, |l| l.packets_received),
+                    packets_queued: queue.map_or(0, |l| l.packets_queued),
+                    packets_resent: queue.map_or(0, |l| l.packets_resent),
+                    packets_dropped: queue.map_or(0, |l| l.packets_dropped),
                     refused: links.iter().find(|l| l.pnn == pnn && !l.up).and_then(|l| l.auth_error.clone()),
                 }
             })
