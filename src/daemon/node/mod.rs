@@ -9,9 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
@@ -33,11 +30,10 @@ use crate::engine::{
     RecordStore,
 };
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReplyError, ReqId, CALL_FETCH_FUNC,
-    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, INVALID_GENERATION, MAX_KEY_LEN, MAX_PACKET_LEN,
+    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, MAX_KEY_LEN, MAX_PACKET_LEN,
 };
 
 const TICK: Duration = Duration::from_millis(10);
@@ -46,50 +42,6 @@ const LOCK_WAITERS: usize = 8;
 /// Calls one client may have waiting: smbd and librctdb wait for each answer, so only a
 /// client that floods has more, and only its calls are refused.
 const MAX_CALLS_PER_CLIENT: usize = 1000;
-
-/// When the engine last ticked, as the liveness pump sees it.
-#[derive(Default)]
-struct Liveness {
-    ticked_at_ms: AtomicU64,
-    interval_ms: AtomicU64,
-    quiet: AtomicBool,
-}
-
-impl Liveness {
-    fn ticked(&self, now_ms: u64, interval_ms: u64, quiet: bool) {
-        self.ticked_at_ms.store(now_ms, Ordering::Relaxed);
-        self.interval_ms.store(interval_ms, Ordering::Relaxed);
-        self.quiet.store(quiet, Ordering::Relaxed);
-    }
-}
-
-/// Starts the thread that keeps peers hearing from this node while a long step (a recovery
-/// of a large database, on a reader thread) holds the node's lock and so keeps the engine
-/// from ticking and sending heartbeats: without it, peers would declare a busy node dead.
-/// It sends `Alive` only when the engine has not ticked for a keepalive interval.
-pub fn start_liveness_pump(node: &Mutex<Node>) {
-    let (liveness, sender, pnn, nodes, started) = {
-        let node = node.lock();
-        (Arc::clone(&node.liveness), node.transport.sender(), node.pnn, node.nodes.len(), node.started)
-    };
-    let pump = move || loop {
-        let interval = liveness.interval_ms.load(Ordering::Relaxed).max(10);
-        std::thread::sleep(Duration::from_millis(interval / 2));
-        let now = started.elapsed().as_millis() as u64;
-        let silent = now.saturating_sub(liveness.ticked_at_ms.load(Ordering::Relaxed)) > interval;
-        if !silent || liveness.quiet.load(Ordering::Relaxed) {
-            continue;
-        }
-        for peer in (0..nodes as Pnn).filter(|&p| p != pnn) {
-            let body = Body::Cluster(ClusterMsg::Alive);
-            let generation = INVALID_GENERATION;
-            sender.send(peer, Packet { generation, destnode: peer, srcnode: pnn, reqid: 0, body });
-        }
-    };
-    if let Err(err) = std::thread::Builder::new().name("rctdb-alive".into()).spawn(pump) {
-        log::error!("starting the liveness pump: {err}; a long recovery may look like a dead node");
-    }
-}
 
 /// A database frozen for the engine (`Output::FreezeDb`), or on its way.
 enum FreezeLock {
@@ -110,8 +62,7 @@ pub struct Node {
     freezes: HashMap<DbId, FreezeLock>,
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
-    /// What the liveness pump needs to know, without the node's lock.
-    liveness: Arc<Liveness>,
+    dbdir: std::path::PathBuf,
     /// Told to leave: the engine thread exits the process.
     stopping: bool,
     store: TdbStore,
@@ -173,9 +124,10 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.expire_controls(now);
             node.check_repacks(now);
             node.rewrite_unwritten();
-            let (ms, interval, quiet) =
-                (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
-            node.liveness.ticked(ms, interval, quiet);
+            // The engine's progress, and nothing else, keeps the lock's watchdog content.
+            if let Some(lock) = node.lock_attempt.as_mut() {
+                lock.beat();
+            }
         }
     }
 }
@@ -209,7 +161,7 @@ impl Node {
             lock_outcomes: crossbeam_channel::unbounded(),
             freezes: HashMap::new(),
             quiet: false,
-            liveness: Arc::new(Liveness::default()),
+            dbdir: daemon.dbdir.clone(),
             stopping: false,
             store: TdbStore::new(&daemon.dbdir),
             transport,
@@ -284,9 +236,7 @@ impl Node {
                 Output::FreezeDb { db_id } => self.freeze(db_id),
                 Output::ThawDb { db_id } => self.thaw(db_id),
                 Output::TakeClusterLock => match &self.cluster_lock {
-                    Some(spec) => {
-                        self.lock_attempt = Some(ClusterLock::attempt(spec, self.lock_outcomes.0.clone()))
-                    }
+                    Some(spec) => self.lock_attempt = Some(self.attempt_cluster_lock(spec)),
                     None => log::error!("the engine wants a cluster lock but none is configured"),
                 },
                 Output::ReleaseClusterLock => {
@@ -356,11 +306,29 @@ impl Node {
         }
     }
 
-    fn on_cluster_lock(&mut self, outcome: LockOutcome) {
-        if !matches!(outcome, LockOutcome::Held) {
-            self.lock_attempt = None;
+    fn attempt_cluster_lock(&self, spec: &ClusterLockSpec) -> ClusterLock {
+        let events = self.lock_outcomes.0.clone();
+        match std::env::current_exe() {
+            Ok(rctdbd) => {
+                let watchdog = super::watchdog::config(rctdbd, &self.dbdir, self.engine.tunables());
+                ClusterLock::attempt(spec, &watchdog, events)
+            }
+            Err(err) => {
+                let _ = events.send(LockOutcome::Error(format!("finding rctdbd to run the lock watchdog: {err}")));
+                ClusterLock::idle()
+            }
         }
+    }
+
+    fn on_cluster_lock(&mut self, outcome: LockOutcome) {
+        // A watchdog that fenced this node holds its databases frozen until it is dropped:
+        // dropped only once the engine has asked for a freeze of its own.
+        let ended = match outcome {
+            LockOutcome::Held => None,
+            _ => self.lock_attempt.take(),
+        };
         self.engine_input(Input::ClusterLock(outcome));
+        drop(ended);
     }
 
     /// A waiter holds a lock for us: do the work that waited for it, as if the engine
