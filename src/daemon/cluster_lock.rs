@@ -122,7 +122,11 @@ impl ClusterLock {
     /// `beat` is called; its outcome (and later, for a held lock, `Lost`) arrives on `events`
     /// exactly once each, unless the attempt is released first. `events` should be
     /// unbounded: a watcher sends while holding a lock that `release` takes.
-    pub fn attempt(spec: &ClusterLockSpec, watchdog: &WatchdogConfig, events: Sender<LockOutcome>) -> ClusterLock {
+    pub fn attempt(
+        spec: &ClusterLockSpec,
+        watchdog: &WatchdogConfig,
+        events: Sender<LockOutcome>,
+    ) -> ClusterLock {
         let mut command = Command::new(&watchdog.program);
         command
             .arg(super::watchdog::MODE_FLAG)
@@ -308,7 +312,12 @@ const TERM_GRACE: Duration = Duration::from_millis(500);
 const WATCHDOG_GRACE: Duration = Duration::from_millis(2000);
 
 fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome>) -> ClusterLock {
-    let name = command.get_program().to_string_lossy().into_owned();
+    let name = match kind {
+        ChildKind::Helper => format!("helper {}", command.get_program().to_string_lossy()),
+        ChildKind::Watchdog => {
+            format!("watchdog {} {}", command.get_program().to_string_lossy(), super::watchdog::MODE_FLAG)
+        }
+    };
     let failed = |err: String| {
         log::error!("{err}");
         send(&events, LockOutcome::Error(err));
@@ -343,13 +352,25 @@ fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome
         terminate(&mut child, kind, &name);
         return failed(format!("cluster lock {name}: no pipe to its output"));
     };
-    log::debug!("started cluster lock {kind:?} {name}, pid {pid}");
+    log::debug!("started cluster lock {name}, pid {pid}");
     let reporter = Reporter { events: events.clone(), released: Arc::new(Mutex::new(false)) };
-    let watcher =
-        HelperWatcher { name: name.clone(), kind, child, stdout, stop: stop_read, reporter: reporter.clone() };
+    let watcher = HelperWatcher {
+        name: name.clone(),
+        kind,
+        child,
+        stdout,
+        stop: stop_read,
+        reporter: reporter.clone(),
+    };
     match std::thread::Builder::new().name("cluster-lock".to_string()).spawn(move || watcher.run()) {
         Ok(watcher) => ClusterLock {
-            state: State::Helper(HelperHandle { pid, reporter, beats, stop: stop_write, watcher: Some(watcher) }),
+            state: State::Helper(HelperHandle {
+                pid,
+                reporter,
+                beats,
+                stop: stop_write,
+                watcher: Some(watcher),
+            }),
         },
         Err(err) => {
             // The Child went with the closure, unreaped, so its pid is still the helper's.
@@ -367,25 +388,28 @@ fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome
 /// there after its grace. The child is not reaped before this, so its pid cannot have been
 /// reused.
 fn terminate(child: &mut Child, kind: ChildKind, name: &str) {
+    if let Ok(Some(status)) = child.try_wait() {
+        return log::debug!("cluster lock {name} ended: {status}");
+    }
     let pid = i32::try_from(child.id()).ok().map(Pid::from_raw);
     let grace = match kind {
         ChildKind::Helper => {
             if let Some(Err(err)) = pid.map(|pid| kill(pid, Signal::SIGTERM)) {
-                log::debug!("cluster lock helper {name}: SIGTERM: {err}");
+                log::debug!("cluster lock {name}: SIGTERM: {err}");
             }
             TERM_GRACE
         }
         ChildKind::Watchdog => WATCHDOG_GRACE,
     };
     if !ends_within(child, grace) {
-        log::warn!("cluster lock {kind:?} {name} still runs {grace:?} after being told to end; killing it");
+        log::warn!("cluster lock {name} still runs {grace:?} after being told to end; killing it");
         if let Some(Err(err)) = pid.map(|pid| kill(pid, Signal::SIGKILL)) {
-            log::warn!("cluster lock {kind:?} {name}: SIGKILL: {err}");
+            log::warn!("cluster lock {name}: SIGKILL: {err}");
         }
     }
     match child.wait() {
-        Ok(status) => log::debug!("cluster lock {kind:?} {name} ended: {status}"),
-        Err(err) => log::warn!("cluster lock {kind:?} {name}: waiting for it: {err}"),
+        Ok(status) => log::debug!("cluster lock {name} ended: {status}"),
+        Err(err) => log::warn!("cluster lock {name}: waiting for it: {err}"),
     }
 }
 
@@ -430,20 +454,25 @@ struct HelperWatcher {
 impl HelperWatcher {
     fn run(mut self) {
         let Some(outcome) = self.read_answer() else {
-            log::debug!("cluster lock helper {}: attempt abandoned", self.name);
+            log::debug!("cluster lock {}: attempt abandoned", self.name);
             return terminate(&mut self.child, self.kind, &self.name);
         };
         match &outcome {
-            LockOutcome::Held => log::info!("took the cluster lock through helper {}", self.name),
+            LockOutcome::Held => log::info!("took the cluster lock through {}", self.name),
             LockOutcome::Error(err) => log::error!("{err}"),
-            other => log::debug!("cluster lock helper {}: {other:?}", self.name),
+            other => log::debug!("cluster lock {}: {other:?}", self.name),
         }
         let held = outcome == LockOutcome::Held;
         self.reporter.send(outcome);
         if held {
             if let Some(why) = self.wait_for_loss() {
-                log::warn!("lost the cluster lock held by helper {}: {why}", self.name);
+                log::warn!("lost the cluster lock held by {}: {why}", self.name);
                 self.reporter.send(LockOutcome::Lost);
+                if self.kind == ChildKind::Watchdog {
+                    // It holds the node's databases frozen until the engine, which may be the
+                    // very thing that is stuck, has taken the loss in and released it.
+                    self.wait_for_release();
+                }
             }
         }
         // Reaped for every outcome; a helper that answered anything but `0` holds nothing.
@@ -482,7 +511,7 @@ impl HelperWatcher {
     }
 
     fn error(&self, what: String) -> LockOutcome {
-        LockOutcome::Error(format!("cluster lock helper {}: {what}", self.name))
+        LockOutcome::Error(format!("cluster lock {}: {what}", self.name))
     }
 
     fn exit_note(&mut self) -> String {
@@ -505,12 +534,24 @@ impl HelperWatcher {
             match self.stdout.read(&mut chatter) {
                 Ok(0) => return Some(format!("its output closed{}", self.exit_note())),
                 Ok(n) => log::debug!(
-                    "cluster lock helper {} wrote {:?} while holding the lock; ignored",
+                    "cluster lock {} wrote {:?} while holding the lock; ignored",
                     self.name,
                     String::from_utf8_lossy(&chatter[..n])
                 ),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Some(format!("reading its output: {err}")),
+            }
+        }
+    }
+
+    /// Blocks until the lock is released (`release`, or the handle dropped).
+    fn wait_for_release(&self) {
+        loop {
+            let mut fds = [PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(Errno::EINTR) => continue,
+                Err(err) => return log::error!("cluster lock {}: waiting for the release: {err}", self.name),
+                Ok(_) => return,
             }
         }
     }
@@ -697,6 +738,18 @@ mod tests {
         lock.watcher_ends();
         assert!(is_gone(pid), "the helper was reaped");
         assert_eq!(outcomes.try_recv(), Err(TryRecvError::Empty), "Lost comes once");
+    }
+
+    #[test]
+    fn a_helper_that_ignores_sigterm_is_killed_after_its_grace() {
+        // An ignored signal stays ignored across exec.
+        let (lock, outcomes) = attempt(&script("trap '' TERM; printf 0; exec sleep 30"));
+        let pid = lock.helper_pid().expect("a helper");
+        assert_eq!(next(&outcomes), LockOutcome::Held);
+        let released = std::time::Instant::now();
+        lock.release_and_wait();
+        assert!(is_gone(pid), "the helper was killed and reaped");
+        assert!(released.elapsed() < GENEROUS, "within its grace, not for ever");
     }
 
     #[test]

@@ -79,7 +79,12 @@ fn parse(args: &[OsString]) -> Result<(Duration, Duration, PathBuf, ClusterLockS
             .ok_or_else(|| format!("{what} {arg:?} is not a number of milliseconds"))
     };
     let spec_text = spec.to_str().ok_or_else(|| format!("lock {spec:?} is not UTF-8"))?;
-    Ok((millis(stall, "STALL_MS")?, millis(freeze, "FREEZE_MS")?, PathBuf::from(dbdir), ClusterLockSpec::parse(spec_text)?))
+    Ok((
+        millis(stall, "STALL_MS")?,
+        millis(freeze, "FREEZE_MS")?,
+        PathBuf::from(dbdir),
+        ClusterLockSpec::parse(spec_text)?,
+    ))
 }
 
 struct Watchdog {
@@ -92,13 +97,15 @@ struct Watchdog {
 impl Watchdog {
     fn run(mut self, spec: &ClusterLockSpec) {
         let beats = read_beats();
+        // `events` is kept here: a file lock's attempt drops its sender, and a disconnected
+        // channel would look like news on every select.
         let (events, outcomes) = crossbeam_channel::unbounded();
         // The attempt runs on a thread of its own: an open() on a hung filesystem must not
         // keep the watchdog from answering.
         let (lock_sender, lock_arrives) = crossbeam_channel::bounded(1);
-        let spec = spec.clone();
+        let (spec, attempt_events) = (spec.clone(), events.clone());
         let attempt = move || {
-            let _ = lock_sender.send(ClusterLock::attempt_here(&spec, events));
+            let _ = lock_sender.send(ClusterLock::attempt_here(&spec, attempt_events));
         };
         if let Err(err) = std::thread::Builder::new().name("attempt".into()).spawn(attempt) {
             log::error!("cluster lock watchdog: starting the attempt: {err}");
@@ -125,11 +132,16 @@ impl Watchdog {
             return lock.release_and_wait();
         }
         self.hold(lock, &outcomes, &beats);
+        drop(events);
     }
 
     /// The attempt's outcome; `None` if the daemon let go first, or none came within the
     /// stall bound plus the freeze bound (then the daemon is told `2`, timeout).
-    fn wait_for_answer(&mut self, outcomes: &Receiver<LockOutcome>, beats: &Receiver<()>) -> Option<LockOutcome> {
+    fn wait_for_answer(
+        &mut self,
+        outcomes: &Receiver<LockOutcome>,
+        beats: &Receiver<()>,
+    ) -> Option<LockOutcome> {
         let deadline = Instant::now() + self.stall + self.freeze;
         loop {
             select! {
@@ -289,7 +301,9 @@ fn freeze_one(path: &Path, deadline: Instant) -> Result<Option<File>, String> {
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match lock_bound::within(left, || fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&lock))) {
         Ok(_) => Ok(Some(file)),
-        Err(nix::errno::Errno::EINTR) => Err(format!("a chain stayed locked past the freeze bound ({left:?} left)")),
+        Err(nix::errno::Errno::EINTR) => {
+            Err(format!("a chain stayed locked past the freeze bound ({left:?} left)"))
+        }
         Err(err) => Err(err.to_string()),
     }
 }
@@ -340,7 +354,10 @@ mod tests {
             let spec = ClusterLockSpec::parse(text).expect("spec");
             let args: Vec<OsString> = vec!["300".into(), "600".into(), "/db".into(), spec.to_arg()];
             let (stall, freeze, dbdir, parsed) = parse(&args).expect("parsed");
-            assert_eq!((stall, freeze, dbdir, parsed), (Duration::from_millis(300), Duration::from_millis(600), PathBuf::from("/db"), spec));
+            assert_eq!(
+                (stall, freeze, dbdir, parsed),
+                (Duration::from_millis(300), Duration::from_millis(600), PathBuf::from("/db"), spec)
+            );
         }
         assert!(parse(&["x".into(), "600".into(), "/db".into(), "/l".into()]).is_err());
         assert!(parse(&["300".into()]).is_err());

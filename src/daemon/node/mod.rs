@@ -314,7 +314,8 @@ impl Node {
                 ClusterLock::attempt(spec, &watchdog, events)
             }
             Err(err) => {
-                let _ = events.send(LockOutcome::Error(format!("finding rctdbd to run the lock watchdog: {err}")));
+                let _ = events
+                    .send(LockOutcome::Error(format!("finding rctdbd to run the lock watchdog: {err}")));
                 ClusterLock::idle()
             }
         }
