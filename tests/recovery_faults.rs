@@ -1,7 +1,8 @@
 //! Process-level faults (DESIGN §5, §8.4): clusters of real rctdbd on loopback whose nodes
-//! are killed (SIGKILL), stopped (SIGSTOP past the dead time), or told to go quiet while
-//! clients use their records. Every wait polls with a deadline; every scenario prints what
-//! it measured (detection, recovery, admission times).
+//! are killed (SIGKILL), stopped (SIGSTOP past the dead time), wedged (the threads that take
+//! the node's mutex stopped with ptrace), or told to go quiet while clients use their
+//! records. Every wait polls with a deadline; every scenario prints what it measured
+//! (detection, recovery, admission times).
 //!
 //! What the checks expect of the data (volatile databases, as in CTDB):
 //! - a record whose holder (DMASTER) survives a fault stays where it is and keeps every
@@ -16,8 +17,9 @@
 //! Three tests are ignored until the product bugs they describe are fixed; run them with
 //! `cargo test --release --test recovery_faults -- --include-ignored`.
 //!
-//! Addresses: 127.0.20.x to 127.0.29.x, one third octet per test, so that the tests run at
-//! once; each has its own directory under the temp dir with the nodes' logs.
+//! Addresses: 127.0.20.x to 127.0.29.x and 127.0.90.x to 127.0.92.x, one third octet per
+//! test, so that the tests run at once; each has its own directory under the temp dir with
+//! the nodes' logs.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -984,8 +986,8 @@ fn a_leader_whose_engine_is_wedged_is_evicted_and_replaced() {
 fn attaching_does_not_wait_for_a_stopped_peer() {
     const ATTACH_LIMIT: Duration = Duration::from_secs(2);
     let fx = Fixture::start("attach", 29, 2);
-    // The lock holder goes on serving without the other (stopped with the lock, it would
-    // stop the cluster: see the test above).
+    // The lock holder goes on serving without the stopped node (the other way round, its
+    // watchdog would fence it: see the tests above).
     let leader = fx.leader(&[0, 1]);
     let stopped = 1 - leader;
     let old_generation = fx.status(leader).expect("status").generation().to_owned();

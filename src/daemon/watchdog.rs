@@ -342,8 +342,7 @@ mod tests {
         let config = config(program.clone(), Path::new("/db"), &Tunables::default());
         // 100 ms x 6: stall at half the dead time, freeze within one dead time.
         assert_eq!((config.stall, config.freeze), (Duration::from_millis(300), Duration::from_millis(600)));
-        let mut tight = Tunables::default();
-        tight.keepalive_limit = 2;
+        let tight = Tunables { keepalive_limit: 2, ..Tunables::default() };
         let config = super::config(program, Path::new("/db"), &tight);
         assert_eq!(config.stall, Duration::from_millis(200), "never less than two intervals, never past D");
     }
