@@ -55,6 +55,12 @@ pub fn config(program: PathBuf, dbdir: &Path, tunables: &Tunables) -> WatchdogCo
 
 /// The watchdog's `main`; `args` are the ones after `MODE_FLAG`.
 pub fn main(args: &[OsString]) -> ExitCode {
+    // Whatever the daemon let us inherit (a descriptor opened without close-on-exec) must not
+    // live on in us after the daemon is gone.
+    // SAFETY: close_range on descriptors this process has not started to use.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        log::debug!("close_range: {}", std::io::Error::last_os_error());
+    }
     let parsed = parse(args);
     let (stall, freeze, dbdir, spec) = match parsed {
         Ok(parsed) => parsed,
