@@ -294,10 +294,28 @@ impl Drop for StopOnDrop<'_> {
 struct Stopped(Pid);
 
 impl Stopped {
+    /// Returns once every thread of the process is stopped: the signal is delivered
+    /// asynchronously, and a thread still running could answer a request meanwhile.
     fn new(pid: Pid) -> Stopped {
         kill(pid, Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP {pid}: {e}"));
-        Stopped(pid)
+        let stopped = Stopped(pid);
+        let deadline = Instant::now() + STATUS_TIMEOUT;
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "process {pid} did not stop within {STATUS_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(1)); // polling the kernel's view of it
+        }
+        stopped
     }
+}
+
+/// Whether every thread of `pid` is in state T (stopped), as /proc says.
+fn all_threads_stopped(pid: Pid) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // "tid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
 }
 
 impl Drop for Stopped {
@@ -904,6 +922,12 @@ fn hang_the_leader(name: &str, third_octet: u8, nodes: usize, lock: Option<Strin
     drop(hung);
     let admitted = fx.wait_healthy();
     println!("{name}: node {leader} ran again after {hung_for:?}; every node serves after {admitted:?}");
+    let log = std::fs::read_to_string(fx.dir().join(format!("node{leader}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("handed over"),
+        "fenced node {leader} took its watchdog's freeze over, never unfrozen between\n{}",
+        fx.logs()
+    );
     let mut dbs: Vec<ClusteredDb> = (0..nodes).map(|n| fx.open(n, MIGRATE_TIMEOUT)).collect();
     for (i, key) in keys.iter().enumerate() {
         let reads: Vec<Option<Vec<u8>>> =

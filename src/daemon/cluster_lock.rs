@@ -17,8 +17,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -121,11 +122,13 @@ impl ClusterLock {
     /// Starts one attempt through a watchdog process that takes the lock and holds it while
     /// `beat` is called; its outcome (and later, for a held lock, `Lost`) arrives on `events`
     /// exactly once each, unless the attempt is released first. `events` should be
-    /// unbounded: a watcher sends while holding a lock that `release` takes.
+    /// unbounded: a watcher sends while holding a lock that `release` takes. A watchdog that
+    /// fences the node puts its freeze in `handed` before the loss is reported.
     pub fn attempt(
         spec: &ClusterLockSpec,
         watchdog: &WatchdogConfig,
         events: Sender<LockOutcome>,
+        handed: HandedFreeze,
     ) -> ClusterLock {
         let mut command = Command::new(&watchdog.program);
         command
@@ -134,7 +137,7 @@ impl ClusterLock {
             .arg(watchdog.freeze.as_millis().to_string())
             .arg(&watchdog.dbdir)
             .arg(spec.to_arg());
-        start_child(command, ChildKind::Watchdog, events)
+        start_child(command, ChildKind::Watchdog, events, handed)
     }
 
     /// Takes the lock in this process (the watchdog's side): an OFD lock on the file, or a
@@ -145,7 +148,7 @@ impl ClusterLock {
             ClusterLockSpec::Helper { program, args } => {
                 let mut command = Command::new(program);
                 command.args(args);
-                start_child(command, ChildKind::Helper, events)
+                start_child(command, ChildKind::Helper, events, HandedFreeze::default())
             }
         }
     }
@@ -296,6 +299,11 @@ impl Reporter {
     }
 }
 
+/// Where a fencing watchdog's freeze is put for the node: database files it froze, handed
+/// over before it reported the loss, each an open file description holding an OFD write
+/// lock over every chain of one database. The node adopts them as its own freeze.
+pub type HandedFreeze = Arc<Mutex<Vec<File>>>;
+
 /// What a watched child is: a helper speaking CTDB's protocol, or our watchdog, which
 /// speaks the same protocol and also reads the engine's beats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +319,12 @@ const TERM_GRACE: Duration = Duration::from_millis(500);
 /// some. It is not signalled first: killed, it would leave its helper behind.
 const WATCHDOG_GRACE: Duration = Duration::from_millis(2000);
 
-fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome>) -> ClusterLock {
+fn start_child(
+    mut command: Command,
+    kind: ChildKind,
+    events: Sender<LockOutcome>,
+    handed: HandedFreeze,
+) -> ClusterLock {
     let name = match kind {
         ChildKind::Helper => format!("helper {}", command.get_program().to_string_lossy()),
         ChildKind::Watchdog => {
@@ -329,13 +342,19 @@ fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome
         Ok(ends) => ends,
         Err(err) => return failed(format!("cluster lock {name}: creating a pipe: {err}")),
     };
-    let stdin = match kind {
-        ChildKind::Helper => Stdio::null(),
-        ChildKind::Watchdog => Stdio::piped(),
+    // The watchdog's output is a socket: it hands its freeze over through it (SCM_RIGHTS).
+    let (stdin, stdout, socket) = match kind {
+        ChildKind::Helper => (Stdio::null(), Stdio::piped(), None),
+        ChildKind::Watchdog => match UnixStream::pair() {
+            Ok((ours, theirs)) => (Stdio::piped(), Stdio::from(OwnedFd::from(theirs)), Some(ours)),
+            Err(err) => return failed(format!("cluster lock {name}: creating a socket pair: {err}")),
+        },
     };
     // A helper stays its parent's child: ctdb_mutex_fcntl_helper drops the lock when its
     // parent (getppid) goes away, so the lock dies with the watchdog.
-    let spawned = command.stdin(stdin).stdout(Stdio::piped()).spawn();
+    let spawned = command.stdin(stdin).stdout(stdout).spawn();
+    // Our copy of the child's end is gone with `command`: only the child has it now.
+    drop(command);
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return failed(format!("starting cluster lock {name}: {err}")),
@@ -347,7 +366,11 @@ fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome
             log::warn!("cluster lock watchdog: its input stays blocking: {err}");
         }
     }
-    let Some(stdout) = child.stdout.take() else {
+    let output = match socket {
+        Some(socket) => Some(File::from(OwnedFd::from(socket))),
+        None => child.stdout.take().map(|stdout| File::from(OwnedFd::from(stdout))),
+    };
+    let Some(output) = output else {
         drop(beats);
         terminate(&mut child, kind, &name);
         return failed(format!("cluster lock {name}: no pipe to its output"));
@@ -358,9 +381,10 @@ fn start_child(mut command: Command, kind: ChildKind, events: Sender<LockOutcome
         name: name.clone(),
         kind,
         child,
-        stdout,
+        output,
         stop: stop_read,
         reporter: reporter.clone(),
+        handed,
     };
     match std::thread::Builder::new().name("cluster-lock".to_string()).spawn(move || watcher.run()) {
         Ok(watcher) => ClusterLock {
@@ -446,7 +470,9 @@ struct HelperWatcher {
     name: String,
     kind: ChildKind,
     child: Child,
-    stdout: ChildStdout,
+    /// Its output: a pipe from a helper, a socket from the watchdog.
+    output: File,
+    handed: HandedFreeze,
     stop: OwnedFd,
     reporter: Reporter,
 }
@@ -488,7 +514,7 @@ impl HelperWatcher {
                 Ok(Wake::Output) => {}
                 Err(err) => return Some(self.error(format!("watching its output: {err}"))),
             }
-            match self.stdout.read(&mut byte) {
+            match self.output.read(&mut byte) {
                 Ok(0) => {
                     let note = self.exit_note();
                     return Some(self.error(format!("ended without answering{note}")));
@@ -526,12 +552,15 @@ impl HelperWatcher {
         let mut chatter = [0u8; 64];
         loop {
             match self.wait() {
-                Ok(Wake::Stopped) => return None,
+                Ok(Wake::Stopped) => {
+                    self.drain_handed_freeze();
+                    return None;
+                }
                 Ok(Wake::Output) => {}
                 // Unwatched, the lock is as good as lost: say so, and let it go.
                 Err(err) => return Some(format!("cannot watch its output any more: {err}")),
             }
-            match self.stdout.read(&mut chatter) {
+            match self.receive(&mut chatter) {
                 Ok(0) => return Some(format!("its output closed{}", self.exit_note())),
                 Ok(n) => log::debug!(
                     "cluster lock {} wrote {:?} while holding the lock; ignored",
@@ -542,6 +571,42 @@ impl HelperWatcher {
                 Err(err) => return Some(format!("reading its output: {err}")),
             }
         }
+    }
+
+    /// Released while a fencing watchdog's freeze may wait in the socket (the node stepped
+    /// down for another reason first): take it in, so the node can still adopt it. Unread,
+    /// in-flight descriptions keep their locks, so none is lost meanwhile.
+    fn drain_handed_freeze(&mut self) {
+        if self.kind != ChildKind::Watchdog {
+            return;
+        }
+        let mut chatter = [0u8; 64];
+        while let Ok(1..) = self.receive_with(&mut chatter, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {}
+    }
+
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.receive_with(buf, nix::sys::socket::MsgFlags::empty())
+    }
+
+    /// Reads what it says; from the watchdog, also the descriptions it hands over, which go
+    /// where the node looks for them.
+    fn receive_with(&mut self, buf: &mut [u8], flags: nix::sys::socket::MsgFlags) -> io::Result<usize> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        if self.kind == ChildKind::Helper {
+            return self.output.read(buf);
+        }
+        let mut rights = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let flags = flags | MsgFlags::MSG_CMSG_CLOEXEC;
+        let message = recvmsg::<()>(self.output.as_raw_fd(), &mut iov, Some(&mut rights), flags)?;
+        let mut handed = self.handed.lock();
+        for control in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = control {
+                // SAFETY: SCM_RIGHTS made these descriptors for us alone.
+                handed.extend(fds.into_iter().map(|fd| unsafe { File::from_raw_fd(fd) }));
+            }
+        }
+        Ok(message.bytes)
     }
 
     /// Blocks until the lock is released (`release`, or the handle dropped).
@@ -562,7 +627,7 @@ impl HelperWatcher {
         loop {
             let mut fds = [
                 PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.output.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}

@@ -35,6 +35,8 @@ pub const MODE_FLAG: &str = "--lock-watchdog";
 
 /// How deep under DBDIR database files are looked for (persistent ones live one down).
 const SEARCH_DEPTH: usize = 2;
+/// Descriptors per handover message (the kernel takes at most 253 in one).
+const HANDOVER_BATCH: usize = 200;
 
 /// The watchdog's bounds, from the dead time D = KeepaliveInterval x KeepaliveLimit (600 ms
 /// by default). Stall: D/2, at least two keepalive intervals (300 ms by default), so that
@@ -192,8 +194,9 @@ impl Watchdog {
         }
     }
 
-    /// The daemon stopped beating: freeze its databases, let the lock go, tell it, and keep
-    /// the freeze until it has taken over its own (it closes our input).
+    /// The daemon stopped beating: freeze its databases, hand the freeze to it, let the lock
+    /// go, tell it, and keep the freeze until it has taken over its own (it closes our
+    /// input).
     fn fence(&mut self, lock: ClusterLock, beats: &Receiver<()>) {
         eprintln!(
             "rctdbd {MODE_FLAG} (pid {}): no beat from the daemon's engine for {:?}: freezing {} and \
@@ -203,6 +206,7 @@ impl Watchdog {
             self.dbdir.display()
         );
         let freeze = freeze_databases(&self.dbdir, self.freeze);
+        hand_over(&freeze);
         lock.release_and_wait();
         self.answer.close();
         eprintln!(
@@ -249,6 +253,23 @@ impl Answer {
             .and_then(|null| nix::unistd::dup2(null.as_raw_fd(), 1).map_err(|err| err.to_string()));
         if let Err(err) = replaced {
             log::error!("cluster lock watchdog: closing its output: {err}");
+        }
+    }
+}
+
+/// Sends the frozen descriptions to the daemon (SCM_RIGHTS, a byte `F` per batch): an OFD
+/// lock belongs to its open file description, so the daemon, once it runs, holds the freeze
+/// through them without a moment unfrozen, and adopts them as its own (`Node::freeze`).
+/// Our output is a socket when the daemon started us; anything else keeps the freeze here
+/// alone, until our input closes.
+fn hand_over(frozen: &[File]) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    for batch in frozen.chunks(HANDOVER_BATCH) {
+        let fds: Vec<std::os::fd::RawFd> = batch.iter().map(|file| file.as_raw_fd()).collect();
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let byte = [std::io::IoSlice::new(b"F")];
+        if let Err(err) = sendmsg::<()>(1, &byte, &rights, MsgFlags::empty(), None) {
+            return log::debug!("cluster lock watchdog: not handing the freeze over: {err}");
         }
     }
 }

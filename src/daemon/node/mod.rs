@@ -22,8 +22,8 @@ use ctdb_clients::CtdbClients;
 
 use super::attach_policy::AttachPolicy;
 use super::clients::{ClientEvent, ClientLink};
-use super::cluster_lock::{ClusterLock, ClusterLockSpec};
-use super::lock_wait::{HeldLock, LockTarget, LockWaiters};
+use super::cluster_lock::{ClusterLock, ClusterLockSpec, HandedFreeze};
+use super::lock_wait::{HeldLock, LockFiles, LockTarget, LockWaiters};
 use super::tdb_store::TdbStore;
 use crate::engine::{
     CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output,
@@ -63,6 +63,9 @@ pub struct Node {
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
     dbdir: std::path::PathBuf,
+    /// Freezes the lock's watchdog took when it fenced this node: adopted by `freeze`, so
+    /// the databases are never unfrozen in between; dropped once the watchdog is gone.
+    handed_freeze: HandedFreeze,
     /// Told to leave: the engine thread exits the process.
     stopping: bool,
     store: TdbStore,
@@ -124,6 +127,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.expire_controls(now);
             node.check_repacks(now);
             node.rewrite_unwritten();
+            node.settle_handed_freeze();
             // The engine's progress, and nothing else, keeps the lock's watchdog content.
             if let Some(lock) = node.lock_attempt.as_mut() {
                 lock.beat();
@@ -162,6 +166,7 @@ impl Node {
             freezes: HashMap::new(),
             quiet: false,
             dbdir: daemon.dbdir.clone(),
+            handed_freeze: HandedFreeze::default(),
             stopping: false,
             store: TdbStore::new(&daemon.dbdir),
             transport,
@@ -285,12 +290,58 @@ impl Node {
             return;
         }
         match self.store.all_chains_site(db_id) {
-            Some((file, start, len)) => {
+            Some((files, start, len)) => {
                 self.freezes.insert(db_id, FreezeLock::Waiting);
-                self.lock_waiters.wait_for(file, start, len, LockTarget::Freeze { db_id });
+                let target = LockTarget::Freeze { db_id };
+                match self.take_handed_freeze(&files) {
+                    Some(file) => self.adopt_freeze(HeldLock::adopted(target, files, file, start, len)),
+                    None => self.lock_waiters.wait_for(files, start, len, target),
+                }
             }
             None => log::error!("db {db_id:#x}: no chain locks to freeze"),
         }
+    }
+
+    /// The watchdog's frozen description of this database's file, if it handed one over.
+    fn take_handed_freeze(&mut self, files: &LockFiles) -> Option<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata(files.path()).ok()?;
+        let same = |file: &std::fs::File| {
+            file.metadata().is_ok_and(|meta| (meta.dev(), meta.ino()) == (ours.dev(), ours.ino()))
+        };
+        let mut handed = self.handed_freeze.lock();
+        let at = handed.iter().position(same)?;
+        Some(handed.swap_remove(at))
+    }
+
+    /// A freeze the watchdog handed over arrives like a lock a waiter took.
+    fn adopt_freeze(&self, lock: HeldLock) {
+        log::info!("{:?}: taken over from the lock watchdog's freeze, handed over", lock.target);
+        let _ = self.held_locks.0.send(lock);
+    }
+
+    /// Once the watchdog that handed a freeze over is gone, what no freeze adopted goes
+    /// too (it would hold a database frozen for ever), except for freezes still waiting:
+    /// a description that came late is adopted by them.
+    fn settle_handed_freeze(&mut self) {
+        if self.lock_attempt.is_some() || self.handed_freeze.lock().is_empty() {
+            return;
+        }
+        let waiting: Vec<DbId> = self
+            .freezes
+            .iter()
+            .filter(|(_, f)| matches!(f, FreezeLock::Waiting))
+            .map(|(&db, _)| db)
+            .collect();
+        for db_id in waiting {
+            if let Some((files, start, len)) = self.store.all_chains_site(db_id) {
+                if let Some(file) = self.take_handed_freeze(&files) {
+                    let target = LockTarget::Freeze { db_id };
+                    self.adopt_freeze(HeldLock::adopted(target, files, file, start, len));
+                }
+            }
+        }
+        self.handed_freeze.lock().clear();
     }
 
     fn thaw(&mut self, db_id: DbId) {
@@ -311,7 +362,7 @@ impl Node {
         match std::env::current_exe() {
             Ok(rctdbd) => {
                 let watchdog = super::watchdog::config(rctdbd, &self.dbdir, self.engine.tunables());
-                ClusterLock::attempt(spec, &watchdog, events)
+                ClusterLock::attempt(spec, &watchdog, events, self.handed_freeze.clone())
             }
             Err(err) => {
                 let _ = events
