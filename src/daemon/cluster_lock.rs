@@ -4,17 +4,25 @@
 //! character, `0` held, `1` contention, `2` timeout, `3` error, and after `0` keeps running
 //! for as long as it holds the lock. Samba's `ctdb_mutex_fcntl_helper FILE` works unchanged.
 //!
-//! Nothing here blocks the caller (who holds the node's mutex): the answer arrives on a
-//! channel, and a helper is watched by a thread of its own.
+//! The daemon never holds the lock itself: a watchdog process (`rctdbd --lock-watchdog`,
+//! `super::watchdog`) takes it and holds it for as long as the daemon's engine keeps
+//! beating (`ClusterLock::beat`), and speaks the helper protocol back. So nothing slow (an
+//! open or fcntl on a shared filesystem) runs in the daemon, and a daemon that stops or
+//! wedges loses the lock within a bound. Nothing here blocks the caller (who holds the
+//! node's mutex): the answer arrives on a channel, and each child is watched by a thread of
+//! its own.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use nix::errno::Errno;
@@ -49,6 +57,35 @@ impl ClusterLockSpec {
         }
         Ok(ClusterLockSpec::File(PathBuf::from(text)))
     }
+
+    /// The text `parse` reads back as this spec: how it is handed to the watchdog.
+    pub fn to_arg(&self) -> OsString {
+        match self {
+            ClusterLockSpec::File(path) => path.as_os_str().to_owned(),
+            ClusterLockSpec::Helper { program, args } => {
+                let mut text = OsString::from("!");
+                text.push(program.as_os_str());
+                for arg in args {
+                    text.push(" ");
+                    text.push(arg);
+                }
+                text
+            }
+        }
+    }
+}
+
+/// What the watchdog that holds the lock for the daemon needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// The rctdbd executable, run as `rctdbd --lock-watchdog`.
+    pub program: PathBuf,
+    /// The node's database directory, whose databases the watchdog freezes.
+    pub dbdir: PathBuf,
+    /// Beats missing for this long mean the daemon's engine is stuck.
+    pub stall: Duration,
+    /// How long the watchdog waits for the databases' freeze before it lets the lock go.
+    pub freeze: Duration,
 }
 
 pub use crate::engine::LockOutcome;
@@ -69,10 +106,12 @@ enum State {
     Helper(HelperHandle),
 }
 
-/// The caller's side of a helper watched by a thread.
+/// The caller's side of a helper (or watchdog) watched by a thread.
 struct HelperHandle {
     pid: u32,
     reporter: Reporter,
+    /// The watchdog's input, where the engine beats; closing it makes the watchdog let go.
+    beats: Option<ChildStdin>,
     /// Closing this write end wakes the watcher, which then terminates and reaps the helper.
     stop: OwnedFd,
     /// `None` once taken by a test that joins it.
@@ -80,13 +119,69 @@ struct HelperHandle {
 }
 
 impl ClusterLock {
-    /// Starts one attempt; its outcome (and later, for a held helper lock, `Lost`) arrives on
-    /// `events` exactly once each, unless the attempt is released first. `events` should be
-    /// unbounded: a helper's watcher sends while holding a lock that `release` takes.
-    pub fn attempt(spec: &ClusterLockSpec, events: Sender<LockOutcome>) -> ClusterLock {
+    /// Starts one attempt through a watchdog process that takes the lock and holds it while
+    /// `beat` is called; its outcome (and later, for a held lock, `Lost`) arrives on `events`
+    /// exactly once each, unless the attempt is released first. `events` should be
+    /// unbounded: a watcher sends while holding a lock that `release` takes. A watchdog that
+    /// fences the node puts its freeze in `handed` before the loss is reported.
+    pub fn attempt(
+        spec: &ClusterLockSpec,
+        watchdog: &WatchdogConfig,
+        events: Sender<LockOutcome>,
+        handed: HandedFreeze,
+    ) -> ClusterLock {
+        let mut command = Command::new(&watchdog.program);
+        command
+            .arg(super::watchdog::MODE_FLAG)
+            .arg(watchdog.stall.as_millis().to_string())
+            .arg(watchdog.freeze.as_millis().to_string())
+            .arg(&watchdog.dbdir)
+            .arg(spec.to_arg());
+        start_child(command, ChildKind::Watchdog, events, handed)
+    }
+
+    /// Takes the lock in this process (the watchdog's side): an OFD lock on the file, or a
+    /// helper that is this process's child. Same outcomes as `attempt`.
+    pub fn attempt_here(spec: &ClusterLockSpec, events: Sender<LockOutcome>) -> ClusterLock {
         match spec {
             ClusterLockSpec::File(path) => lock_file(path, &events),
-            ClusterLockSpec::Helper { program, args } => start_helper(program, args, events),
+            ClusterLockSpec::Helper { program, args } => {
+                let mut command = Command::new(program);
+                command.args(args);
+                start_child(command, ChildKind::Helper, events, HandedFreeze::default())
+            }
+        }
+    }
+
+    /// An attempt that failed before it began (its error was sent already).
+    pub fn idle() -> ClusterLock {
+        ClusterLock { state: State::Idle }
+    }
+
+    /// Tells the watchdog that the engine made progress. Never blocks: a full pipe means the
+    /// watchdog has beats enough to read.
+    pub fn beat(&mut self) {
+        let State::Helper(HelperHandle { beats: Some(beats), .. }) = &mut self.state else { return };
+        match beats.write(b".") {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            // Gone: its watcher reports the loss.
+            Err(err) => log::debug!("beating the cluster lock watchdog: {err}"),
+        }
+    }
+
+    /// Gives the lock up and waits until its holder ended (bounded: a helper that ignores
+    /// SIGTERM is killed). For the watchdog, which must not outlive the helper it runs.
+    pub fn release_and_wait(mut self) {
+        let watcher = match &mut self.state {
+            State::Helper(handle) => handle.watcher.take(),
+            _ => None,
+        };
+        self.release();
+        if let Some(watcher) = watcher {
+            if watcher.join().is_err() {
+                log::error!("the cluster lock watcher thread panicked");
+            }
         }
     }
 
@@ -105,7 +200,8 @@ impl ClusterLock {
             }
             State::Helper(handle) => {
                 handle.reporter.silence();
-                log::debug!("releasing the cluster lock attempt of helper pid {}", handle.pid);
+                log::debug!("releasing the cluster lock attempt of pid {}", handle.pid);
+                drop(handle.beats);
                 drop(handle.stop);
                 // A running watcher is detached: it reaps the helper in its own time. One that
                 // has already ended is joined, so that a panic in it does not go unseen.
@@ -203,38 +299,102 @@ impl Reporter {
     }
 }
 
-fn start_helper(program: &Path, args: &[String], events: Sender<LockOutcome>) -> ClusterLock {
-    let name = program.display().to_string();
+/// Where a fencing watchdog's freeze is put for the node: database files it froze, handed
+/// over before it reported the loss, each an open file description holding an OFD write
+/// lock over every chain of one database. The node adopts them as its own freeze.
+pub type HandedFreeze = Arc<Mutex<Vec<File>>>;
+
+/// What a watched child is: a helper speaking CTDB's protocol, or our watchdog, which
+/// speaks the same protocol and also reads the engine's beats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildKind {
+    Helper,
+    Watchdog,
+}
+
+/// How long a helper has to end after SIGTERM before it is killed: one that ignores it
+/// would hold the lock for ever.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+/// How long the watchdog has to let go after its input closed: its helper's grace, and
+/// some. It is not signalled first: killed, it would leave its helper behind.
+const WATCHDOG_GRACE: Duration = Duration::from_millis(2000);
+
+fn start_child(
+    mut command: Command,
+    kind: ChildKind,
+    events: Sender<LockOutcome>,
+    handed: HandedFreeze,
+) -> ClusterLock {
+    let name = match kind {
+        ChildKind::Helper => format!("helper {}", command.get_program().to_string_lossy()),
+        ChildKind::Watchdog => {
+            format!("watchdog {} {}", command.get_program().to_string_lossy(), super::watchdog::MODE_FLAG)
+        }
+    };
     let failed = |err: String| {
         log::error!("{err}");
         send(&events, LockOutcome::Error(err));
         ClusterLock { state: State::Idle }
     };
-    // Close-on-exec: were the helper to inherit the write end, closing ours would not wake
+    // Close-on-exec: were the child to inherit the write end, closing ours would not wake
     // the watcher.
     let (stop_read, stop_write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
         Ok(ends) => ends,
-        Err(err) => return failed(format!("cluster lock helper {name}: creating a pipe: {err}")),
+        Err(err) => return failed(format!("cluster lock {name}: creating a pipe: {err}")),
     };
-    // The helper stays our child: ctdb_mutex_fcntl_helper drops the lock when its parent
-    // (getppid) goes away, so the lock dies with this daemon.
-    let spawned = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn();
+    // The watchdog's output is a socket: it hands its freeze over through it (SCM_RIGHTS).
+    let (stdin, stdout, socket) = match kind {
+        ChildKind::Helper => (Stdio::null(), Stdio::piped(), None),
+        ChildKind::Watchdog => match UnixStream::pair() {
+            Ok((ours, theirs)) => (Stdio::piped(), Stdio::from(OwnedFd::from(theirs)), Some(ours)),
+            Err(err) => return failed(format!("cluster lock {name}: creating a socket pair: {err}")),
+        },
+    };
+    // A helper stays its parent's child: ctdb_mutex_fcntl_helper drops the lock when its
+    // parent (getppid) goes away, so the lock dies with the watchdog.
+    let spawned = command.stdin(stdin).stdout(stdout).spawn();
+    // Our copy of the child's end is gone with `command`: only the child has it now.
+    drop(command);
     let mut child = match spawned {
         Ok(child) => child,
-        Err(err) => return failed(format!("starting cluster lock helper {name}: {err}")),
+        Err(err) => return failed(format!("starting cluster lock {name}: {err}")),
     };
     let pid = child.id();
-    let Some(stdout) = child.stdout.take() else {
-        terminate(&mut child, &name);
-        return failed(format!("cluster lock helper {name}: no pipe to its output"));
+    let beats = child.stdin.take();
+    if let Some(beats) = &beats {
+        if let Err(err) = nix::fcntl::fcntl(beats.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+            log::warn!("cluster lock watchdog: its input stays blocking: {err}");
+        }
+    }
+    let output = match socket {
+        Some(socket) => Some(File::from(OwnedFd::from(socket))),
+        None => child.stdout.take().map(|stdout| File::from(OwnedFd::from(stdout))),
     };
-    log::debug!("started cluster lock helper {name} {args:?}, pid {pid}");
+    let Some(output) = output else {
+        drop(beats);
+        terminate(&mut child, kind, &name);
+        return failed(format!("cluster lock {name}: no pipe to its output"));
+    };
+    log::debug!("started cluster lock {name}, pid {pid}");
     let reporter = Reporter { events: events.clone(), released: Arc::new(Mutex::new(false)) };
-    let watcher =
-        HelperWatcher { name: name.clone(), child, stdout, stop: stop_read, reporter: reporter.clone() };
+    let watcher = HelperWatcher {
+        name: name.clone(),
+        kind,
+        child,
+        output,
+        stop: stop_read,
+        reporter: reporter.clone(),
+        handed,
+    };
     match std::thread::Builder::new().name("cluster-lock".to_string()).spawn(move || watcher.run()) {
         Ok(watcher) => ClusterLock {
-            state: State::Helper(HelperHandle { pid, reporter, stop: stop_write, watcher: Some(watcher) }),
+            state: State::Helper(HelperHandle {
+                pid,
+                reporter,
+                beats,
+                stop: stop_write,
+                watcher: Some(watcher),
+            }),
         },
         Err(err) => {
             // The Child went with the closure, unreaped, so its pid is still the helper's.
@@ -242,22 +402,60 @@ fn start_helper(program: &Path, args: &[String], events: Sender<LockOutcome>) ->
                 let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(raw), None);
             }
-            failed(format!("cluster lock helper {name}: starting its watcher thread: {err}"))
+            failed(format!("cluster lock {name}: starting its watcher thread: {err}"))
         }
     }
 }
 
-/// Sends SIGTERM, as CTDB does, and reaps. The child is not reaped before this, so its pid
-/// cannot have been reused.
-fn terminate(child: &mut Child, name: &str) {
-    if let Ok(raw) = i32::try_from(child.id()) {
-        if let Err(err) = kill(Pid::from_raw(raw), Signal::SIGTERM) {
-            log::debug!("cluster lock helper {name}: SIGTERM: {err}");
+/// Ends a child and reaps it, in bounded time: a helper gets SIGTERM, as from CTDB, the
+/// watchdog the end of its input (closed by the caller), and either is killed if still
+/// there after its grace. The child is not reaped before this, so its pid cannot have been
+/// reused.
+fn terminate(child: &mut Child, kind: ChildKind, name: &str) {
+    if let Ok(Some(status)) = child.try_wait() {
+        return log::debug!("cluster lock {name} ended: {status}");
+    }
+    let pid = i32::try_from(child.id()).ok().map(Pid::from_raw);
+    let grace = match kind {
+        ChildKind::Helper => {
+            if let Some(Err(err)) = pid.map(|pid| kill(pid, Signal::SIGTERM)) {
+                log::debug!("cluster lock {name}: SIGTERM: {err}");
+            }
+            TERM_GRACE
+        }
+        ChildKind::Watchdog => WATCHDOG_GRACE,
+    };
+    if !ends_within(child, grace) {
+        log::warn!("cluster lock {name} still runs {grace:?} after being told to end; killing it");
+        if let Some(Err(err)) = pid.map(|pid| kill(pid, Signal::SIGKILL)) {
+            log::warn!("cluster lock {name}: SIGKILL: {err}");
         }
     }
     match child.wait() {
-        Ok(status) => log::debug!("cluster lock helper {name} ended: {status}"),
-        Err(err) => log::warn!("cluster lock helper {name}: waiting for it: {err}"),
+        Ok(status) => log::debug!("cluster lock {name} ended: {status}"),
+        Err(err) => log::warn!("cluster lock {name}: waiting for it: {err}"),
+    }
+}
+
+/// Whether the child exits within `limit`, watched through a pidfd (not reaped here).
+fn ends_within(child: &Child, limit: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    let Ok(raw) = i32::try_from(raw) else { return false };
+    if raw < 0 {
+        log::debug!("pidfd_open: {}", io::Error::last_os_error());
+        return false;
+    }
+    // SAFETY: `raw` is a descriptor pidfd_open just made for us alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+    loop {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(ready) => return ready > 0,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
     }
 }
 
@@ -270,8 +468,11 @@ enum Wake {
 /// lost) or the release (the helper is terminated).
 struct HelperWatcher {
     name: String,
+    kind: ChildKind,
     child: Child,
-    stdout: ChildStdout,
+    /// Its output: a pipe from a helper, a socket from the watchdog.
+    output: File,
+    handed: HandedFreeze,
     stop: OwnedFd,
     reporter: Reporter,
 }
@@ -279,24 +480,29 @@ struct HelperWatcher {
 impl HelperWatcher {
     fn run(mut self) {
         let Some(outcome) = self.read_answer() else {
-            log::debug!("cluster lock helper {}: attempt abandoned", self.name);
-            return terminate(&mut self.child, &self.name);
+            log::debug!("cluster lock {}: attempt abandoned", self.name);
+            return terminate(&mut self.child, self.kind, &self.name);
         };
         match &outcome {
-            LockOutcome::Held => log::info!("took the cluster lock through helper {}", self.name),
+            LockOutcome::Held => log::info!("took the cluster lock through {}", self.name),
             LockOutcome::Error(err) => log::error!("{err}"),
-            other => log::debug!("cluster lock helper {}: {other:?}", self.name),
+            other => log::debug!("cluster lock {}: {other:?}", self.name),
         }
         let held = outcome == LockOutcome::Held;
         self.reporter.send(outcome);
         if held {
             if let Some(why) = self.wait_for_loss() {
-                log::warn!("lost the cluster lock held by helper {}: {why}", self.name);
+                log::warn!("lost the cluster lock held by {}: {why}", self.name);
                 self.reporter.send(LockOutcome::Lost);
+                if self.kind == ChildKind::Watchdog {
+                    // It holds the node's databases frozen until the engine, which may be the
+                    // very thing that is stuck, has taken the loss in and released it.
+                    self.wait_for_release();
+                }
             }
         }
         // Reaped for every outcome; a helper that answered anything but `0` holds nothing.
-        terminate(&mut self.child, &self.name);
+        terminate(&mut self.child, self.kind, &self.name);
     }
 
     /// The helper's one-character answer, or `None` if released before it came.
@@ -308,7 +514,7 @@ impl HelperWatcher {
                 Ok(Wake::Output) => {}
                 Err(err) => return Some(self.error(format!("watching its output: {err}"))),
             }
-            match self.stdout.read(&mut byte) {
+            match self.output.read(&mut byte) {
                 Ok(0) => {
                     let note = self.exit_note();
                     return Some(self.error(format!("ended without answering{note}")));
@@ -331,7 +537,7 @@ impl HelperWatcher {
     }
 
     fn error(&self, what: String) -> LockOutcome {
-        LockOutcome::Error(format!("cluster lock helper {}: {what}", self.name))
+        LockOutcome::Error(format!("cluster lock {}: {what}", self.name))
     }
 
     fn exit_note(&mut self) -> String {
@@ -346,20 +552,71 @@ impl HelperWatcher {
         let mut chatter = [0u8; 64];
         loop {
             match self.wait() {
-                Ok(Wake::Stopped) => return None,
+                Ok(Wake::Stopped) => {
+                    self.drain_handed_freeze();
+                    return None;
+                }
                 Ok(Wake::Output) => {}
                 // Unwatched, the lock is as good as lost: say so, and let it go.
                 Err(err) => return Some(format!("cannot watch its output any more: {err}")),
             }
-            match self.stdout.read(&mut chatter) {
+            match self.receive(&mut chatter) {
                 Ok(0) => return Some(format!("its output closed{}", self.exit_note())),
                 Ok(n) => log::debug!(
-                    "cluster lock helper {} wrote {:?} while holding the lock; ignored",
+                    "cluster lock {} wrote {:?} while holding the lock; ignored",
                     self.name,
                     String::from_utf8_lossy(&chatter[..n])
                 ),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Some(format!("reading its output: {err}")),
+            }
+        }
+    }
+
+    /// Released while a fencing watchdog's freeze may wait in the socket (the node stepped
+    /// down for another reason first): take it in, so the node can still adopt it. Unread,
+    /// in-flight descriptions keep their locks, so none is lost meanwhile.
+    fn drain_handed_freeze(&mut self) {
+        if self.kind != ChildKind::Watchdog {
+            return;
+        }
+        let mut chatter = [0u8; 64];
+        while let Ok(1..) = self.receive_with(&mut chatter, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {}
+    }
+
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.receive_with(buf, nix::sys::socket::MsgFlags::empty())
+    }
+
+    /// Reads what it says; from the watchdog, also the descriptions it hands over, which go
+    /// where the node looks for them.
+    fn receive_with(&mut self, buf: &mut [u8], flags: nix::sys::socket::MsgFlags) -> io::Result<usize> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        if self.kind == ChildKind::Helper {
+            return self.output.read(buf);
+        }
+        let mut rights = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let flags = flags | MsgFlags::MSG_CMSG_CLOEXEC;
+        let message = recvmsg::<()>(self.output.as_raw_fd(), &mut iov, Some(&mut rights), flags)?;
+        let mut handed = self.handed.lock();
+        for control in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = control {
+                // SAFETY: SCM_RIGHTS made these descriptors for us alone.
+                handed.extend(fds.into_iter().map(|fd| unsafe { File::from_raw_fd(fd) }));
+            }
+        }
+        Ok(message.bytes)
+    }
+
+    /// Blocks until the lock is released (`release`, or the handle dropped).
+    fn wait_for_release(&self) {
+        loop {
+            let mut fds = [PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(Errno::EINTR) => continue,
+                Err(err) => return log::error!("cluster lock {}: waiting for the release: {err}", self.name),
+                Ok(_) => return,
             }
         }
     }
@@ -370,7 +627,7 @@ impl HelperWatcher {
         loop {
             let mut fds = [
                 PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.output.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -406,18 +663,6 @@ impl ClusterLock {
             }
         }
     }
-
-    /// Releases, then waits (boundedly) until the watcher has reaped the helper.
-    fn release_and_wait(mut self) {
-        let watcher = match &mut self.state {
-            State::Helper(handle) => handle.watcher.take(),
-            _ => None,
-        };
-        self.release();
-        if let Some(watcher) = watcher {
-            tests::joined_in_time(watcher);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -451,7 +696,7 @@ mod tests {
 
     fn attempt(spec: &ClusterLockSpec) -> (ClusterLock, Receiver<LockOutcome>) {
         let (events, outcomes) = crossbeam_channel::unbounded();
-        (ClusterLock::attempt(spec, events), outcomes)
+        (ClusterLock::attempt_here(spec, events), outcomes)
     }
 
     fn next(outcomes: &Receiver<LockOutcome>) -> LockOutcome {
@@ -558,6 +803,18 @@ mod tests {
         lock.watcher_ends();
         assert!(is_gone(pid), "the helper was reaped");
         assert_eq!(outcomes.try_recv(), Err(TryRecvError::Empty), "Lost comes once");
+    }
+
+    #[test]
+    fn a_helper_that_ignores_sigterm_is_killed_after_its_grace() {
+        // An ignored signal stays ignored across exec.
+        let (lock, outcomes) = attempt(&script("trap '' TERM; printf 0; exec sleep 30"));
+        let pid = lock.helper_pid().expect("a helper");
+        assert_eq!(next(&outcomes), LockOutcome::Held);
+        let released = std::time::Instant::now();
+        lock.release_and_wait();
+        assert!(is_gone(pid), "the helper was killed and reaped");
+        assert!(released.elapsed() < GENEROUS, "within its grace, not for ever");
     }
 
     #[test]

@@ -44,6 +44,10 @@ impl LockFiles {
         LockFiles { path: path.to_owned(), idle: Mutex::new(Vec::new()) }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn take(&self) -> std::io::Result<File> {
         match self.idle.lock().pop() {
             Some(file) => Ok(file),
@@ -88,6 +92,12 @@ pub struct HeldLock {
 }
 
 impl HeldLock {
+    /// A lock another process took through `file` (a description of this database's file)
+    /// and handed over: held as if a waiter had taken it.
+    pub fn adopted(target: LockTarget, files: Arc<LockFiles>, file: File, start: u64, len: u64) -> HeldLock {
+        HeldLock { target, files, file, start, len }
+    }
+
     /// Gives the lock back, and the description it was taken through to the pool. Called
     /// under the node's mutex only.
     pub fn release(self) {

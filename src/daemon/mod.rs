@@ -11,6 +11,7 @@ mod lock_wait;
 mod node;
 pub mod nodes;
 mod tdb_store;
+pub mod watchdog;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -113,7 +114,6 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
         .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
     let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
-    node::start_liveness_pump(&node);
     node::run(&node, transport_rx);
     Ok(())
 }

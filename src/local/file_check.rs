@@ -87,6 +87,17 @@ pub fn check_layout(file: &File) -> Result<(), String> {
     Ok(())
 }
 
+/// The bytes tdb's all-record lock (`tdb_lockall`, CTDB's freeze) covers: the lock byte of
+/// every hash chain. An error for a file that is not a tdb, or whose chains are locked with
+/// robust mutexes rather than fcntl locks.
+pub fn chains_lock_range(file: &File) -> Result<(u64, u64), String> {
+    let header = read_header(file)?;
+    if header.base != 0 {
+        return Err("its chains are locked with mutexes, not fcntl locks".into());
+    }
+    Ok((HEADER_LEN, 4 * u64::from(header.hash_size)))
+}
+
 /// Why an existing file that libtdb refused is not a tdb, if we can tell.
 pub fn diagnose(path: &std::path::Path) -> Option<String> {
     let file = File::open(path).ok()?;

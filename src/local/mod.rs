@@ -7,6 +7,7 @@ mod file_check;
 mod malloc_buf;
 mod tdb;
 
+pub use file_check::chains_lock_range;
 pub use malloc_buf::MallocBuf;
 pub use tdb::{jenkins_hash, AllLock, ChainLock, OpenError, StoreFlag, Tdb, KNOWN_TDB_FLAGS};
 

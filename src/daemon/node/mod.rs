@@ -9,9 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
@@ -25,19 +22,18 @@ use ctdb_clients::CtdbClients;
 
 use super::attach_policy::AttachPolicy;
 use super::clients::{ClientEvent, ClientLink};
-use super::cluster_lock::{ClusterLock, ClusterLockSpec};
-use super::lock_wait::{HeldLock, LockTarget, LockWaiters};
+use super::cluster_lock::{ClusterLock, ClusterLockSpec, HandedFreeze};
+use super::lock_wait::{HeldLock, LockFiles, LockTarget, LockWaiters};
 use super::tdb_store::TdbStore;
 use crate::engine::{
     CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, Output,
     RecordStore,
 };
 use crate::transport::{Transport, TransportEvent};
-use crate::wire::cluster::ClusterMsg;
 use crate::wire::codec::encoded_len;
 use crate::wire::{
     Body, DbId, Packet, Pnn, ReplyCall, ReplyControl, ReplyError, ReqId, CALL_FETCH_FUNC,
-    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, INVALID_GENERATION, MAX_KEY_LEN, MAX_PACKET_LEN,
+    CALL_FLAG_FIRST_USE, CALL_NULL_FUNC, CURRENT_NODE, MAX_KEY_LEN, MAX_PACKET_LEN,
 };
 
 const TICK: Duration = Duration::from_millis(10);
@@ -46,50 +42,6 @@ const LOCK_WAITERS: usize = 8;
 /// Calls one client may have waiting: smbd and librctdb wait for each answer, so only a
 /// client that floods has more, and only its calls are refused.
 const MAX_CALLS_PER_CLIENT: usize = 1000;
-
-/// When the engine last ticked, as the liveness pump sees it.
-#[derive(Default)]
-struct Liveness {
-    ticked_at_ms: AtomicU64,
-    interval_ms: AtomicU64,
-    quiet: AtomicBool,
-}
-
-impl Liveness {
-    fn ticked(&self, now_ms: u64, interval_ms: u64, quiet: bool) {
-        self.ticked_at_ms.store(now_ms, Ordering::Relaxed);
-        self.interval_ms.store(interval_ms, Ordering::Relaxed);
-        self.quiet.store(quiet, Ordering::Relaxed);
-    }
-}
-
-/// Starts the thread that keeps peers hearing from this node while a long step (a recovery
-/// of a large database, on a reader thread) holds the node's lock and so keeps the engine
-/// from ticking and sending heartbeats: without it, peers would declare a busy node dead.
-/// It sends `Alive` only when the engine has not ticked for a keepalive interval.
-pub fn start_liveness_pump(node: &Mutex<Node>) {
-    let (liveness, sender, pnn, nodes, started) = {
-        let node = node.lock();
-        (Arc::clone(&node.liveness), node.transport.sender(), node.pnn, node.nodes.len(), node.started)
-    };
-    let pump = move || loop {
-        let interval = liveness.interval_ms.load(Ordering::Relaxed).max(10);
-        std::thread::sleep(Duration::from_millis(interval / 2));
-        let now = started.elapsed().as_millis() as u64;
-        let silent = now.saturating_sub(liveness.ticked_at_ms.load(Ordering::Relaxed)) > interval;
-        if !silent || liveness.quiet.load(Ordering::Relaxed) {
-            continue;
-        }
-        for peer in (0..nodes as Pnn).filter(|&p| p != pnn) {
-            let body = Body::Cluster(ClusterMsg::Alive);
-            let generation = INVALID_GENERATION;
-            sender.send(peer, Packet { generation, destnode: peer, srcnode: pnn, reqid: 0, body });
-        }
-    };
-    if let Err(err) = std::thread::Builder::new().name("rctdb-alive".into()).spawn(pump) {
-        log::error!("starting the liveness pump: {err}; a long recovery may look like a dead node");
-    }
-}
 
 /// A database frozen for the engine (`Output::FreezeDb`), or on its way.
 enum FreezeLock {
@@ -110,8 +62,10 @@ pub struct Node {
     freezes: HashMap<DbId, FreezeLock>,
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
-    /// What the liveness pump needs to know, without the node's lock.
-    liveness: Arc<Liveness>,
+    dbdir: std::path::PathBuf,
+    /// Freezes the lock's watchdog took when it fenced this node: adopted by `freeze`, so
+    /// the databases are never unfrozen in between; dropped once the watchdog is gone.
+    handed_freeze: HandedFreeze,
     /// Told to leave: the engine thread exits the process.
     stopping: bool,
     store: TdbStore,
@@ -173,9 +127,11 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.expire_controls(now);
             node.check_repacks(now);
             node.rewrite_unwritten();
-            let (ms, interval, quiet) =
-                (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
-            node.liveness.ticked(ms, interval, quiet);
+            node.settle_handed_freeze();
+            // The engine's progress, and nothing else, keeps the lock's watchdog content.
+            if let Some(lock) = node.lock_attempt.as_mut() {
+                lock.beat();
+            }
         }
     }
 }
@@ -209,7 +165,8 @@ impl Node {
             lock_outcomes: crossbeam_channel::unbounded(),
             freezes: HashMap::new(),
             quiet: false,
-            liveness: Arc::new(Liveness::default()),
+            dbdir: daemon.dbdir.clone(),
+            handed_freeze: HandedFreeze::default(),
             stopping: false,
             store: TdbStore::new(&daemon.dbdir),
             transport,
@@ -284,9 +241,7 @@ impl Node {
                 Output::FreezeDb { db_id } => self.freeze(db_id),
                 Output::ThawDb { db_id } => self.thaw(db_id),
                 Output::TakeClusterLock => match &self.cluster_lock {
-                    Some(spec) => {
-                        self.lock_attempt = Some(ClusterLock::attempt(spec, self.lock_outcomes.0.clone()))
-                    }
+                    Some(spec) => self.lock_attempt = Some(self.attempt_cluster_lock(spec)),
                     None => log::error!("the engine wants a cluster lock but none is configured"),
                 },
                 Output::ReleaseClusterLock => {
@@ -336,12 +291,58 @@ impl Node {
             return;
         }
         match self.store.all_chains_site(db_id) {
-            Some((file, start, len)) => {
+            Some((files, start, len)) => {
                 self.freezes.insert(db_id, FreezeLock::Waiting);
-                self.lock_waiters.wait_for(file, start, len, LockTarget::Freeze { db_id });
+                let target = LockTarget::Freeze { db_id };
+                match self.take_handed_freeze(&files) {
+                    Some(file) => self.adopt_freeze(HeldLock::adopted(target, files, file, start, len)),
+                    None => self.lock_waiters.wait_for(files, start, len, target),
+                }
             }
             None => log::error!("db {db_id:#x}: no chain locks to freeze"),
         }
+    }
+
+    /// The watchdog's frozen description of this database's file, if it handed one over.
+    fn take_handed_freeze(&mut self, files: &LockFiles) -> Option<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata(files.path()).ok()?;
+        let same = |file: &std::fs::File| {
+            file.metadata().is_ok_and(|meta| (meta.dev(), meta.ino()) == (ours.dev(), ours.ino()))
+        };
+        let mut handed = self.handed_freeze.lock();
+        let at = handed.iter().position(same)?;
+        Some(handed.swap_remove(at))
+    }
+
+    /// A freeze the watchdog handed over arrives like a lock a waiter took.
+    fn adopt_freeze(&self, lock: HeldLock) {
+        log::info!("{:?}: taken over from the lock watchdog's freeze, handed over", lock.target);
+        let _ = self.held_locks.0.send(lock);
+    }
+
+    /// Once the watchdog that handed a freeze over is gone, what no freeze adopted goes
+    /// too (it would hold a database frozen for ever), except for freezes still waiting:
+    /// a description that came late is adopted by them.
+    fn settle_handed_freeze(&mut self) {
+        if self.lock_attempt.is_some() || self.handed_freeze.lock().is_empty() {
+            return;
+        }
+        let waiting: Vec<DbId> = self
+            .freezes
+            .iter()
+            .filter(|(_, f)| matches!(f, FreezeLock::Waiting))
+            .map(|(&db, _)| db)
+            .collect();
+        for db_id in waiting {
+            if let Some((files, start, len)) = self.store.all_chains_site(db_id) {
+                if let Some(file) = self.take_handed_freeze(&files) {
+                    let target = LockTarget::Freeze { db_id };
+                    self.adopt_freeze(HeldLock::adopted(target, files, file, start, len));
+                }
+            }
+        }
+        self.handed_freeze.lock().clear();
     }
 
     fn thaw(&mut self, db_id: DbId) {
@@ -357,11 +358,30 @@ impl Node {
         }
     }
 
-    fn on_cluster_lock(&mut self, outcome: LockOutcome) {
-        if !matches!(outcome, LockOutcome::Held) {
-            self.lock_attempt = None;
+    fn attempt_cluster_lock(&self, spec: &ClusterLockSpec) -> ClusterLock {
+        let events = self.lock_outcomes.0.clone();
+        match std::env::current_exe() {
+            Ok(rctdbd) => {
+                let watchdog = super::watchdog::config(rctdbd, &self.dbdir, self.engine.tunables());
+                ClusterLock::attempt(spec, &watchdog, events, self.handed_freeze.clone())
+            }
+            Err(err) => {
+                let _ = events
+                    .send(LockOutcome::Error(format!("finding rctdbd to run the lock watchdog: {err}")));
+                ClusterLock::idle()
+            }
         }
+    }
+
+    fn on_cluster_lock(&mut self, outcome: LockOutcome) {
+        // A watchdog that fenced this node holds its databases frozen until it is dropped:
+        // dropped only once the engine has asked for a freeze of its own.
+        let ended = match outcome {
+            LockOutcome::Held => None,
+            _ => self.lock_attempt.take(),
+        };
         self.engine_input(Input::ClusterLock(outcome));
+        drop(ended);
     }
 
     /// A waiter holds a lock for us: do the work that waited for it, as if the engine
