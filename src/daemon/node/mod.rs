@@ -19,8 +19,9 @@ mod controls;
 mod ctdb_clients;
 mod ctdb_tool;
 mod repack;
+mod traverse;
 
-use controls::{error_reply, CopiesFor, PendingControl};
+use controls::error_reply;
 use ctdb_clients::CtdbClients;
 
 use super::attach_policy::AttachPolicy;
@@ -123,15 +124,15 @@ pub struct Node {
     ctdb: CtdbClients,
     /// When this node last went into and out of recovery, for `ctdb uptime`.
     recovery_times: ctdb_tool::RecoveryTimes,
-    pending: HashMap<ReqId, PendingControl>,
+    traverses: traverse::Traverses,
+    /// Traverses to go on from the engine thread, after the node's mutex was given up.
+    traverse_wakeups: (Sender<ReqId>, Receiver<ReqId>),
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     lock_waiters: LockWaiters,
     attach_policy: AttachPolicy,
     /// Records kept in memory that clients wait for: asked again once written.
     waiting_writes: HashSet<(DbId, Vec<u8>)>,
-    /// Who waits for a database's records while a client holds one of its chains.
-    copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
     repacks: repack::Repacks,
     next_reqid: ReqId,
     started: Instant,
@@ -143,6 +144,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
     let mut next_tick = Instant::now() + TICK;
     let held_locks = node.lock().held_locks.1.clone();
     let lock_outcomes = node.lock().lock_outcomes.1.clone();
+    let traverse_wakeups = node.lock().traverse_wakeups.1.clone();
     loop {
         select! {
             recv(transport) -> event => match event {
@@ -159,6 +161,11 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
                     node.lock().on_cluster_lock(outcome);
                 }
             }
+            recv(traverse_wakeups) -> traverse => {
+                if let Ok(traverse) = traverse {
+                    node.lock().drive_traverse(traverse);
+                }
+            }
             default(next_tick.saturating_duration_since(Instant::now())) => {}
         }
         if node.lock().stopping {
@@ -171,6 +178,7 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             let mut node = node.lock();
             node.engine_input(Input::Tick);
             node.expire_controls(now);
+            node.check_traverses(now);
             node.check_repacks(now);
             node.rewrite_unwritten();
             let (ms, interval, quiet) =
@@ -217,10 +225,10 @@ impl Node {
             calls_waiting: HashMap::new(),
             ctdb: CtdbClients::default(),
             recovery_times: Default::default(),
-            pending: HashMap::new(),
+            traverses: Default::default(),
+            traverse_wakeups: crossbeam_channel::unbounded(),
             held_locks,
             lock_waiters,
-            copies_wanted: HashMap::new(),
             waiting_writes: HashSet::new(),
             attach_policy: daemon.attach_policy.clone(),
             repacks: Default::default(),
@@ -372,12 +380,7 @@ impl Node {
                 self.engine_input(Input::ChainLockAvailable { db_id: *db_id, key: key.clone() });
                 self.store.held_for_us(*db_id, key, false);
             }
-            LockTarget::AllChains { db_id } => {
-                let copies = self.store.copies_held_for_us(*db_id).map_err(|e| e.to_string());
-                for wanted in self.copies_wanted.remove(db_id).unwrap_or_default() {
-                    self.deliver_copies(wanted, copies.clone());
-                }
-            }
+            LockTarget::TraverseChain { db_id, key } => self.traverse_chain_held(*db_id, key),
             LockTarget::Freeze { db_id } => {
                 let db_id = *db_id;
                 if !matches!(self.freezes.get(&db_id), Some(FreezeLock::Waiting)) {
@@ -455,6 +458,7 @@ impl Node {
                 self.clients.remove(&client);
                 self.calls_waiting.remove(&client);
                 self.ctdb_client_gone(client);
+                self.client_traverses_gone(client);
                 self.engine_input(Input::ClientGone(client));
             }
             ClientEvent::Packet { client, packet } => self.on_client_packet(client, packet),
