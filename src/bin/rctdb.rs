@@ -17,6 +17,7 @@ use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, RecoveryBench};
 use rctdb::tool::ring;
 use rctdb::tool::statistics;
+use rctdb::tool::traverse_bench::{bench_traverse, TraverseBench};
 use rctdb::tunables::opcode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -416,6 +417,23 @@ enum BenchCmd {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         tunables: Vec<String>,
     },
+    /// Migrations on a fresh 3-node cluster holding N records, without and during a
+    /// whole-database traverse: their p50/p99/max both ways, the traverse's time, memory.
+    Traverse {
+        #[arg(long, default_value_t = 250_000)]
+        records: usize,
+        #[arg(long, default_value_t = 300)]
+        value_size: usize,
+        /// Seconds of migrations measured without a traverse.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Directory of the cluster the bench starts (and stops).
+        #[arg(long, default_value = "/tmp/rctdb-bench-traverse")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.91")]
+        first_address: Ipv4Addr,
+    },
     /// smbd's open/close churn on a fresh cluster: worker processes on every node open
     /// (chainlock+store+chainunlock) and close (delete) distinct keys; ops/s, latencies inside
     /// and outside vacuum work, file sizes over time, and the keys left once vacuuming drained.
@@ -630,6 +648,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench {
             bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables },
         } => bench_recovery(&RecoveryBench { records, value_size, moved, dir, first_address, tunables }),
+        Command::Bench { bench: BenchCmd::Traverse { records, value_size, seconds, dir, first_address } } => {
+            bench_traverse(&TraverseBench { records, value_size, seconds, dir, first_address })
+        }
         Command::Bench {
             bench:
                 BenchCmd::Churn {
