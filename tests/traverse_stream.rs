@@ -109,7 +109,8 @@ fn traverse_with_librctdb(socket: &Path, mut visit: impl FnMut(usize)) -> Result
 fn unread_traverse(socket: &Path) -> BufReader<UnixStream> {
     let mut stream = UnixStream::connect(socket).expect("connect");
     let data = db_id_of(DB).to_le_bytes().to_vec();
-    let body = Body::ReqControl(ReqControl { opcode: opcode::TRAVERSE_ALL, srvid: 0, client_id: 0, flags: 0, data });
+    let body =
+        Body::ReqControl(ReqControl { opcode: opcode::TRAVERSE_ALL, srvid: 0, client_id: 0, flags: 0, data });
     let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid: 1, body };
     write_packet(&mut stream, &packet).expect("write");
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
@@ -147,7 +148,8 @@ fn a_large_database_dumps_whole_within_bounds_and_a_lost_node_fails_the_dump() {
 
     // BOUND traverses that node 1 holds back for clients that do not read: one more is
     // refused at once with the reason; once one of the clients leaves, it runs.
-    let mut unread: Vec<BufReader<UnixStream>> = (0..BOUND).map(|_| unread_traverse(&cluster.socket(1))).collect();
+    let mut unread: Vec<BufReader<UnixStream>> =
+        (0..BOUND).map(|_| unread_traverse(&cluster.socket(1))).collect();
     let refused = traverse_contents(&cluster.socket(1), DB).expect_err("a traverse past the bound");
     assert!(refused.contains("the limit"), "{refused}");
     drop(unread.pop());
@@ -186,6 +188,8 @@ fn a_large_database_dumps_whole_within_bounds_and_a_lost_node_fails_the_dump() {
     let (dumped, last_line) = parse_dump(&out);
     assert!(dumped.count < RECORDS, "the dump ended early ({} records)", dumped.count);
     assert!(!last_line.ends_with(" records"), "no total after a failure: {last_line:?}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A CTDB client's TRAVERSE_START: records as messages to its srvid, the end marker (no key,
@@ -202,9 +206,12 @@ fn a_ctdb_traverse_ends_with_an_error_status_when_a_node_is_lost() {
     assert_eq!(found, Contents::expected(COUNT, VALUE_SIZE));
     assert!(end.is_empty(), "a complete traverse ends with the plain marker: {end:?}");
 
-    let (found, end) = ctdb_traverse(&cluster.socket(0), || cluster::kill_node(&dir, 2).expect("kill node 2"));
+    let (found, end) =
+        ctdb_traverse(&cluster.socket(0), || cluster::kill_node(&dir, 2).expect("kill node 2"));
     assert!(found.count < COUNT, "records after the loss: {}", found.count);
     assert_eq!(end, (-libc::EIO).to_le_bytes(), "the end marker carries the error");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// TRAVERSE_START through `socket`, as smbd sends it; `after_first` runs once the first
@@ -217,7 +224,13 @@ fn ctdb_traverse(socket: &Path, after_first: impl FnOnce()) -> (Contents, Vec<u8
     let mut data = db_id_of(DB).to_le_bytes().to_vec();
     data.extend_from_slice(&TRAVERSE_REQID.to_le_bytes());
     data.extend_from_slice(&SRVID.to_le_bytes());
-    let body = Body::ReqControl(ReqControl { opcode: ctdb_op::TRAVERSE_START, srvid: 0, client_id: 0, flags: 0, data });
+    let body = Body::ReqControl(ReqControl {
+        opcode: ctdb_op::TRAVERSE_START,
+        srvid: 0,
+        client_id: 0,
+        flags: 0,
+        data,
+    });
     let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid: 5, body };
     write_packet(stream.get_mut(), &packet).expect("write");
     let mut after_first = Some(after_first);

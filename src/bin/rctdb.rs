@@ -424,9 +424,11 @@ enum BenchCmd {
         records: usize,
         #[arg(long, default_value_t = 300)]
         value_size: usize,
-        /// Seconds of migrations measured without a traverse.
-        #[arg(long, default_value_t = 5.0)]
+        /// Seconds of each phase of a round: without a traverse, then during traverses.
+        #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Directory of the cluster the bench starts (and stops).
         #[arg(long, default_value = "/tmp/rctdb-bench-traverse")]
         dir: PathBuf,
@@ -648,9 +650,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench {
             bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables },
         } => bench_recovery(&RecoveryBench { records, value_size, moved, dir, first_address, tunables }),
-        Command::Bench { bench: BenchCmd::Traverse { records, value_size, seconds, dir, first_address } } => {
-            bench_traverse(&TraverseBench { records, value_size, seconds, dir, first_address })
-        }
+        Command::Bench {
+            bench: BenchCmd::Traverse { records, value_size, seconds, rounds, dir, first_address },
+        } => bench_traverse(&TraverseBench { records, value_size, seconds, rounds, dir, first_address }),
         Command::Bench {
             bench:
                 BenchCmd::Churn {

@@ -320,7 +320,11 @@ impl TdbStore {
         let start = request.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         // One more than asked for, to know whether the chunk is the last.
         let keys: Vec<Vec<u8>> = self.headers.get(&db_id).map_or_else(Vec::new, |headers| {
-            headers.range::<[u8], _>((start, Bound::Unbounded)).take(max_records + 1).map(|(k, _)| k.clone()).collect()
+            headers
+                .range::<[u8], _>((start, Bound::Unbounded))
+                .take(max_records + 1)
+                .map(|(k, _)| k.clone())
+                .collect()
         });
         let mut chunk = RecordChunk { last: false, records: vec![] };
         let mut bytes = 0;

@@ -125,8 +125,6 @@ pub struct Node {
     /// When this node last went into and out of recovery, for `ctdb uptime`.
     recovery_times: ctdb_tool::RecoveryTimes,
     traverses: traverse::Traverses,
-    /// Traverses to go on from the engine thread, after the node's mutex was given up.
-    traverse_wakeups: (Sender<ReqId>, Receiver<ReqId>),
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     lock_waiters: LockWaiters,
@@ -144,7 +142,6 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
     let mut next_tick = Instant::now() + TICK;
     let held_locks = node.lock().held_locks.1.clone();
     let lock_outcomes = node.lock().lock_outcomes.1.clone();
-    let traverse_wakeups = node.lock().traverse_wakeups.1.clone();
     loop {
         select! {
             recv(transport) -> event => match event {
@@ -161,11 +158,6 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
                     node.lock().on_cluster_lock(outcome);
                 }
             }
-            recv(traverse_wakeups) -> traverse => {
-                if let Ok(traverse) = traverse {
-                    node.lock().drive_traverse(traverse);
-                }
-            }
             default(next_tick.saturating_duration_since(Instant::now())) => {}
         }
         if node.lock().stopping {
@@ -173,7 +165,8 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             std::process::exit(0);
         }
         let now = Instant::now();
-        if now >= next_tick {
+        let tick = now >= next_tick;
+        if tick {
             next_tick = now + TICK;
             let mut node = node.lock();
             node.engine_input(Input::Tick);
@@ -184,6 +177,14 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             let (ms, interval, quiet) =
                 (node.now_ms(), node.engine.tunables().keepalive_interval_ms, node.quiet);
             node.liveness.ticked(ms, interval, quiet);
+        }
+        if tick {
+            // Traverse chunks, each in a hold of the mutex of its own (`traverse`).
+            for _ in 0..traverse::CHUNK_READS_PER_TICK {
+                if !node.lock().read_queued_chunk() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -226,7 +227,6 @@ impl Node {
             ctdb: CtdbClients::default(),
             recovery_times: Default::default(),
             traverses: Default::default(),
-            traverse_wakeups: crossbeam_channel::unbounded(),
             held_locks,
             lock_waiters,
             waiting_writes: HashSet::new(),

@@ -25,8 +25,13 @@ use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqId, ReqMessage};
 /// queued: a queued traverse would leave its client with no answer for an unknown time.
 pub const MAX_TRAVERSES: usize = 4;
 /// What one chunk holds at most: one is read per hold of the node's mutex.
-const CHUNK_RECORDS: u32 = 500;
-const CHUNK_BYTES: u32 = 256 << 10;
+const CHUNK_RECORDS: u32 = 256;
+const CHUNK_BYTES: u32 = 128 << 10;
+/// Chunk reads a node does per tick (10 ms), over all traverses and peers: traverses
+/// take a small share of the node's time, so migrations meanwhile keep their latency.
+pub const CHUNK_READS_PER_TICK: usize = 1;
+/// Chunk reads that may wait for their tick; past it a peer's PULL_DB is refused.
+const MAX_QUEUED_READS: usize = 256;
 /// How long a member may take to send a chunk before the traverse fails.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// More is asked for only while the client has less than this queued unread.
@@ -81,13 +86,13 @@ impl Traverse {
         for part in self.members.values().filter(|part| !part.done) {
             match &part.last_key {
                 None => return vec![],
-                Some(key) if frontier.as_ref().is_none_or(|f| key < f) => frontier = Some(key.clone()),
+                Some(key) if frontier.as_ref().map_or(true, |f| key < f) => frontier = Some(key.clone()),
                 Some(_) => {}
             }
         }
         let mut ready = vec![];
         for part in self.members.values_mut() {
-            while part.buffered.front().is_some_and(|r| frontier.as_ref().is_none_or(|f| &r.key <= f)) {
+            while part.buffered.front().is_some_and(|r| frontier.as_ref().map_or(true, |f| &r.key <= f)) {
                 ready.extend(part.buffered.pop_front());
             }
         }
@@ -133,6 +138,8 @@ pub(super) struct Traverses {
     asked: HashMap<ReqId, (ReqId, Pnn)>,
     /// Chunks that wait for a chain a client holds, by chain.
     waiting: HashMap<(DbId, Vec<u8>), Vec<ChunkFor>>,
+    /// Chunk reads that wait for the engine thread, in the order asked.
+    reads: VecDeque<(ChunkFor, ChunkRequest)>,
 }
 
 impl Node {
@@ -169,72 +176,76 @@ impl Node {
     }
 
     /// Sends on what every member has sent, and asks members whose records were all sent on
-    /// for their next chunk, while the client keeps up. This node's own chunk is read here
-    /// at most once per call: the next one waits for the engine thread (`traverse_wakeups`),
-    /// so the node's mutex is given up between chunks.
+    /// for their next chunk, while the client keeps up.
     pub(super) fn drive_traverse(&mut self, id: ReqId) {
-        let mut read_here = false;
-        loop {
-            let generation = self.engine.generation();
-            let Some(traverse) = self.traverses.running.get_mut(&id) else { return };
-            if traverse.generation != generation {
-                let why = "a recovery ran during the traverse and moved records; traverse again";
-                return self.end_traverse(id, Err(why.to_string()));
-            }
-            let ready = traverse.take_ready();
-            let finished = traverse.finished();
-            if !ready.is_empty() || finished {
-                self.send_records(id, ready, finished);
-            }
-            if finished {
-                return self.end_traverse(id, Ok(()));
-            }
-            let Some(traverse) = self.traverses.running.get_mut(&id) else { return };
-            let client = traverse.answer.client();
-            let Some(link) = self.clients.get(&client) else {
-                return self.end_traverse(id, Err("its client left".to_string()));
-            };
-            if link.queued_bytes() > CLIENT_BACKLOG {
-                return; // the tick goes on once the client has read (`check_traverses`)
-            }
-            traverse.client_read_at = Instant::now();
-            let due = Instant::now() + CHUNK_TIMEOUT;
-            let db_id = traverse.db_id;
-            let (mut to_ask, mut wake) = (vec![], false);
-            for (&pnn, part) in traverse.members.iter_mut() {
-                if !part.buffered.is_empty() || part.done || part.due.is_some() {
-                    continue;
-                }
-                if pnn == self.pnn && read_here {
-                    wake = true;
-                    continue;
-                }
+        let generation = self.engine.generation();
+        let Some(traverse) = self.traverses.running.get_mut(&id) else { return };
+        if traverse.generation != generation {
+            let why = "a recovery ran during the traverse and moved records; traverse again";
+            return self.end_traverse(id, Err(why.to_string()));
+        }
+        let ready = traverse.take_ready();
+        let finished = traverse.finished();
+        if !ready.is_empty() || finished {
+            self.send_records(id, ready, finished);
+        }
+        if finished {
+            return self.end_traverse(id, Ok(()));
+        }
+        let Some(traverse) = self.traverses.running.get_mut(&id) else { return };
+        let Some(link) = self.clients.get(&traverse.answer.client()) else {
+            return self.end_traverse(id, Err("its client left".to_string()));
+        };
+        if link.queued_bytes() > CLIENT_BACKLOG {
+            return; // the tick goes on once the client has read (`check_traverses`)
+        }
+        traverse.client_read_at = Instant::now();
+        let due = Instant::now() + CHUNK_TIMEOUT;
+        let db_id = traverse.db_id;
+        let mut to_ask = vec![];
+        for (&pnn, part) in traverse.members.iter_mut() {
+            if part.buffered.is_empty() && !part.done && part.due.is_none() {
                 part.due = Some(due);
                 to_ask.push((pnn, part.last_key.clone()));
             }
-            if wake {
-                let _ = self.traverse_wakeups.0.send(id);
-            }
-            if to_ask.is_empty() {
-                return;
-            }
-            let mut asked_here = false;
-            for (pnn, after) in to_ask {
-                let request = ChunkRequest { db_id, max_records: CHUNK_RECORDS, max_bytes: CHUNK_BYTES, after };
-                if pnn == self.pnn {
-                    asked_here = true;
-                    self.read_chunk_for(ChunkFor::Local { traverse: id }, request);
-                } else {
-                    let reqid = self.take_control_reqid();
-                    self.traverses.asked.insert(reqid, (id, pnn));
-                    self.send_control(pnn, reqid, opcode::PULL_DB, request.encode());
-                }
-            }
-            if !asked_here {
-                return; // the replies drive it on
-            }
-            read_here = true;
         }
+        for (pnn, after) in to_ask {
+            let request = ChunkRequest { db_id, max_records: CHUNK_RECORDS, max_bytes: CHUNK_BYTES, after };
+            if pnn == self.pnn {
+                self.queue_chunk_read(ChunkFor::Local { traverse: id }, request);
+            } else {
+                let reqid = self.take_control_reqid();
+                self.traverses.asked.insert(reqid, (id, pnn));
+                self.send_control(pnn, reqid, opcode::PULL_DB, request.encode());
+            }
+        }
+    }
+
+    /// Queues a chunk read for a peer or a traverse of ours; refused when the queue is full
+    /// (only a peer that floods fills it: each traverse asks a node for one chunk at a time).
+    fn queue_chunk_read(&mut self, wanted: ChunkFor, request: ChunkRequest) {
+        if self.traverses.reads.len() >= MAX_QUEUED_READS {
+            let why = format!("node {}: {MAX_QUEUED_READS} chunk reads wait already, the limit", self.pnn);
+            return self.chunk_read(wanted, Err(why));
+        }
+        self.traverses.reads.push_back((wanted, request));
+    }
+
+    /// Reads the next queued chunk, from the engine thread, `CHUNK_READS_PER_TICK` times a
+    /// tick, each in a hold of the node's mutex of its own: whatever the traverses, a node
+    /// spends at most that many chunk reads per tick on them, and migrations take turns.
+    /// False if none was queued.
+    pub(super) fn read_queued_chunk(&mut self) -> bool {
+        let Some((wanted, request)) = self.traverses.reads.pop_front() else { return false };
+        let traverse = match wanted {
+            ChunkFor::Local { traverse } => Some(traverse),
+            ChunkFor::Peer { .. } => None,
+        };
+        self.read_chunk_for(wanted, request);
+        if let Some(traverse) = traverse {
+            self.drive_traverse(traverse);
+        }
+        true
     }
 
     /// Reads a chunk of this node's records for a peer or a traverse of ours, now or once
@@ -292,7 +303,12 @@ impl Node {
     fn local_request(&self, id: ReqId) -> Option<ChunkRequest> {
         let traverse = self.traverses.running.get(&id)?;
         let after = traverse.members.get(&self.pnn)?.last_key.clone();
-        Some(ChunkRequest { db_id: traverse.db_id, max_records: CHUNK_RECORDS, max_bytes: CHUNK_BYTES, after })
+        Some(ChunkRequest {
+            db_id: traverse.db_id,
+            max_records: CHUNK_RECORDS,
+            max_bytes: CHUNK_BYTES,
+            after,
+        })
     }
 
     fn chunk_read(&mut self, wanted: ChunkFor, chunk: Result<RecordChunk, String>) {
@@ -338,7 +354,7 @@ impl Node {
         match ChunkRequest::decode(data) {
             Ok(request) => {
                 let wanted = ChunkFor::Peer { node: from, reqid, request: request.clone() };
-                self.read_chunk_for(wanted, request)
+                self.queue_chunk_read(wanted, request)
             }
             Err(err) => self.reply_to_peer(from, reqid, error_reply(&err.to_string())),
         }
@@ -351,7 +367,9 @@ impl Node {
         let mut go_on = vec![];
         for (&id, traverse) in &self.traverses.running {
             let queued = self.clients.get(&traverse.answer.client()).map_or(0, |link| link.queued_bytes());
-            if let Some((&pnn, _)) = traverse.members.iter().find(|(_, p)| p.due.is_some_and(|due| due <= now)) {
+            if let Some((&pnn, _)) =
+                traverse.members.iter().find(|(_, p)| p.due.is_some_and(|due| due <= now))
+            {
                 late.push((id, format!("node {pnn} sent no records for {CHUNK_TIMEOUT:?} (down, or stuck)")));
             } else if queued <= CLIENT_BACKLOG {
                 go_on.push(id);
@@ -384,8 +402,10 @@ impl Node {
     /// Sends records to the traverse's client, and the end if `last`.
     fn send_records(&mut self, id: ReqId, records: Vec<RecordCopy>, last: bool) {
         let Some(traverse) = self.traverses.running.get_mut(&id) else { return };
-        let with_empty = matches!(traverse.answer, TraverseAnswer::Ctdb { start, .. } if start.with_empty_records);
-        let records: Vec<RecordCopy> = records.into_iter().filter(|r| with_empty || !r.data.is_empty()).collect();
+        let with_empty =
+            matches!(traverse.answer, TraverseAnswer::Ctdb { start, .. } if start.with_empty_records);
+        let records: Vec<RecordCopy> =
+            records.into_iter().filter(|r| with_empty || !r.data.is_empty()).collect();
         traverse.records_sent += records.len() as u64;
         match traverse.answer {
             TraverseAnswer::Reply { client, reqid } => {
@@ -427,7 +447,8 @@ impl Node {
             traverse.db_id,
             traverse.records_sent
         );
-        let message = format!("node {}: traverse failed after {} records: {why}", self.pnn, traverse.records_sent);
+        let message =
+            format!("node {}: traverse failed after {} records: {why}", self.pnn, traverse.records_sent);
         match traverse.answer {
             TraverseAnswer::Reply { client, reqid } => {
                 self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&message)))
@@ -458,7 +479,10 @@ mod tests {
             db_id: 1,
             answer: TraverseAnswer::Reply { client: 1, reqid: 1 },
             generation: 1,
-            members: members.iter().map(|&pnn| (pnn, MemberPart { due: Some(Instant::now()), ..Default::default() })).collect(),
+            members: members
+                .iter()
+                .map(|&pnn| (pnn, MemberPart { due: Some(Instant::now()), ..Default::default() }))
+                .collect(),
             client_read_at: Instant::now(),
             records_sent: 0,
         }
