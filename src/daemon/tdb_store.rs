@@ -663,6 +663,72 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn chunk(store: &mut TdbStore, after: Option<&[u8]>, max_records: u32, max_bytes: u32) -> ChunkRead {
+        let request = ChunkRequest { db_id: 5, max_records, max_bytes, after: after.map(<[u8]>::to_vec) };
+        store.read_chunk(&request).expect("read_chunk")
+    }
+
+    /// A traverse reads a node's records in key order, a chunk at a time after a cursor,
+    /// each bounded in records and bytes, the last one marked; a chain another process
+    /// holds is waited for (`Busy`), not read around.
+    #[test]
+    fn chunks_come_in_key_order_within_their_bounds_and_stop_at_a_held_chain() {
+        let dir = std::env::temp_dir().join(format!("rctdb-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = TdbStore::new(&dir);
+        store.attach(5, "chunks.tdb").unwrap();
+        let header = RecordHeader { rsn: 2, dmaster: 0, flags: 0 };
+        for i in (0..10u8).rev() {
+            let record = Record { header, data: vec![i; 100] };
+            RecordStore::store(&mut store, 5, &[b'k', b'0' + i], &record).unwrap();
+        }
+        let keys = |read: ChunkRead| match read {
+            ChunkRead::Records(chunk) => (
+                chunk
+                    .records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.key).into_owned())
+                    .collect::<Vec<_>>(),
+                chunk.last,
+            ),
+            ChunkRead::Busy(key) => panic!("busy at {key:?}"),
+        };
+        assert_eq!(
+            keys(chunk(&mut store, None, 3, 1 << 20)),
+            (vec!["k0".into(), "k1".into(), "k2".into()], false)
+        );
+        assert_eq!(
+            keys(chunk(&mut store, Some(b"k2"), 100, 300)).0,
+            ["k3", "k4"],
+            "a record past 300 bytes waits"
+        );
+        assert_eq!(keys(chunk(&mut store, Some(b"k7"), 2, 1 << 20)), (vec!["k8".into(), "k9".into()], true));
+        assert_eq!(keys(chunk(&mut store, Some(b"k9"), 2, 1 << 20)), (vec![], true));
+
+        // Another process (python3-tdb) holds every chain until told to let go.
+        let script = "import sys, tdb\n\
+                      t = tdb.Tdb(sys.argv[1], 0, tdb.INCOMPATIBLE_HASH, 2, 0o600)\n\
+                      t.lock_all()\n\
+                      print('locked', flush=True)\n\
+                      sys.stdin.readline()";
+        let mut holder = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(dir.join("chunks.tdb"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        assert!(matches!(chunk(&mut store, Some(b"k4"), 3, 1 << 20), ChunkRead::Busy(key) if key == b"k5"));
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        assert_eq!(keys(chunk(&mut store, Some(b"k4"), 1, 1 << 20)), (vec!["k5".into()], false));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// smbd opens its volatile databases with TDB_CLEAR_IF_FIRST when it is not clustered;
     /// such an opener (here python3-tdb, in another process as smbd would be) must not wipe
     /// a file this daemon has attached.
