@@ -177,8 +177,18 @@ pub fn bench_traverse(bench: &TraverseBench) -> Result<(), String> {
         rss_before / 1024,
         peak_rss / 1024
     );
+    if let Some(line) = last_log_line(&dir.join("node0.log"), "longest hold for a chunk") {
+        println!("node 0's log: {line}");
+    }
     println!("p99 during / without: {:.2}x (goal: at most 2x)", busy.p99 / quiet.p99.max(1e-9));
     Ok(())
+}
+
+/// The last line of a log that contains `what`, without its timestamp.
+fn last_log_line(log: &Path, what: &str) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|line| line.contains(what))?;
+    Some(line.split_once("] ").map_or(line, |(_, rest)| rest).to_string())
 }
 
 /// One whole traverse through node 0, sampling node 0's resident memory meanwhile.

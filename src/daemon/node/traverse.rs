@@ -75,6 +75,7 @@ pub(super) struct Traverse {
     members: BTreeMap<Pnn, MemberPart>,
     /// When the client last had room for more.
     client_read_at: Instant,
+    started: Instant,
     records_sent: u64,
 }
 
@@ -140,6 +141,10 @@ pub(super) struct Traverses {
     waiting: HashMap<(DbId, Vec<u8>), Vec<ChunkFor>>,
     /// Chunk reads that wait for the engine thread, in the order asked.
     reads: VecDeque<(ChunkFor, ChunkRequest)>,
+    /// The longest a chunk (read here or received, with what it drove on) held the node's
+    /// mutex since a traverse of this node last ended: what a migration may have waited
+    /// behind it.
+    longest_hold: Duration,
 }
 
 impl Node {
@@ -153,6 +158,7 @@ impl Node {
             generation: self.engine.generation(),
             members,
             client_read_at: Instant::now(),
+            started: Instant::now(),
             records_sent: 0,
         };
         self.traverses.running.insert(id, traverse);
@@ -241,10 +247,12 @@ impl Node {
             ChunkFor::Local { traverse } => Some(traverse),
             ChunkFor::Peer { .. } => None,
         };
+        let started = Instant::now();
         self.read_chunk_for(wanted, request);
         if let Some(traverse) = traverse {
             self.drive_traverse(traverse);
         }
+        self.traverses.longest_hold = self.traverses.longest_hold.max(started.elapsed());
         true
     }
 
@@ -345,8 +353,10 @@ impl Node {
             0 => RecordChunk::decode(&reply.data).map_err(|e| e.to_string()),
             _ => Err(String::from_utf8_lossy(&reply.errmsg).into_owned()),
         };
+        let started = Instant::now();
         self.chunk_arrived(id, from, chunk);
         self.drive_traverse(id);
+        self.traverses.longest_hold = self.traverses.longest_hold.max(started.elapsed());
     }
 
     /// Serves a peer's PULL_DB.
@@ -438,8 +448,15 @@ impl Node {
     fn end_traverse(&mut self, id: ReqId, outcome: Result<(), String>) {
         let Some(traverse) = self.traverses.running.remove(&id) else { return };
         self.traverses.asked.retain(|_, (traverse, _)| *traverse != id);
+        let longest_hold = std::mem::take(&mut self.traverses.longest_hold);
         let Err(why) = outcome else {
-            log::info!("traverse of db {:#x}: {} records sent", traverse.db_id, traverse.records_sent);
+            log::info!(
+                "traverse of db {:#x}: {} records sent in {:.2} s; longest hold for a chunk here {:.2} ms",
+                traverse.db_id,
+                traverse.records_sent,
+                traverse.started.elapsed().as_secs_f64(),
+                longest_hold.as_secs_f64() * 1000.0
+            );
             return;
         };
         log::warn!(
@@ -484,6 +501,7 @@ mod tests {
                 .map(|&pnn| (pnn, MemberPart { due: Some(Instant::now()), ..Default::default() }))
                 .collect(),
             client_read_at: Instant::now(),
+            started: Instant::now(),
             records_sent: 0,
         }
     }
