@@ -380,7 +380,11 @@ impl Node {
             if let Some((&pnn, _)) =
                 traverse.members.iter().find(|(_, p)| p.due.is_some_and(|due| due <= now))
             {
-                late.push((id, format!("node {pnn} sent no records for {CHUNK_TIMEOUT:?} (down, or stuck)")));
+                let why = format!(
+                    "node {pnn} sent no records for {CHUNK_TIMEOUT:?} (down, stuck, or a client \
+                     holds a chain lock there)"
+                );
+                late.push((id, why));
             } else if queued <= CLIENT_BACKLOG {
                 go_on.push(id);
             } else if now.duration_since(traverse.client_read_at) > CLIENT_STALL {
