@@ -1,8 +1,9 @@
 //! Cluster-wide traverses, streamed. The node a client asked (the origin) pulls every
 //! member's records a chunk at a time, in key order (PULL_DB with a cursor); a key's copies
 //! are merged, and the newest sent on, once every member has sent its records up to that
-//! key. Each chunk is read in one short hold of the node's mutex (`TdbStore::read_chunk`,
-//! which never waits for a lock a client holds), so migrations go on between chunks; the
+//! key. Each chunk is read from the engine thread's tick (`CHUNK_READS_PER_TICK`), in one
+//! short hold of the node's mutex (`TdbStore::read_chunk`, which never waits for a lock a
+//! client holds), so migrations go on between chunks and keep most of the node; the
 //! origin asks for more only while its client keeps reading, so memory stays at about a
 //! chunk per member. A traverse that cannot finish (a member dies, is slow, refuses a
 //! chunk, or a recovery moves records) ends with an error, never as a shorter success.
@@ -38,6 +39,25 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_BACKLOG: usize = 1 << 20;
 /// A client that leaves its traverse unread this long loses it.
 const CLIENT_STALL: Duration = Duration::from_secs(30);
+
+/// The most records a reply to librctdb carries (a record more if one alone is larger):
+/// however many members sent a chunk, a reply stays far below the packet limit.
+const CLIENT_CHUNK_BYTES: usize = 4 << 20;
+
+/// `records` as the replies that carry them to librctdb, the last marked if `last`; one
+/// empty reply if there are none (a last one, or word that the traverse goes on).
+fn client_chunks(records: Vec<RecordCopy>, last: bool) -> Vec<RecordChunk> {
+    let mut chunks = vec![RecordChunk { last: false, records: vec![] }];
+    for record in records {
+        let current = chunks.last_mut().expect("one chunk at least");
+        if !current.records.is_empty() && current.encoded_len() + record.encoded_len() > CLIENT_CHUNK_BYTES {
+            chunks.push(RecordChunk { last: false, records: vec![] });
+        }
+        chunks.last_mut().expect("one chunk at least").records.push(record);
+    }
+    chunks.last_mut().expect("one chunk at least").last = last;
+    chunks
+}
 
 /// Who gets a traverse's records, and how.
 pub(super) enum TraverseAnswer {
@@ -423,8 +443,9 @@ impl Node {
         traverse.records_sent += records.len() as u64;
         match traverse.answer {
             TraverseAnswer::Reply { client, reqid } => {
-                let chunk = RecordChunk { last, records };
-                self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(chunk.encode())));
+                for chunk in client_chunks(records, last) {
+                    self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(chunk.encode())));
+                }
             }
             TraverseAnswer::Ctdb { client, start } => {
                 let mut messages: Vec<Vec<u8>> = records
@@ -533,6 +554,21 @@ mod tests {
         t.take_chunk(0, chunk(true, vec![])).unwrap();
         assert_eq!(keys(&t.take_ready()), ["d@1"]);
         assert!(t.finished());
+    }
+
+    /// However many members sent a chunk, librctdb gets replies of at most
+    /// CLIENT_CHUNK_BYTES (a record more if one alone is larger), only the last marked.
+    #[test]
+    fn replies_to_a_client_stay_small_and_only_the_last_is_marked() {
+        let big = "x".repeat(CLIENT_CHUNK_BYTES / 3);
+        let records: Vec<RecordCopy> = (0..7).map(|i| copy(&format!("k{i}"), 1, &big)).collect();
+        let chunks = client_chunks(records, true);
+        assert_eq!(chunks.iter().map(|c| c.records.len()).collect::<Vec<_>>(), [2, 2, 2, 1]);
+        assert!(chunks.iter().all(|c| c.encoded_len() <= CLIENT_CHUNK_BYTES));
+        assert_eq!(chunks.iter().map(|c| c.last).collect::<Vec<_>>(), [false, false, false, true]);
+        let huge = copy("huge", 1, &"y".repeat(CLIENT_CHUNK_BYTES * 2));
+        assert_eq!(client_chunks(vec![huge], false).len(), 1, "a record larger than the bound goes alone");
+        assert_eq!(client_chunks(vec![], true).len(), 1, "an empty last reply ends the traverse");
     }
 
     /// A member that sends keys out of order, or an empty chunk that is not its last, would
