@@ -104,19 +104,40 @@ fn traverse_with_librctdb(socket: &Path, mut visit: impl FnMut(usize)) -> Result
 }
 
 /// A client that asks node `socket` for a traverse and then reads nothing: the daemon
-/// keeps it running, held back, until the connection closes. Returns once the first
-/// answer is in its socket, so the traverse is known to run.
-fn unread_traverse(socket: &Path) -> BufReader<UnixStream> {
+/// keeps it running, held back, until the connection closes. Returns once its first chunk
+/// came, so the traverse is known to run.
+fn unread_traverse(socket: &Path) -> UnixStream {
     let mut stream = UnixStream::connect(socket).expect("connect");
+    write_packet(&mut stream, &traverse_request(1)).expect("write");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    match read_packet(&mut stream, MAX_PACKET_LEN).expect("the traverse's first chunk").body {
+        Body::ReplyControl(reply) => {
+            assert_eq!(reply.status, 0, "{}", String::from_utf8_lossy(&reply.errmsg))
+        }
+        other => panic!("unexpected {}", other.operation()),
+    }
+    stream
+}
+
+/// librctdb's TRAVERSE_ALL of DB.
+fn traverse_request(reqid: u32) -> Packet {
     let data = db_id_of(DB).to_le_bytes().to_vec();
     let body =
         Body::ReqControl(ReqControl { opcode: opcode::TRAVERSE_ALL, srvid: 0, client_id: 0, flags: 0, data });
-    let packet = Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid: 1, body };
-    write_packet(&mut stream, &packet).expect("write");
+    Packet { generation: 0, destnode: CURRENT_NODE, srcnode: 0, reqid, body }
+}
+
+/// Reads the stream's packets until one answers `reqid`.
+fn read_until_reqid(stream: &mut UnixStream, reqid: u32) -> Body {
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut stream = BufReader::new(stream);
-    assert!(!stream.fill_buf().expect("the traverse's first chunk").is_empty());
-    stream
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "no answer to {reqid} within {TIMEOUT:?}");
+        let packet = read_packet(stream, MAX_PACKET_LEN).expect("a packet");
+        if packet.reqid == reqid {
+            return packet.body;
+        }
+    }
 }
 
 #[test]
@@ -138,6 +159,20 @@ fn a_large_database_dumps_whole_within_bounds_and_a_lost_node_fails_the_dump() {
     // librctdb's traverse, through node 2.
     assert_eq!(traverse_with_librctdb(&cluster.socket(2), |_| {}), Ok(expected));
 
+    // One traverse at a time per connection: a second one asked on it is refused at once.
+    let mut twice = UnixStream::connect(cluster.socket(2)).expect("connect");
+    for reqid in [1, 2] {
+        write_packet(&mut twice, &traverse_request(reqid)).expect("write");
+    }
+    match read_until_reqid(&mut twice, 2) {
+        Body::ReplyControl(reply) => {
+            let why = String::from_utf8_lossy(&reply.errmsg);
+            assert!(reply.status != 0 && why.contains("one at a time per connection"), "{why}");
+        }
+        other => panic!("unexpected {}", other.operation()),
+    }
+    drop(twice);
+
     // Three at once through node 0, within its bound: each finds everything.
     let socket0 = cluster.socket(0);
     let found: Vec<Result<Contents, String>> = std::thread::scope(|scope| {
@@ -148,8 +183,7 @@ fn a_large_database_dumps_whole_within_bounds_and_a_lost_node_fails_the_dump() {
 
     // BOUND traverses that node 1 holds back for clients that do not read: one more is
     // refused at once with the reason; once one of the clients leaves, it runs.
-    let mut unread: Vec<BufReader<UnixStream>> =
-        (0..BOUND).map(|_| unread_traverse(&cluster.socket(1))).collect();
+    let mut unread: Vec<UnixStream> = (0..BOUND).map(|_| unread_traverse(&cluster.socket(1))).collect();
     let refused = traverse_contents(&cluster.socket(1), DB).expect_err("a traverse past the bound");
     assert!(refused.contains("the limit"), "{refused}");
     drop(unread.pop());

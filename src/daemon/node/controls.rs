@@ -77,7 +77,7 @@ impl Node {
             },
             opcode::TRAVERSE_ALL => {
                 let db_id = control::decode_db_id(&request.data).map_err(|e| e.to_string());
-                match db_id.and_then(|db_id| self.traverse_refusal(db_id).map(|()| db_id)) {
+                match db_id.and_then(|db_id| self.traverse_refusal(db_id, client).map(|()| db_id)) {
                     Ok(db_id) => self.start_traverse(db_id, TraverseAnswer::Reply { client, reqid }),
                     Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
                 }

@@ -543,7 +543,7 @@ impl Node {
         reqid: ReqId,
         start: TraverseStart,
     ) -> Option<ReplyControl> {
-        if let Err(err) = self.traverse_refusal(start.db_id) {
+        if let Err(err) = self.traverse_refusal(start.db_id, client) {
             return Some(error_reply(&err));
         }
         self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));

@@ -20,7 +20,8 @@ use crate::wire::control::{self, opcode, ChunkRequest, RecordChunk, RecordCopy};
 use crate::wire::ctdb::{self, TraverseStart};
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqId, ReqMessage};
 
-/// Traverses a node runs at once for its clients; one more is refused at once. Each holds
+/// Traverses a node runs at once for its clients (one per connection); one more is refused
+/// at once. Each holds
 /// about a chunk per member plus what its client has not read, and takes turns with
 /// migrations for the node's mutex: the bound keeps both small. Refused rather than
 /// queued: a queued traverse would leave its client with no answer for an unknown time.
@@ -186,8 +187,16 @@ impl Node {
     }
 
     /// Why a traverse of `db_id` cannot start now, if it cannot.
-    pub(super) fn traverse_refusal(&self, db_id: DbId) -> Result<(), String> {
+    pub(super) fn traverse_refusal(&self, db_id: DbId, client: ClientId) -> Result<(), String> {
         self.store.db(db_id).map_err(|e| format!("{e} on node {}", self.pnn))?;
+        // A client reads one traverse at a time (smbd opens a connection per traverse), so
+        // one that stopped reading cannot take every traverse of the node.
+        if self.traverses.running.values().any(|traverse| traverse.answer.client() == client) {
+            return Err(format!(
+                "node {}: this connection runs a traverse already; one at a time per connection",
+                self.pnn
+            ));
+        }
         if self.traverses.running.len() >= MAX_TRAVERSES {
             return Err(format!(
                 "node {}: {MAX_TRAVERSES} traverses run already, the limit; try again when one ends",
