@@ -17,6 +17,7 @@ use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
 use rctdb::tool::recovery_bench::{bench_recovery, Fault, RecoveryBench};
 use rctdb::tool::ring;
 use rctdb::tool::statistics;
+use rctdb::tool::traverse_bench::{bench_traverse, TraverseBench};
 use rctdb::tunables::opcode;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -458,6 +459,25 @@ enum BenchCmd {
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = FaultArg::ALL)]
         faults: Vec<FaultArg>,
     },
+    /// Migrations on a fresh 3-node cluster holding N records, without and during a
+    /// whole-database traverse: their p50/p99/max both ways, the traverse's time, memory.
+    Traverse {
+        #[arg(long, default_value_t = 250_000)]
+        records: usize,
+        #[arg(long, default_value_t = 300)]
+        value_size: usize,
+        /// Seconds of each phase of a round: without a traverse, then during traverses.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Directory of the cluster the bench starts (and stops).
+        #[arg(long, default_value = "/tmp/rctdb-bench-traverse")]
+        dir: PathBuf,
+        /// Address of node 0 of the bench cluster.
+        #[arg(long, default_value = "127.0.0.91")]
+        first_address: Ipv4Addr,
+    },
     /// smbd's open/close churn on a fresh cluster: worker processes on every node open
     /// (chainlock+store+chainunlock) and close (delete) distinct keys; ops/s, latencies inside
     /// and outside vacuum work, file sizes over time, and the keys left once vacuuming drained.
@@ -678,6 +698,9 @@ fn run(cli: Cli) -> Result<(), String> {
             tunables,
             faults: faults.into_iter().map(Fault::from).collect(),
         }),
+        Command::Bench {
+            bench: BenchCmd::Traverse { records, value_size, seconds, rounds, dir, first_address },
+        } => bench_traverse(&TraverseBench { records, value_size, seconds, rounds, dir, first_address }),
         Command::Bench {
             bench:
                 BenchCmd::Churn {

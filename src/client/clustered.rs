@@ -11,7 +11,6 @@ use super::DaemonConnection;
 use crate::error::{Error, ErrorCode, Result};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::{RecordHeader, HEADER_LEN};
-use crate::wire::control::RecordCopy;
 use crate::wire::{DbId, Pnn};
 
 /// How long attach and status requests may take.
@@ -229,9 +228,10 @@ impl ClusteredDb {
         self.daemon.deleted(self.db_id, key)
     }
 
-    /// Every record of the cluster once, newest copy, through the daemon.
+    /// Every record of the cluster once, newest copy, through the daemon, as it streams them.
     /// Refused while this process holds a chain lock of the database: the daemons read every
-    /// chain of their files for it, and would wait for that lock.
+    /// chain of their files for it, and would wait for that lock. An error if the traverse
+    /// could not finish, even after `visit` saw records: they are not all of them.
     pub fn traverse(&mut self, mut visit: impl FnMut(&[u8], &[u8]) -> bool) -> Result<usize> {
         if !self.held.is_empty() {
             return Err(Error::new(
@@ -244,14 +244,11 @@ impl ClusteredDb {
                 ),
             ));
         }
-        let records: Vec<RecordCopy> = self.daemon.traverse_all(self.db_id, CONTROL_TIMEOUT)?;
         let mut count = 0;
-        for record in &records {
+        self.daemon.traverse_all(self.db_id, CONTROL_TIMEOUT, |record| {
             count += 1;
-            if !visit(&record.key, &record.data) {
-                break;
-            }
-        }
+            visit(&record.key, &record.data)
+        })?;
         Ok(count)
     }
 

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::status::NodeStatus;
 use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
-use crate::wire::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
+use crate::wire::control::{self, opcode, AttachReply, RecordChunk, RecordCopy, FLAG_NOREPLY};
 use crate::wire::{
     Body, DbId, Packet, ReplyCall, ReplyError, ReqCall, ReqControl, ReqId, CALL_FLAG_FIRST_USE,
     CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC, CURRENT_NODE, MAX_PACKET_LEN,
@@ -57,10 +57,41 @@ impl DaemonConnection {
             .map_err(|e| Error::io(format!("rctdbd at {}: statistics: {e}", self.socket)))
     }
 
-    /// The newest copy of every non-empty record of the database, from every node.
-    pub fn traverse_all(&mut self, db_id: DbId, timeout: Duration) -> Result<Vec<RecordCopy>> {
-        let data = self.control(opcode::TRAVERSE_ALL, db_id.to_le_bytes().to_vec(), timeout)?;
-        control::decode_records(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
+    /// The newest copy of every non-empty record of the database, from every node, to
+    /// `visit` as the daemon streams them (in chunks, each within `timeout`), until it
+    /// returns false. An error if the traverse could not finish: what `visit` saw is then
+    /// not the whole database.
+    pub fn traverse_all(
+        &mut self,
+        db_id: DbId,
+        timeout: Duration,
+        mut visit: impl FnMut(RecordCopy) -> bool,
+    ) -> Result<()> {
+        let reqid = self.take_reqid();
+        let data = db_id.to_le_bytes().to_vec();
+        let request = ReqControl { opcode: opcode::TRAVERSE_ALL, srvid: 0, client_id: 0, flags: 0, data };
+        self.send(reqid, Body::ReqControl(request))?;
+        let mut wanted = true;
+        loop {
+            let chunk = match self.read_reply(reqid, timeout)? {
+                Body::ReplyControl(reply) if reply.status == 0 => {
+                    RecordChunk::decode(&reply.data).map_err(|e| self.malformed(&e.to_string()))?
+                }
+                Body::ReplyControl(reply) => {
+                    let why = String::from_utf8_lossy(&reply.errmsg);
+                    return Err(Error::io(format!("rctdbd at {}: {why}", self.socket)));
+                }
+                other => return Err(self.unexpected(&other)),
+            };
+            // Once `visit` stops, the rest is still read: the stream must end before this
+            // connection's next answer.
+            for record in chunk.records {
+                wanted = wanted && visit(record);
+            }
+            if chunk.last {
+                return Ok(());
+            }
+        }
     }
 
     /// Asks the daemon to make this node the record's DMASTER; returns once it is. With
@@ -185,6 +216,11 @@ impl DaemonConnection {
     fn request(&mut self, body: Body, timeout: Duration) -> Result<Body> {
         let reqid = self.take_reqid();
         self.send(reqid, body)?;
+        self.read_reply(reqid, timeout)
+    }
+
+    /// The next packet answering `reqid`, within `timeout`.
+    fn read_reply(&mut self, reqid: ReqId, timeout: Duration) -> Result<Body> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

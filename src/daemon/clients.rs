@@ -62,9 +62,6 @@ pub struct ClientSocketConfig {
     pub partial_budget: usize,
 }
 
-/// Traverse answers a client may leave unread before it is disconnected.
-const MAX_QUEUED_STREAMS: usize = 4;
-
 /// Default of [`ClientSocketConfig::queue_limit`]: far more than any client reading its
 /// socket leaves queued, little enough that a thousand stopped ones do not exhaust memory.
 pub const DEFAULT_QUEUE_LIMIT: usize = 16 << 20;
@@ -157,14 +154,10 @@ struct Outgoing {
     closed: bool,
 }
 
-enum Pending {
-    Frame {
-        bytes: Vec<u8>,
-        written: usize,
-    },
-    /// Frames made one at a time, as the client reads: a long stream (a traverse) never
-    /// sits encoded in the queue.
-    Stream(Box<dyn Iterator<Item = Packet> + Send>),
+/// A frame queued for the client, and how much of it the socket took.
+struct Pending {
+    bytes: Vec<u8>,
+    written: usize,
 }
 
 impl ClientLink {
@@ -179,24 +172,14 @@ impl ClientLink {
             return self.0.disconnect_slow(&mut out, frame.len());
         }
         out.queued_bytes += frame.len();
-        out.queue.push_back(Pending::Frame { bytes: frame, written: 0 });
+        out.queue.push_back(Pending { bytes: frame, written: 0 });
         self.0.flush(&mut out);
     }
 
-    /// Sends `packets` in order, each made only when the socket takes the one before. A
-    /// stream holds its records until sent, so a client may have `MAX_QUEUED_STREAMS`
-    /// waiting at most (it asked for more traverses without reading the answers).
-    pub fn send_stream(&self, packets: impl Iterator<Item = Packet> + Send + 'static) {
-        let mut out = self.0.out.lock();
-        if out.closed {
-            return;
-        }
-        let streams = out.queue.iter().filter(|p| matches!(p, Pending::Stream(_))).count();
-        if streams >= MAX_QUEUED_STREAMS {
-            return self.0.disconnect_slow(&mut out, 0);
-        }
-        out.queue.push_back(Pending::Stream(Box::new(packets)));
-        self.0.flush(&mut out);
+    /// Bytes queued for the client and not written yet: a traverse sends more only while
+    /// this stays small.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.out.lock().queued_bytes
     }
 }
 
@@ -205,33 +188,20 @@ impl LinkShared {
     /// anything is left.
     fn flush(&self, out: &mut Outgoing) {
         while let Some(front) = out.queue.front_mut() {
-            match front {
-                Pending::Frame { bytes, written } => {
-                    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-                    match send(self.stream.as_raw_fd(), &bytes[*written..], flags) {
-                        Ok(n) => {
-                            *written += n;
-                            out.queued_bytes -= n;
-                            if *written == bytes.len() {
-                                out.queue.pop_front();
-                            }
-                        }
-                        Err(Errno::EINTR) => {}
-                        Err(Errno::EAGAIN) => break,
-                        // The loop sees the broken connection and reports the client gone.
-                        Err(_) => return,
-                    }
-                }
-                Pending::Stream(packets) => match packets.next() {
-                    Some(packet) => {
-                        let bytes = encode(&packet);
-                        out.queued_bytes += bytes.len();
-                        out.queue.push_front(Pending::Frame { bytes, written: 0 });
-                    }
-                    None => {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.stream.as_raw_fd(), &front.bytes[front.written..], flags) {
+                Ok(n) => {
+                    front.written += n;
+                    let done = front.written == front.bytes.len();
+                    out.queued_bytes -= n;
+                    if done {
                         out.queue.pop_front();
                     }
-                },
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                // The loop sees the broken connection and reports the client gone.
+                Err(_) => return,
             }
         }
         let want = !out.queue.is_empty();
@@ -588,40 +558,6 @@ mod tests {
         }
         assert!(!out.out.lock().closed);
         assert_eq!(reader.join().expect("reader").expect("the packet"), 9);
-    }
-
-    #[test]
-    fn a_stream_is_made_as_the_client_reads_and_keeps_its_order() {
-        let (link, client) = link(1 << 20);
-        let count = 2000; // 2000 x 4 KiB: more than the socket holds
-        link.send_stream((0..count).map(|seq| message(seq, 4 << 10)));
-        link.send(&message(count, 10));
-        assert!(link.0.out.lock().queued_bytes < 64 << 10, "only the packet in flight is encoded");
-        let reader = std::thread::spawn(move || {
-            let mut client = std::io::BufReader::new(client);
-            (0..=count).map(|_| read_packet(&mut client, MAX_PACKET_LEN).expect("a packet").reqid).collect()
-        });
-        let out = &link.0;
-        while !out.out.lock().queue.is_empty() {
-            out.flush(&mut out.out.lock());
-            std::thread::yield_now();
-        }
-        let got: Vec<u32> = reader.join().expect("reader");
-        assert_eq!(got, (0..=count).collect::<Vec<_>>());
-    }
-
-    /// Each stream holds its records until sent: a client asking for traverse after
-    /// traverse without reading is cut off, not allowed to pile them up.
-    #[test]
-    fn a_client_that_leaves_streams_unread_is_cut_off() {
-        let (link, _client) = link(1 << 20);
-        for _ in 0..MAX_QUEUED_STREAMS {
-            link.send_stream((0..2000).map(|seq| message(seq, 4 << 10)));
-            assert!(!link.0.out.lock().closed, "cut off before the bound");
-        }
-        link.send_stream((0..2000).map(|seq| message(seq, 4 << 10)));
-        assert!(link.0.out.lock().closed, "one stream past the bound cuts it off");
-        assert!(link.0.out.lock().queue.is_empty(), "and frees what it held");
     }
 
     /// Unfinished frames are bounded over all clients: the client whose bytes pass the

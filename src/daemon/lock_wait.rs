@@ -74,8 +74,8 @@ impl LockFiles {
 pub enum LockTarget {
     /// One record's chain, write-locked: the engine may change the record.
     Chain { db_id: DbId, key: Vec<u8> },
-    /// Every chain of a database, read-locked: the engine may read a consistent snapshot.
-    AllChains { db_id: DbId },
+    /// One record's chain, for a traverse to read the record (`TdbStore::read_chunk`).
+    TraverseChain { db_id: DbId, key: Vec<u8> },
     /// Every chain of a database, write-locked until thawed: no client uses its records.
     Freeze { db_id: DbId },
     /// Every chain of a database, write-locked while it is repacked.
@@ -152,8 +152,10 @@ impl LockWaiters {
 fn serve_waits(queue: Receiver<Wait>, requeue: Sender<Wait>, held: Sender<HeldLock>) {
     while let Ok(wait) = queue.recv() {
         let kind = match wait.target {
-            LockTarget::Chain { .. } | LockTarget::Freeze { .. } | LockTarget::Repack { .. } => libc::F_WRLCK,
-            LockTarget::AllChains { .. } => libc::F_RDLCK,
+            LockTarget::Chain { .. }
+            | LockTarget::TraverseChain { .. }
+            | LockTarget::Freeze { .. }
+            | LockTarget::Repack { .. } => libc::F_WRLCK,
         };
         let file = match wait.files.take() {
             Ok(file) => file,
@@ -237,7 +239,7 @@ mod tests {
         waiters.wait_for(files.clone(), 8, 1, chain(b"a"));
         let first = arrived.recv_timeout(Duration::from_secs(5)).expect("the first wait gets the lock");
         waiters.wait_for(files.clone(), 8, 1, chain(b"b"));
-        waiters.wait_for(files.clone(), 0, 64, LockTarget::AllChains { db_id: 1 });
+        waiters.wait_for(files.clone(), 8, 1, LockTarget::TraverseChain { db_id: 1, key: b"c".to_vec() });
         assert!(
             arrived.recv_timeout(Duration::from_millis(300)).is_err(),
             "nobody else gets the byte while the first holds it"

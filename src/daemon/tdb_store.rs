@@ -7,7 +7,8 @@
 //! new one, so a failed store must not lose the record. Volatile records live no longer on
 //! disk than in the daemon anyway (a restarted daemon empties its files).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::engine::{Record, RecordStore};
 use crate::error::{Error, ErrorCode, Result};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::RecordHeader;
-use crate::wire::control::{valid_db_name, RecordCopy};
+use crate::wire::control::{valid_db_name, ChunkRequest, RecordChunk, RecordCopy};
 use crate::wire::DbId;
 
 /// tdb_flags of clustered database files; clients open them with the same flags. The
@@ -42,6 +43,19 @@ const STUCK_AFTER: Duration = Duration::from_secs(1);
 const NO_NODE: u32 = u32::MAX;
 /// Records written again per database per tick.
 const REWRITES_PER_TICK: usize = 256;
+/// The most a chunk of a traverse may ask for, whatever a peer says: one chunk is read under
+/// the node's mutex, and its reply must stay far below the packet limit.
+pub const MAX_CHUNK_RECORDS: u32 = 4096;
+pub const MAX_CHUNK_BYTES: u32 = 4 << 20;
+
+/// What reading a chunk of a traverse found.
+#[derive(Debug)]
+pub enum ChunkRead {
+    Records(RecordChunk),
+    /// A client holds the chain of the next record: the caller waits for it on a lock
+    /// waiter and reads again while the waiter holds it (`held_for_us`).
+    Busy(Vec<u8>),
+}
 
 /// A record the file refused, and why (an errno, EAGAIN for a lock held too long).
 struct Unwritten {
@@ -193,8 +207,9 @@ pub struct TdbStore {
     held_for_us: HashSet<(DbId, Vec<u8>)>,
     /// The header of every record of every database, as the engine last wrote it. Only the
     /// engine changes headers (clients store under the header they read), so a recovery
-    /// reads them here instead of walking chains that clients may hold locked.
-    headers: HashMap<DbId, HashMap<Vec<u8>, RecordHeader>>,
+    /// reads them here instead of walking chains that clients may hold locked. In key
+    /// order: a traverse reads the records a chunk at a time, each after the last key sent.
+    headers: HashMap<DbId, BTreeMap<Vec<u8>, RecordHeader>>,
 }
 
 impl TdbStore {
@@ -263,7 +278,7 @@ impl TdbStore {
                 stuck_reported: false,
             },
         );
-        self.headers.insert(db_id, HashMap::new());
+        self.headers.insert(db_id, BTreeMap::new());
         Ok(path)
     }
 
@@ -293,27 +308,46 @@ impl TdbStore {
         self.dbs.iter()
     }
 
-    /// Every record of `db_id` this node has a copy of, headers included; `None` when a
-    /// client holds a chain lock, so the caller waits for `all_chains_site` instead.
-    pub fn copies(&self, db_id: DbId) -> Result<Option<Vec<RecordCopy>>> {
-        let db = self.db(db_id)?;
-        match db.tdb.lockall_read_nonblock() {
-            Ok(()) => {}
-            Err(err) if err.code == ErrorCode::Lock => return Ok(None),
-            Err(err) => return Err(err),
+    /// The next records of a traverse of `request.db_id`, in key order after `request.after`,
+    /// read one chain lock at a time, never waiting: a chain a client holds ends the chunk
+    /// (`ChunkRead::Busy` if it is the first). The header index says which keys exist, so
+    /// no walk of the file's chains (and no lock over all of them) is needed.
+    pub fn read_chunk(&mut self, request: &ChunkRequest) -> Result<ChunkRead> {
+        let db_id = request.db_id;
+        self.db(db_id)?;
+        let max_records = request.max_records.clamp(1, MAX_CHUNK_RECORDS) as usize;
+        let max_bytes = request.max_bytes.min(MAX_CHUNK_BYTES) as usize;
+        let start = request.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        // One more than asked for, to know whether the chunk is the last.
+        let keys: Vec<Vec<u8>> = self.headers.get(&db_id).map_or_else(Vec::new, |headers| {
+            headers
+                .range::<[u8], _>((start, Bound::Unbounded))
+                .take(max_records + 1)
+                .map(|(k, _)| k.clone())
+                .collect()
+        });
+        let mut chunk = RecordChunk { last: false, records: vec![] };
+        let mut bytes = 0;
+        for key in keys.iter().take(max_records) {
+            if !self.try_lock(db_id, key) {
+                if chunk.records.is_empty() {
+                    return Ok(ChunkRead::Busy(key.clone()));
+                }
+                return Ok(ChunkRead::Records(chunk));
+            }
+            let found = self.fetch(db_id, key);
+            self.unlock(db_id, key);
+            // A key the engine deleted since the index was read has no record: skipped.
+            let Some(record) = found? else { continue };
+            let copy = RecordCopy { key: key.clone(), header: record.header, data: record.data };
+            if !chunk.records.is_empty() && bytes + copy.encoded_len() > max_bytes {
+                return Ok(ChunkRead::Records(chunk));
+            }
+            bytes += copy.encoded_len();
+            chunk.records.push(copy);
         }
-        let copies = lock_bound::within(WRITE_LOCK_BOUND, || read_copies(&db.tdb));
-        db.tdb.unlockall_read()?;
-        copies.map(|copies| Some(with_unwritten(db, copies)))
-    }
-
-    /// `copies` while a lock waiter holds every chain for us.
-    pub fn copies_held_for_us(&self, db_id: DbId) -> Result<Vec<RecordCopy>> {
-        let db = self.db(db_id)?;
-        db.tdb.lockall_mark()?;
-        let copies = lock_bound::within(WRITE_LOCK_BOUND, || read_copies(&db.tdb));
-        db.tdb.lockall_unmark()?;
-        copies.map(|copies| with_unwritten(db, copies))
+        chunk.last = keys.len() <= max_records;
+        Ok(ChunkRead::Records(chunk))
     }
 
     /// How many pieces `db_id`'s free list is in (tdb merges neighbours as it counts).
@@ -514,7 +548,7 @@ impl RecordStore for TdbStore {
         lock_bound::within(WRITE_LOCK_BOUND, || db.tdb.wipe_all())?;
         db.unwritten.clear();
         db.all_written();
-        self.headers.insert(db_id, HashMap::new());
+        self.headers.insert(db_id, BTreeMap::new());
         Ok(())
     }
 
@@ -543,34 +577,6 @@ fn file_system_trouble(path: &Path, len: usize) -> Option<i32> {
     } else {
         None
     }
-}
-
-/// `copies` of the file with the records it refused, which are newer, in their place.
-fn with_unwritten(db: &AttachedDb, mut copies: Vec<RecordCopy>) -> Vec<RecordCopy> {
-    if db.unwritten.is_empty() {
-        return copies;
-    }
-    copies.retain(|copy| !db.unwritten.contains_key(&copy.key));
-    copies.extend(db.unwritten.iter().map(|(key, kept)| RecordCopy {
-        key: key.clone(),
-        header: kept.record.header,
-        data: kept.record.data.clone(),
-    }));
-    copies
-}
-
-/// Every record of the file, under a lock the caller holds (chain locks are skipped then).
-/// libtdb's traverse also read-locks the transaction lock, which a client may hold: callers
-/// bound that wait (`lock_bound`), and a traverse that meets it fails.
-fn read_copies(tdb: &Tdb) -> Result<Vec<RecordCopy>> {
-    let mut copies = vec![];
-    tdb.traverse_read(|key, value| {
-        if let Some((header, data)) = RecordHeader::decode(value) {
-            copies.push(RecordCopy { key: key.to_vec(), header, data: data.to_vec() });
-        }
-        true
-    })?;
-    Ok(copies)
 }
 
 /// Reads every record, empties the file, stores them again; under a lock the caller holds.
@@ -654,6 +660,72 @@ mod tests {
             });
             assert_eq!(found, expected, "record {i}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn chunk(store: &mut TdbStore, after: Option<&[u8]>, max_records: u32, max_bytes: u32) -> ChunkRead {
+        let request = ChunkRequest { db_id: 5, max_records, max_bytes, after: after.map(<[u8]>::to_vec) };
+        store.read_chunk(&request).expect("read_chunk")
+    }
+
+    /// A traverse reads a node's records in key order, a chunk at a time after a cursor,
+    /// each bounded in records and bytes, the last one marked; a chain another process
+    /// holds is waited for (`Busy`), not read around.
+    #[test]
+    fn chunks_come_in_key_order_within_their_bounds_and_stop_at_a_held_chain() {
+        let dir = std::env::temp_dir().join(format!("rctdb-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = TdbStore::new(&dir);
+        store.attach(5, "chunks.tdb").unwrap();
+        let header = RecordHeader { rsn: 2, dmaster: 0, flags: 0 };
+        for i in (0..10u8).rev() {
+            let record = Record { header, data: vec![i; 100] };
+            RecordStore::store(&mut store, 5, &[b'k', b'0' + i], &record).unwrap();
+        }
+        let keys = |read: ChunkRead| match read {
+            ChunkRead::Records(chunk) => (
+                chunk
+                    .records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.key).into_owned())
+                    .collect::<Vec<_>>(),
+                chunk.last,
+            ),
+            ChunkRead::Busy(key) => panic!("busy at {key:?}"),
+        };
+        assert_eq!(
+            keys(chunk(&mut store, None, 3, 1 << 20)),
+            (vec!["k0".into(), "k1".into(), "k2".into()], false)
+        );
+        assert_eq!(
+            keys(chunk(&mut store, Some(b"k2"), 100, 300)).0,
+            ["k3", "k4"],
+            "a record past 300 bytes waits"
+        );
+        assert_eq!(keys(chunk(&mut store, Some(b"k7"), 2, 1 << 20)), (vec!["k8".into(), "k9".into()], true));
+        assert_eq!(keys(chunk(&mut store, Some(b"k9"), 2, 1 << 20)), (vec![], true));
+
+        // Another process (python3-tdb) holds every chain until told to let go.
+        let script = "import sys, tdb\n\
+                      t = tdb.Tdb(sys.argv[1], 0, tdb.INCOMPATIBLE_HASH, 2, 0o600)\n\
+                      t.lock_all()\n\
+                      print('locked', flush=True)\n\
+                      sys.stdin.readline()";
+        let mut holder = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(dir.join("chunks.tdb"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        assert!(matches!(chunk(&mut store, Some(b"k4"), 3, 1 << 20), ChunkRead::Busy(key) if key == b"k5"));
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        assert_eq!(keys(chunk(&mut store, Some(b"k4"), 1, 1 << 20)), (vec!["k5".into()], false));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -9,3 +9,4 @@ pub mod local_bench;
 pub mod recovery_bench;
 pub mod ring;
 pub mod statistics;
+pub mod traverse_bench;

@@ -12,9 +12,12 @@ pub mod opcode {
     pub const DB_ATTACH: u32 = 0x7c00_0001;
     /// Client -> daemon: this node, its links, engine counters (`status::NodeStatus`, as JSON).
     pub const STATUS: u32 = 0x7c00_0002;
-    /// Daemon -> peer: every record of a database that the peer holds a copy of.
+    /// Daemon -> peer: the next chunk, in key order, of the records of a database that the
+    /// peer holds a copy of (`ChunkRequest`; the reply is a `RecordChunk`).
     pub const PULL_DB: u32 = 0x7c00_0003;
-    /// Client -> daemon: the newest copy of every record of a database, cluster-wide.
+    /// Client -> daemon: the newest copy of every record of a database, cluster-wide. The
+    /// answer is a series of replies with the request's reqid, each a `RecordChunk`; the one
+    /// marked last ends it, a reply with an error status ends it as failed.
     pub const TRAVERSE_ALL: u32 = 0x7c00_0004;
     /// Client -> daemon, no reply: the client answered after a migration has used the record.
     pub const MIGRATION_DONE: u32 = 0x7c00_0005;
@@ -139,6 +142,79 @@ pub fn decode_db_id(data: &[u8]) -> Result<DbId, PayloadError> {
     Reader(data).u32("db_id")
 }
 
+/// PULL_DB's argument: the records of `db_id` with keys after `after` (from the first if
+/// `None`), in key order, at most `max_records` of them and about `max_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRequest {
+    pub db_id: DbId,
+    pub max_records: u32,
+    pub max_bytes: u32,
+    pub after: Option<Vec<u8>>,
+}
+
+impl ChunkRequest {
+    /// `db_id, max_records, max_bytes, has_cursor (u32), cursor key (counted)`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.after.as_ref().map_or(0, Vec::len));
+        Writer(&mut out).u32(self.db_id);
+        Writer(&mut out).u32(self.max_records);
+        Writer(&mut out).u32(self.max_bytes);
+        Writer(&mut out).u32(self.after.is_some() as u32);
+        if let Some(key) = &self.after {
+            Writer(&mut out).counted(key);
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<ChunkRequest, PayloadError> {
+        let mut r = Reader(data);
+        let db_id = r.u32("chunk db_id")?;
+        let max_records = r.u32("chunk max_records")?;
+        let max_bytes = r.u32("chunk max_bytes")?;
+        let after = match r.u32("chunk has_cursor")? {
+            0 => None,
+            1 => Some(r.counted("chunk cursor")?),
+            _ => return Err(PayloadError("chunk has_cursor is neither 0 nor 1")),
+        };
+        if !r.is_empty() {
+            return Err(PayloadError("bytes after the chunk request"));
+        }
+        Ok(ChunkRequest { db_id, max_records, max_bytes, after })
+    }
+}
+
+/// A chunk of a traverse: records in key order, and whether they are the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordChunk {
+    pub last: bool,
+    pub records: Vec<RecordCopy>,
+}
+
+impl RecordChunk {
+    /// `last (u32)`, then `encode_records`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        Writer(&mut out).u32(self.last as u32);
+        out.extend_from_slice(&encode_records(&self.records));
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<RecordChunk, PayloadError> {
+        let mut r = Reader(data);
+        let last = match r.u32("chunk last")? {
+            0 => false,
+            1 => true,
+            _ => return Err(PayloadError("chunk last is neither 0 nor 1")),
+        };
+        Ok(RecordChunk { last, records: decode_records(r.rest())? })
+    }
+
+    /// What the chunk takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        8 + self.records.iter().map(RecordCopy::encoded_len).sum::<usize>()
+    }
+}
+
 /// One record with its header, as PULL_DB and TRAVERSE_ALL carry them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordCopy {
@@ -147,9 +223,16 @@ pub struct RecordCopy {
     pub data: Vec<u8>,
 }
 
+impl RecordCopy {
+    /// What the record takes in `encode_records`.
+    pub fn encoded_len(&self) -> usize {
+        24 + self.key.len() + self.data.len()
+    }
+}
+
 /// `count, then per record: keylen, datalen, rsn (u64), dmaster, flags, key, data`.
 pub fn encode_records(records: &[RecordCopy]) -> Vec<u8> {
-    let size: usize = records.iter().map(|r| 24 + r.key.len() + r.data.len()).sum();
+    let size: usize = records.iter().map(RecordCopy::encoded_len).sum();
     let mut out = Vec::with_capacity(4 + size);
     Writer(&mut out).u32(records.len() as u32);
     for record in records {
@@ -185,8 +268,8 @@ pub fn decode_records(data: &[u8]) -> Result<Vec<RecordCopy>, PayloadError> {
     Ok(records)
 }
 
-/// Keeps the newest copy (highest RSN) of each key: how a cluster-wide traverse and a
-/// recovery decide which copy is the record.
+/// Keeps the newest copy (highest RSN) of each key, in key order: how a cluster-wide
+/// traverse decides which copy is the record.
 pub fn merge_newest(copies: impl IntoIterator<Item = RecordCopy>) -> Vec<RecordCopy> {
     let mut newest: std::collections::BTreeMap<Vec<u8>, RecordCopy> = Default::default();
     for copy in copies {
@@ -269,6 +352,18 @@ mod tests {
             let _ = decode_records(&bytes);
             let _ = AttachReply::decode(&bytes);
             let _ = decode_db_key(&bytes);
+            let _ = ChunkRequest::decode(&bytes);
+            let _ = RecordChunk::decode(&bytes);
+        }
+
+        #[test]
+        fn chunks_round_trip(after in prop::option::of(prop::collection::vec(any::<u8>(), 0..20)), last: bool, n in 0usize..5) {
+            let request = ChunkRequest { db_id: 3, max_records: 100, max_bytes: 1 << 20, after };
+            prop_assert_eq!(ChunkRequest::decode(&request.encode()), Ok(request));
+            let records: Vec<RecordCopy> = (0..n).map(|i| copy(&[i as u8], i as u64, b"v")).collect();
+            let chunk = RecordChunk { last, records };
+            prop_assert_eq!(chunk.encode().len(), chunk.encoded_len());
+            prop_assert_eq!(RecordChunk::decode(&chunk.encode()), Ok(chunk));
         }
     }
 }

@@ -226,6 +226,21 @@ pub fn encode_rec_data(reqid: u32, key: &[u8], record: Option<(&RecordHeader, &[
     out
 }
 
+/// The end of a traverse that failed: no key, and for data a status (a negated errno)
+/// shorter than a record header. Samba's `ctdbd_traverse` ends a traverse at a record with
+/// neither key nor data and fails it (EIO) at data too short to hold a header, so smbd sees
+/// an error instead of a traverse that looks complete. (ctdbd itself ends a timed-out
+/// traverse with the plain end marker: its client cannot tell.)
+pub fn encode_traverse_failed(reqid: u32, status: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    Writer(&mut out).u32(20);
+    Writer(&mut out).u32(reqid);
+    Writer(&mut out).u32(0);
+    Writer(&mut out).u32(4);
+    Writer(&mut out).u32(status as u32);
+    out
+}
+
 /// SCHEDULE_FOR_DELETION's argument, `struct ctdb_control_schedule_for_deletion` as the C
 /// compiler lays it out: `db_id`, 4 bytes of padding (the header starts with a u64), the
 /// ltdb header (24), `keylen`, the key.
@@ -312,6 +327,9 @@ mod tests {
         assert_eq!(&rec[17..41], &header.encode());
         let end = encode_rec_data(42, b"", None);
         assert_eq!(end, [16, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let failed = encode_traverse_failed(42, -libc::EIO);
+        assert_eq!(&failed[..16], [20, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(failed[16..], (-libc::EIO).to_le_bytes(), "a status, shorter than a record header");
     }
 
     #[test]

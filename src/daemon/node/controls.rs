@@ -1,87 +1,23 @@
 //! The controls a node serves besides migration steps: status, tunables, fault controls,
-//! and collecting records for a cluster-wide traverse (this node's part waits for
-//! client-held chain locks on a lock waiter, never on the engine's thread).
+//! and the start of cluster-wide traverses (`traverse`).
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::traverse::TraverseAnswer;
 use super::Node;
-use crate::daemon::lock_wait::LockTarget;
 use crate::daemon::tdb_store::CLUSTERED_TDB_FLAGS;
 use crate::engine::{ClientId, Input};
 use crate::status::{DbStatus, NodeStatus, PeerState, PeerStatus};
 use crate::tunables::{self, Tunables};
 use crate::wire::cluster::DbName;
-use crate::wire::control::{self, opcode, AttachReply, RecordCopy};
-use crate::wire::ctdb::TraverseStart;
+use crate::wire::control::{self, opcode, AttachReply};
 use crate::wire::{Body, DbId, Packet, Pnn, ReplyControl, ReqControl, ReqId};
 
-/// How long a traverse waits for peers before answering with what it has.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A cluster-wide traverse this node asked its peers for on behalf of a client, waiting for
-/// their copies.
-pub(super) struct PendingControl {
-    answer: TraverseAnswer,
-    waiting_for: HashSet<Pnn>,
-    deadline: Instant,
-    copies: Vec<RecordCopy>,
-}
-
-/// Who gets a traverse's records, and how: librctdb's TRAVERSE_ALL wants them in its
-/// reply, a CTDB client as messages to its srvid.
-enum TraverseAnswer {
-    Reply { client: ClientId, client_reqid: ReqId },
-    Ctdb { client: ClientId, start: TraverseStart },
-}
-
-/// Who asked for this node's copies of a database's records.
-pub(super) enum CopiesFor {
-    Peer { node: Pnn, reqid: ReqId },
-    Traverse { reqid: ReqId },
-}
-
 impl Node {
-    /// This node's copies of a database's records, now or once no client holds a chain.
-    fn want_copies(&mut self, db_id: DbId, wanted: CopiesFor) {
-        match self.store.copies(db_id) {
-            Ok(Some(copies)) => self.deliver_copies(wanted, Ok(copies)),
-            Ok(None) => {
-                let waiting = self.copies_wanted.entry(db_id).or_default();
-                waiting.push(wanted);
-                if waiting.len() > 1 {
-                    return; // a waiter is on it already
-                }
-                match self.store.all_chains_site(db_id) {
-                    Some((file, start, len)) => {
-                        self.lock_waiters.wait_for(file, start, len, LockTarget::AllChains { db_id })
-                    }
-                    None => log::error!("db {db_id:#x}: no chain locks to wait for; its traverse is stuck"),
-                }
-            }
-            Err(err) => self.deliver_copies(wanted, Err(err.to_string())),
-        }
-    }
-
-    pub(super) fn deliver_copies(&mut self, wanted: CopiesFor, copies: Result<Vec<RecordCopy>, String>) {
-        let reply = match copies {
-            Ok(copies) => ok_reply(control::encode_records(&copies)),
-            Err(err) => error_reply(&err),
-        };
-        match wanted {
-            CopiesFor::Peer { node, reqid } => self.reply_to_peer(node, reqid, reply),
-            // Our own copies join the traverse like a peer's reply.
-            CopiesFor::Traverse { reqid } => self.peer_replied(self.pnn, reqid, reply),
-        }
-    }
-
     pub(super) fn peer_control(&mut self, from: Pnn, reqid: ReqId, request: ReqControl) {
         match request.opcode {
             opcode::CLIENT_SRVIDS => self.ctdb_peer_srvids(from, &request.data),
-            opcode::PULL_DB => match self.attached_db_id(&request.data) {
-                Ok(db_id) => self.want_copies(db_id, CopiesFor::Peer { node: from, reqid }),
-                Err(err) => self.reply_to_peer(from, reqid, error_reply(&err)),
-            },
+            opcode::PULL_DB => self.serve_chunk(from, reqid, &request.data),
             other => {
                 let reply = self.ctdb_query(other, &request.data);
                 let reply = reply.unwrap_or_else(|| error_reply(&format!("unknown control {other:#x}")));
@@ -90,63 +26,14 @@ impl Node {
         }
     }
 
-    /// The db id a control names, if that database is attached here.
-    fn attached_db_id(&self, data: &[u8]) -> Result<DbId, String> {
-        let db_id = control::decode_db_id(data).map_err(|e| e.to_string())?;
-        self.store.db(db_id).map(|_| db_id).map_err(|e| e.to_string())
-    }
-
     pub(super) fn peer_replied(&mut self, from: Pnn, reqid: ReqId, reply: ReplyControl) {
-        if self.ctdb_forward_replied(from, reqid, &reply) {
-            return;
-        }
-        let Some(pending) = self.pending.get_mut(&reqid) else { return };
-        if !pending.waiting_for.remove(&from) {
-            return;
-        }
-        if reply.status != 0 {
-            log::warn!("node {from} failed a control: {}", String::from_utf8_lossy(&reply.errmsg));
-        } else {
-            match control::decode_records(&reply.data) {
-                Ok(records) => pending.copies.extend(records),
-                Err(err) => log::warn!("node {from}: {err}"),
-            }
-        }
-        if pending.waiting_for.is_empty() {
-            self.finish_control(reqid);
+        if !self.ctdb_forward_replied(from, reqid, &reply) {
+            self.traverse_chunk_replied(from, reqid, &reply);
         }
     }
 
     pub(super) fn expire_controls(&mut self, now: Instant) {
         self.ctdb_expire_forwards(now);
-        let expired: Vec<ReqId> =
-            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(reqid, _)| *reqid).collect();
-        for reqid in expired {
-            log::warn!("control {reqid}: no reply from nodes {:?}", self.pending[&reqid].waiting_for);
-            self.finish_control(reqid);
-        }
-    }
-
-    fn finish_control(&mut self, reqid: ReqId) {
-        let Some(pending) = self.pending.remove(&reqid) else { return };
-        let newest = control::merge_newest(pending.copies);
-        match pending.answer {
-            TraverseAnswer::Reply { client, client_reqid } => {
-                let records: Vec<RecordCopy> =
-                    newest.into_iter().filter(|copy| !copy.data.is_empty()).collect();
-                let data = control::encode_records(&records);
-                self.reply_to_client(client, client_reqid, Body::ReplyControl(ok_reply(data)));
-            }
-            TraverseAnswer::Ctdb { client, start } => self.ctdb_traverse_done(client, start, newest),
-        }
-    }
-
-    /// A CTDB client's traverse (TRAVERSE_START), already answered: its records follow as
-    /// messages once every node sent its copies.
-    pub(super) fn traverse_for_ctdb(&mut self, client: ClientId, start: TraverseStart) {
-        let data = start.db_id.to_le_bytes().to_vec();
-        let traverse = self.ask_nodes(TraverseAnswer::Ctdb { client, start }, opcode::PULL_DB, data);
-        self.want_copies(start.db_id, CopiesFor::Traverse { reqid: traverse });
     }
 
     pub(super) fn client_control(&mut self, client: ClientId, reqid: ReqId, request: ReqControl) {
@@ -185,15 +72,13 @@ impl Node {
                 Ok(db) => self.engine_input(Input::Attach { client, reqid, db }),
                 Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
             },
-            opcode::TRAVERSE_ALL => match self.attached_db_id(&request.data) {
-                Ok(db_id) => {
-                    let data = db_id.to_le_bytes().to_vec();
-                    let answer = TraverseAnswer::Reply { client, client_reqid: reqid };
-                    let traverse = self.ask_nodes(answer, opcode::PULL_DB, data);
-                    self.want_copies(db_id, CopiesFor::Traverse { reqid: traverse });
+            opcode::TRAVERSE_ALL => {
+                let db_id = control::decode_db_id(&request.data).map_err(|e| e.to_string());
+                match db_id.and_then(|db_id| self.traverse_refusal(db_id, client).map(|()| db_id)) {
+                    Ok(db_id) => self.start_traverse(db_id, TraverseAnswer::Reply { client, reqid }),
+                    Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
                 }
-                Err(err) => self.reply_to_client(client, reqid, Body::ReplyControl(error_reply(&err))),
-            },
+            }
             tunables::opcode::GET_TUNABLE => {
                 let reply = match tunables::payload::decode_get_request(&request.data) {
                     Ok(name) => match self.engine.tunables().get(&name) {
@@ -245,38 +130,13 @@ impl Node {
         }
     }
 
-    /// Sends a control to every live peer whose link is up (and counts this node in, for
-    /// the caller to answer itself) and answers the client once all replied, or the control
-    /// timed out. Returns the control's reqid.
-    fn ask_nodes(&mut self, answer: TraverseAnswer, opcode: u32, data: Vec<u8>) -> ReqId {
-        let reqid = self.take_control_reqid();
-        // Peers membership believes alive and our link reaches: a dead or stopped peer
-        // would only make the client wait for the timeout.
-        let alive = self.engine.cluster_status().alive;
-        let mut nodes: HashSet<Pnn> = self
-            .transport
-            .link_states()
-            .iter()
-            .filter(|link| link.up && alive.contains(&link.pnn))
-            .map(|link| link.pnn)
-            .collect();
-        for &peer in &nodes {
-            self.send_control(peer, reqid, opcode, data.clone());
-        }
-        nodes.insert(self.pnn);
-        let deadline = Instant::now() + CONTROL_TIMEOUT;
-        let pending = PendingControl { answer, waiting_for: nodes, deadline, copies: vec![] };
-        self.pending.insert(reqid, pending);
-        reqid
-    }
-
     pub(super) fn take_control_reqid(&mut self) -> ReqId {
         let reqid = self.next_reqid;
         self.next_reqid = self.next_reqid.wrapping_add(1).max(1);
         reqid
     }
 
-    fn send_control(&mut self, peer: Pnn, reqid: ReqId, opcode: u32, data: Vec<u8>) {
+    pub(super) fn send_control(&mut self, peer: Pnn, reqid: ReqId, opcode: u32, data: Vec<u8>) {
         let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
         let generation = self.engine.generation();
         self.send_to_peer(Packet { generation, destnode: peer, srcnode: self.pnn, reqid, body });

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::controls::{error_reply, ok_reply};
+use super::traverse::TraverseAnswer;
 use super::Node;
 use crate::engine::{ClientId, ClusterEvent, Input};
 use crate::wire::control::SrvidUpdate;
@@ -555,45 +556,20 @@ impl Node {
     }
 
     /// TRAVERSE_START: the control is answered at once, then the newest copy of every
-    /// record, cluster-wide, goes to the client's srvid, and an empty record ends it.
+    /// record, cluster-wide, goes to the client's srvid, and an empty record ends it (a
+    /// status ends a traverse that failed: `traverse`).
     fn ctdb_traverse(
         &mut self,
         client: ClientId,
         reqid: ReqId,
         start: TraverseStart,
     ) -> Option<ReplyControl> {
-        if let Err(err) = self.store.db(start.db_id) {
-            return Some(error_reply(&format!("{err} on node {}", self.pnn)));
+        if let Err(err) = self.traverse_refusal(start.db_id, client) {
+            return Some(error_reply(&err));
         }
         self.reply_to_client(client, reqid, Body::ReplyControl(ok_reply(vec![])));
-        self.traverse_for_ctdb(client, start);
+        self.start_traverse(start.db_id, TraverseAnswer::Ctdb { client, start });
         None
-    }
-
-    /// Sends the records of a finished traverse to the client that started it.
-    pub(super) fn ctdb_traverse_done(
-        &mut self,
-        client: ClientId,
-        start: TraverseStart,
-        records: Vec<crate::wire::control::RecordCopy>,
-    ) {
-        let Some(link) = self.clients.get(&client) else { return };
-        let (generation, pnn, srvid, reqid) = (self.engine.generation(), self.pnn, start.srvid, start.reqid);
-        let with_empty = start.with_empty_records;
-        // Made one at a time as the client reads: a large database is never encoded whole.
-        let packets = records
-            .into_iter()
-            .filter(move |r| with_empty || !r.data.is_empty())
-            .map(move |r| ctdb::encode_rec_data(reqid, &r.key, Some((&r.header, &r.data))))
-            .chain(std::iter::once_with(move || ctdb::encode_rec_data(reqid, &[], None)))
-            .map(move |data| Packet {
-                generation,
-                destnode: pnn,
-                srcnode: pnn,
-                reqid: 0,
-                body: Body::Message(ReqMessage { srvid, data }),
-            });
-        link.send_stream(packets);
     }
 }
 

@@ -16,8 +16,9 @@ mod controls;
 mod ctdb_clients;
 mod ctdb_tool;
 mod repack;
+mod traverse;
 
-use controls::{error_reply, CopiesFor, PendingControl};
+use controls::error_reply;
 use ctdb_clients::CtdbClients;
 
 use super::attach_policy::AttachPolicy;
@@ -77,15 +78,13 @@ pub struct Node {
     ctdb: CtdbClients,
     /// When this node last went into and out of recovery, for `ctdb uptime`.
     recovery_times: ctdb_tool::RecoveryTimes,
-    pending: HashMap<ReqId, PendingControl>,
+    traverses: traverse::Traverses,
     /// Locks that waiter threads took for the engine thread arrive here.
     held_locks: (Sender<HeldLock>, Receiver<HeldLock>),
     lock_waiters: LockWaiters,
     attach_policy: AttachPolicy,
     /// Records kept in memory that clients wait for: asked again once written.
     waiting_writes: HashSet<(DbId, Vec<u8>)>,
-    /// Who waits for a database's records while a client holds one of its chains.
-    copies_wanted: HashMap<DbId, Vec<CopiesFor>>,
     repacks: repack::Repacks,
     next_reqid: ReqId,
     started: Instant,
@@ -120,17 +119,27 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             std::process::exit(0);
         }
         let now = Instant::now();
-        if now >= next_tick {
+        let tick = now >= next_tick;
+        if tick {
             next_tick = now + TICK;
             let mut node = node.lock();
             node.engine_input(Input::Tick);
             node.expire_controls(now);
+            node.check_traverses(now);
             node.check_repacks(now);
             node.rewrite_unwritten();
             node.settle_handed_freeze();
             // The engine's progress, and nothing else, keeps the lock's watchdog content.
             if let Some(lock) = node.lock_attempt.as_mut() {
                 lock.beat();
+            }
+        }
+        if tick {
+            // Traverse chunks, each in a hold of the mutex of its own (`traverse`).
+            for _ in 0..traverse::CHUNK_READS_PER_TICK {
+                if !node.lock().read_queued_chunk() {
+                    break;
+                }
             }
         }
     }
@@ -174,10 +183,9 @@ impl Node {
             calls_waiting: HashMap::new(),
             ctdb: CtdbClients::default(),
             recovery_times: Default::default(),
-            pending: HashMap::new(),
+            traverses: Default::default(),
             held_locks,
             lock_waiters,
-            copies_wanted: HashMap::new(),
             waiting_writes: HashSet::new(),
             attach_policy: daemon.attach_policy.clone(),
             repacks: Default::default(),
@@ -393,12 +401,7 @@ impl Node {
                 self.engine_input(Input::ChainLockAvailable { db_id: *db_id, key: key.clone() });
                 self.store.held_for_us(*db_id, key, false);
             }
-            LockTarget::AllChains { db_id } => {
-                let copies = self.store.copies_held_for_us(*db_id).map_err(|e| e.to_string());
-                for wanted in self.copies_wanted.remove(db_id).unwrap_or_default() {
-                    self.deliver_copies(wanted, copies.clone());
-                }
-            }
+            LockTarget::TraverseChain { db_id, key } => self.traverse_chain_held(*db_id, key),
             LockTarget::Freeze { db_id } => {
                 let db_id = *db_id;
                 if !matches!(self.freezes.get(&db_id), Some(FreezeLock::Waiting)) {
@@ -476,6 +479,7 @@ impl Node {
                 self.clients.remove(&client);
                 self.calls_waiting.remove(&client);
                 self.ctdb_client_gone(client);
+                self.client_traverses_gone(client);
                 self.engine_input(Input::ClientGone(client));
             }
             ClientEvent::Packet { client, packet } => self.on_client_packet(client, packet),

@@ -115,6 +115,14 @@ pub fn control_payload(bytes: &[u8]) -> bool {
         assert_eq!(control::encode_records(&records), bytes, "records");
         decoded = true;
     }
+    if let Ok(request) = control::ChunkRequest::decode(bytes) {
+        assert_eq!(request.encode(), bytes, "ChunkRequest");
+        decoded = true;
+    }
+    if let Ok(chunk) = control::RecordChunk::decode(bytes) {
+        assert_eq!(chunk.encode(), bytes, "RecordChunk");
+        decoded = true;
+    }
     if ctdb::decode_u32_arg(bytes, "arg").is_ok() || ctdb::decode_pid(bytes).is_ok() {
         assert!(bytes.len() == 4 || bytes.len() == 8, "a u32 argument is 4 or 8 bytes");
         decoded = true;
@@ -179,8 +187,11 @@ fn client_payload(packet: &Packet) {
         | ctdb_op::DB_ATTACH_REPLICATED => {
             db_name(data);
         }
-        rctdb_op::TRAVERSE_ALL | rctdb_op::PULL_DB => {
+        rctdb_op::TRAVERSE_ALL => {
             let _ = control::decode_db_id(data);
+        }
+        rctdb_op::PULL_DB => {
+            let _ = control::ChunkRequest::decode(data);
         }
         rctdb_op::CLIENT_SRVIDS => {
             let _ = SrvidUpdate::decode(data);

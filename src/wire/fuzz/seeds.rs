@@ -90,7 +90,11 @@ fn packets() -> Vec<Packet> {
             record_flags: 0,
         }),
         Body::ReplyError(ReplyError { status: -2, msg: b"no such database".to_vec() }),
-        control(rctdb_op::PULL_DB, 9u32.to_le_bytes().to_vec()),
+        control(
+            rctdb_op::PULL_DB,
+            control::ChunkRequest { db_id: 9, max_records: 10, max_bytes: 4096, after: Some(b"k".to_vec()) }
+                .encode(),
+        ),
         Body::ReplyControl(ReplyControl {
             status: 0,
             data: control::encode_records(&sample_records()),
