@@ -23,6 +23,7 @@
 //! | `rctdb bench recovery --records N`                  | `bench_recovery` (300 records, `--faults kill,leader`, twice on one `--dir`) |
 //! | `rctdb bench churn ... --compare`                   | `bench_churn` (600 keys, 1 round) |
 //! | `rctdb bench clients ...`                           | `bench_clients` (20 idle clients, 0.5 s, 1 round) |
+//! | `rctdb bench traverse ...`                          | `bench_traverse` (1000 records, 0.5 s, 1 round) |
 //! | `benches/*_vs_ctdbd.sh`, `benches/samba_bench.sh`   | left out: root, Samba's ctdbd lab or smbd, minutes; their rctdbd halves are the benches above |
 //! | `./scripts/fuzz.sh`, `cargo install cargo-fuzz`     | left out: a release build of the tests (minutes); tests/fuzz_regressions.rs fuzzes briefly |
 //! | samba-glue: `make -C samba-glue/preload`            | `samba_glue_preload_build` |
@@ -181,6 +182,11 @@ const SHOWN: &[Shown] = &[
         readme: MAIN,
         command: "rctdb bench clients --seconds 3 --rounds 5",
         here: "run: bench_clients (--many 20 --seconds 0.5 --rounds 1)",
+    },
+    Shown {
+        readme: MAIN,
+        command: "rctdb bench traverse --rounds 5",
+        here: "run: bench_traverse (--records 1000 --seconds 0.5 --rounds 1)",
     },
     Shown {
         readme: MAIN,
@@ -610,6 +616,16 @@ fn bench_clients() {
         scratch.arg("clients")
     );
     run(&command, "ratio", 2 * MINUTE);
+}
+
+#[test]
+fn bench_traverse() {
+    let scratch = Scratch::new("readme-traverse");
+    let command = format!(
+        "rctdb bench traverse --records 1000 --seconds 0.5 --rounds 1 --first-address 127.0.77.91 --dir {}",
+        scratch.arg("traverse")
+    );
+    run(&command, "during traverses", 2 * MINUTE);
 }
 
 // ---- samba-glue/README.md
