@@ -1,6 +1,10 @@
 //! Membership (DESIGN §5): heartbeats, who is alive, elections, who leads, and whether this
 //! node serves.
 //!
+//! `Membership`'s state is its own: recovery and migration go through its methods, and
+//! whether this node serves is switched only by the serving rules in this file
+//! (`start_serving`, `stop_serving`, `defer_call`).
+//!
 //! The rules that keep one DMASTER per record:
 //! - A node serves (is *active*) only after its leader activated it in a generation, and
 //!   only while it hears that leader. A node that starts, loses its leader, goes quiet, is
@@ -38,7 +42,7 @@ pub enum LockOutcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
+enum Role {
     Follower,
     /// Asked for votes in `term` at `since`.
     Candidate {
@@ -53,11 +57,11 @@ pub(super) enum Role {
 }
 
 #[derive(Debug, Default, Clone)]
-pub(super) struct PeerView {
+struct PeerView {
     last_heard: Option<Millis>,
-    pub(super) alive: bool,
-    pub(super) heartbeat: Option<Heartbeat>,
-    pub(super) heartbeat_at: Millis,
+    alive: bool,
+    heartbeat: Option<Heartbeat>,
+    heartbeat_at: Millis,
     left: bool,
     /// Our connection to it broke then: unless it is heard from again soon, it is dead.
     suspect_since: Option<Millis>,
@@ -65,44 +69,44 @@ pub(super) struct PeerView {
 
 /// Whether a database is frozen for us, or on its way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Freeze {
+enum Freeze {
     Waiting,
     Held,
 }
 
 pub(super) struct Membership {
-    pub(super) enabled: bool,
-    pub(super) active: bool,
-    pub(super) term: u64,
+    enabled: bool,
+    active: bool,
+    term: u64,
     /// The highest term seen anywhere: a new candidacy goes above it.
     max_term: u64,
     voted: Option<(u64, Pnn)>,
     votes: BTreeSet<Pnn>,
-    pub(super) leader: Option<Pnn>,
-    pub(super) role: Role,
-    pub(super) peers: Vec<PeerView>,
+    leader: Option<Pnn>,
+    role: Role,
+    peers: Vec<PeerView>,
     /// The last history entry this node committed, the generation and members it named.
-    pub(super) epoch: Epoch,
-    pub(super) epoch_generation: Generation,
-    pub(super) epoch_members: Vec<Pnn>,
+    epoch: Epoch,
+    epoch_generation: Generation,
+    epoch_members: Vec<Pnn>,
     /// This node asks its leader for a recovery (heartbeat flag).
-    pub(super) wants_recovery: bool,
-    pub(super) banned_until: Option<Millis>,
-    pub(super) quiet: bool,
+    wants_recovery: bool,
+    banned_until: Option<Millis>,
+    quiet: bool,
     left: bool,
     leaderless_since: Option<Millis>,
     next_attempt: Millis,
     last_heartbeat: Option<Millis>,
     last_tick: Option<Millis>,
-    pub(super) frozen: BTreeMap<DbId, Freeze>,
+    frozen: BTreeMap<DbId, Freeze>,
     /// Client requests that arrived while this node did not serve, replayed at activation.
-    pub(super) deferred: VecDeque<ClientCall>,
-    pub(super) rng: u64,
+    deferred: VecDeque<ClientCall>,
+    rng: u64,
     /// A node the leader left out of a recovery for failing it stays out until then.
-    pub(super) excluded_until: BTreeMap<Pnn, Millis>,
+    excluded_until: BTreeMap<Pnn, Millis>,
     /// When the last recovery this node led ended: older heartbeats say nothing about it.
-    pub(super) settled_at: Millis,
-    pub(super) last_check: Millis,
+    settled_at: Millis,
+    last_check: Millis,
 }
 
 impl Membership {
@@ -135,6 +139,81 @@ impl Membership {
             settled_at: 0,
             last_check: 0,
         }
+    }
+
+    /// Whether this node serves: only the serving rules below change it.
+    pub(super) fn serves(&self) -> bool {
+        self.active
+    }
+
+    pub(super) fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub(super) fn leads(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    pub(super) fn banned(&self) -> bool {
+        self.banned_until.is_some()
+    }
+
+    pub(super) fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// The last history entry this node committed, with its generation and members.
+    pub(super) fn epoch(&self) -> (Epoch, Generation, &[Pnn]) {
+        (self.epoch, self.epoch_generation, &self.epoch_members)
+    }
+
+    /// A recovery's commit: this node took part in the history entry `epoch`.
+    pub(super) fn commit_epoch(&mut self, epoch: Epoch, generation: Generation, members: Vec<Pnn>) {
+        self.epoch = epoch;
+        self.epoch_generation = generation;
+        self.epoch_members = members;
+    }
+
+    /// The leader left `pnn` out of a recovery: it is not a member before `until`.
+    pub(super) fn exclude(&mut self, pnn: Pnn, until: Millis) {
+        self.excluded_until.insert(pnn, until);
+    }
+
+    /// A recovery this node led ended at `now`: the cluster is as its members reported.
+    pub(super) fn settle(&mut self, now: Millis) {
+        self.settled_at = now;
+        self.wants_recovery = false;
+    }
+
+    /// A client request that must wait until this node serves again.
+    pub(super) fn defer(&mut self, call: ClientCall) {
+        self.deferred.push_back(call);
+    }
+
+    /// Asks for `db_id` to be frozen unless it is (or is being) already: true if asked now.
+    fn freeze(&mut self, db_id: DbId) -> bool {
+        match self.frozen.entry(db_id) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(Freeze::Waiting);
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Every chain of `db_id` is held for us now; false if we no longer want it frozen.
+    fn freeze_held(&mut self, db_id: DbId) -> bool {
+        match self.frozen.get_mut(&db_id) {
+            Some(state) => {
+                *state = Freeze::Held;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn is_frozen(&self, db_id: DbId) -> bool {
+        self.frozen.get(&db_id) == Some(&Freeze::Held)
     }
 
     /// splitmix64: generations must differ between recoveries and nodes; deterministic
@@ -355,12 +434,39 @@ impl Engine {
         self.deactivate(why, out);
     }
 
+    // ---- Serving. The one place that says whether this node serves: it serves only after
+    // its leader activated it in a generation (`start_serving`, at the end of a recovery),
+    // and stops (`stop_serving`) the moment it loses its leader, goes quiet, is banned, sees
+    // the cluster move on without it, or a new recovery begins. Client requests that come
+    // while it does not serve wait here (`defer_call`) until it serves again.
+
+    /// Whether this node serves: it may answer migrations and mint records.
+    pub fn active(&self) -> bool {
+        self.cluster.serves()
+    }
+
+    /// A client request that must wait until this node serves again.
+    pub(super) fn defer_call(&mut self, call: ClientCall) {
+        self.cluster.defer(call);
+    }
+
     /// Stops serving: nothing migrates, nothing is minted, work of the old generation is
     /// void, and the databases freeze so clients stop using the records they hold.
     pub(super) fn deactivate(&mut self, why: &str, out: &mut Vec<Output>) {
         if !self.cluster.enabled {
             return;
         }
+        self.stop_serving(why, out);
+        self.freeze_databases(out);
+    }
+
+    /// A recovery begins: this node stops serving, but its clients keep using the records
+    /// it holds (the recovery moves none of them).
+    pub(super) fn pause_for_recovery(&mut self, leader: Pnn, out: &mut Vec<Output>) {
+        self.stop_serving(&format!("recovery by node {leader}"), out);
+    }
+
+    fn stop_serving(&mut self, why: &str, out: &mut Vec<Output>) {
         if self.cluster.active {
             log::warn!("node {}: stops serving: {why}", self.config.pnn);
             out.push(Output::Event(ClusterEvent::Deactivated { why: why.to_owned() }));
@@ -368,19 +474,54 @@ impl Engine {
         self.cluster.active = false;
         self.config.generation = INVALID_GENERATION;
         self.drop_generation_work();
+    }
+
+    /// The leader activated this node in `generation` (its recovery committed here): serve,
+    /// thaw, send the requests that waited and the migrations that were cut off.
+    pub(super) fn start_serving(&mut self, generation: Generation, out: &mut Vec<Output>) {
+        if self.cluster.banned() {
+            return;
+        }
+        self.config.generation = generation;
+        self.cluster.active = true;
+        self.cluster.wants_recovery = false;
+        for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
+            out.push(Output::ThawDb { db_id });
+        }
+        log::info!(
+            "node {}: serves generation {generation:#x}, map {:?}",
+            self.config.pnn,
+            self.config.vnn_map
+        );
+        out.push(Output::Event(ClusterEvent::Activated { generation }));
+        let deferred: Vec<_> = self.cluster.deferred.drain(..).collect();
+        self.ready.extend(deferred.into_iter().map(super::Work::ClientCall));
+        self.resume_migrations();
+    }
+
+    /// Freezes every attached database not frozen (or freezing) yet.
+    pub(super) fn freeze_databases(&mut self, out: &mut Vec<Output>) {
         let dbs: Vec<DbId> = self.dbs.keys().copied().collect();
         for db_id in dbs {
-            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
-                entry.insert(Freeze::Waiting);
+            if self.cluster.freeze(db_id) {
                 out.push(Output::FreezeDb { db_id });
             }
         }
     }
 
+    /// `Input::Frozen`: every chain of the database is held for us now.
+    pub(super) fn frozen(&mut self, db_id: DbId, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        if !self.cluster.freeze_held(db_id) {
+            // Thawed while the freeze was on its way: give it back.
+            return out.push(Output::ThawDb { db_id });
+        }
+        self.finish_wipe_when_frozen(store, out);
+    }
+
     /// Peers' requests and handovers of the old generation are void (their senders ask
     /// again under the new one); our own migrations keep their waiters and are sent again
     /// at activation; a recovery's fixes not applied yet are recomputed by the next one.
-    pub(super) fn drop_generation_work(&mut self) {
+    fn drop_generation_work(&mut self) {
         self.vacuum_generation_ended();
         for state in self.keys.values_mut() {
             state.parked.clear();
@@ -388,12 +529,6 @@ impl Engine {
             state.lock_wait.retain(|work| !work.is_remote() && !matches!(work, super::Work::Fix { .. }));
         }
         self.keys.retain(|_, state| !state.is_idle());
-    }
-
-    pub(super) fn thaw_all(&mut self, out: &mut Vec<Output>) {
-        for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
-            out.push(Output::ThawDb { db_id });
-        }
     }
 
     pub(super) fn ban_self(&mut self, why: &str, out: &mut Vec<Output>) {

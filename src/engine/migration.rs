@@ -22,7 +22,7 @@ impl Engine {
         match work {
             // Queued behind a lock before this node stopped serving: it waits for the next
             // generation like any request that arrives now.
-            Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
+            Work::ClientCall(call) if !self.active() => self.defer_call(call),
             Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, kind }) => {
                 let waiter = Waiter { client, reqid, first_use, kind };
                 self.client_call(waiter, db_id, key, record, store, out)
@@ -105,6 +105,22 @@ impl Engine {
         self.keys.entry((db_id, key.clone())).or_default().migration =
             Some(Migration { reqid, waiters, sent_at, resends: 0 });
         self.send_call(db_id, key, record, reqid, out);
+    }
+
+    /// This node serves again: our migrations that were cut off go out again now, under the
+    /// new generation.
+    pub(super) fn resume_migrations(&mut self) {
+        let mut pending: Vec<(DbId, Vec<u8>)> =
+            self.keys.iter().filter(|(_, s)| s.migration.is_some()).map(|(slot, _)| slot.clone()).collect();
+        pending.sort(); // a replay order independent of the hash map's seed
+        for (db_id, key) in pending {
+            if let Some(migration) =
+                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
+            {
+                migration.resends = 0;
+            }
+            self.ready.push_back(Work::Resend { db_id, key });
+        }
     }
 
     /// A migration of ours is late: its request or the record may have been dropped on a

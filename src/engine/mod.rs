@@ -607,7 +607,7 @@ impl Engine {
 
     pub fn handle(&mut self, now: Millis, input: Input, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         self.now = now;
-        if self.cluster.quiet && !matches!(input, Input::Quiet(_) | Input::Leave) {
+        if self.cluster.quiet() && !matches!(input, Input::Quiet(_) | Input::Leave) {
             // Quiet: deaf to peers; clients' requests wait like while not serving.
             match input {
                 Input::Packet(_) | Input::LinkDown(_) | Input::LinkUp(_) | Input::Refused(_) => return,
@@ -619,7 +619,7 @@ impl Engine {
             Input::ClientCall(call) if !self.active() => {
                 self.stats.client_calls += 1;
                 self.stats.calls_deferred += 1;
-                self.cluster.deferred.push_back(call);
+                self.defer_call(call);
             }
             Input::ClientCall(call) => {
                 self.stats.client_calls += 1;
@@ -680,11 +680,6 @@ impl Engine {
                 return;
             }
         }
-    }
-
-    /// Whether this node serves: it may answer migrations and mint records.
-    pub fn active(&self) -> bool {
-        self.cluster.active
     }
 
     /// Keeps `keys` to the keys with something pending, so nothing grows with traffic.

@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::membership::{Freeze, Role};
 use super::{lmaster_of, ClusterEvent, Engine, Millis, Output, Record, RecordStore, Work};
 use crate::record::{RecordHeader, FLAG_AUTOMATIC};
 use crate::wire::cluster::{ClusterMsg, DbName, Epoch, FixEntry, HeaderEntry, RecordFix};
@@ -110,7 +109,7 @@ impl Engine {
         }
         let generation = loop {
             let candidate = self.cluster.random() as Generation;
-            if candidate > INVALID_GENERATION && candidate != self.cluster.epoch_generation {
+            if candidate > INVALID_GENERATION && candidate != self.cluster.epoch().1 {
                 break candidate;
             }
         };
@@ -135,7 +134,7 @@ impl Engine {
             epoch: Epoch::default(),
             fixed: 0,
         });
-        let term = self.cluster.term;
+        let term = self.cluster.term();
         for member in members {
             self.send_cluster(member, ClusterMsg::RecoveryStart { term, generation }, out);
         }
@@ -192,7 +191,7 @@ impl Engine {
                 return self.ban_self(&why, out);
             }
             log::warn!("node {}: leaves node {pnn} out: {why}", self.config.pnn);
-            self.cluster.excluded_until.insert(pnn, now + self.ban_period());
+            self.cluster.exclude(pnn, now + self.ban_period());
             out.push(Output::Event(ClusterEvent::Excluded { pnn, why }));
         }
         self.start_recovery(out);
@@ -302,25 +301,20 @@ impl Engine {
         if from != me && !self.leader_claim(from, term, out) {
             return;
         }
-        if from == me && self.cluster.role != Role::Leader {
+        if from == me && !self.cluster.leads() {
             return;
         }
         if self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation) {
             return; // a copy of the start we answered already
         }
-        if self.cluster.active {
-            self.cluster.active = false;
-            self.config.generation = INVALID_GENERATION;
-            self.drop_generation_work();
-            out.push(Output::Event(ClusterEvent::Deactivated { why: format!("recovery by node {from}") }));
-        }
+        self.pause_for_recovery(from, out);
         self.recoveries.member =
             Some(MemberRecovery { leader: from, generation, fixes: vec![], wiping: None, committed: false });
         self.stats.recoveries_joined += 1;
         let ready = ClusterMsg::RecoveryReady {
             generation,
-            epoch: self.cluster.epoch,
-            participants: self.cluster.epoch_members.clone(),
+            epoch: self.cluster.epoch().0,
+            participants: self.cluster.epoch().2.to_vec(),
             dbs: self.db_names(),
         };
         self.send_cluster(from, ready, out);
@@ -381,32 +375,17 @@ impl Engine {
             return;
         }
         let all: BTreeSet<DbId> = self.dbs.keys().copied().collect();
-        for &db_id in &all {
-            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
-                entry.insert(Freeze::Waiting);
-                out.push(Output::FreezeDb { db_id });
-            }
-        }
+        self.freeze_databases(out);
         if let Some(member) = self.recoveries.member.as_mut() {
             member.wiping = Some(all);
         }
         self.finish_wipe_when_frozen(store, out);
     }
 
-    /// `Input::Frozen`: every chain of the database is held for us now.
-    pub(super) fn frozen(&mut self, db_id: DbId, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
-        match self.cluster.frozen.get_mut(&db_id) {
-            Some(state) => *state = Freeze::Held,
-            // Thawed while the freeze was on its way: give it back.
-            None => return out.push(Output::ThawDb { db_id }),
-        }
-        self.finish_wipe_when_frozen(store, out);
-    }
-
-    fn finish_wipe_when_frozen(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+    pub(super) fn finish_wipe_when_frozen(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         let Some(member) = self.recoveries.member.as_ref() else { return };
         let Some(wiping) = member.wiping.as_ref() else { return };
-        if !wiping.iter().all(|db| self.cluster.frozen.get(db) == Some(&Freeze::Held)) {
+        if !wiping.iter().all(|&db| self.cluster.is_frozen(db)) {
             return;
         }
         let (leader, generation) = (member.leader, member.generation);
@@ -446,9 +425,7 @@ impl Engine {
         }
         // The history entry first: if the leader dies before activating, the next leader
         // knows this node took part in it, whatever fixes are still to come.
-        self.cluster.epoch = epoch;
-        self.cluster.epoch_generation = generation;
-        self.cluster.epoch_members = vnn_map.clone();
+        self.cluster.commit_epoch(epoch, generation, vnn_map.clone());
         self.config.vnn_map = vnn_map;
         let Some(member) = self.recoveries.member.as_mut() else { return };
         member.committed = true;
@@ -492,36 +469,11 @@ impl Engine {
     }
 
     fn activate(&mut self, generation: Generation, out: &mut Vec<Output>) {
-        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed)
-            || self.cluster.banned_until.is_some()
-        {
+        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed) || self.cluster.banned() {
             return;
         }
         self.recoveries.member = None;
-        self.config.generation = generation;
-        self.cluster.active = true;
-        self.cluster.wants_recovery = false;
-        self.thaw_all(out);
-        log::info!(
-            "node {}: serves generation {generation:#x}, map {:?}",
-            self.config.pnn,
-            self.config.vnn_map
-        );
-        out.push(Output::Event(ClusterEvent::Activated { generation }));
-        let deferred: Vec<_> = self.cluster.deferred.drain(..).collect();
-        self.ready.extend(deferred.into_iter().map(Work::ClientCall));
-        // Our migrations that were cut off go out again now, under the new generation.
-        let mut pending: Vec<(DbId, Vec<u8>)> =
-            self.keys.iter().filter(|(_, s)| s.migration.is_some()).map(|(slot, _)| slot.clone()).collect();
-        pending.sort();
-        for (db_id, key) in pending {
-            if let Some(migration) =
-                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
-            {
-                migration.resends = 0;
-            }
-            self.ready.push_back(Work::Resend { db_id, key });
-        }
+        self.start_serving(generation, out);
     }
 
     // ---- leader side
@@ -543,7 +495,7 @@ impl Engine {
             .map(|(pnn, _)| *pnn)
             .collect();
         lead.trusted = trusted.clone();
-        let term = self.cluster.term;
+        let term = self.cluster.term();
         lead.epoch = if newest.term < term {
             Epoch { term, seq: 1 }
         } else {
@@ -636,8 +588,7 @@ impl Engine {
         let first_started = self.recoveries.first_started.take().unwrap_or(lead.started_at);
         let millis = self.now.saturating_sub(first_started);
         self.stats.note_recovery(millis);
-        self.cluster.settled_at = self.now;
-        self.cluster.wants_recovery = false;
+        self.cluster.settle(self.now);
         let members: Vec<Pnn> = lead.members.iter().copied().collect();
         log::info!(
             "node {}: recovery to generation {:#x} done in {millis} ms: members {members:?}, {} records fixed",
