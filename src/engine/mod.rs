@@ -854,4 +854,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod membership_rules;
+#[cfg(test)]
 mod tests;
