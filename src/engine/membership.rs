@@ -329,11 +329,7 @@ impl Engine {
             self.extend_recovery_deadline(now);
         }
         if self.cluster.last_heartbeat.map_or(true, |at| now.saturating_sub(at) >= interval) {
-            self.cluster.last_heartbeat = Some(now);
-            let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
-            for peer in self.peers_except_me() {
-                self.send_cluster(peer, heartbeat.clone(), out);
-            }
+            self.send_heartbeats(out);
         }
         let dead_after = self.dead_after();
         for pnn in self.peers_except_me() {
@@ -357,6 +353,14 @@ impl Engine {
             _ => self.leaderless_tick(out),
         }
         self.recovery_tick(out);
+    }
+
+    fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
+        self.cluster.last_heartbeat = Some(self.now);
+        let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
+        for peer in self.peers_except_me() {
+            self.send_cluster(peer, heartbeat.clone(), out);
+        }
     }
 
     pub(super) fn heartbeat(&self) -> Heartbeat {
@@ -599,6 +603,9 @@ impl Engine {
         }
         self.cluster.next_attempt = self.now + self.config.tunables.election_timeout_ms;
         self.deactivate(why, out);
+        // Followers must not wait a heartbeat interval to learn it: until they do, they go
+        // on serving a generation nobody leads any more.
+        self.send_heartbeats(out);
     }
 
     /// No live leader: the lowest eligible node stands first, the next after one

@@ -492,3 +492,54 @@ fn a_node_the_cluster_gave_up_on_stops_serving_when_it_wakes_and_is_admitted_aga
     });
     rig.run_until(5_000, |rig| rig.all_serve_one_generation() && rig.engines[2].vnn_map() == [0, 1, 2]);
 }
+
+#[test]
+fn a_leader_that_steps_down_tells_its_followers_at_once() {
+    let mut rig = Rig::settled(3, true);
+    rig.input(0, Input::ClusterLock(LockOutcome::Lost));
+    rig.deliver_all(); // no clock moves: no heartbeat interval passes
+    for follower in [1, 2] {
+        assert!(!rig.engines[follower].active(), "node {follower} still serves a generation nobody leads");
+        assert_eq!(rig.engines[follower].cluster_status().leader, None);
+    }
+}
+
+#[test]
+fn a_leader_cut_off_in_a_minority_takes_its_followers_with_it() {
+    // Seed 1015 of the fault simulation: five nodes split {0, 1} | {2, 3, 4}.
+    let mut rig = Rig::settled(5, false);
+    for minority in [0, 1] {
+        for majority in [2, 3, 4] {
+            rig.cut_between(minority, majority);
+        }
+    }
+    rig.run_until(2 * rig.dead_after(), |rig| !rig.engines[0].active());
+    let stepped_down =
+        rig.events.iter().find(|(_, p, e)| *p == 0 && matches!(e, ClusterEvent::SteppedDown { .. }));
+    let follower_stopped =
+        rig.events.iter().find(|(_, p, e)| *p == 1 && matches!(e, ClusterEvent::Deactivated { .. }));
+    let (Some(stepped_down), Some(follower_stopped)) = (stepped_down, follower_stopped) else {
+        panic!("leader or follower still serving: {:?}", rig.events)
+    };
+    assert_eq!(follower_stopped.0, stepped_down.0, "the follower stops when its leader does");
+}
+
+#[test]
+fn a_handover_from_a_node_the_lmaster_does_not_know_as_dmaster_starts_a_recovery() {
+    let mut rig = Rig::settled(3, false);
+    let key = (0u32..)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|k| rig.engines[0].lmaster(k) == 1)
+        .expect("a key node 1 is LMASTER of");
+    // Node 1 knows node 0 as the record's DMASTER; node 2 hands it over all the same.
+    let header = crate::record::RecordHeader { rsn: 3, dmaster: 0, flags: 0 };
+    rig.stores[1].put(DB, &key, Record { header, data: b"v3".to_vec() });
+    let req =
+        crate::wire::ReqDmaster { db_id: DB, rsn: 5, dmaster: 2, key, data: b"v5".to_vec(), record_flags: 0 };
+    let generation = rig.engines[1].generation();
+    let packet = Packet { generation, destnode: 1, srcnode: 2, reqid: 1, body: Body::ReqDmaster(req) };
+    rig.input(1, Input::Packet(packet));
+    assert_eq!(rig.engines[1].stats().protocol_violations, 1);
+    let recover_interval = rig.engines[0].tunables().recover_interval_ms;
+    rig.run_until(recover_interval + 2 * TICK_MS, |rig| rig.recoveries_started() > 0);
+}

@@ -336,9 +336,11 @@ impl Engine {
     ) {
         let me = self.config.pnn;
         if self.lmaster(&req.key) != me {
-            log::error!("engine: REQ_DMASTER from node {from} for a key this node is not LMASTER of");
-            self.stats.protocol_violations += 1;
-            return;
+            let why = format!(
+                "REQ_DMASTER from node {from} for a key of db {:#x} this node is not LMASTER of",
+                req.db_id
+            );
+            return self.protocol_violation(why, out);
         }
         let recorded_dmaster = match &record {
             Some(record) => {
@@ -353,10 +355,13 @@ impl Engine {
             None => me,
         };
         if recorded_dmaster != from {
-            log::error!(
-                "engine: node {from} handed over a record whose DMASTER this LMASTER knows as node {recorded_dmaster}"
+            // Two nodes may believe they hold the record. The handover goes on (the record
+            // must land somewhere); the recovery this asks for keeps one holder.
+            let why = format!(
+                "node {from} handed over a record of db {:#x} whose DMASTER this LMASTER knows as node {recorded_dmaster}",
+                req.db_id
             );
-            self.stats.protocol_violations += 1;
+            self.protocol_violation(why, out);
         }
         if req.dmaster == me {
             let Some(header) =
@@ -477,6 +482,14 @@ impl Engine {
     fn bumped(&self, header: RecordHeader) -> Option<RecordHeader> {
         let rsn = header.rsn.checked_add(1)?;
         Some(RecordHeader { rsn, dmaster: self.config.pnn, flags: header.flags & !FLAG_AUTOMATIC })
+    }
+
+    /// A peer broke the protocol's invariants (DESIGN §8.2 step 5): only a recovery, which
+    /// rebuilds who holds what from every member's copies, can mend what follows from it.
+    fn protocol_violation(&mut self, why: String, out: &mut Vec<Output>) {
+        log::error!("engine: protocol violation: {why}");
+        self.stats.protocol_violations += 1;
+        self.report_trouble(why, out);
     }
 
     fn refuse_rsn(&mut self, from: Pnn, rsn: u64) {
