@@ -20,12 +20,40 @@
 //!   at once, so a reset link to a live peer costs no membership change, a dead peer is
 //!   noticed in a fraction of the dead time). A refused reconnect (nothing listens at the
 //!   peer's address) is death at once.
+//!
+//! Leases (fencing by time). A node may hold records — serve, or let its clients use what
+//! it holds — only while it holds a lease, and every lease ends, on its holder's own
+//! monotonic clock, before anyone else can take those records over:
+//! - A follower asks its leader each `KeepaliveInterval` (`LeaseAsk`, stamped with its own
+//!   `now`); the leader grants (`LeaseGrant`) to members of its generation or of its
+//!   recovery. The lease runs `lease_ms` (half the dead time) from the *asker's* stamp, so
+//!   no delay of the answer, and no stop of the asker, lengthens it. Activation is the
+//!   first grant, counted from when the member committed.
+//! - The leader's own lease: with a cluster lock, the lock (whoever releases it must freeze
+//!   first); by majority, the grants of a majority of the nodes file, itself included.
+//! - A grantor counts a lease as running until `lease_bound` after it granted it:
+//!   `lease_ms` stretched by `CLOCK_RATE_BOUND_PER_MILLE` both ways (the holder's clock
+//!   may run slow, the grantor's fast). It votes for nobody, and stands for nobody, while
+//!   a lease it granted may run: a majority that elects a new leader has seen the old
+//!   leader's lease end. A leader does not promote copies of records (a recovery that
+//!   moves records off a node that is no member) until the leases it granted to non-members
+//!   and, after an election, any lease the previous leader granted, are over.
+//! - A node whose lease runs out stops serving and freezes its databases at its next
+//!   input (the daemon ticks every interval): a stopped, starved or cut-off node fences
+//!   itself before the others can act, whatever its peers' clocks say.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{ClientCall, ClusterEvent, Engine, EngineConfig, Millis, Output, RecordStore};
 use crate::wire::cluster::{flags, ClusterMsg, Epoch, Heartbeat, NO_LEADER};
 use crate::wire::{Body, DbId, Generation, Packet, Pnn, INVALID_GENERATION};
+
+/// How far apart two nodes' clocks may run, per mille of real time each way: a lease of
+/// `lease_ms` on its holder's clock ends, on any other node's clock, within
+/// `lease_ms * (1000 + bound) / (1000 - bound)`. 10 %: far beyond what NTP slewing
+/// (0.05 %) or a virtual machine's clock does, and it costs only a longer wait after a
+/// false death.
+pub const CLOCK_RATE_BOUND_PER_MILLE: u64 = 100;
 
 /// What became of an attempt to take the cluster lock (CTDB's cluster mutex helper answers
 /// `0` held, `1` contention, `2` timeout, `3` error; a held lock can be lost later).
@@ -107,6 +135,20 @@ pub(super) struct Membership {
     /// When the last recovery this node led ended: older heartbeats say nothing about it.
     settled_at: Millis,
     last_check: Millis,
+    /// This node may hold records (serve, or let its clients use what it holds) until
+    /// then, on its own clock; 0 when it holds no lease.
+    lease_until: Millis,
+    /// When this node last granted each peer a lease: that peer may hold records until
+    /// `lease_bound` after it, whatever this node learns meanwhile.
+    granted: BTreeMap<Pnn, Millis>,
+    /// Leading: the newest stamp of ours each peer granted, for our own lease.
+    grants_to_me: BTreeMap<Pnn, u64>,
+    /// Our last `LeaseAsk`'s stamp, and when this node committed its last recovery.
+    asked_at: Millis,
+    committed_at: Millis,
+    /// When this node became leader: a lease granted by the previous one may run until
+    /// `lease_bound` after it.
+    leads_since: Millis,
 }
 
 impl Membership {
@@ -138,6 +180,12 @@ impl Membership {
             excluded_until: BTreeMap::new(),
             settled_at: 0,
             last_check: 0,
+            lease_until: 0,
+            granted: BTreeMap::new(),
+            grants_to_me: BTreeMap::new(),
+            asked_at: 0,
+            committed_at: 0,
+            leads_since: 0,
         }
     }
 
@@ -167,8 +215,19 @@ impl Membership {
         (self.epoch, self.epoch_generation, &self.epoch_members)
     }
 
-    /// A recovery's commit: this node took part in the history entry `epoch`.
-    pub(super) fn commit_epoch(&mut self, epoch: Epoch, generation: Generation, members: Vec<Pnn>) {
+    /// A recovery's commit: this node took part in the history entry `epoch`, at `now`.
+    pub(super) fn commit_epoch(
+        &mut self,
+        epoch: Epoch,
+        generation: Generation,
+        members: Vec<Pnn>,
+        now: Millis,
+    ) {
+        self.committed_at = now;
+        if let Some(leader) = self.leader.filter(|_| self.role != Role::Leader) {
+            // Our `Committed` lets the leader serve: a lease we granted it.
+            self.granted.insert(leader, now);
+        }
         self.epoch = epoch;
         self.epoch_generation = generation;
         self.epoch_members = members;
@@ -330,6 +389,7 @@ impl Engine {
         }
         if self.cluster.last_heartbeat.map_or(true, |at| now.saturating_sub(at) >= interval) {
             self.send_heartbeats(out);
+            self.ask_for_lease(out);
         }
         let dead_after = self.dead_after();
         for pnn in self.peers_except_me() {
@@ -476,6 +536,7 @@ impl Engine {
             out.push(Output::Event(ClusterEvent::Deactivated { why: why.to_owned() }));
         }
         self.cluster.active = false;
+        self.cluster.lease_until = 0;
         self.config.generation = INVALID_GENERATION;
         self.drop_generation_work();
     }
@@ -489,6 +550,12 @@ impl Engine {
         self.config.generation = generation;
         self.cluster.active = true;
         self.cluster.wants_recovery = false;
+        if !self.cluster.leads() || self.config.vnn_map.len() * 2 > self.config.nodes {
+            // Activation is the first grant (a majority committed, for a leader), counted from
+            // our commit, which came before it.
+            let until = self.cluster.committed_at + self.lease_ms();
+            self.cluster.lease_until = self.cluster.lease_until.max(until);
+        }
         for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
             out.push(Output::ThawDb { db_id });
         }
@@ -533,6 +600,130 @@ impl Engine {
             state.lock_wait.retain(|work| !work.is_remote() && !matches!(work, super::Work::Fix { .. }));
         }
         self.keys.retain(|_, state| !state.is_idle());
+    }
+
+    // ---- Leases (the rules are in the module's opening comment).
+
+    /// How long a lease runs on its holder's clock: half the dead time, renewed every
+    /// interval, so a few lost renewals cost nothing.
+    pub(super) fn lease_ms(&self) -> Millis {
+        self.dead_after() / 2
+    }
+
+    /// How long after granting a lease its grantor counts it as running, on its own clock.
+    pub(super) fn lease_bound(&self) -> Millis {
+        let bound = CLOCK_RATE_BOUND_PER_MILLE;
+        (self.lease_ms() * (1000 + bound)).div_ceil(1000 - bound)
+    }
+
+    /// Until when (on this node's clock) it may hold records: `None` without a lease, or
+    /// when it needs none (membership off, or leading with the cluster lock). A watchdog
+    /// that fences a stalled daemon freezes its databases at this time.
+    pub fn lease_until(&self) -> Option<Millis> {
+        let lease_free = !self.cluster.enabled || self.config.cluster_lock && self.cluster.leads();
+        (!lease_free && self.cluster.lease_until > 0).then_some(self.cluster.lease_until)
+    }
+
+    fn holds_lease(&self) -> bool {
+        !self.cluster.enabled
+            || self.config.cluster_lock && self.cluster.leads()
+            || self.now < self.cluster.lease_until
+    }
+
+    /// At every input: a node whose lease ran out lets go of its records before anything
+    /// else, whatever woke it.
+    pub(super) fn check_lease(&mut self, out: &mut Vec<Output>) {
+        if self.holds_lease() || self.cluster.quiet {
+            return;
+        }
+        if self.cluster.active {
+            self.cluster.wants_recovery = true;
+            self.deactivate("its lease ran out", out);
+        } else if self.recoveries.member.is_some() {
+            // Paused for a recovery: the recovery goes on, the clients stop.
+            self.freeze_databases(out);
+        }
+    }
+
+    /// Whether every lease this node granted has surely ended: until then it helps no other
+    /// node lead.
+    fn grants_over(&self) -> bool {
+        let bound = self.lease_bound();
+        self.cluster.granted.values().all(|&at| self.now >= at + bound)
+    }
+
+    /// When a recovery this node leads may take records over from nodes that are not
+    /// among `members`: once the leases it granted them, and after an election the leases
+    /// the previous leader granted, have surely ended.
+    pub(super) fn takeover_safe_at(&self, members: &BTreeSet<Pnn>) -> Millis {
+        let bound = self.lease_bound();
+        let granted =
+            self.cluster.granted.iter().filter(|(p, _)| !members.contains(p)).map(|(_, &at)| at + bound);
+        granted.max().unwrap_or(0).max(self.cluster.leads_since + bound)
+    }
+
+    /// Each interval: a member asks its leader; a leader without a cluster lock asks
+    /// everyone (its followers answer).
+    fn ask_for_lease(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        let me = self.config.pnn;
+        let Some(leader) = self.cluster.leader else { return };
+        let ask = ClusterMsg::LeaseAsk { leader, stamp: now };
+        if leader == me {
+            if !self.config.cluster_lock {
+                self.cluster.asked_at = now;
+                for peer in self.peers_except_me() {
+                    if self.is_alive(peer) {
+                        self.send_cluster(peer, ask.clone(), out);
+                    }
+                }
+            }
+        } else if self.cluster.active || self.recoveries.member.is_some() {
+            self.cluster.asked_at = now;
+            self.send_cluster(leader, ask, out);
+        }
+    }
+
+    /// A leader grants the members of its recovery, or else of its generation, that follow
+    /// it; a follower grants the leader it follows. Nothing else: a node a recovery leaves
+    /// out gets no lease from it, so the recovery does not wait on leases it keeps renewing.
+    fn lease_asked(&mut self, from: Pnn, leader: Pnn, stamp: u64, out: &mut Vec<Output>) {
+        let me = self.config.pnn;
+        let grant = if leader == me {
+            self.cluster.leads()
+                && if self.recovery_running() {
+                    self.recovery_includes(from)
+                } else {
+                    self.cluster.epoch_members.contains(&from)
+                }
+        } else {
+            leader == from && self.cluster.leader == Some(from) && !self.cluster.leads()
+        };
+        if grant {
+            self.cluster.granted.insert(from, self.now);
+            self.send_cluster(from, ClusterMsg::LeaseGrant { stamp }, out);
+        }
+    }
+
+    fn lease_granted(&mut self, from: Pnn, stamp: u64) {
+        let lease_ms = self.lease_ms();
+        let stamp = stamp.min(self.now); // never from the future
+        if self.cluster.leads() {
+            if self.config.cluster_lock {
+                return;
+            }
+            let newest = self.cluster.grants_to_me.entry(from).or_default();
+            *newest = (*newest).max(stamp);
+            // The newest stamp a majority of the nodes file granted, ours counted.
+            let mut stamps: Vec<u64> = self.cluster.grants_to_me.values().copied().collect();
+            stamps.push(self.cluster.asked_at);
+            stamps.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&stamp) = stamps.get(self.config.nodes / 2) {
+                self.cluster.lease_until = self.cluster.lease_until.max(stamp + lease_ms);
+            }
+        } else if self.cluster.leader == Some(from) {
+            self.cluster.lease_until = self.cluster.lease_until.max(stamp + lease_ms);
+        }
     }
 
     pub(super) fn ban_self(&mut self, why: &str, out: &mut Vec<Output>) {
@@ -622,7 +813,7 @@ impl Engine {
             return; // no majority in sight: standing would only split the votes to come
         }
         let timeout = self.config.tunables.election_timeout_ms;
-        if now < since + rank as Millis * timeout || now < self.cluster.next_attempt {
+        if now < since + rank as Millis * timeout || now < self.cluster.next_attempt || !self.grants_over() {
             return;
         }
         match self.cluster.role {
@@ -679,6 +870,8 @@ impl Engine {
         self.cluster.role = Role::Leader;
         self.cluster.leader = Some(self.config.pnn);
         self.cluster.leaderless_since = None;
+        self.cluster.leads_since = self.now;
+        self.cluster.grants_to_me.clear();
         out.push(Output::Event(ClusterEvent::BecameLeader { term }));
         self.start_recovery(out);
     }
@@ -802,6 +995,8 @@ impl Engine {
                 }
             }
             ClusterMsg::Alive => {} // being heard is all it says
+            ClusterMsg::LeaseAsk { leader, stamp } => self.lease_asked(from, leader, stamp, out),
+            ClusterMsg::LeaseGrant { stamp } => self.lease_granted(from, stamp),
             ClusterMsg::Attach { id, db } => self.attach_asked(from, id, db, store, out),
             ClusterMsg::Attached { id, error } => self.attach_answered(from, Some((id, error)), out),
             ClusterMsg::Leaving => {
@@ -873,6 +1068,7 @@ impl Engine {
     fn vote_request(&mut self, from: Pnn, term: u64, out: &mut Vec<Output>) {
         self.cluster.max_term = self.cluster.max_term.max(term);
         let granted = !self.has_live_leader()
+            && self.grants_over()
             && self.cluster.banned_until.is_none()
             && term >= self.cluster.term
             && self.cluster.voted.map_or(true, |(t, p)| t < term || p == from);

@@ -345,8 +345,10 @@ fn a_leader_without_a_majority_steps_down() {
     rig.cut_between(0, 1);
     rig.cut_between(0, 2);
     let dead_after = rig.dead_after();
-    rig.run_until(dead_after + 3 * rig.interval(), |rig| !rig.engines[0].active());
-    assert!(rig.events_of(0).any(|e| matches!(e, ClusterEvent::SteppedDown { .. })));
+    rig.run_until(dead_after + 3 * rig.interval(), |rig| {
+        rig.events_of(0).any(|e| matches!(e, ClusterEvent::SteppedDown { .. }))
+    });
+    assert!(!rig.engines[0].active());
     assert_eq!(rig.engines[0].cluster_status().leader, None);
     // The other two are a majority: one of them leads them.
     rig.run_until(5_000, |rig| rig.engines[1].active() && rig.engines[2].active());
@@ -505,23 +507,37 @@ fn a_leader_that_steps_down_tells_its_followers_at_once() {
 }
 
 #[test]
-fn a_leader_cut_off_in_a_minority_takes_its_followers_with_it() {
-    // Seed 1015 of the fault simulation: five nodes split {0, 1} | {2, 3, 4}.
+fn a_minority_stops_serving_before_the_majority_serves_again() {
+    // Seed 1015 of the fault simulation: five nodes split {0, 1} | {2, 3, 4}, leader 0.
     let mut rig = Rig::settled(5, false);
+    let cut_at = rig.now;
     for minority in [0, 1] {
         for majority in [2, 3, 4] {
             rig.cut_between(minority, majority);
         }
     }
-    rig.run_until(2 * rig.dead_after(), |rig| !rig.engines[0].active());
-    let stepped_down =
-        rig.events.iter().find(|(_, p, e)| *p == 0 && matches!(e, ClusterEvent::SteppedDown { .. }));
-    let follower_stopped =
-        rig.events.iter().find(|(_, p, e)| *p == 1 && matches!(e, ClusterEvent::Deactivated { .. }));
-    let (Some(stepped_down), Some(follower_stopped)) = (stepped_down, follower_stopped) else {
-        panic!("leader or follower still serving: {:?}", rig.events)
+    rig.run_until(5_000, |rig| rig.engines[2..].iter().all(|e| e.active() && e.vnn_map() == [2, 3, 4]));
+    let stopped = |pnn: Pnn| {
+        rig.events
+            .iter()
+            .find(|(_, p, e)| *p == pnn && matches!(e, ClusterEvent::Deactivated { .. }))
+            .map(|e| e.0)
     };
-    assert_eq!(follower_stopped.0, stepped_down.0, "the follower stops when its leader does");
+    let majority_leads = rig
+        .events
+        .iter()
+        .find(|(_, p, e)| *p >= 2 && matches!(e, ClusterEvent::BecameLeader { .. }))
+        .map(|e| e.0)
+        .expect("the majority elected a leader");
+    for pnn in [0, 1] {
+        let at = stopped(pnn).expect("the minority stopped serving");
+        assert!(
+            at < majority_leads,
+            "node {pnn} served until {at}, the majority elected at {majority_leads}"
+        );
+        let lease_ms = rig.engines[pnn as usize].lease_ms();
+        assert!(at <= cut_at + lease_ms + rig.interval(), "node {pnn} held its lease until {at}");
+    }
 }
 
 #[test]
@@ -542,4 +558,71 @@ fn a_handover_from_a_node_the_lmaster_does_not_know_as_dmaster_starts_a_recovery
     assert_eq!(rig.engines[1].stats().protocol_violations, 1);
     let recover_interval = rig.engines[0].tunables().recover_interval_ms;
     rig.run_until(recover_interval + 2 * TICK_MS, |rig| rig.recoveries_started() > 0);
+}
+
+#[test]
+fn a_follower_whose_lease_runs_out_stops_serving_and_freezes() {
+    let mut rig = Rig::settled(3, false);
+    // Node 2 hears every heartbeat, but no grant of its lease reaches it.
+    rig.drop_if = Some(|p| p.destnode == 2 && matches!(p.body, Body::Cluster(ClusterMsg::LeaseGrant { .. })));
+    let lease_ms = rig.engines[2].lease_ms();
+    let limit = lease_ms + rig.interval() + TICK_MS;
+    let took = rig.run_until(limit, |rig| {
+        rig.events_of(2).any(|e| matches!(e, ClusterEvent::Deactivated { why } if why.contains("lease")))
+    });
+    assert!(took + rig.interval() >= lease_ms, "stopped after {took} ms, its lease runs {lease_ms}");
+    assert!(rig.stores[2].frozen, "its clients stop using the records it holds");
+    assert!(rig.engines[0].active() && rig.engines[1].active(), "the others keep serving");
+}
+
+#[test]
+fn a_stopped_node_fences_itself_at_its_first_input_after_its_lease() {
+    let mut rig = Rig::settled(3, false);
+    let lease_ms = rig.engines[2].lease_ms();
+    assert!(lease_ms + 2 * rig.interval() < rig.dead_after(), "shorter than the dead time: nobody notices");
+    rig.stop(2);
+    rig.run_for(lease_ms + 2 * rig.interval());
+    rig.resume(2);
+    // A client's request is the first thing it sees: it must not be served from its records.
+    rig.client_call(2, 9, b"share modes");
+    assert!(!rig.engines[2].active() && rig.stores[2].frozen);
+    assert!(rig.replies.is_empty(), "no answer without a lease");
+    // It asks to be admitted again, and is, and the request is answered then.
+    rig.run_until(5_000, Rig::all_serve_one_generation);
+    assert_eq!(rig.replies, vec![(2, 9, CALL_OK)]);
+}
+
+#[test]
+fn a_node_votes_for_nobody_while_a_lease_it_granted_may_run() {
+    let mut rig = Rig::settled(3, false);
+    rig.stop(0);
+    let stopped_at = rig.now;
+    rig.input(1, Input::Refused(0)); // death at once, not after the dead time
+    let term = rig.engines[1].cluster_status().term + 1;
+    let answers = rig.hear(1, 2, ClusterMsg::VoteRequest { term });
+    assert_eq!(vote_answer(&answers), Some((term, false)), "node 0's lease from node 1 may still run");
+    let bound = rig.engines[1].lease_bound();
+    rig.now = stopped_at + bound + TICK_MS;
+    let answers = rig.hear(1, 2, ClusterMsg::VoteRequest { term });
+    assert_eq!(vote_answer(&answers), Some((term, true)), "once it is surely over");
+}
+
+#[test]
+fn a_recovery_takes_no_record_over_from_a_node_whose_lease_may_run() {
+    let mut rig = Rig::settled(3, false);
+    let key = b"byte-range locks".to_vec();
+    // Node 2 holds the record; node 0 has the copy it left behind when it handed it over.
+    let held = crate::record::RecordHeader { rsn: 4, dmaster: 2, flags: 0 };
+    rig.stores[2].put(DB, &key, Record { header: held, data: b"v2".to_vec() });
+    let left = crate::record::RecordHeader { rsn: 3, dmaster: 2, flags: 0 };
+    rig.stores[0].put(DB, &key, Record { header: left, data: b"v1".to_vec() });
+    rig.stop(2);
+    rig.input(0, Input::Refused(2));
+    rig.input(1, Input::Refused(2));
+    let bound = rig.engines[0].lease_bound();
+    let promoted = |rig: &Rig| rig.stores[0].peek(DB, &key).is_some_and(|r| r.header.dmaster == 0);
+    let took = rig.run_until(5_000, promoted);
+    // Node 2 was granted a lease at most an interval before it stopped.
+    assert!(took + rig.interval() >= bound, "taken over {took} ms after the cut; a lease runs {bound} ms");
+    assert!(rig.engines[0].active() && rig.engines[0].vnn_map() == [0, 1]);
 }

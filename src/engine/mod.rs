@@ -614,6 +614,7 @@ impl Engine {
                 _ => {}
             }
         }
+        self.check_lease(out);
         match input {
             Input::Packet(packet) => self.accept_packet(packet, out),
             Input::ClientCall(call) if !self.active() => {

@@ -92,6 +92,11 @@ impl Engine {
         self.recoveries.lead.is_some()
     }
 
+    /// Whether the recovery this node leads includes `pnn`.
+    pub(super) fn recovery_includes(&self, pnn: Pnn) -> bool {
+        self.recoveries.lead.as_ref().is_some_and(|lead| lead.members.contains(&pnn))
+    }
+
     pub(super) fn abandon_lead(&mut self) {
         self.recoveries.lead = None;
         self.recoveries.first_started = None;
@@ -171,6 +176,9 @@ impl Engine {
         let now = self.now;
         let timeout = self.config.tunables.recover_timeout_ms;
         let Some(lead) = self.recoveries.lead.as_ref() else { return };
+        if lead.phase == Phase::Collect && lead.waiting.is_empty() {
+            return self.commit_when_collected(out); // it waits for leases to end
+        }
         if now < lead.deadline || lead.waiting.is_empty() {
             return;
         }
@@ -425,7 +433,7 @@ impl Engine {
         }
         // The history entry first: if the leader dies before activating, the next leader
         // knows this node took part in it, whatever fixes are still to come.
-        self.cluster.commit_epoch(epoch, generation, vnn_map.clone());
+        self.cluster.commit_epoch(epoch, generation, vnn_map.clone(), self.now);
         self.config.vnn_map = vnn_map;
         let Some(member) = self.recoveries.member.as_mut() else { return };
         member.committed = true;
@@ -530,18 +538,31 @@ impl Engine {
     }
 
     fn commit_when_collected(&mut self, out: &mut Vec<Output>) {
-        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        let Some(lead) = self.recoveries.lead.as_ref() else { return };
         if lead.phase != Phase::Collect || !lead.waiting.is_empty() {
             return;
         }
         let vnn_map: Vec<Pnn> = lead.members.iter().copied().collect();
         let mut fixes: BTreeMap<(Pnn, DbId), Vec<FixEntry>> = BTreeMap::new();
-        let copies = std::mem::take(&mut lead.copies);
-        for ((db_id, key), copies) in copies {
-            for (node, fix) in plan_record(&key, &copies, &vnn_map) {
-                fixes.entry((node, db_id)).or_default().push(FixEntry { key: key.clone(), fix });
+        for ((db_id, key), copies) in &lead.copies {
+            for (node, fix) in plan_record(key, copies, &vnn_map) {
+                fixes.entry((node, *db_id)).or_default().push(FixEntry { key: key.clone(), fix });
             }
         }
+        let promotes = fixes.values().flatten().any(|entry| matches!(entry.fix, RecordFix::Promote { .. }));
+        let safe_at = self.takeover_safe_at(&lead.members);
+        if promotes && self.now < safe_at {
+            // A node that is no member may still hold a lease on records this plan moves:
+            // wait (`recovery_tick` asks again) rather than make a second holder.
+            log::debug!(
+                "node {}: recovery waits {} ms for leases to end",
+                self.config.pnn,
+                safe_at - self.now
+            );
+            return;
+        }
+        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        lead.copies.clear();
         lead.fixed = fixes.values().map(|f| f.len() as u64).sum();
         lead.phase = Phase::Commit;
         lead.deadline = self.now + self.config.tunables.recover_timeout_ms;
