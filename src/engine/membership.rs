@@ -93,6 +93,9 @@ struct PeerView {
     left: bool,
     /// Our connection to it broke then: unless it is heard from again soon, it is dead.
     suspect_since: Option<Millis>,
+    /// When it was last heard from, dead or alive since: its records are held for it
+    /// until `give_up_ms` after.
+    last_seen: Option<Millis>,
 }
 
 /// Whether a database is frozen for us, or on its way.
@@ -149,6 +152,11 @@ pub(super) struct Membership {
     /// When this node became leader: a lease granted by the previous one may run until
     /// `lease_bound` after it.
     leads_since: Millis,
+    /// Leading: nodes that are no members whose records a recovery held for them, and when
+    /// they are given up; nodes whose records a recovery took over (they are emptied if
+    /// they come back).
+    held_back: BTreeMap<Pnn, Millis>,
+    given_up: BTreeSet<Pnn>,
 }
 
 impl Membership {
@@ -186,6 +194,8 @@ impl Membership {
             asked_at: 0,
             committed_at: 0,
             leads_since: 0,
+            held_back: BTreeMap::new(),
+            given_up: BTreeSet::new(),
         }
     }
 
@@ -726,6 +736,45 @@ impl Engine {
         }
     }
 
+    // ---- False deaths. A node left out of a recovery may only be slow (stopped, starved,
+    // cut off for a while): its records are held for it, unavailable, not taken over,
+    // for `give_up_ms` after it was last heard from. Back in time, it keeps them.
+
+    /// How long the records of a node that is no member wait for it: ten dead times.
+    pub(super) fn give_up_ms(&self) -> Millis {
+        self.dead_after().saturating_mul(10)
+    }
+
+    /// Whether the records of `pnn`, no member now, may be taken over.
+    pub(super) fn given_up(&self, pnn: Pnn) -> bool {
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        pnn != self.config.pnn && last_seen.map_or(true, |at| self.now >= at + self.give_up_ms())
+    }
+
+    /// A recovery held records for `pnn`: the next one after its time is up takes them over.
+    pub(super) fn hold_back(&mut self, pnn: Pnn) {
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen).unwrap_or(0);
+        let at = last_seen + self.give_up_ms();
+        self.cluster.held_back.insert(pnn, at);
+    }
+
+    /// A recovery took records of `pnn` over: what it still holds is superseded.
+    pub(super) fn gave_up(&mut self, pnn: Pnn) {
+        self.cluster.held_back.remove(&pnn);
+        self.cluster.given_up.insert(pnn);
+    }
+
+    /// Whether `pnn`'s records were taken over while it was away: it must empty its copies.
+    pub(super) fn was_given_up(&self, pnn: Pnn) -> bool {
+        self.cluster.given_up.contains(&pnn)
+    }
+
+    /// A recovery admitted `members`: nothing is held for them or given up any more.
+    pub(super) fn readmitted(&mut self, members: &BTreeSet<Pnn>) {
+        self.cluster.held_back.retain(|p, _| !members.contains(p));
+        self.cluster.given_up.retain(|p| !members.contains(p));
+    }
+
     pub(super) fn ban_self(&mut self, why: &str, out: &mut Vec<Output>) {
         if !self.cluster.enabled {
             return;
@@ -923,6 +972,9 @@ impl Engine {
         if c.wants_recovery {
             return Some("asked for".into());
         }
+        if let Some((p, _)) = c.held_back.iter().find(|(_, &at)| at <= self.now) {
+            return Some(format!("node {p} is given up: its records are taken over"));
+        }
         let eligible: Vec<Pnn> = self.eligible_nodes().into_iter().collect();
         if eligible != c.epoch_members {
             return Some(format!("members {:?}, alive {eligible:?}", c.epoch_members));
@@ -978,6 +1030,7 @@ impl Engine {
             let now = self.now;
             let peer = &mut self.cluster.peers[from as usize];
             peer.last_heard = Some(now);
+            peer.last_seen = Some(now);
             peer.suspect_since = None;
             peer.left = false;
             if !peer.alive {

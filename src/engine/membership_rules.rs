@@ -607,22 +607,54 @@ fn a_node_votes_for_nobody_while_a_lease_it_granted_may_run() {
     assert_eq!(vote_answer(&answers), Some((term, true)), "once it is surely over");
 }
 
-#[test]
-fn a_recovery_takes_no_record_over_from_a_node_whose_lease_may_run() {
+/// Node 2 holds a record (v2, RSN 4); node 0 keeps the copy it handed over (v1, RSN 3).
+fn rig_with_a_record_on_node_2() -> (Rig, Vec<u8>) {
     let mut rig = Rig::settled(3, false);
     let key = b"byte-range locks".to_vec();
-    // Node 2 holds the record; node 0 has the copy it left behind when it handed it over.
     let held = crate::record::RecordHeader { rsn: 4, dmaster: 2, flags: 0 };
     rig.stores[2].put(DB, &key, Record { header: held, data: b"v2".to_vec() });
     let left = crate::record::RecordHeader { rsn: 3, dmaster: 2, flags: 0 };
     rig.stores[0].put(DB, &key, Record { header: left, data: b"v1".to_vec() });
+    (rig, key)
+}
+
+#[test]
+fn a_recovery_takes_no_record_over_from_a_node_that_may_come_back() {
+    let (mut rig, key) = rig_with_a_record_on_node_2();
     rig.stop(2);
     rig.input(0, Input::Refused(2));
     rig.input(1, Input::Refused(2));
-    let bound = rig.engines[0].lease_bound();
+    rig.run_until(5_000, |rig| rig.engines[0].active() && rig.engines[0].vnn_map() == [0, 1]);
+    assert_eq!(rig.stores[0].peek(DB, &key).map(|r| r.header.dmaster), Some(2), "held for node 2");
+    let give_up_ms = rig.engines[0].give_up_ms();
+    assert!(give_up_ms >= rig.engines[0].lease_bound(), "no lease outlives the wait");
     let promoted = |rig: &Rig| rig.stores[0].peek(DB, &key).is_some_and(|r| r.header.dmaster == 0);
-    let took = rig.run_until(5_000, promoted);
-    // Node 2 was granted a lease at most an interval before it stopped.
-    assert!(took + rig.interval() >= bound, "taken over {took} ms after the cut; a lease runs {bound} ms");
-    assert!(rig.engines[0].active() && rig.engines[0].vnn_map() == [0, 1]);
+    let took = rig.run_until(2 * give_up_ms, promoted);
+    assert!(took + rig.interval() >= give_up_ms, "taken over {took} ms after the cut, before {give_up_ms}");
+    assert_eq!(rig.stores[0].peek(DB, &key).map(|r| r.data.clone()), Some(b"v1".to_vec()));
+    // Node 2 comes back after all: its copy is superseded, it empties its databases.
+    rig.resume(2);
+    rig.run_until(5_000, |rig| rig.all_serve_one_generation() && rig.engines[0].vnn_map() == [0, 1, 2]);
+    assert!(rig.events_of(2).any(|e| *e == ClusterEvent::Emptied));
+    assert_eq!(rig.stores[2].peek(DB, &key), None);
+}
+
+#[test]
+fn a_false_death_costs_a_pause_not_data() {
+    let (mut rig, key) = rig_with_a_record_on_node_2();
+    // Stopped for 1.5 s: dead after 0.6 s, the others serve without it meanwhile.
+    let stopped_at = rig.now;
+    rig.stop(2);
+    rig.run_until(1_500, |rig| rig.engines[..2].iter().all(|e| e.active() && e.vnn_map() == [0, 1]));
+    rig.run_for(stopped_at + 1_500 - rig.now);
+    rig.resume(2);
+    rig.run_until(5_000, |rig| rig.all_serve_one_generation() && rig.engines[0].vnn_map() == [0, 1, 2]);
+    assert!(!rig.events_of(2).any(|e| *e == ClusterEvent::Emptied), "nothing of node 2 is emptied");
+    let on_2 = rig.stores[2].peek(DB, &key).expect("node 2 keeps its record");
+    assert_eq!((on_2.header.dmaster, on_2.data.as_slice()), (2, &b"v2"[..]), "the last write survives");
+    // Everybody finds it there: a client of node 0 gets v2.
+    rig.client_call(0, 5, &key);
+    rig.run_for(rig.interval());
+    assert_eq!(rig.replies, vec![(0, 5, CALL_OK)]);
+    assert_eq!(rig.stores[0].peek(DB, &key).map(|r| r.data.clone()), Some(b"v2".to_vec()));
 }

@@ -162,7 +162,7 @@ impl Engine {
         reqid: ReqId,
         out: &mut Vec<Output>,
     ) {
-        let Some(destnode) = self.record_site(db_id, &key, record, out) else { return };
+        let Some(destnode) = self.record_site(db_id, &key, record) else { return };
         self.stats.calls_sent += 1;
         let call = new_call(db_id, key, CALL_NULL_FUNC, CALL_FLAG_IMMEDIATE_MIGRATION);
         out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
@@ -171,21 +171,16 @@ impl Engine {
     /// Where to ask for a record this node is not DMASTER of: the node our copy names,
     /// unless that node is no longer a member (the copy is from before a recovery); else
     /// the LMASTER, which always knows. `None` when that is this node itself.
-    pub(super) fn record_site(
-        &mut self,
-        db_id: DbId,
-        key: &[u8],
-        record: &Option<Record>,
-        out: &mut Vec<Output>,
-    ) -> Option<Pnn> {
+    pub(super) fn record_site(&self, db_id: DbId, key: &[u8], record: &Option<Record>) -> Option<Pnn> {
         let destnode = match record {
             Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
             _ => self.lmaster(key),
         };
         if destnode == self.config.pnn {
-            // We are the LMASTER and our copy names a node that left: the recovery that
-            // should have told us where the record is did not. Only another can.
-            self.report_trouble(format!("db {db_id:#x}: the LMASTER's copy names a node that left"), out);
+            // We are the LMASTER and our copy names a node that is no member: the record is
+            // held for it (recovery.rs, false deaths). It comes back, or is given up, and the
+            // recovery that follows sends this migration again.
+            log::debug!("engine: a record of db {db_id:#x} waits for its holder to come back");
             return None;
         }
         Some(destnode)

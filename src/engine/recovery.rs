@@ -518,7 +518,7 @@ impl Engine {
         let generation = lead.generation;
         let members: Vec<Pnn> = lead.members.iter().copied().collect();
         for member in members {
-            if trusted.contains(&member) {
+            if trusted.contains(&member) || !self.was_given_up(member) {
                 if let Some(lead) = self.recoveries.lead.as_mut() {
                     lead.pulls.insert(member, db_ids.iter().map(|&db| (db, 0)).collect());
                     if db_ids.is_empty() {
@@ -528,7 +528,7 @@ impl Engine {
                 self.send_cluster(member, ClusterMsg::Pull { generation, dbs: db_ids.clone() }, out);
             } else {
                 log::warn!(
-                    "node {}: node {member} is behind the cluster's history; it empties its databases",
+                    "node {}: node {member} comes back after its records were taken over; it empties its databases",
                     self.config.pnn
                 );
                 self.send_cluster(member, ClusterMsg::Wipe { generation, dbs: names.clone() }, out);
@@ -543,9 +543,17 @@ impl Engine {
             return;
         }
         let vnn_map: Vec<Pnn> = lead.members.iter().copied().collect();
+        let behind: BTreeSet<Pnn> = lead.members.difference(&lead.trusted).copied().collect();
+        let held: BTreeSet<Pnn> = (0..self.config.nodes as Pnn)
+            .filter(|p| !lead.members.contains(p) && !self.given_up(*p))
+            .collect();
         let mut fixes: BTreeMap<(Pnn, DbId), Vec<FixEntry>> = BTreeMap::new();
+        let (mut held_for, mut taken_from) = (BTreeSet::new(), BTreeSet::new());
         for ((db_id, key), copies) in &lead.copies {
-            for (node, fix) in plan_record(key, copies, &vnn_map) {
+            let plan = plan_record(key, copies, &vnn_map, &behind, &held);
+            held_for.extend(plan.held_for);
+            taken_from.extend(plan.taken_from);
+            for (node, fix) in plan.fixes {
                 fixes.entry((node, *db_id)).or_default().push(FixEntry { key: key.clone(), fix });
             }
         }
@@ -560,6 +568,13 @@ impl Engine {
                 safe_at - self.now
             );
             return;
+        }
+        for pnn in held_for {
+            self.hold_back(pnn);
+        }
+        for pnn in taken_from {
+            log::warn!("node {}: records of node {pnn} are taken over from their copies", self.config.pnn);
+            self.gave_up(pnn);
         }
         let Some(lead) = self.recoveries.lead.as_mut() else { return };
         lead.copies.clear();
@@ -610,6 +625,7 @@ impl Engine {
         let millis = self.now.saturating_sub(first_started);
         self.stats.note_recovery(millis);
         self.cluster.settle(self.now);
+        self.readmitted(&lead.members);
         let members: Vec<Pnn> = lead.members.iter().copied().collect();
         log::info!(
             "node {}: recovery to generation {:#x} done in {millis} ms: members {members:?}, {} records fixed",
@@ -629,41 +645,93 @@ impl Engine {
     }
 }
 
-/// The fixes one record needs, by node: a member that holds it keeps it; otherwise the
-/// newest copy becomes the holder one RSN above every other copy; the LMASTER under the new
-/// map learns the holder.
-fn plan_record(key: &[u8], copies: &[Copy], vnn_map: &[Pnn]) -> Vec<(Pnn, RecordFix)> {
+/// What a recovery does with one record.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RecordPlan {
+    /// The fixes it needs, by node.
+    fixes: Vec<(Pnn, RecordFix)>,
+    /// Its holder is no member but may come back: it stays where it is, unavailable.
+    held_for: Option<Pnn>,
+    /// Its holder is no member and was given up: a copy took its place.
+    taken_from: Option<Pnn>,
+}
+
+/// Which copy of a record wins (the rule of DESIGN §8.4, step 4):
+/// 1. A member that holds it (its copy names itself) keeps it. Should two claim it, a
+///    member that followed the cluster's history wins over one that was away (`behind`),
+///    then the higher RSN. The losers' copies point to the winner.
+/// 2. Nobody holds it: if the newest copy names a node that is no member and is `held`
+///    (not given up), nothing moves — it comes back with its record, or is given up later.
+///    Otherwise the newest copy of a member that followed the history (else of any member)
+///    becomes the holder.
+/// 3. The holder's RSN ends above every other copy's, so no older copy can ever pass for
+///    newer (RSNs change only when records move, not when clients write).
+/// 4. The key's LMASTER under the new map learns the holder.
+///
+/// Why a superseded version cannot come back: a node's claim is kept over the others' only
+/// when nobody took the record over while it was away — taking over happens only once the
+/// node is given up, and a given-up node empties its databases when it returns — so the
+/// claim it brings back is the last version anyone wrote (its lease stopped its clients
+/// before the others could act).
+fn plan_record(
+    key: &[u8],
+    copies: &[Copy],
+    vnn_map: &[Pnn],
+    behind: &BTreeSet<Pnn>,
+    held: &BTreeSet<Pnn>,
+) -> RecordPlan {
     let lmaster = lmaster_of(key, vnn_map);
-    let mut fixes = vec![];
-    let claims: Vec<&Copy> = copies.iter().filter(|c| c.dmaster == c.node).collect();
+    let mut plan = RecordPlan::default();
     // Ties go to the lower node number, so every leader plans alike.
     let newest = |a: &&Copy, b: &&Copy| a.rsn.cmp(&b.rsn).then(b.node.cmp(&a.node));
-    let holder = match claims.iter().copied().max_by(newest) {
+    let followed_history = |c: &&Copy| !behind.contains(&c.node);
+    let top_rsn = copies.iter().map(|c| c.rsn).max().unwrap_or(0);
+    let claims: Vec<&Copy> = copies.iter().filter(|c| c.dmaster == c.node).collect();
+    let claim = claims.iter().copied().filter(followed_history).max_by(newest);
+    let holder = match claim.or_else(|| claims.iter().copied().max_by(newest)) {
         Some(holder) => {
-            // More than one claim breaks the protocol's invariant; keep the newest.
             for other in claims.iter().filter(|c| c.node != holder.node) {
-                log::error!(
-                    "recovery: nodes {} and {} both hold a record; keeping node {}'s",
-                    holder.node,
-                    other.node,
-                    holder.node
-                );
-                fixes.push((other.node, RecordFix::Point { dmaster: holder.node }));
+                if !behind.contains(&other.node) {
+                    // Two members of the history both hold it: the protocol's invariant broke.
+                    log::error!(
+                        "recovery: nodes {} and {} both hold a record; keeping node {}'s",
+                        holder.node,
+                        other.node,
+                        holder.node
+                    );
+                }
+                plan.fixes.push((other.node, RecordFix::Point { dmaster: holder.node }));
+            }
+            if copies.iter().any(|c| c.node != holder.node && c.rsn >= holder.rsn) {
+                plan.fixes.push((holder.node, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
             }
             holder.node
         }
         None => {
-            let Some(newest) = copies.iter().max_by(newest) else { return fixes };
-            fixes.push((newest.node, RecordFix::Promote { rsn: newest.rsn.saturating_add(1) }));
-            newest.node
+            let Some(last) = copies.iter().max_by(newest) else { return plan };
+            if held.contains(&last.dmaster) {
+                let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == last.dmaster);
+                if !lmaster_knows {
+                    // Or the LMASTER, finding no copy, would make a new record.
+                    plan.fixes.push((lmaster, RecordFix::Point { dmaster: last.dmaster }));
+                }
+                plan.held_for = Some(last.dmaster);
+                return plan;
+            }
+            if !vnn_map.contains(&last.dmaster) {
+                plan.taken_from = Some(last.dmaster);
+            }
+            let source = copies.iter().filter(followed_history).max_by(newest).unwrap_or(last);
+            plan.fixes.push((source.node, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
+            source.node
         }
     };
     let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == holder)
-        || fixes.iter().any(|(node, _)| *node == lmaster);
+        || plan.fixes.iter().any(|(node, _)| *node == lmaster);
     if lmaster != holder && !lmaster_knows {
-        fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
+        plan.fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
     }
-    fixes
+    plan
 }
 
 #[cfg(test)]
@@ -672,6 +740,11 @@ mod tests {
 
     fn copy(node: Pnn, rsn: u64, dmaster: Pnn) -> Copy {
         Copy { node, rsn, dmaster }
+    }
+
+    /// The fixes for a record when every member followed the history and nothing is held.
+    fn fixes_of(key: &[u8], copies: &[Copy], map: &[Pnn]) -> Vec<(Pnn, RecordFix)> {
+        plan_record(key, copies, map, &BTreeSet::new(), &BTreeSet::new()).fixes
     }
 
     /// A key whose LMASTER under `map` is `lmaster`.
@@ -687,10 +760,10 @@ mod tests {
         let map = [0, 1, 2];
         let key = key_with_lmaster(0, &map);
         // Node 2 holds it at RSN 5; node 0, the new LMASTER, has an old copy naming node 1.
-        let fixes = plan_record(&key, &[copy(2, 5, 2), copy(0, 3, 1), copy(1, 4, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(2, 5, 2), copy(0, 3, 1), copy(1, 4, 2)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 2 })]);
         // Nothing to do when the LMASTER knows already.
-        assert!(plan_record(&key, &[copy(2, 5, 2), copy(0, 4, 2)], &map).is_empty());
+        assert!(fixes_of(&key, &[copy(2, 5, 2), copy(0, 4, 2)], &map).is_empty());
     }
 
     #[test]
@@ -698,9 +771,9 @@ mod tests {
         let map = [0, 1];
         let key = key_with_lmaster(1, &map);
         // Handed over by node 0 to a node that died: copies on 0 (RSN 7) and the LMASTER 1 (RSN 7).
-        let fixes = plan_record(&key, &[copy(0, 7, 2), copy(1, 7, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 7, 2), copy(1, 7, 2)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Promote { rsn: 8 }), (1, RecordFix::Point { dmaster: 0 })]);
-        let fixes = plan_record(&key, &[copy(0, 6, 2), copy(1, 7, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 6, 2), copy(1, 7, 2)], &map);
         assert_eq!(fixes, vec![(1, RecordFix::Promote { rsn: 8 })]);
     }
 
@@ -708,7 +781,65 @@ mod tests {
     fn two_claims_keep_the_newer() {
         let map = [0, 1];
         let key = key_with_lmaster(0, &map);
-        let fixes = plan_record(&key, &[copy(0, 3, 0), copy(1, 9, 1)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 3, 0), copy(1, 9, 1)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 1 })]);
+    }
+}
+
+#[cfg(test)]
+mod false_death {
+    use super::*;
+
+    fn copy(node: Pnn, rsn: u64, dmaster: Pnn) -> Copy {
+        Copy { node, rsn, dmaster }
+    }
+
+    fn key_with_lmaster(lmaster: Pnn, map: &[Pnn]) -> Vec<u8> {
+        (0u32..)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| lmaster_of(k, map) == lmaster)
+            .expect("some key")
+    }
+
+    #[test]
+    fn the_records_of_a_node_that_may_come_back_stay_where_they_are() {
+        // Node 2 holds the record (RSN 5); node 0 has the copy it handed over (RSN 4).
+        let map = [0, 1];
+        let key = key_with_lmaster(1, &map);
+        let held = BTreeSet::from([2]);
+        let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &held);
+        assert_eq!(plan.held_for, Some(2));
+        assert_eq!(plan.fixes, vec![(1, RecordFix::Point { dmaster: 2 })], "the LMASTER must not mint it");
+        // Given up: the newest copy takes its place.
+        let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(plan.taken_from, Some(2));
+        assert_eq!(plan.fixes[0], (0, RecordFix::Promote { rsn: 5 }));
+    }
+
+    #[test]
+    fn a_node_back_from_a_false_death_keeps_what_nobody_took_over() {
+        // Node 2 comes back (behind the history) holding the record at RSN 5; the others
+        // kept pointing at it.
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(0, &map);
+        let behind = BTreeSet::from([2]);
+        let copies = [copy(2, 5, 2), copy(0, 0, 2), copy(1, 4, 2)];
+        let plan = plan_record(&key, &copies, &map, &behind, &BTreeSet::new());
+        assert_eq!(plan.fixes, vec![], "its copy is the record");
+    }
+
+    #[test]
+    fn a_claim_of_a_node_that_followed_the_history_wins_and_ends_above_every_rsn() {
+        // Node 1 holds the record at RSN 3 (taken over while node 2 was away); node 2 comes
+        // back claiming it at RSN 7: RSNs say nothing about client writes, history does.
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(0, &map);
+        let behind = BTreeSet::from([2]);
+        let copies = [copy(1, 3, 1), copy(2, 7, 2), copy(0, 3, 1)];
+        let plan = plan_record(&key, &copies, &map, &behind, &BTreeSet::new());
+        assert_eq!(
+            plan.fixes,
+            vec![(2, RecordFix::Point { dmaster: 1 }), (1, RecordFix::Promote { rsn: 8 })]
+        );
     }
 }
