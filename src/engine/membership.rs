@@ -7,13 +7,15 @@
 //!
 //! The rules that keep one DMASTER per record:
 //! - A node serves (is *active*) only after its leader activated it in a generation, and
-//!   only while it hears that leader. A node that starts, loses its leader, goes quiet, is
-//!   banned or sees the cluster move on without it stops at once and freezes its databases
-//!   (clients block), so a node the others gave up on cannot keep changing records.
+//!   only while it hears that leader and holds a lease (below). A node that starts, loses
+//!   its leader, goes quiet, is banned, sees the cluster move on without it or whose lease
+//!   runs out stops at once and freezes its databases (clients block), so a node the
+//!   others gave up on cannot keep changing records.
 //! - One leader at a time: with a cluster lock, whoever holds it; without one, a candidate
 //!   needs the votes of a strict majority of the nodes file, one vote per node per term,
 //!   and a node that hears a live leader votes for nobody. A leader that loses its lock or
-//!   its majority steps down.
+//!   its majority steps down, and tells its followers at once (a heartbeat without the
+//!   leader flag), so they stop serving with it.
 //! - Liveness: a heartbeat to every peer each `KeepaliveInterval`; a peer silent for
 //!   `KeepaliveInterval * KeepaliveLimit` is dead. A broken connection is evidence: a peer
 //!   not heard from within two intervals after it broke is dead (the transport reconnects
@@ -25,8 +27,8 @@
 //! it holds — only while it holds a lease, and every lease ends, on its holder's own
 //! monotonic clock, before anyone else can take those records over:
 //! - A follower asks its leader each `KeepaliveInterval` (`LeaseAsk`, stamped with its own
-//!   `now`); the leader grants (`LeaseGrant`) to members of its generation or of its
-//!   recovery. The lease runs `lease_ms` (half the dead time) from the *asker's* stamp, so
+//!   `now`); the leader grants (`LeaseGrant`) to the members of its recovery while one
+//!   runs, else of its generation. The lease runs `lease_ms` (half the dead time) from the *asker's* stamp, so
 //!   no delay of the answer, and no stop of the asker, lengthens it. Activation is the
 //!   first grant, counted from when the member committed.
 //! - The leader's own lease: with a cluster lock, the lock (whoever releases it must freeze
@@ -40,7 +42,14 @@
 //!   and, after an election, any lease the previous leader granted, are over.
 //! - A node whose lease runs out stops serving and freezes its databases at its next
 //!   input (the daemon ticks every interval): a stopped, starved or cut-off node fences
-//!   itself before the others can act, whatever its peers' clocks say.
+//!   itself before the others can act, whatever its peers' clocks say. Paused for a
+//!   recovery, it only freezes; the recovery goes on.
+//!
+//! What leases do not cover: clients that write through the files while their daemon is
+//! stopped (the engine cannot run then; a watchdog outside the daemon must freeze the
+//! databases at `lease_until`), and a whole node frozen (nothing on it runs). Records of a
+//! node left out are held for it for `give_up_ms` (recovery.rs), which is what keeps them
+//! safe there.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

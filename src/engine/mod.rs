@@ -7,8 +7,9 @@
 //! restarts and partitions deterministically.
 //!
 //! Besides migration (`migration`), the engine keeps membership (`membership`: heartbeats,
-//! who is alive, who leads) and runs recoveries (`recovery`): a node serves only while it is
-//! active in a generation its leader admitted it to.
+//! who is alive, who leads, leases) and runs recoveries (`recovery`): a node serves only
+//! while it is active in a generation its leader admitted it to and holds a lease; the
+//! rule lives in `membership.rs` alone. `membership_rules` tests each rule.
 
 mod attach;
 mod fetch;
@@ -258,7 +259,8 @@ pub enum ClusterEvent {
     Activated {
         generation: Generation,
     },
-    /// This node's databases were emptied: its copies are from a history the cluster left.
+    /// This node's databases were emptied: a recovery took its records over while it was
+    /// away, so its copies are from a history the cluster left.
     Emptied,
 }
 

@@ -5,15 +5,22 @@
 //!    old generation is void) and says where it is in the cluster's history (`Epoch`) and
 //!    which databases it has. Clients keep using the records their node holds.
 //! 2. Trust: the members at the newest epoch, and the members that epoch's recovery
-//!    included, carry the cluster's history. The others were left out of it: whatever they
-//!    hold was given up for lost and may have been replaced, so they empty their databases.
-//! 3. Collect: trusted members send the headers of their records (key, RSN, DMASTER),
+//!    included, followed the cluster's history; the others were away (a false death: a
+//!    stop, a stall, a partition). A node that was away keeps its records unless a
+//!    recovery took them over meanwhile (it was given up); only then does it empty its
+//!    databases, as what it holds was replaced.
+//! 3. Collect: members send the headers of their records (key, RSN, DMASTER),
 //!    streamed in chunks, no data. Headers change only through the engine, so they are read
 //!    without waiting for any client's lock.
-//! 4. Plan, per record: a member that holds it (its copy names itself) keeps it where it is.
-//!    If no member holds it (its holder died, or the handover was lost on the wire) the
-//!    newest copy becomes the holder, at the next RSN, so every other copy is older. The
-//!    key's LMASTER under the new map learns the holder. Nothing else moves.
+//! 4. Plan, per record (`plan_record`, which says which copy wins and why no superseded
+//!    version comes back): a member that holds it keeps it where it is. If no member holds
+//!    it and its last holder is no member but may come back (heard from within
+//!    `give_up_ms`), it is held for that node: nothing moves, the LMASTER keeps pointing
+//!    there, requests wait. Otherwise (its holder is given up, or the handover was lost on
+//!    the wire) the newest copy becomes the holder. The holder ends above every other
+//!    copy's RSN; the key's LMASTER under the new map learns it. Nothing else moves. A plan
+//!    that takes records over is committed only once every lease that could cover them has
+//!    ended (`takeover_safe_at`, membership's lease rules).
 //! 5. Commit: each member records the new epoch, map and generation, then applies its fixes
 //!    under the chain locks (a fix on a chain a client holds waits behind that lock, and so
 //!    does any later request for the record).
