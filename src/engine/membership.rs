@@ -482,9 +482,11 @@ impl Engine {
         }
     }
 
-    /// Nothing listens where the peer should: its process is gone.
+    /// Nothing listens where the peer should: its process is gone, and a daemon that starts
+    /// again empties its databases, so nothing is held for it (once its lease is over).
     pub(super) fn refused(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
         if self.cluster.enabled && (pnn as usize) < self.cluster.peers.len() && pnn != self.config.pnn {
+            self.cluster.peers[pnn as usize].last_seen = None;
             self.peer_died(pnn, out);
         }
     }
