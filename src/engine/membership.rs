@@ -698,6 +698,7 @@ impl Engine {
                         self.send_cluster(peer, ask.clone(), out);
                     }
                 }
+                self.renew_own_lease(); // a node alone is its own majority
             }
         } else if self.cluster.active || self.recoveries.member.is_some() {
             self.cluster.asked_at = now;
@@ -726,6 +727,17 @@ impl Engine {
         }
     }
 
+    /// Leading by majority: the lease runs from the newest stamp a majority of the nodes
+    /// file granted, ours counted.
+    fn renew_own_lease(&mut self) {
+        let mut stamps: Vec<u64> = self.cluster.grants_to_me.values().copied().collect();
+        stamps.push(self.cluster.asked_at);
+        stamps.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&stamp) = stamps.get(self.config.nodes / 2) {
+            self.cluster.lease_until = self.cluster.lease_until.max(stamp + self.lease_ms());
+        }
+    }
+
     fn lease_granted(&mut self, from: Pnn, stamp: u64) {
         let lease_ms = self.lease_ms();
         let stamp = stamp.min(self.now); // never from the future
@@ -735,13 +747,7 @@ impl Engine {
             }
             let newest = self.cluster.grants_to_me.entry(from).or_default();
             *newest = (*newest).max(stamp);
-            // The newest stamp a majority of the nodes file granted, ours counted.
-            let mut stamps: Vec<u64> = self.cluster.grants_to_me.values().copied().collect();
-            stamps.push(self.cluster.asked_at);
-            stamps.sort_unstable_by(|a, b| b.cmp(a));
-            if let Some(&stamp) = stamps.get(self.config.nodes / 2) {
-                self.cluster.lease_until = self.cluster.lease_until.max(stamp + lease_ms);
-            }
+            self.renew_own_lease();
         } else if self.cluster.leader == Some(from) {
             self.cluster.lease_until = self.cluster.lease_until.max(stamp + lease_ms);
         }

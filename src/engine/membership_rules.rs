@@ -674,3 +674,13 @@ fn the_records_of_a_node_whose_daemon_is_gone_are_taken_over_once_its_lease_is_o
     assert!(took < rig.engines[0].give_up_ms(), "not held for it");
     assert!(rig.engines[0].active() && rig.engines[0].vnn_map() == [0, 1]);
 }
+
+#[test]
+fn a_node_alone_is_its_own_majority_and_keeps_its_lease() {
+    let mut rig = Rig::new(1, false);
+    rig.run_until(2_000, Rig::all_serve_one_generation);
+    let generation = rig.engines[0].generation();
+    rig.run_for(10 * rig.dead_after());
+    assert!(rig.engines[0].active() && rig.engines[0].generation() == generation, "{:?}", rig.events);
+    assert_eq!(rig.recoveries_started(), 1);
+}
