@@ -9,7 +9,8 @@
 //! faults go on. In some seeds keys share hash chains, so work on one record waits for a
 //! client's lock on another.
 //!
-//! Checked after every step: no two active nodes of one generation hold a record, and no
+//! Checked after every step: no two active nodes hold a record, whatever their generations
+//! (leases stop a node the others left out before they go on), and no
 //! node's RSN of a record goes down (unless vacuuming deleted that copy). Whenever a client
 //! looks at a record it holds, and at the end for every key, what it sees is what an
 //! acknowledged operation left: with no fault that may lose records, exactly the last one
@@ -933,6 +934,10 @@ impl Sim {
             }
             if let Some((generation, nodes)) = holders.iter().find(|(_, nodes)| nodes.len() > 1) {
                 self.fail(&format!("{key:?} held by {nodes:?} in generation {generation:#x}"));
+            }
+            // Leases: nor in different generations (a node the others left out stops first).
+            if holders.len() > 1 {
+                self.fail(&format!("{key:?} held by active nodes of different generations: {holders:x?}"));
             }
         }
     }

@@ -41,13 +41,10 @@ impl Engine {
         if let Some(fetch) = self.fetches.values_mut().find(|f| f.db_id == db_id && f.key == key) {
             return fetch.waiters.push(waiter);
         }
-        let Some(destnode) = self.record_site(db_id, &key, record, out) else {
-            return out.push(Output::ClientReply {
-                client: waiter.client,
-                reqid: waiter.reqid,
-                status: CALL_IO_ERROR,
-                data: None,
-            });
+        let Some(destnode) = self.record_site(db_id, &key, record) else {
+            // Held for a node that may come back: wait with the migrations, which a
+            // recovery sends again.
+            return self.start_migration(db_id, key, vec![waiter], record, out);
         };
         let reqid = self.next_reqid();
         self.stats.fetches_sent += 1;

@@ -1,27 +1,68 @@
 //! Membership (DESIGN §5): heartbeats, who is alive, elections, who leads, and whether this
 //! node serves.
 //!
+//! `Membership`'s state is its own: recovery and migration go through its methods, and
+//! whether this node serves is switched only by the serving rules in this file
+//! (`start_serving`, `stop_serving`, `defer_call`).
+//!
 //! The rules that keep one DMASTER per record:
 //! - A node serves (is *active*) only after its leader activated it in a generation, and
-//!   only while it hears that leader. A node that starts, loses its leader, goes quiet, is
-//!   banned or sees the cluster move on without it stops at once and freezes its databases
-//!   (clients block), so a node the others gave up on cannot keep changing records.
+//!   only while it hears that leader and holds a lease (below). A node that starts, loses
+//!   its leader, goes quiet, is banned, sees the cluster move on without it or whose lease
+//!   runs out stops at once and freezes its databases (clients block), so a node the
+//!   others gave up on cannot keep changing records.
 //! - One leader at a time: with a cluster lock, whoever holds it; without one, a candidate
 //!   needs the votes of a strict majority of the nodes file, one vote per node per term,
 //!   and a node that hears a live leader votes for nobody. A leader that loses its lock or
-//!   its majority steps down.
+//!   its majority steps down, and tells its followers at once (a heartbeat without the
+//!   leader flag), so they stop serving with it.
 //! - Liveness: a heartbeat to every peer each `KeepaliveInterval`; a peer silent for
 //!   `KeepaliveInterval * KeepaliveLimit` is dead. A broken connection is evidence: a peer
 //!   not heard from within two intervals after it broke is dead (the transport reconnects
 //!   at once, so a reset link to a live peer costs no membership change, a dead peer is
 //!   noticed in a fraction of the dead time). A refused reconnect (nothing listens at the
 //!   peer's address) is death at once.
+//!
+//! Leases (fencing by time). A node may hold records — serve, or let its clients use what
+//! it holds — only while it holds a lease, and every lease ends, on its holder's own
+//! monotonic clock, before anyone else can take those records over:
+//! - A follower asks its leader each `KeepaliveInterval` (`LeaseAsk`, stamped with its own
+//!   `now`); the leader grants (`LeaseGrant`) to the members of its recovery while one
+//!   runs, else of its generation. The lease runs `lease_ms` (half the dead time) from the *asker's* stamp, so
+//!   no delay of the answer, and no stop of the asker, lengthens it. Activation is the
+//!   first grant, counted from when the member committed.
+//! - The leader's own lease: with a cluster lock, the lock (whoever releases it must freeze
+//!   first); by majority, the grants of a majority of the nodes file, itself included.
+//! - A grantor counts a lease as running until `lease_bound` after it granted it:
+//!   `lease_ms` stretched by `CLOCK_RATE_BOUND_PER_MILLE` both ways (the holder's clock
+//!   may run slow, the grantor's fast). It votes for nobody, and stands for nobody, while
+//!   a lease it granted may run: a majority that elects a new leader has seen the old
+//!   leader's lease end. A leader does not promote copies of records (a recovery that
+//!   moves records off a node that is no member) until the leases it granted to non-members
+//!   and, after an election, any lease the previous leader granted, are over.
+//! - A node whose lease runs out stops serving and freezes its databases at its next
+//!   input (the daemon ticks every interval): a stopped, starved or cut-off node fences
+//!   itself before the others can act, whatever its peers' clocks say. Paused for a
+//!   recovery, it only freezes; the recovery goes on.
+//!
+//! What leases do not cover: clients that write through the files while their daemon is
+//! stopped (the engine cannot run then; a watchdog outside the daemon must freeze the
+//! databases at `lease_until`), and a whole node frozen (nothing on it runs). Records of a
+//! node left out are held for it for `give_up_ms` (recovery.rs), which is what keeps them
+//! safe there.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{ClientCall, ClusterEvent, Engine, EngineConfig, Millis, Output, RecordStore};
 use crate::wire::cluster::{flags, ClusterMsg, Epoch, Heartbeat, NO_LEADER};
 use crate::wire::{Body, DbId, Generation, Packet, Pnn, INVALID_GENERATION};
+
+/// How far apart two nodes' clocks may run, per mille of real time each way: a lease of
+/// `lease_ms` on its holder's clock ends, on any other node's clock, within
+/// `lease_ms * (1000 + bound) / (1000 - bound)`. 10 %: far beyond what NTP slewing
+/// (0.05 %) or a virtual machine's clock does, and it costs only a longer wait after a
+/// false death.
+pub const CLOCK_RATE_BOUND_PER_MILLE: u64 = 100;
 
 /// What became of an attempt to take the cluster lock (CTDB's cluster mutex helper answers
 /// `0` held, `1` contention, `2` timeout, `3` error; a held lock can be lost later).
@@ -38,7 +79,7 @@ pub enum LockOutcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
+enum Role {
     Follower,
     /// Asked for votes in `term` at `since`.
     Candidate {
@@ -53,56 +94,78 @@ pub(super) enum Role {
 }
 
 #[derive(Debug, Default, Clone)]
-pub(super) struct PeerView {
+struct PeerView {
     last_heard: Option<Millis>,
-    pub(super) alive: bool,
-    pub(super) heartbeat: Option<Heartbeat>,
-    pub(super) heartbeat_at: Millis,
+    alive: bool,
+    heartbeat: Option<Heartbeat>,
+    heartbeat_at: Millis,
     left: bool,
     /// Our connection to it broke then: unless it is heard from again soon, it is dead.
     suspect_since: Option<Millis>,
+    /// When it was last heard from, dead or alive since: its records are held for it
+    /// until `give_up_ms` after.
+    last_seen: Option<Millis>,
 }
 
 /// Whether a database is frozen for us, or on its way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Freeze {
+enum Freeze {
     Waiting,
     Held,
 }
 
 pub(super) struct Membership {
-    pub(super) enabled: bool,
-    pub(super) active: bool,
-    pub(super) term: u64,
+    enabled: bool,
+    active: bool,
+    term: u64,
     /// The highest term seen anywhere: a new candidacy goes above it.
     max_term: u64,
     voted: Option<(u64, Pnn)>,
     votes: BTreeSet<Pnn>,
-    pub(super) leader: Option<Pnn>,
-    pub(super) role: Role,
-    pub(super) peers: Vec<PeerView>,
+    leader: Option<Pnn>,
+    role: Role,
+    peers: Vec<PeerView>,
     /// The last history entry this node committed, the generation and members it named.
-    pub(super) epoch: Epoch,
-    pub(super) epoch_generation: Generation,
-    pub(super) epoch_members: Vec<Pnn>,
+    epoch: Epoch,
+    epoch_generation: Generation,
+    epoch_members: Vec<Pnn>,
     /// This node asks its leader for a recovery (heartbeat flag).
-    pub(super) wants_recovery: bool,
-    pub(super) banned_until: Option<Millis>,
-    pub(super) quiet: bool,
+    wants_recovery: bool,
+    banned_until: Option<Millis>,
+    quiet: bool,
     left: bool,
     leaderless_since: Option<Millis>,
     next_attempt: Millis,
     last_heartbeat: Option<Millis>,
     last_tick: Option<Millis>,
-    pub(super) frozen: BTreeMap<DbId, Freeze>,
+    frozen: BTreeMap<DbId, Freeze>,
     /// Client requests that arrived while this node did not serve, replayed at activation.
-    pub(super) deferred: VecDeque<ClientCall>,
-    pub(super) rng: u64,
+    deferred: VecDeque<ClientCall>,
+    rng: u64,
     /// A node the leader left out of a recovery for failing it stays out until then.
-    pub(super) excluded_until: BTreeMap<Pnn, Millis>,
+    excluded_until: BTreeMap<Pnn, Millis>,
     /// When the last recovery this node led ended: older heartbeats say nothing about it.
-    pub(super) settled_at: Millis,
-    pub(super) last_check: Millis,
+    settled_at: Millis,
+    last_check: Millis,
+    /// This node may hold records (serve, or let its clients use what it holds) until
+    /// then, on its own clock; 0 when it holds no lease.
+    lease_until: Millis,
+    /// When this node last granted each peer a lease: that peer may hold records until
+    /// `lease_bound` after it, whatever this node learns meanwhile.
+    granted: BTreeMap<Pnn, Millis>,
+    /// Leading: the newest stamp of ours each peer granted, for our own lease.
+    grants_to_me: BTreeMap<Pnn, u64>,
+    /// Our last `LeaseAsk`'s stamp, and when this node committed its last recovery.
+    asked_at: Millis,
+    committed_at: Millis,
+    /// When this node became leader: a lease granted by the previous one may run until
+    /// `lease_bound` after it.
+    leads_since: Millis,
+    /// Leading: nodes that are no members whose records a recovery held for them, and when
+    /// they are given up; nodes whose records a recovery took over (they are emptied if
+    /// they come back).
+    held_back: BTreeMap<Pnn, Millis>,
+    given_up: BTreeSet<Pnn>,
 }
 
 impl Membership {
@@ -134,7 +197,101 @@ impl Membership {
             excluded_until: BTreeMap::new(),
             settled_at: 0,
             last_check: 0,
+            lease_until: 0,
+            granted: BTreeMap::new(),
+            grants_to_me: BTreeMap::new(),
+            asked_at: 0,
+            committed_at: 0,
+            leads_since: 0,
+            held_back: BTreeMap::new(),
+            given_up: BTreeSet::new(),
         }
+    }
+
+    /// Whether this node serves: only the serving rules below change it.
+    pub(super) fn serves(&self) -> bool {
+        self.active
+    }
+
+    pub(super) fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub(super) fn leads(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    pub(super) fn banned(&self) -> bool {
+        self.banned_until.is_some()
+    }
+
+    pub(super) fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// The last history entry this node committed, with its generation and members.
+    pub(super) fn epoch(&self) -> (Epoch, Generation, &[Pnn]) {
+        (self.epoch, self.epoch_generation, &self.epoch_members)
+    }
+
+    /// A recovery's commit: this node took part in the history entry `epoch`, at `now`.
+    pub(super) fn commit_epoch(
+        &mut self,
+        epoch: Epoch,
+        generation: Generation,
+        members: Vec<Pnn>,
+        now: Millis,
+    ) {
+        self.committed_at = now;
+        if let Some(leader) = self.leader.filter(|_| self.role != Role::Leader) {
+            // Our `Committed` lets the leader serve: a lease we granted it.
+            self.granted.insert(leader, now);
+        }
+        self.epoch = epoch;
+        self.epoch_generation = generation;
+        self.epoch_members = members;
+    }
+
+    /// The leader left `pnn` out of a recovery: it is not a member before `until`.
+    pub(super) fn exclude(&mut self, pnn: Pnn, until: Millis) {
+        self.excluded_until.insert(pnn, until);
+    }
+
+    /// A recovery this node led ended at `now`: the cluster is as its members reported.
+    pub(super) fn settle(&mut self, now: Millis) {
+        self.settled_at = now;
+        self.wants_recovery = false;
+    }
+
+    /// A client request that must wait until this node serves again.
+    pub(super) fn defer(&mut self, call: ClientCall) {
+        self.deferred.push_back(call);
+    }
+
+    /// Asks for `db_id` to be frozen unless it is (or is being) already: true if asked now.
+    fn freeze(&mut self, db_id: DbId) -> bool {
+        match self.frozen.entry(db_id) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(Freeze::Waiting);
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Every chain of `db_id` is held for us now; false if we no longer want it frozen.
+    fn freeze_held(&mut self, db_id: DbId) -> bool {
+        match self.frozen.get_mut(&db_id) {
+            Some(state) => {
+                *state = Freeze::Held;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn is_frozen(&self, db_id: DbId) -> bool {
+        self.frozen.get(&db_id) == Some(&Freeze::Held)
     }
 
     /// splitmix64: generations must differ between recoveries and nodes; deterministic
@@ -250,11 +407,8 @@ impl Engine {
             self.extend_recovery_deadline(now);
         }
         if self.cluster.last_heartbeat.map_or(true, |at| now.saturating_sub(at) >= interval) {
-            self.cluster.last_heartbeat = Some(now);
-            let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
-            for peer in self.peers_except_me() {
-                self.send_cluster(peer, heartbeat.clone(), out);
-            }
+            self.send_heartbeats(out);
+            self.ask_for_lease(out);
         }
         let dead_after = self.dead_after();
         for pnn in self.peers_except_me() {
@@ -278,6 +432,14 @@ impl Engine {
             _ => self.leaderless_tick(out),
         }
         self.recovery_tick(out);
+    }
+
+    fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
+        self.cluster.last_heartbeat = Some(self.now);
+        let heartbeat = ClusterMsg::Heartbeat(self.heartbeat());
+        for peer in self.peers_except_me() {
+            self.send_cluster(peer, heartbeat.clone(), out);
+        }
     }
 
     pub(super) fn heartbeat(&self) -> Heartbeat {
@@ -320,9 +482,11 @@ impl Engine {
         }
     }
 
-    /// Nothing listens where the peer should: its process is gone.
+    /// Nothing listens where the peer should: its process is gone, and a daemon that starts
+    /// again empties its databases, so nothing is held for it (once its lease is over).
     pub(super) fn refused(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
         if self.cluster.enabled && (pnn as usize) < self.cluster.peers.len() && pnn != self.config.pnn {
+            self.cluster.peers[pnn as usize].last_seen = None;
             self.peer_died(pnn, out);
         }
     }
@@ -355,32 +519,101 @@ impl Engine {
         self.deactivate(why, out);
     }
 
+    // ---- Serving. The one place that says whether this node serves: it serves only after
+    // its leader activated it in a generation (`start_serving`, at the end of a recovery),
+    // and stops (`stop_serving`) the moment it loses its leader, goes quiet, is banned, sees
+    // the cluster move on without it, or a new recovery begins. Client requests that come
+    // while it does not serve wait here (`defer_call`) until it serves again.
+
+    /// Whether this node serves: it may answer migrations and mint records.
+    pub fn active(&self) -> bool {
+        self.cluster.serves()
+    }
+
+    /// A client request that must wait until this node serves again.
+    pub(super) fn defer_call(&mut self, call: ClientCall) {
+        self.cluster.defer(call);
+    }
+
     /// Stops serving: nothing migrates, nothing is minted, work of the old generation is
     /// void, and the databases freeze so clients stop using the records they hold.
     pub(super) fn deactivate(&mut self, why: &str, out: &mut Vec<Output>) {
         if !self.cluster.enabled {
             return;
         }
+        self.stop_serving(why, out);
+        self.freeze_databases(out);
+    }
+
+    /// A recovery begins: this node stops serving, but its clients keep using the records
+    /// it holds (the recovery moves none of them).
+    pub(super) fn pause_for_recovery(&mut self, leader: Pnn, out: &mut Vec<Output>) {
+        self.stop_serving(&format!("recovery by node {leader}"), out);
+    }
+
+    fn stop_serving(&mut self, why: &str, out: &mut Vec<Output>) {
         if self.cluster.active {
             log::warn!("node {}: stops serving: {why}", self.config.pnn);
             out.push(Output::Event(ClusterEvent::Deactivated { why: why.to_owned() }));
         }
         self.cluster.active = false;
+        self.cluster.lease_until = 0;
         self.config.generation = INVALID_GENERATION;
         self.drop_generation_work();
+    }
+
+    /// The leader activated this node in `generation` (its recovery committed here): serve,
+    /// thaw, send the requests that waited and the migrations that were cut off.
+    pub(super) fn start_serving(&mut self, generation: Generation, out: &mut Vec<Output>) {
+        if self.cluster.banned() {
+            return;
+        }
+        self.config.generation = generation;
+        self.cluster.active = true;
+        self.cluster.wants_recovery = false;
+        if !self.cluster.leads() || self.config.vnn_map.len() * 2 > self.config.nodes {
+            // Activation is the first grant (a majority committed, for a leader), counted from
+            // our commit, which came before it.
+            let until = self.cluster.committed_at + self.lease_ms();
+            self.cluster.lease_until = self.cluster.lease_until.max(until);
+        }
+        for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
+            out.push(Output::ThawDb { db_id });
+        }
+        log::info!(
+            "node {}: serves generation {generation:#x}, map {:?}",
+            self.config.pnn,
+            self.config.vnn_map
+        );
+        out.push(Output::Event(ClusterEvent::Activated { generation }));
+        let deferred: Vec<_> = self.cluster.deferred.drain(..).collect();
+        self.ready.extend(deferred.into_iter().map(super::Work::ClientCall));
+        self.resume_migrations();
+    }
+
+    /// Freezes every attached database not frozen (or freezing) yet.
+    pub(super) fn freeze_databases(&mut self, out: &mut Vec<Output>) {
         let dbs: Vec<DbId> = self.dbs.keys().copied().collect();
         for db_id in dbs {
-            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
-                entry.insert(Freeze::Waiting);
+            if self.cluster.freeze(db_id) {
                 out.push(Output::FreezeDb { db_id });
             }
         }
     }
 
+    /// `Input::Frozen`: every chain of the database is held for us now.
+    pub(super) fn frozen(&mut self, db_id: DbId, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+        if !self.cluster.freeze_held(db_id) {
+            // Thawed while the freeze was on its way: give it back.
+            return out.push(Output::ThawDb { db_id });
+        }
+        self.finish_wipe_when_frozen(store, out);
+    }
+
     /// Peers' requests and handovers of the old generation are void (their senders ask
     /// again under the new one); our own migrations keep their waiters and are sent again
     /// at activation; a recovery's fixes not applied yet are recomputed by the next one.
-    pub(super) fn drop_generation_work(&mut self) {
+    fn drop_generation_work(&mut self) {
         self.vacuum_generation_ended();
         for state in self.keys.values_mut() {
             state.parked.clear();
@@ -390,10 +623,173 @@ impl Engine {
         self.keys.retain(|_, state| !state.is_idle());
     }
 
-    pub(super) fn thaw_all(&mut self, out: &mut Vec<Output>) {
-        for (db_id, _) in std::mem::take(&mut self.cluster.frozen) {
-            out.push(Output::ThawDb { db_id });
+    // ---- Leases (the rules are in the module's opening comment).
+
+    /// How long a lease runs on its holder's clock: half the dead time, renewed every
+    /// interval, so a few lost renewals cost nothing.
+    pub(super) fn lease_ms(&self) -> Millis {
+        self.dead_after() / 2
+    }
+
+    /// How long after granting a lease its grantor counts it as running, on its own clock.
+    pub(super) fn lease_bound(&self) -> Millis {
+        let bound = CLOCK_RATE_BOUND_PER_MILLE;
+        (self.lease_ms() * (1000 + bound)).div_ceil(1000 - bound)
+    }
+
+    /// Until when (on this node's clock) it may hold records: `None` without a lease, or
+    /// when it needs none (membership off, or leading with the cluster lock). A watchdog
+    /// that fences a stalled daemon freezes its databases at this time.
+    pub fn lease_until(&self) -> Option<Millis> {
+        let lease_free = !self.cluster.enabled || self.config.cluster_lock && self.cluster.leads();
+        (!lease_free && self.cluster.lease_until > 0).then_some(self.cluster.lease_until)
+    }
+
+    fn holds_lease(&self) -> bool {
+        !self.cluster.enabled
+            || self.config.cluster_lock && self.cluster.leads()
+            || self.now < self.cluster.lease_until
+    }
+
+    /// At every input: a node whose lease ran out lets go of its records before anything
+    /// else, whatever woke it.
+    pub(super) fn check_lease(&mut self, out: &mut Vec<Output>) {
+        if self.holds_lease() || self.cluster.quiet {
+            return;
         }
+        if self.cluster.active {
+            self.cluster.wants_recovery = true;
+            self.deactivate("its lease ran out", out);
+        } else if self.recoveries.member.is_some() {
+            // Paused for a recovery: the recovery goes on, the clients stop.
+            self.freeze_databases(out);
+        }
+    }
+
+    /// Whether every lease this node granted has surely ended: until then it helps no other
+    /// node lead.
+    fn grants_over(&self) -> bool {
+        let bound = self.lease_bound();
+        self.cluster.granted.values().all(|&at| self.now >= at + bound)
+    }
+
+    /// When a recovery this node leads may take records over from nodes that are not
+    /// among `members`: once the leases it granted them, and after an election the leases
+    /// the previous leader granted, have surely ended.
+    pub(super) fn takeover_safe_at(&self, members: &BTreeSet<Pnn>) -> Millis {
+        let bound = self.lease_bound();
+        let granted =
+            self.cluster.granted.iter().filter(|(p, _)| !members.contains(p)).map(|(_, &at)| at + bound);
+        granted.max().unwrap_or(0).max(self.cluster.leads_since + bound)
+    }
+
+    /// Each interval: a member asks its leader; a leader without a cluster lock asks
+    /// everyone (its followers answer).
+    fn ask_for_lease(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        let me = self.config.pnn;
+        let Some(leader) = self.cluster.leader else { return };
+        let ask = ClusterMsg::LeaseAsk { leader, stamp: now };
+        if leader == me {
+            if !self.config.cluster_lock {
+                self.cluster.asked_at = now;
+                for peer in self.peers_except_me() {
+                    if self.is_alive(peer) {
+                        self.send_cluster(peer, ask.clone(), out);
+                    }
+                }
+                self.renew_own_lease(); // a node alone is its own majority
+            }
+        } else if self.cluster.active || self.recoveries.member.is_some() {
+            self.cluster.asked_at = now;
+            self.send_cluster(leader, ask, out);
+        }
+    }
+
+    /// A leader grants the members of its recovery, or else of its generation, that follow
+    /// it; a follower grants the leader it follows. Nothing else: a node a recovery leaves
+    /// out gets no lease from it, so the recovery does not wait on leases it keeps renewing.
+    fn lease_asked(&mut self, from: Pnn, leader: Pnn, stamp: u64, out: &mut Vec<Output>) {
+        let me = self.config.pnn;
+        let grant = if leader == me {
+            self.cluster.leads()
+                && if self.recovery_running() {
+                    self.recovery_includes(from)
+                } else {
+                    self.cluster.epoch_members.contains(&from)
+                }
+        } else {
+            leader == from && self.cluster.leader == Some(from) && !self.cluster.leads()
+        };
+        if grant {
+            self.cluster.granted.insert(from, self.now);
+            self.send_cluster(from, ClusterMsg::LeaseGrant { stamp }, out);
+        }
+    }
+
+    /// Leading by majority: the lease runs from the newest stamp a majority of the nodes
+    /// file granted, ours counted.
+    fn renew_own_lease(&mut self) {
+        let mut stamps: Vec<u64> = self.cluster.grants_to_me.values().copied().collect();
+        stamps.push(self.cluster.asked_at);
+        stamps.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&stamp) = stamps.get(self.config.nodes / 2) {
+            self.cluster.lease_until = self.cluster.lease_until.max(stamp + self.lease_ms());
+        }
+    }
+
+    fn lease_granted(&mut self, from: Pnn, stamp: u64) {
+        let lease_ms = self.lease_ms();
+        let stamp = stamp.min(self.now); // never from the future
+        if self.cluster.leads() {
+            if self.config.cluster_lock {
+                return;
+            }
+            let newest = self.cluster.grants_to_me.entry(from).or_default();
+            *newest = (*newest).max(stamp);
+            self.renew_own_lease();
+        } else if self.cluster.leader == Some(from) {
+            self.cluster.lease_until = self.cluster.lease_until.max(stamp + lease_ms);
+        }
+    }
+
+    // ---- False deaths. A node left out of a recovery may only be slow (stopped, starved,
+    // cut off for a while): its records are held for it, unavailable, not taken over,
+    // for `give_up_ms` after it was last heard from. Back in time, it keeps them.
+
+    /// How long the records of a node that is no member wait for it: ten dead times.
+    pub(super) fn give_up_ms(&self) -> Millis {
+        self.dead_after().saturating_mul(10)
+    }
+
+    /// Whether the records of `pnn`, no member now, may be taken over.
+    pub(super) fn given_up(&self, pnn: Pnn) -> bool {
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        pnn != self.config.pnn && last_seen.map_or(true, |at| self.now >= at + self.give_up_ms())
+    }
+
+    /// A recovery held records for `pnn`: the next one after its time is up takes them over.
+    pub(super) fn hold_back(&mut self, pnn: Pnn) {
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen).unwrap_or(0);
+        let at = last_seen + self.give_up_ms();
+        self.cluster.held_back.insert(pnn, at);
+    }
+
+    /// A recovery took records of `pnn` over: what it still holds is superseded.
+    pub(super) fn gave_up(&mut self, pnn: Pnn) {
+        self.cluster.held_back.remove(&pnn);
+        self.cluster.given_up.insert(pnn);
+    }
+
+    /// Whether `pnn`'s records were taken over while it was away: it must empty its copies.
+    pub(super) fn was_given_up(&self, pnn: Pnn) -> bool {
+        self.cluster.given_up.contains(&pnn)
+    }
+
+    /// A recovery admitted `members`: nothing is held for them or given up any more.
+    pub(super) fn readmitted(&mut self, members: &BTreeSet<Pnn>) {
+        self.cluster.held_back.retain(|p, _| !members.contains(p));
+        self.cluster.given_up.retain(|p| !members.contains(p));
     }
 
     pub(super) fn ban_self(&mut self, why: &str, out: &mut Vec<Output>) {
@@ -464,6 +860,9 @@ impl Engine {
         }
         self.cluster.next_attempt = self.now + self.config.tunables.election_timeout_ms;
         self.deactivate(why, out);
+        // Followers must not wait a heartbeat interval to learn it: until they do, they go
+        // on serving a generation nobody leads any more.
+        self.send_heartbeats(out);
     }
 
     /// No live leader: the lowest eligible node stands first, the next after one
@@ -480,7 +879,7 @@ impl Engine {
             return; // no majority in sight: standing would only split the votes to come
         }
         let timeout = self.config.tunables.election_timeout_ms;
-        if now < since + rank as Millis * timeout || now < self.cluster.next_attempt {
+        if now < since + rank as Millis * timeout || now < self.cluster.next_attempt || !self.grants_over() {
             return;
         }
         match self.cluster.role {
@@ -537,6 +936,8 @@ impl Engine {
         self.cluster.role = Role::Leader;
         self.cluster.leader = Some(self.config.pnn);
         self.cluster.leaderless_since = None;
+        self.cluster.leads_since = self.now;
+        self.cluster.grants_to_me.clear();
         out.push(Output::Event(ClusterEvent::BecameLeader { term }));
         self.start_recovery(out);
     }
@@ -587,6 +988,9 @@ impl Engine {
         }
         if c.wants_recovery {
             return Some("asked for".into());
+        }
+        if let Some((p, _)) = c.held_back.iter().find(|(_, &at)| at <= self.now) {
+            return Some(format!("node {p} is given up: its records are taken over"));
         }
         let eligible: Vec<Pnn> = self.eligible_nodes().into_iter().collect();
         if eligible != c.epoch_members {
@@ -643,6 +1047,7 @@ impl Engine {
             let now = self.now;
             let peer = &mut self.cluster.peers[from as usize];
             peer.last_heard = Some(now);
+            peer.last_seen = Some(now);
             peer.suspect_since = None;
             peer.left = false;
             if !peer.alive {
@@ -660,6 +1065,8 @@ impl Engine {
                 }
             }
             ClusterMsg::Alive => {} // being heard is all it says
+            ClusterMsg::LeaseAsk { leader, stamp } => self.lease_asked(from, leader, stamp, out),
+            ClusterMsg::LeaseGrant { stamp } => self.lease_granted(from, stamp),
             ClusterMsg::Attach { id, db } => self.attach_asked(from, id, db, store, out),
             ClusterMsg::Attached { id, error } => self.attach_answered(from, Some((id, error)), out),
             ClusterMsg::Leaving => {
@@ -731,6 +1138,7 @@ impl Engine {
     fn vote_request(&mut self, from: Pnn, term: u64, out: &mut Vec<Output>) {
         self.cluster.max_term = self.cluster.max_term.max(term);
         let granted = !self.has_live_leader()
+            && self.grants_over()
             && self.cluster.banned_until.is_none()
             && term >= self.cluster.term
             && self.cluster.voted.map_or(true, |(t, p)| t < term || p == from);

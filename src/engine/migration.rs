@@ -22,7 +22,7 @@ impl Engine {
         match work {
             // Queued behind a lock before this node stopped serving: it waits for the next
             // generation like any request that arrives now.
-            Work::ClientCall(call) if !self.active() => self.cluster.deferred.push_back(call),
+            Work::ClientCall(call) if !self.active() => self.defer_call(call),
             Work::ClientCall(ClientCall { client, reqid, db_id, key, first_use, kind }) => {
                 let waiter = Waiter { client, reqid, first_use, kind };
                 self.client_call(waiter, db_id, key, record, store, out)
@@ -107,6 +107,22 @@ impl Engine {
         self.send_call(db_id, key, record, reqid, out);
     }
 
+    /// This node serves again: our migrations that were cut off go out again now, under the
+    /// new generation.
+    pub(super) fn resume_migrations(&mut self) {
+        let mut pending: Vec<(DbId, Vec<u8>)> =
+            self.keys.iter().filter(|(_, s)| s.migration.is_some()).map(|(slot, _)| slot.clone()).collect();
+        pending.sort(); // a replay order independent of the hash map's seed
+        for (db_id, key) in pending {
+            if let Some(migration) =
+                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
+            {
+                migration.resends = 0;
+            }
+            self.ready.push_back(Work::Resend { db_id, key });
+        }
+    }
+
     /// A migration of ours is late: its request or the record may have been dropped on a
     /// link that went down. Ask again under a new reqid; whichever answer comes first
     /// completes it, later ones are recognised as duplicates.
@@ -146,7 +162,7 @@ impl Engine {
         reqid: ReqId,
         out: &mut Vec<Output>,
     ) {
-        let Some(destnode) = self.record_site(db_id, &key, record, out) else { return };
+        let Some(destnode) = self.record_site(db_id, &key, record) else { return };
         self.stats.calls_sent += 1;
         let call = new_call(db_id, key, CALL_NULL_FUNC, CALL_FLAG_IMMEDIATE_MIGRATION);
         out.push(self.packet(destnode, self.config.pnn, reqid, Body::ReqCall(call)));
@@ -155,21 +171,16 @@ impl Engine {
     /// Where to ask for a record this node is not DMASTER of: the node our copy names,
     /// unless that node is no longer a member (the copy is from before a recovery); else
     /// the LMASTER, which always knows. `None` when that is this node itself.
-    pub(super) fn record_site(
-        &mut self,
-        db_id: DbId,
-        key: &[u8],
-        record: &Option<Record>,
-        out: &mut Vec<Output>,
-    ) -> Option<Pnn> {
+    pub(super) fn record_site(&self, db_id: DbId, key: &[u8], record: &Option<Record>) -> Option<Pnn> {
         let destnode = match record {
             Some(record) if self.config.vnn_map.contains(&record.header.dmaster) => record.header.dmaster,
             _ => self.lmaster(key),
         };
         if destnode == self.config.pnn {
-            // We are the LMASTER and our copy names a node that left: the recovery that
-            // should have told us where the record is did not. Only another can.
-            self.report_trouble(format!("db {db_id:#x}: the LMASTER's copy names a node that left"), out);
+            // We are the LMASTER and our copy names a node that is no member: the record is
+            // held for it (recovery.rs, false deaths). It comes back, or is given up, and the
+            // recovery that follows sends this migration again.
+            log::debug!("engine: a record of db {db_id:#x} waits for its holder to come back");
             return None;
         }
         Some(destnode)
@@ -320,9 +331,11 @@ impl Engine {
     ) {
         let me = self.config.pnn;
         if self.lmaster(&req.key) != me {
-            log::error!("engine: REQ_DMASTER from node {from} for a key this node is not LMASTER of");
-            self.stats.protocol_violations += 1;
-            return;
+            let why = format!(
+                "REQ_DMASTER from node {from} for a key of db {:#x} this node is not LMASTER of",
+                req.db_id
+            );
+            return self.protocol_violation(why, out);
         }
         let recorded_dmaster = match &record {
             Some(record) => {
@@ -337,10 +350,13 @@ impl Engine {
             None => me,
         };
         if recorded_dmaster != from {
-            log::error!(
-                "engine: node {from} handed over a record whose DMASTER this LMASTER knows as node {recorded_dmaster}"
+            // Two nodes may believe they hold the record. The handover goes on (the record
+            // must land somewhere); the recovery this asks for keeps one holder.
+            let why = format!(
+                "node {from} handed over a record of db {:#x} whose DMASTER this LMASTER knows as node {recorded_dmaster}",
+                req.db_id
             );
-            self.stats.protocol_violations += 1;
+            self.protocol_violation(why, out);
         }
         if req.dmaster == me {
             let Some(header) =
@@ -461,6 +477,14 @@ impl Engine {
     fn bumped(&self, header: RecordHeader) -> Option<RecordHeader> {
         let rsn = header.rsn.checked_add(1)?;
         Some(RecordHeader { rsn, dmaster: self.config.pnn, flags: header.flags & !FLAG_AUTOMATIC })
+    }
+
+    /// A peer broke the protocol's invariants (DESIGN §8.2 step 5): only a recovery, which
+    /// rebuilds who holds what from every member's copies, can mend what follows from it.
+    fn protocol_violation(&mut self, why: String, out: &mut Vec<Output>) {
+        log::error!("engine: protocol violation: {why}");
+        self.stats.protocol_violations += 1;
+        self.report_trouble(why, out);
     }
 
     fn refuse_rsn(&mut self, from: Pnn, rsn: u64) {

@@ -7,8 +7,9 @@
 //! restarts and partitions deterministically.
 //!
 //! Besides migration (`migration`), the engine keeps membership (`membership`: heartbeats,
-//! who is alive, who leads) and runs recoveries (`recovery`): a node serves only while it is
-//! active in a generation its leader admitted it to.
+//! who is alive, who leads, leases) and runs recoveries (`recovery`): a node serves only
+//! while it is active in a generation its leader admitted it to and holds a lease; the
+//! rule lives in `membership.rs` alone. `membership_rules` tests each rule.
 
 mod attach;
 mod fetch;
@@ -258,7 +259,8 @@ pub enum ClusterEvent {
     Activated {
         generation: Generation,
     },
-    /// This node's databases were emptied: its copies are from a history the cluster left.
+    /// This node's databases were emptied: a recovery took its records over while it was
+    /// away, so its copies are from a history the cluster left.
     Emptied,
 }
 
@@ -607,19 +609,20 @@ impl Engine {
 
     pub fn handle(&mut self, now: Millis, input: Input, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         self.now = now;
-        if self.cluster.quiet && !matches!(input, Input::Quiet(_) | Input::Leave) {
+        if self.cluster.quiet() && !matches!(input, Input::Quiet(_) | Input::Leave) {
             // Quiet: deaf to peers; clients' requests wait like while not serving.
             match input {
                 Input::Packet(_) | Input::LinkDown(_) | Input::LinkUp(_) | Input::Refused(_) => return,
                 _ => {}
             }
         }
+        self.check_lease(out);
         match input {
             Input::Packet(packet) => self.accept_packet(packet, out),
             Input::ClientCall(call) if !self.active() => {
                 self.stats.client_calls += 1;
                 self.stats.calls_deferred += 1;
-                self.cluster.deferred.push_back(call);
+                self.defer_call(call);
             }
             Input::ClientCall(call) => {
                 self.stats.client_calls += 1;
@@ -680,11 +683,6 @@ impl Engine {
                 return;
             }
         }
-    }
-
-    /// Whether this node serves: it may answer migrations and mint records.
-    pub fn active(&self) -> bool {
-        self.cluster.active
     }
 
     /// Keeps `keys` to the keys with something pending, so nothing grows with traffic.
@@ -858,5 +856,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod membership_rules;
 #[cfg(test)]
 mod tests;

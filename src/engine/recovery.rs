@@ -5,15 +5,22 @@
 //!    old generation is void) and says where it is in the cluster's history (`Epoch`) and
 //!    which databases it has. Clients keep using the records their node holds.
 //! 2. Trust: the members at the newest epoch, and the members that epoch's recovery
-//!    included, carry the cluster's history. The others were left out of it: whatever they
-//!    hold was given up for lost and may have been replaced, so they empty their databases.
-//! 3. Collect: trusted members send the headers of their records (key, RSN, DMASTER),
+//!    included, followed the cluster's history; the others were away (a false death: a
+//!    stop, a stall, a partition). A node that was away keeps its records unless a
+//!    recovery took them over meanwhile (it was given up); only then does it empty its
+//!    databases, as what it holds was replaced.
+//! 3. Collect: members send the headers of their records (key, RSN, DMASTER),
 //!    streamed in chunks, no data. Headers change only through the engine, so they are read
 //!    without waiting for any client's lock.
-//! 4. Plan, per record: a member that holds it (its copy names itself) keeps it where it is.
-//!    If no member holds it (its holder died, or the handover was lost on the wire) the
-//!    newest copy becomes the holder, at the next RSN, so every other copy is older. The
-//!    key's LMASTER under the new map learns the holder. Nothing else moves.
+//! 4. Plan, per record (`plan_record`, which says which copy wins and why no superseded
+//!    version comes back): a member that holds it keeps it where it is. If no member holds
+//!    it and its last holder is no member but may come back (heard from within
+//!    `give_up_ms`), it is held for that node: nothing moves, the LMASTER keeps pointing
+//!    there, requests wait. Otherwise (its holder is given up, or the handover was lost on
+//!    the wire) the newest copy becomes the holder. The holder ends above every other
+//!    copy's RSN; the key's LMASTER under the new map learns it. Nothing else moves. A plan
+//!    that takes records over is committed only once every lease that could cover them has
+//!    ended (`takeover_safe_at`, membership's lease rules).
 //! 5. Commit: each member records the new epoch, map and generation, then applies its fixes
 //!    under the chain locks (a fix on a chain a client holds waits behind that lock, and so
 //!    does any later request for the record).
@@ -24,7 +31,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::membership::{Freeze, Role};
 use super::{lmaster_of, ClusterEvent, Engine, Millis, Output, Record, RecordStore, Work};
 use crate::record::{RecordHeader, FLAG_AUTOMATIC};
 use crate::wire::cluster::{ClusterMsg, DbName, Epoch, FixEntry, HeaderEntry, RecordFix};
@@ -93,6 +99,11 @@ impl Engine {
         self.recoveries.lead.is_some()
     }
 
+    /// Whether the recovery this node leads includes `pnn`.
+    pub(super) fn recovery_includes(&self, pnn: Pnn) -> bool {
+        self.recoveries.lead.as_ref().is_some_and(|lead| lead.members.contains(&pnn))
+    }
+
     pub(super) fn abandon_lead(&mut self) {
         self.recoveries.lead = None;
         self.recoveries.first_started = None;
@@ -110,7 +121,7 @@ impl Engine {
         }
         let generation = loop {
             let candidate = self.cluster.random() as Generation;
-            if candidate > INVALID_GENERATION && candidate != self.cluster.epoch_generation {
+            if candidate > INVALID_GENERATION && candidate != self.cluster.epoch().1 {
                 break candidate;
             }
         };
@@ -135,7 +146,7 @@ impl Engine {
             epoch: Epoch::default(),
             fixed: 0,
         });
-        let term = self.cluster.term;
+        let term = self.cluster.term();
         for member in members {
             self.send_cluster(member, ClusterMsg::RecoveryStart { term, generation }, out);
         }
@@ -172,6 +183,9 @@ impl Engine {
         let now = self.now;
         let timeout = self.config.tunables.recover_timeout_ms;
         let Some(lead) = self.recoveries.lead.as_ref() else { return };
+        if lead.phase == Phase::Collect && lead.waiting.is_empty() {
+            return self.commit_when_collected(out); // it waits for leases to end
+        }
         if now < lead.deadline || lead.waiting.is_empty() {
             return;
         }
@@ -192,7 +206,7 @@ impl Engine {
                 return self.ban_self(&why, out);
             }
             log::warn!("node {}: leaves node {pnn} out: {why}", self.config.pnn);
-            self.cluster.excluded_until.insert(pnn, now + self.ban_period());
+            self.cluster.exclude(pnn, now + self.ban_period());
             out.push(Output::Event(ClusterEvent::Excluded { pnn, why }));
         }
         self.start_recovery(out);
@@ -302,25 +316,20 @@ impl Engine {
         if from != me && !self.leader_claim(from, term, out) {
             return;
         }
-        if from == me && self.cluster.role != Role::Leader {
+        if from == me && !self.cluster.leads() {
             return;
         }
         if self.recoveries.member.as_ref().is_some_and(|m| m.leader == from && m.generation == generation) {
             return; // a copy of the start we answered already
         }
-        if self.cluster.active {
-            self.cluster.active = false;
-            self.config.generation = INVALID_GENERATION;
-            self.drop_generation_work();
-            out.push(Output::Event(ClusterEvent::Deactivated { why: format!("recovery by node {from}") }));
-        }
+        self.pause_for_recovery(from, out);
         self.recoveries.member =
             Some(MemberRecovery { leader: from, generation, fixes: vec![], wiping: None, committed: false });
         self.stats.recoveries_joined += 1;
         let ready = ClusterMsg::RecoveryReady {
             generation,
-            epoch: self.cluster.epoch,
-            participants: self.cluster.epoch_members.clone(),
+            epoch: self.cluster.epoch().0,
+            participants: self.cluster.epoch().2.to_vec(),
             dbs: self.db_names(),
         };
         self.send_cluster(from, ready, out);
@@ -381,32 +390,17 @@ impl Engine {
             return;
         }
         let all: BTreeSet<DbId> = self.dbs.keys().copied().collect();
-        for &db_id in &all {
-            if let std::collections::btree_map::Entry::Vacant(entry) = self.cluster.frozen.entry(db_id) {
-                entry.insert(Freeze::Waiting);
-                out.push(Output::FreezeDb { db_id });
-            }
-        }
+        self.freeze_databases(out);
         if let Some(member) = self.recoveries.member.as_mut() {
             member.wiping = Some(all);
         }
         self.finish_wipe_when_frozen(store, out);
     }
 
-    /// `Input::Frozen`: every chain of the database is held for us now.
-    pub(super) fn frozen(&mut self, db_id: DbId, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
-        match self.cluster.frozen.get_mut(&db_id) {
-            Some(state) => *state = Freeze::Held,
-            // Thawed while the freeze was on its way: give it back.
-            None => return out.push(Output::ThawDb { db_id }),
-        }
-        self.finish_wipe_when_frozen(store, out);
-    }
-
-    fn finish_wipe_when_frozen(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
+    pub(super) fn finish_wipe_when_frozen(&mut self, store: &mut dyn RecordStore, out: &mut Vec<Output>) {
         let Some(member) = self.recoveries.member.as_ref() else { return };
         let Some(wiping) = member.wiping.as_ref() else { return };
-        if !wiping.iter().all(|db| self.cluster.frozen.get(db) == Some(&Freeze::Held)) {
+        if !wiping.iter().all(|&db| self.cluster.is_frozen(db)) {
             return;
         }
         let (leader, generation) = (member.leader, member.generation);
@@ -446,9 +440,7 @@ impl Engine {
         }
         // The history entry first: if the leader dies before activating, the next leader
         // knows this node took part in it, whatever fixes are still to come.
-        self.cluster.epoch = epoch;
-        self.cluster.epoch_generation = generation;
-        self.cluster.epoch_members = vnn_map.clone();
+        self.cluster.commit_epoch(epoch, generation, vnn_map.clone(), self.now);
         self.config.vnn_map = vnn_map;
         let Some(member) = self.recoveries.member.as_mut() else { return };
         member.committed = true;
@@ -492,36 +484,11 @@ impl Engine {
     }
 
     fn activate(&mut self, generation: Generation, out: &mut Vec<Output>) {
-        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed)
-            || self.cluster.banned_until.is_some()
-        {
+        if !self.recoveries.member.as_ref().is_some_and(|m| m.committed) || self.cluster.banned() {
             return;
         }
         self.recoveries.member = None;
-        self.config.generation = generation;
-        self.cluster.active = true;
-        self.cluster.wants_recovery = false;
-        self.thaw_all(out);
-        log::info!(
-            "node {}: serves generation {generation:#x}, map {:?}",
-            self.config.pnn,
-            self.config.vnn_map
-        );
-        out.push(Output::Event(ClusterEvent::Activated { generation }));
-        let deferred: Vec<_> = self.cluster.deferred.drain(..).collect();
-        self.ready.extend(deferred.into_iter().map(Work::ClientCall));
-        // Our migrations that were cut off go out again now, under the new generation.
-        let mut pending: Vec<(DbId, Vec<u8>)> =
-            self.keys.iter().filter(|(_, s)| s.migration.is_some()).map(|(slot, _)| slot.clone()).collect();
-        pending.sort();
-        for (db_id, key) in pending {
-            if let Some(migration) =
-                self.keys.get_mut(&(db_id, key.clone())).and_then(|s| s.migration.as_mut())
-            {
-                migration.resends = 0;
-            }
-            self.ready.push_back(Work::Resend { db_id, key });
-        }
+        self.start_serving(generation, out);
     }
 
     // ---- leader side
@@ -543,7 +510,7 @@ impl Engine {
             .map(|(pnn, _)| *pnn)
             .collect();
         lead.trusted = trusted.clone();
-        let term = self.cluster.term;
+        let term = self.cluster.term();
         lead.epoch = if newest.term < term {
             Epoch { term, seq: 1 }
         } else {
@@ -558,7 +525,7 @@ impl Engine {
         let generation = lead.generation;
         let members: Vec<Pnn> = lead.members.iter().copied().collect();
         for member in members {
-            if trusted.contains(&member) {
+            if trusted.contains(&member) || !self.was_given_up(member) {
                 if let Some(lead) = self.recoveries.lead.as_mut() {
                     lead.pulls.insert(member, db_ids.iter().map(|&db| (db, 0)).collect());
                     if db_ids.is_empty() {
@@ -568,7 +535,7 @@ impl Engine {
                 self.send_cluster(member, ClusterMsg::Pull { generation, dbs: db_ids.clone() }, out);
             } else {
                 log::warn!(
-                    "node {}: node {member} is behind the cluster's history; it empties its databases",
+                    "node {}: node {member} comes back after its records were taken over; it empties its databases",
                     self.config.pnn
                 );
                 self.send_cluster(member, ClusterMsg::Wipe { generation, dbs: names.clone() }, out);
@@ -578,18 +545,46 @@ impl Engine {
     }
 
     fn commit_when_collected(&mut self, out: &mut Vec<Output>) {
-        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        let Some(lead) = self.recoveries.lead.as_ref() else { return };
         if lead.phase != Phase::Collect || !lead.waiting.is_empty() {
             return;
         }
         let vnn_map: Vec<Pnn> = lead.members.iter().copied().collect();
+        let behind: BTreeSet<Pnn> = lead.members.difference(&lead.trusted).copied().collect();
+        let held: BTreeSet<Pnn> = (0..self.config.nodes as Pnn)
+            .filter(|p| !lead.members.contains(p) && !self.given_up(*p))
+            .collect();
         let mut fixes: BTreeMap<(Pnn, DbId), Vec<FixEntry>> = BTreeMap::new();
-        let copies = std::mem::take(&mut lead.copies);
-        for ((db_id, key), copies) in copies {
-            for (node, fix) in plan_record(&key, &copies, &vnn_map) {
-                fixes.entry((node, db_id)).or_default().push(FixEntry { key: key.clone(), fix });
+        let (mut held_for, mut taken_from) = (BTreeSet::new(), BTreeSet::new());
+        for ((db_id, key), copies) in &lead.copies {
+            let plan = plan_record(key, copies, &vnn_map, &behind, &held);
+            held_for.extend(plan.held_for);
+            taken_from.extend(plan.taken_from);
+            for (node, fix) in plan.fixes {
+                fixes.entry((node, *db_id)).or_default().push(FixEntry { key: key.clone(), fix });
             }
         }
+        let promotes = fixes.values().flatten().any(|entry| matches!(entry.fix, RecordFix::Promote { .. }));
+        let safe_at = self.takeover_safe_at(&lead.members);
+        if promotes && self.now < safe_at {
+            // A node that is no member may still hold a lease on records this plan moves:
+            // wait (`recovery_tick` asks again) rather than make a second holder.
+            log::debug!(
+                "node {}: recovery waits {} ms for leases to end",
+                self.config.pnn,
+                safe_at - self.now
+            );
+            return;
+        }
+        for pnn in held_for {
+            self.hold_back(pnn);
+        }
+        for pnn in taken_from {
+            log::warn!("node {}: records of node {pnn} are taken over from their copies", self.config.pnn);
+            self.gave_up(pnn);
+        }
+        let Some(lead) = self.recoveries.lead.as_mut() else { return };
+        lead.copies.clear();
         lead.fixed = fixes.values().map(|f| f.len() as u64).sum();
         lead.phase = Phase::Commit;
         lead.deadline = self.now + self.config.tunables.recover_timeout_ms;
@@ -636,8 +631,8 @@ impl Engine {
         let first_started = self.recoveries.first_started.take().unwrap_or(lead.started_at);
         let millis = self.now.saturating_sub(first_started);
         self.stats.note_recovery(millis);
-        self.cluster.settled_at = self.now;
-        self.cluster.wants_recovery = false;
+        self.cluster.settle(self.now);
+        self.readmitted(&lead.members);
         let members: Vec<Pnn> = lead.members.iter().copied().collect();
         log::info!(
             "node {}: recovery to generation {:#x} done in {millis} ms: members {members:?}, {} records fixed",
@@ -657,41 +652,93 @@ impl Engine {
     }
 }
 
-/// The fixes one record needs, by node: a member that holds it keeps it; otherwise the
-/// newest copy becomes the holder one RSN above every other copy; the LMASTER under the new
-/// map learns the holder.
-fn plan_record(key: &[u8], copies: &[Copy], vnn_map: &[Pnn]) -> Vec<(Pnn, RecordFix)> {
+/// What a recovery does with one record.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RecordPlan {
+    /// The fixes it needs, by node.
+    fixes: Vec<(Pnn, RecordFix)>,
+    /// Its holder is no member but may come back: it stays where it is, unavailable.
+    held_for: Option<Pnn>,
+    /// Its holder is no member and was given up: a copy took its place.
+    taken_from: Option<Pnn>,
+}
+
+/// Which copy of a record wins (the rule of DESIGN §8.4, step 4):
+/// 1. A member that holds it (its copy names itself) keeps it. Should two claim it, a
+///    member that followed the cluster's history wins over one that was away (`behind`),
+///    then the higher RSN. The losers' copies point to the winner.
+/// 2. Nobody holds it: if the newest copy names a node that is no member and is `held`
+///    (not given up), nothing moves — it comes back with its record, or is given up later.
+///    Otherwise the newest copy of a member that followed the history (else of any member)
+///    becomes the holder.
+/// 3. The holder's RSN ends above every other copy's, so no older copy can ever pass for
+///    newer (RSNs change only when records move, not when clients write).
+/// 4. The key's LMASTER under the new map learns the holder.
+///
+/// Why a superseded version cannot come back: a node's claim is kept over the others' only
+/// when nobody took the record over while it was away — taking over happens only once the
+/// node is given up, and a given-up node empties its databases when it returns — so the
+/// claim it brings back is the last version anyone wrote (its lease stopped its clients
+/// before the others could act).
+fn plan_record(
+    key: &[u8],
+    copies: &[Copy],
+    vnn_map: &[Pnn],
+    behind: &BTreeSet<Pnn>,
+    held: &BTreeSet<Pnn>,
+) -> RecordPlan {
     let lmaster = lmaster_of(key, vnn_map);
-    let mut fixes = vec![];
-    let claims: Vec<&Copy> = copies.iter().filter(|c| c.dmaster == c.node).collect();
+    let mut plan = RecordPlan::default();
     // Ties go to the lower node number, so every leader plans alike.
     let newest = |a: &&Copy, b: &&Copy| a.rsn.cmp(&b.rsn).then(b.node.cmp(&a.node));
-    let holder = match claims.iter().copied().max_by(newest) {
+    let followed_history = |c: &&Copy| !behind.contains(&c.node);
+    let top_rsn = copies.iter().map(|c| c.rsn).max().unwrap_or(0);
+    let claims: Vec<&Copy> = copies.iter().filter(|c| c.dmaster == c.node).collect();
+    let claim = claims.iter().copied().filter(followed_history).max_by(newest);
+    let holder = match claim.or_else(|| claims.iter().copied().max_by(newest)) {
         Some(holder) => {
-            // More than one claim breaks the protocol's invariant; keep the newest.
             for other in claims.iter().filter(|c| c.node != holder.node) {
-                log::error!(
-                    "recovery: nodes {} and {} both hold a record; keeping node {}'s",
-                    holder.node,
-                    other.node,
-                    holder.node
-                );
-                fixes.push((other.node, RecordFix::Point { dmaster: holder.node }));
+                if !behind.contains(&other.node) {
+                    // Two members of the history both hold it: the protocol's invariant broke.
+                    log::error!(
+                        "recovery: nodes {} and {} both hold a record; keeping node {}'s",
+                        holder.node,
+                        other.node,
+                        holder.node
+                    );
+                }
+                plan.fixes.push((other.node, RecordFix::Point { dmaster: holder.node }));
+            }
+            if copies.iter().any(|c| c.node != holder.node && c.rsn >= holder.rsn) {
+                plan.fixes.push((holder.node, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
             }
             holder.node
         }
         None => {
-            let Some(newest) = copies.iter().max_by(newest) else { return fixes };
-            fixes.push((newest.node, RecordFix::Promote { rsn: newest.rsn.saturating_add(1) }));
-            newest.node
+            let Some(last) = copies.iter().max_by(newest) else { return plan };
+            if held.contains(&last.dmaster) {
+                let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == last.dmaster);
+                if !lmaster_knows {
+                    // Or the LMASTER, finding no copy, would make a new record.
+                    plan.fixes.push((lmaster, RecordFix::Point { dmaster: last.dmaster }));
+                }
+                plan.held_for = Some(last.dmaster);
+                return plan;
+            }
+            if !vnn_map.contains(&last.dmaster) {
+                plan.taken_from = Some(last.dmaster);
+            }
+            let source = copies.iter().filter(followed_history).max_by(newest).unwrap_or(last);
+            plan.fixes.push((source.node, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
+            source.node
         }
     };
     let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == holder)
-        || fixes.iter().any(|(node, _)| *node == lmaster);
+        || plan.fixes.iter().any(|(node, _)| *node == lmaster);
     if lmaster != holder && !lmaster_knows {
-        fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
+        plan.fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
     }
-    fixes
+    plan
 }
 
 #[cfg(test)]
@@ -700,6 +747,11 @@ mod tests {
 
     fn copy(node: Pnn, rsn: u64, dmaster: Pnn) -> Copy {
         Copy { node, rsn, dmaster }
+    }
+
+    /// The fixes for a record when every member followed the history and nothing is held.
+    fn fixes_of(key: &[u8], copies: &[Copy], map: &[Pnn]) -> Vec<(Pnn, RecordFix)> {
+        plan_record(key, copies, map, &BTreeSet::new(), &BTreeSet::new()).fixes
     }
 
     /// A key whose LMASTER under `map` is `lmaster`.
@@ -715,10 +767,10 @@ mod tests {
         let map = [0, 1, 2];
         let key = key_with_lmaster(0, &map);
         // Node 2 holds it at RSN 5; node 0, the new LMASTER, has an old copy naming node 1.
-        let fixes = plan_record(&key, &[copy(2, 5, 2), copy(0, 3, 1), copy(1, 4, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(2, 5, 2), copy(0, 3, 1), copy(1, 4, 2)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 2 })]);
         // Nothing to do when the LMASTER knows already.
-        assert!(plan_record(&key, &[copy(2, 5, 2), copy(0, 4, 2)], &map).is_empty());
+        assert!(fixes_of(&key, &[copy(2, 5, 2), copy(0, 4, 2)], &map).is_empty());
     }
 
     #[test]
@@ -726,9 +778,9 @@ mod tests {
         let map = [0, 1];
         let key = key_with_lmaster(1, &map);
         // Handed over by node 0 to a node that died: copies on 0 (RSN 7) and the LMASTER 1 (RSN 7).
-        let fixes = plan_record(&key, &[copy(0, 7, 2), copy(1, 7, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 7, 2), copy(1, 7, 2)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Promote { rsn: 8 }), (1, RecordFix::Point { dmaster: 0 })]);
-        let fixes = plan_record(&key, &[copy(0, 6, 2), copy(1, 7, 2)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 6, 2), copy(1, 7, 2)], &map);
         assert_eq!(fixes, vec![(1, RecordFix::Promote { rsn: 8 })]);
     }
 
@@ -736,7 +788,65 @@ mod tests {
     fn two_claims_keep_the_newer() {
         let map = [0, 1];
         let key = key_with_lmaster(0, &map);
-        let fixes = plan_record(&key, &[copy(0, 3, 0), copy(1, 9, 1)], &map);
+        let fixes = fixes_of(&key, &[copy(0, 3, 0), copy(1, 9, 1)], &map);
         assert_eq!(fixes, vec![(0, RecordFix::Point { dmaster: 1 })]);
+    }
+}
+
+#[cfg(test)]
+mod false_death {
+    use super::*;
+
+    fn copy(node: Pnn, rsn: u64, dmaster: Pnn) -> Copy {
+        Copy { node, rsn, dmaster }
+    }
+
+    fn key_with_lmaster(lmaster: Pnn, map: &[Pnn]) -> Vec<u8> {
+        (0u32..)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| lmaster_of(k, map) == lmaster)
+            .expect("some key")
+    }
+
+    #[test]
+    fn the_records_of_a_node_that_may_come_back_stay_where_they_are() {
+        // Node 2 holds the record (RSN 5); node 0 has the copy it handed over (RSN 4).
+        let map = [0, 1];
+        let key = key_with_lmaster(1, &map);
+        let held = BTreeSet::from([2]);
+        let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &held);
+        assert_eq!(plan.held_for, Some(2));
+        assert_eq!(plan.fixes, vec![(1, RecordFix::Point { dmaster: 2 })], "the LMASTER must not mint it");
+        // Given up: the newest copy takes its place.
+        let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(plan.taken_from, Some(2));
+        assert_eq!(plan.fixes[0], (0, RecordFix::Promote { rsn: 5 }));
+    }
+
+    #[test]
+    fn a_node_back_from_a_false_death_keeps_what_nobody_took_over() {
+        // Node 2 comes back (behind the history) holding the record at RSN 5; the others
+        // kept pointing at it.
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(0, &map);
+        let behind = BTreeSet::from([2]);
+        let copies = [copy(2, 5, 2), copy(0, 0, 2), copy(1, 4, 2)];
+        let plan = plan_record(&key, &copies, &map, &behind, &BTreeSet::new());
+        assert_eq!(plan.fixes, vec![], "its copy is the record");
+    }
+
+    #[test]
+    fn a_claim_of_a_node_that_followed_the_history_wins_and_ends_above_every_rsn() {
+        // Node 1 holds the record at RSN 3 (taken over while node 2 was away); node 2 comes
+        // back claiming it at RSN 7: RSNs say nothing about client writes, history does.
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(0, &map);
+        let behind = BTreeSet::from([2]);
+        let copies = [copy(1, 3, 1), copy(2, 7, 2), copy(0, 3, 1)];
+        let plan = plan_record(&key, &copies, &map, &behind, &BTreeSet::new());
+        assert_eq!(
+            plan.fixes,
+            vec![(2, RecordFix::Point { dmaster: 1 }), (1, RecordFix::Promote { rsn: 8 })]
+        );
     }
 }

@@ -150,6 +150,18 @@ pub enum ClusterMsg {
     },
     /// Member -> all: leaving the cluster now.
     Leaving,
+    /// Member -> its leader, or leader -> members: renew my lease, counted from `stamp` on
+    /// my own clock (the engine's `now` when it asked). `leader` is whom the asker follows
+    /// (itself, when it leads): only that relation is granted.
+    LeaseAsk {
+        leader: Pnn,
+        stamp: u64,
+    },
+    /// The answer to `LeaseAsk`: the asker may hold records until `stamp` plus its lease
+    /// time, on its own clock.
+    LeaseGrant {
+        stamp: u64,
+    },
     /// "Still here": sent outside the node's lock while a long step (a recovery of a large
     /// database) keeps its heartbeats from going out.
     Alive,
@@ -216,6 +228,8 @@ const ATTACHED: u32 = 19;
 const VACUUM_DROP: u32 = 20;
 const VACUUM_KEPT: u32 = 21;
 const VACUUM_FETCH: u32 = 22;
+const LEASE_ASK: u32 = 23;
+const LEASE_GRANT: u32 = 24;
 
 const FIX_PROMOTE: u32 = 1;
 const FIX_POINT: u32 = 2;
@@ -366,6 +380,15 @@ impl ClusterMsg {
                 w.counted(reason.as_bytes());
             }
             ClusterMsg::Leaving => w.u32(LEAVING),
+            ClusterMsg::LeaseAsk { leader, stamp } => {
+                w.u32(LEASE_ASK);
+                w.u32(*leader);
+                w.u64(*stamp);
+            }
+            ClusterMsg::LeaseGrant { stamp } => {
+                w.u32(LEASE_GRANT);
+                w.u64(*stamp);
+            }
             ClusterMsg::Alive => w.u32(ALIVE),
             ClusterMsg::Attach { id, db } => {
                 w.u32(ATTACH);
@@ -489,6 +512,10 @@ impl ClusterMsg {
             ACTIVATE => ClusterMsg::Activate { generation: r.u32("generation")? },
             TROUBLE => ClusterMsg::Trouble { reason: r.string("reason")? },
             LEAVING => ClusterMsg::Leaving,
+            LEASE_ASK => {
+                ClusterMsg::LeaseAsk { leader: r.u32("lease leader")?, stamp: r.u64("lease stamp")? }
+            }
+            LEASE_GRANT => ClusterMsg::LeaseGrant { stamp: r.u64("lease stamp")? },
             ALIVE => ClusterMsg::Alive,
             ATTACH => {
                 let id = r.u32("attach id")?;

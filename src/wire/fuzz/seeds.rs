@@ -231,6 +231,8 @@ pub(crate) fn cluster_msgs() -> Vec<ClusterMsg> {
         ClusterMsg::Activate { generation: 6 },
         ClusterMsg::Trouble { reason: "record lost in flight".into() },
         ClusterMsg::Leaving,
+        ClusterMsg::LeaseAsk { leader: 2, stamp: 1_234 },
+        ClusterMsg::LeaseGrant { stamp: u64::MAX },
         ClusterMsg::Alive,
         ClusterMsg::Attach { id: 1, db: dbs[0].clone() },
         ClusterMsg::Attached { id: 1, error: String::new() },
