@@ -22,17 +22,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-mod sim_support;
-
-use sim_support::{counter_value, key_name, Rng};
-
-use rctdb::engine::store::LockOwner;
+use rctdb::engine::sim::{counter_value, key_name, Cluster, Network, Rng, SimNode};
 use rctdb::engine::{
-    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
-    Record, CALL_IO_ERROR,
+    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, MemStore, Output, Record,
+    CALL_IO_ERROR,
 };
-use rctdb::wire::cluster::{ClusterMsg, DbName};
-use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
+use rctdb::wire::cluster::DbName;
+use rctdb::wire::{Body, DbId, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
 const TICK_MS: u64 = 10;
@@ -122,37 +118,26 @@ struct Client {
     starts_at: u64,
 }
 
-struct SimNode {
-    engine: Engine,
-    store: MemStore,
-    up: bool,
-    lock_waits: Vec<Vec<u8>>,
-    freeze_pending: bool,
+/// When a node's faults end (the harness keeps the rest of its state).
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeFaults {
     restart_at: Option<u64>,
     quiet_until: Option<u64>,
     failing_until: Option<u64>,
-    /// Writes kept in memory (a lock libtdb needs held too long), and the keys whose
-    /// clients wait for them (`Output::WaitForWrite`).
+    /// Writes kept in memory (a lock libtdb needs held too long) until then.
     refusing_until: Option<u64>,
-    write_waits: Vec<Vec<u8>>,
-    incarnation: u64,
 }
 
 struct Sim {
     seed: u64,
     p: Params,
-    rng: Rng,
-    now: u64,
-    nodes: Vec<SimNode>,
+    cluster: Cluster,
+    faults: Vec<NodeFaults>,
     clients: Vec<Client>,
-    links: BTreeMap<(Pnn, Pnn), VecDeque<Packet>>,
     to_engine: Vec<VecDeque<Input>>,
     to_client: Vec<VecDeque<(i32, Option<Vec<u8>>)>>,
-    lock_available: VecDeque<(Pnn, Vec<u8>)>,
-    lock_outcomes: VecDeque<(Pnn, LockOutcome)>,
-    lock_holder: Option<Pnn>,
-    /// One side of a partition and when it heals.
-    partition: Option<(BTreeSet<Pnn>, u64)>,
+    /// When the partition heals.
+    partition_until: Option<u64>,
     faults_left: u32,
     /// Every key's acknowledged operations, in order.
     histories: BTreeMap<Vec<u8>, History>,
@@ -160,7 +145,6 @@ struct Sim {
     store_failures_seen: bool,
     last_rsn: BTreeMap<(Pnn, Vec<u8>), u64>,
     coverage: Coverage,
-    trace: bool,
     /// Set once clients are done and the cluster settled: vacuuming runs until then.
     drain_until: Option<u64>,
 }
@@ -291,34 +275,31 @@ fn new_engine(pnn: Pnn, p: &Params, seed: u64) -> Engine {
 impl Sim {
     fn new(seed: u64, trace: bool) -> Sim {
         let p = Params::for_seed(seed);
-        let mut rng = Rng(seed);
         let nodes = (0..p.nodes as Pnn)
-            .map(|pnn| SimNode {
-                engine: new_engine(pnn, &p, seed.wrapping_mul(31).wrapping_add(pnn as u64)),
-                store: MemStore::with_chains(p.chains),
-                up: true,
-                lock_waits: vec![],
-                freeze_pending: false,
-                restart_at: None,
-                quiet_until: None,
-                failing_until: None,
-                refusing_until: None,
-                write_waits: vec![],
-                incarnation: 0,
+            .map(|pnn| {
+                let engine = new_engine(pnn, &p, seed.wrapping_mul(31).wrapping_add(pnn as u64));
+                SimNode::new(engine, MemStore::with_chains(p.chains))
             })
             .collect();
+        let mut cluster = Cluster::new(nodes, seed);
+        cluster.network =
+            Network { in_order: p.fifo_links, loss: p.drop, duplication: p.duplicate, duplicates_left: None };
+        cluster.trace = trace;
+        cluster.context = format!(
+            "seed {seed} (replay: RCTDB_SIM_SEED={seed} cargo test --test simulation_faults -- --nocapture)\n  params {p:?}\n  "
+        );
         let mut clients = vec![];
         for node in 0..p.nodes {
             for _ in 0..p.clients_per_node {
                 clients.push(Client {
                     id: clients.len() as ClientId,
                     node: node as Pnn,
-                    key: key_name(rng.below64(p.keys as u64) as usize),
+                    key: key_name(cluster.rng.below64(p.keys as u64) as usize),
                     state: ClientState::Attaching,
                     remaining: p.increments,
                     next_reqid: 1,
                     owes_done: false,
-                    starts_at: rng.below64(1500),
+                    starts_at: cluster.rng.below64(1500),
                 });
             }
         }
@@ -326,33 +307,28 @@ impl Sim {
         Sim {
             seed,
             p,
-            rng,
-            now: 0,
-            nodes,
+            cluster,
+            faults: vec![NodeFaults::default(); p.nodes],
             clients,
-            links: BTreeMap::new(),
             to_engine: vec![VecDeque::new(); n],
             to_client: vec![VecDeque::new(); n],
-            lock_available: VecDeque::new(),
-            lock_outcomes: VecDeque::new(),
-            lock_holder: None,
-            partition: None,
+            partition_until: None,
             faults_left: p.faults,
             histories: BTreeMap::new(),
             disrupted: false,
             store_failures_seen: false,
             last_rsn: BTreeMap::new(),
             coverage: Coverage::default(),
-            trace,
             drain_until: None,
         }
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!(
-            "seed {} failed at t={}: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test simulation_faults -- --nocapture",
-            self.seed, self.now, self.p, self.seed
-        )
+        self.cluster.fail(what)
+    }
+
+    fn rng(&mut self) -> &mut Rng {
+        &mut self.cluster.rng
     }
 
     /// A fault that may lose records: what was acknowledged before it is no longer sure.
@@ -364,40 +340,20 @@ impl Sim {
     }
 
     fn run_engine(&mut self, pnn: Pnn, input: Input) {
-        if !self.nodes[pnn as usize].up {
-            return;
-        }
-        if self.trace {
-            println!("t={} node {pnn} <- {input:?}", self.now);
-        }
-        let mut out = vec![];
-        let node = &mut self.nodes[pnn as usize];
-        node.engine.handle(self.now, input, &mut node.store, &mut out);
-        for output in out {
-            if self.trace {
-                println!("        node {pnn} -> {output:?}");
-            }
+        for output in self.cluster.input(pnn, input) {
             self.output(pnn, output);
         }
     }
 
+    fn outputs(&mut self, outputs: Vec<(Pnn, Output)>) {
+        for (pnn, output) in outputs {
+            self.output(pnn, output);
+        }
+    }
+
+    /// What the harness hands back: replies to clients, attach results, thaws, events.
     fn output(&mut self, pnn: Pnn, output: Output) {
         match output {
-            Output::Send(packet) => {
-                if matches!(packet.body, Body::Cluster(ClusterMsg::Attach { .. })) {
-                    self.coverage.attaches_sent += 1;
-                }
-                if packet.destnode == pnn || packet.destnode as usize >= self.nodes.len() {
-                    self.fail(&format!("node {pnn} sent a misaddressed packet {packet:?}"));
-                }
-                // TCP never duplicates; resends of migration requests do, so only those are.
-                let duplicable = !matches!(packet.body, Body::Cluster(_));
-                let copies = if duplicable && self.rng.per_mille(self.p.duplicate) { 2 } else { 1 };
-                let link = self.links.entry((pnn, packet.destnode)).or_default();
-                for _ in 0..copies {
-                    link.push_back(packet.clone());
-                }
-            }
             Output::ClientReply { client, reqid, status, data } => {
                 let c = &self.clients[client as usize];
                 if c.state == ClientState::Crashed {
@@ -408,8 +364,6 @@ impl Sim {
                 }
                 self.to_client[client as usize].push_back((status, data));
             }
-            Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
-            Output::WaitForWrite { key, .. } => self.nodes[pnn as usize].write_waits.push(key),
             Output::AttachDone { client, reqid, result, .. } => {
                 let c = &mut self.clients[client as usize];
                 if c.state != ClientState::WaitingAttach || reqid != c.next_reqid {
@@ -421,28 +375,7 @@ impl Sim {
                     Err(err) => self.fail(&format!("client {client}: attach failed: {err}")),
                 };
             }
-            Output::FreezeDb { .. } => self.nodes[pnn as usize].freeze_pending = true,
-            Output::ThawDb { .. } => {
-                let node = &mut self.nodes[pnn as usize];
-                node.freeze_pending = false;
-                node.store.frozen = false;
-                self.wake_lock_waiters(pnn, None);
-            }
-            Output::TakeClusterLock => {
-                let free = self.lock_holder.map_or(true, |h| h == pnn || !self.nodes[h as usize].up);
-                let outcome = if free {
-                    self.lock_holder = Some(pnn);
-                    LockOutcome::Held
-                } else {
-                    LockOutcome::Contention
-                };
-                self.lock_outcomes.push_back((pnn, outcome));
-            }
-            Output::ReleaseClusterLock => {
-                if self.lock_holder == Some(pnn) {
-                    self.lock_holder = None;
-                }
-            }
+            Output::ThawDb { .. } => self.wake_lock_waiters(pnn, None),
             Output::Event(event) => match event {
                 ClusterEvent::NodeDead(_) => {
                     self.coverage.deaths += 1;
@@ -457,6 +390,7 @@ impl Sim {
                 }
                 _ => {}
             },
+            other => self.fail(&format!("the harness handed back {other:?}")),
         }
     }
 
@@ -472,12 +406,15 @@ impl Sim {
     }
 
     fn settled(&self) -> bool {
-        if self.partition.is_some() {
+        if self.cluster.partition.is_some() {
             return false;
         }
         let mut generations = BTreeSet::new();
-        for node in &self.nodes {
-            if !node.up || node.quiet_until.is_some() || node.failing_until.is_some() || !node.engine.active()
+        for (node, faults) in self.cluster.nodes.iter().zip(&self.faults) {
+            if !node.up
+                || faults.quiet_until.is_some()
+                || faults.failing_until.is_some()
+                || !node.engine.active()
             {
                 return false;
             }
@@ -491,9 +428,10 @@ impl Sim {
             let c = &self.clients[index];
             (c.node as usize, c.id, c.key.clone())
         };
+        let now = self.cluster.now;
         if self.clients[index].state == ClientState::Attaching {
             let client = &mut self.clients[index];
-            if self.now < client.starts_at {
+            if now < client.starts_at {
                 return;
             }
             client.next_reqid += 1;
@@ -504,12 +442,12 @@ impl Sim {
             return;
         }
         if self.clients[index].state == ClientState::Ready {
-            let locked = self.nodes[node].store.lock_as(DB, &key, LockOwner::Client(id));
+            let locked = self.cluster.client_lock(node as Pnn, DB, &key, id);
             self.clients[index].state =
                 if locked { ClientState::HoldingLock } else { ClientState::WaitingLock };
             return;
         }
-        let record = self.nodes[node].store.peek(DB, &key).cloned();
+        let record = self.cluster.nodes[node].store.peek(DB, &key).cloned();
         let here = record.as_ref().is_some_and(|r| r.header.dmaster == node as Pnn && r.header.rsn > 0);
         if let (true, Some(mut record)) = (here, record) {
             let seen = State::of(&record.data);
@@ -521,7 +459,8 @@ impl Sim {
                     "client {index} on node {node} sees {seen:?} in {key:?}; the last of {ops} operations left {last:?} (disrupted: {disrupted})"
                 ));
             }
-            let delete = seen != State::Deleted && self.rng.per_mille(self.p.deletes);
+            let deletes = self.p.deletes;
+            let delete = seen != State::Deleted && self.rng().per_mille(deletes);
             let history = self.histories.entry(key.clone()).or_default();
             history.ops += 1;
             if delete {
@@ -537,8 +476,9 @@ impl Sim {
             if settled {
                 history.sure = Some(history.ops);
             }
-            self.nodes[node].store.put(DB, &key, record);
-            if delete && self.rng.per_mille(self.p.scheduled) {
+            self.cluster.nodes[node].store.put(DB, &key, record);
+            let scheduled = self.p.scheduled;
+            if delete && self.rng().per_mille(scheduled) {
                 self.to_engine[index].push_back(Input::Deleted { db_id: DB, key: key.clone() });
             }
         }
@@ -548,23 +488,24 @@ impl Sim {
             client.owes_done = false;
             self.to_engine[index].push_back(Input::ClientDone { client: id, db_id: DB, key: key.clone() });
         }
-        let client = &mut self.clients[index];
         if here {
+            let client = &mut self.clients[index];
             client.remaining -= 1;
             client.state = if client.remaining == 0 { ClientState::Finished } else { ClientState::Ready };
-            if client.remaining > 0 && self.rng.per_mille(300) {
-                self.clients[index].key = key_name(self.rng.below64(self.p.keys as u64) as usize);
+            if client.remaining > 0 && self.rng().per_mille(300) {
+                let keys = self.p.keys as u64;
+                self.clients[index].key = key_name(self.rng().below64(keys) as usize);
             }
         } else {
             // Sometimes it reads the record where it is first, as smbd parses a record.
-            let read = self.rng.per_mille(250);
+            let read = self.rng().per_mille(250);
             let client = &mut self.clients[index];
             client.next_reqid += 1;
             let reqid = client.next_reqid;
             client.state = if read {
-                ClientState::WaitingRead { since: self.now }
+                ClientState::WaitingRead { since: now }
             } else {
-                ClientState::WaitingReply { since: self.now }
+                ClientState::WaitingReply { since: now }
             };
             let call = ClientCall {
                 client: id,
@@ -579,34 +520,15 @@ impl Sim {
     }
 
     fn release_client_lock(&mut self, node: usize, key: &[u8]) {
-        self.nodes[node].store.unlock_any(DB, key);
-        // Every key that waited for this chain may go on (the engine retries the others).
-        let n = &mut self.nodes[node];
-        let (freed, waiting): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
-            n.lock_waits.drain(..).partition(|k| n.store.same_chain(DB, k, key));
-        n.lock_waits = waiting;
-        for k in freed {
-            self.lock_available.push_back((node as Pnn, k));
-        }
+        self.cluster.client_unlock(node as Pnn, DB, key);
         self.wake_lock_waiters(node as Pnn, None);
     }
 
     fn crash_node(&mut self, k: Pnn) {
         self.coverage.crashes += 1;
         self.disrupt();
-        let node = &mut self.nodes[k as usize];
-        node.up = false;
-        node.store.clear();
-        node.lock_waits.clear();
-        node.freeze_pending = false;
-        node.quiet_until = None;
-        node.failing_until = None;
-        node.refusing_until = None;
-        node.write_waits.clear();
-        node.restart_at = Some(self.now + 50 + self.rng.below64(1500));
-        if self.lock_holder == Some(k) {
-            self.lock_holder = None; // the kernel drops a dead process's lock
-        }
+        let restart_at = self.cluster.now + 50 + self.rng().below64(1500);
+        self.faults[k as usize] = NodeFaults { restart_at: Some(restart_at), ..NodeFaults::default() };
         for index in 0..self.clients.len() {
             if self.clients[index].node == k && self.clients[index].state != ClientState::Finished {
                 self.clients[index].state = ClientState::Crashed;
@@ -614,128 +536,101 @@ impl Sim {
                 self.to_client[index].clear();
             }
         }
-        self.lock_available.retain(|(p, _)| *p != k);
-        self.lock_outcomes.retain(|(p, _)| *p != k);
-        self.links.retain(|(a, b), _| *a != k && *b != k);
-        for peer in 0..self.nodes.len() as Pnn {
-            if peer != k {
-                self.run_engine(peer, Input::LinkDown(k));
-                if self.rng.percent(50) {
-                    self.run_engine(peer, Input::Refused(k)); // its reconnect found no listener
-                }
-            }
-        }
+        let outputs = self.cluster.crash(k);
+        self.outputs(outputs);
     }
 
     fn restart_node(&mut self, k: Pnn) {
-        let node = &mut self.nodes[k as usize];
-        node.incarnation += 1;
-        let seed = self.seed.wrapping_mul(31).wrapping_add(k as u64).wrapping_add(node.incarnation << 20);
-        node.engine = new_engine(k, &self.p, seed);
-        node.store = MemStore::with_chains(self.p.chains);
-        node.up = true;
-        node.restart_at = None;
-        for peer in 0..self.nodes.len() as Pnn {
-            if peer != k {
-                self.run_engine(peer, Input::LinkUp(k));
-            }
-        }
+        let incarnation = self.cluster.nodes[k as usize].incarnation + 1;
+        let seed = self.seed.wrapping_mul(31).wrapping_add(k as u64).wrapping_add(incarnation << 20);
+        let engine = new_engine(k, &self.p, seed);
+        self.faults[k as usize].restart_at = None;
+        let outputs = self.cluster.restart(k, engine, MemStore::with_chains(self.p.chains));
+        self.outputs(outputs);
     }
 
     fn inject_fault(&mut self) {
-        let n = self.nodes.len() as u64;
-        let k = self.rng.below64(n) as Pnn;
-        if !self.nodes[k as usize].up || self.partition.is_some() {
+        let n = self.cluster.len() as u64;
+        let k = self.rng().below64(n) as Pnn;
+        if !self.cluster.nodes[k as usize].up || self.cluster.partition.is_some() {
             return;
         }
         self.faults_left -= 1;
-        match self.rng.below64(6) {
+        let now = self.cluster.now;
+        match self.rng().below64(6) {
             0 => self.crash_node(k),
             1 => {
                 self.coverage.quiets += 1;
                 self.disrupt();
-                self.nodes[k as usize].quiet_until = Some(self.now + 100 + self.rng.below64(2000));
+                self.faults[k as usize].quiet_until = Some(now + 100 + self.rng().below64(2000));
                 self.run_engine(k, Input::Quiet(true));
             }
             2 => {
                 self.coverage.partitions += 1;
                 self.disrupt();
-                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng.per_mille(500)).collect();
+                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng().per_mille(500)).collect();
                 let side =
                     if side.is_empty() || side.len() == n as usize { BTreeSet::from([k]) } else { side };
-                self.partition = Some((side, self.now + 200 + self.rng.below64(3000)));
+                self.cluster.partition = Some(side);
+                self.partition_until = Some(now + 200 + self.rng().below64(3000));
             }
             3 => {
                 self.coverage.store_failures += 1;
                 self.store_failures_seen = true;
                 self.disrupt();
-                self.nodes[k as usize].store.failing = true;
-                self.nodes[k as usize].failing_until = Some(self.now + 5 + self.rng.below64(100));
+                self.cluster.nodes[k as usize].store.failing = true;
+                self.faults[k as usize].failing_until = Some(now + 5 + self.rng().below64(100));
             }
             4 => {
                 // A client holds a lock libtdb needs to write: writes stay in memory and
                 // clients wait for them. Nothing may be lost, so the cluster is not disrupted.
                 self.coverage.writes_held += 1;
-                let until = self.now + 5 + self.rng.below64(200);
-                let node = &mut self.nodes[k as usize];
-                node.store.refusing = Some(libc::EAGAIN);
-                node.refusing_until = Some(until);
+                let until = now + 5 + self.rng().below64(200);
+                self.cluster.nodes[k as usize].store.refusing = Some(libc::EAGAIN);
+                self.faults[k as usize].refusing_until = Some(until);
             }
             _ => {
                 // A connection reset: what was queued on it is gone. Not a fault that may
                 // lose records: the protocol must find a handover lost this way.
-                let busy: Vec<(Pnn, Pnn)> =
-                    self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
-                if let Some(&(a, b)) = busy.get(self.rng.below64(busy.len().max(1) as u64) as usize) {
-                    self.coverage.link_resets += 1;
-                    self.links.remove(&(a, b));
-                    self.run_engine(a, Input::LinkDown(b));
-                    self.run_engine(a, Input::LinkUp(b));
+                if let Some(((a, _), outputs)) = self.cluster.reset_busy_link() {
+                    self.outputs(outputs.into_iter().map(|o| (a, o)).collect());
                 }
             }
         }
     }
 
     fn heal(&mut self) {
-        let now = self.now;
-        for k in 0..self.nodes.len() as Pnn {
-            let node = &mut self.nodes[k as usize];
-            if node.restart_at.is_some_and(|t| t <= now) {
+        let now = self.cluster.now;
+        for k in self.cluster.pnns() {
+            if self.faults[k as usize].restart_at.is_some_and(|t| t <= now) {
                 self.restart_node(k);
             }
-            let node = &mut self.nodes[k as usize];
-            if node.quiet_until.is_some_and(|t| t <= now) {
-                node.quiet_until = None;
+            let faults = &mut self.faults[k as usize];
+            if faults.quiet_until.is_some_and(|t| t <= now) {
+                faults.quiet_until = None;
                 self.run_engine(k, Input::Quiet(false));
             }
-            let node = &mut self.nodes[k as usize];
-            if node.failing_until.is_some_and(|t| t <= now) {
-                node.failing_until = None;
-                node.store.failing = false;
+            let faults = &mut self.faults[k as usize];
+            if faults.failing_until.is_some_and(|t| t <= now) {
+                faults.failing_until = None;
+                self.cluster.nodes[k as usize].store.failing = false;
             }
-            let node = &mut self.nodes[k as usize];
-            if node.refusing_until.is_some_and(|t| t <= now) {
-                node.refusing_until = None;
-                node.store.write_refused();
-                let written: Vec<Vec<u8>> = node.write_waits.drain(..).collect();
-                self.lock_available.extend(written.into_iter().map(|key| (k, key)));
+            let faults = &mut self.faults[k as usize];
+            if faults.refusing_until.is_some_and(|t| t <= now) {
+                faults.refusing_until = None;
+                self.cluster.writes_accepted(k);
             }
         }
-        if self.partition.as_ref().is_some_and(|(_, until)| *until <= now) {
-            self.partition = None;
+        if self.partition_until.is_some_and(|until| until <= now) {
+            self.partition_until = None;
+            self.cluster.partition = None;
         }
-    }
-
-    fn cut_off(&self, a: Pnn, b: Pnn) -> bool {
-        self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
     }
 
     fn nothing_in_flight(&self) -> bool {
-        self.links.values().all(VecDeque::is_empty)
+        self.cluster.network_idle()
             && self.to_engine.iter().all(VecDeque::is_empty)
             && self.to_client.iter().all(VecDeque::is_empty)
-            && self.lock_available.is_empty()
-            && self.lock_outcomes.is_empty()
     }
 
     fn all_clients_done(&self) -> bool {
@@ -743,44 +638,38 @@ impl Sim {
     }
 
     fn healed(&self) -> bool {
-        self.partition.is_none()
-            && self.nodes.iter().all(|n| {
-                n.up && n.quiet_until.is_none() && n.failing_until.is_none() && n.refusing_until.is_none()
+        self.cluster.partition.is_none()
+            && self.cluster.nodes.iter().zip(&self.faults).all(|(n, f)| {
+                n.up && f.quiet_until.is_none() && f.failing_until.is_none() && f.refusing_until.is_none()
             })
     }
 
     /// One step of simulated time; false once every client is done and the cluster settled.
     fn step(&mut self) -> bool {
-        self.now += 1;
+        self.cluster.now += 1;
         if self.drain_until.is_some() && self.nothing_in_flight() {
             // Draining with nothing on the wire or waiting: skip to the next tick.
-            self.now = self.now.next_multiple_of(TICK_MS);
+            self.cluster.now = self.cluster.now.next_multiple_of(TICK_MS);
         }
         self.heal();
-        if self.faults_left > 0 && self.rng.per_mille(self.p.fault_rate) {
+        let fault_rate = self.p.fault_rate;
+        if self.faults_left > 0 && self.rng().per_mille(fault_rate) {
             self.inject_fault();
         }
-        if self.now % TICK_MS == 0 {
-            for pnn in 0..self.nodes.len() as Pnn {
-                self.run_engine(pnn, Input::Tick);
-            }
+        if self.cluster.now % TICK_MS == 0 {
+            let outputs = self.cluster.tick_all();
+            self.outputs(outputs);
         }
-        for pnn in 0..self.nodes.len() {
-            let node = &mut self.nodes[pnn];
-            if node.up && node.freeze_pending && !node.store.client_holds_a_lock() {
-                node.freeze_pending = false;
-                node.store.frozen = true;
-                self.run_engine(pnn as Pnn, Input::Frozen { db_id: DB });
-            }
-        }
+        let outputs = self.cluster.complete_freezes();
+        self.outputs(outputs);
         // A record may be in flight even when no engine waits for it (a stale request
         // moved it): at rest means nothing but membership traffic on the wire.
-        let engines_idle = self.nodes.iter().all(|n| n.engine.keys_pending() == 0)
-            && self.links.values().flatten().all(|p| matches!(p.body, Body::Cluster(_)));
+        let engines_idle = self.cluster.nodes.iter().all(|n| n.engine.keys_pending() == 0)
+            && self.cluster.packets().all(|p| matches!(p.body, Body::Cluster(_)));
         if self.all_clients_done() && self.faults_left == 0 && self.healed() && self.settled() && engines_idle
         {
-            let until = *self.drain_until.get_or_insert(self.now + DRAIN_MS);
-            if self.now >= until {
+            let until = *self.drain_until.get_or_insert(self.cluster.now + DRAIN_MS);
+            if self.cluster.now >= until {
                 return false;
             }
         }
@@ -792,8 +681,6 @@ impl Sim {
     }
 
     fn one_event(&mut self) {
-        let busy: Vec<(Pnn, Pnn)> =
-            self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
         let ready: Vec<usize> = (0..self.clients.len())
             .filter(|&i| {
                 matches!(
@@ -808,12 +695,12 @@ impl Sim {
             (0..self.clients.len()).filter(|&i| !self.to_client[i].is_empty()).collect();
         let mut choices = vec![];
         for (choice, available) in [
-            (0, !busy.is_empty()),
+            (0, self.cluster.packets_in_flight() > 0),
             (1, !ready.is_empty()),
             (2, !engine_inbox.is_empty()),
             (3, !client_inbox.is_empty()),
-            (4, !self.lock_available.is_empty()),
-            (5, !self.lock_outcomes.is_empty()),
+            (4, !self.cluster.lock_available.is_empty()),
+            (5, !self.cluster.lock_outcomes.is_empty()),
         ] {
             if available {
                 choices.push(choice);
@@ -822,82 +709,70 @@ impl Sim {
         if choices.is_empty() {
             return;
         }
-        match choices[self.rng.below64(choices.len() as u64) as usize] {
+        match choices[self.rng().below64(choices.len() as u64) as usize] {
             0 => {
-                let (a, b) = busy[self.rng.below64(busy.len() as u64) as usize];
-                let queue = self.links.get_mut(&(a, b)).expect("busy link");
-                let mut at =
-                    if self.p.fifo_links { 0 } else { self.rng.below64(queue.len() as u64) as usize };
-                if matches!(queue[at].body, Body::Cluster(_)) {
-                    // Membership and recovery rely on TCP's order, as CTDB's do; only
-                    // migration packets are shuffled.
-                    at = queue.iter().position(|p| matches!(p.body, Body::Cluster(_))).expect("one is");
-                }
-                let packet = queue.remove(at).expect("in range");
-                if self.cut_off(a, b) || self.rng.per_mille(self.p.drop) {
-                    self.coverage.dropped += 1;
-                    return;
-                }
-
-                self.run_engine(b, Input::Packet(packet));
+                let outputs = self.cluster.deliver_one();
+                self.outputs(outputs);
             }
             1 => {
-                let index = ready[self.rng.below64(ready.len() as u64) as usize];
+                let index = ready[self.rng().below64(ready.len() as u64) as usize];
                 self.run_client(index);
             }
             2 => {
-                let index = engine_inbox[self.rng.below64(engine_inbox.len() as u64) as usize];
+                let index = engine_inbox[self.rng().below64(engine_inbox.len() as u64) as usize];
                 let input = self.to_engine[index].pop_front().expect("non-empty");
                 self.run_engine(self.clients[index].node, input);
             }
             3 => {
-                let index = client_inbox[self.rng.below64(client_inbox.len() as u64) as usize];
-                let (status, data) = self.to_client[index].pop_front().expect("non-empty");
-                let (since, read) = match self.clients[index].state {
-                    ClientState::WaitingReply { since } => (since, false),
-                    ClientState::WaitingRead { since } => (since, true),
-                    _ => self.fail(&format!("client {index} got a reply it did not wait for")),
-                };
-                // A store that failed on the node is a clear error; the client tries again.
-                if status != 0 && !(status == CALL_IO_ERROR && self.store_failures_seen) {
-                    self.fail(&format!("client {index} got status {status}"));
-                }
-                if self.now - since > MAX_WAIT_MS {
-                    self.fail(&format!("client {index} waited {} ms for a record", self.now - since));
-                }
-                if read && status == 0 {
-                    // A read sees only what was written: never an operation not acknowledged.
-                    let key = self.clients[index].key.clone();
-                    let Some(data) = data else {
-                        self.fail(&format!("client {index}: a read answered no data"))
-                    };
-                    let ops = self.histories.get(&key).map_or(0, |h| h.ops);
-                    if let State::Written(n) = State::of(&data) {
-                        if n > ops {
-                            self.fail(&format!(
-                                "client {index} read operation {n} of {key:?}, only {ops} were done"
-                            ));
-                        }
-                    }
-                    self.coverage.reads += 1;
-                } else if !read {
-                    self.clients[index].owes_done = true;
-                }
-                self.clients[index].state = ClientState::Ready;
+                let index = client_inbox[self.rng().below64(client_inbox.len() as u64) as usize];
+                self.client_hears(index);
             }
             4 => {
-                let (pnn, key) = self.lock_available.pop_front().expect("non-empty");
-                self.run_engine(pnn, Input::ChainLockAvailable { db_id: DB, key });
+                let outputs = self.cluster.deliver_lock_available();
+                self.outputs(outputs);
             }
             _ => {
-                let (pnn, outcome) = self.lock_outcomes.pop_front().expect("non-empty");
-                self.run_engine(pnn, Input::ClusterLock(outcome));
+                let outputs = self.cluster.deliver_lock_outcome();
+                self.outputs(outputs);
             }
         }
     }
 
+    /// Client `index` reads the next answer to it.
+    fn client_hears(&mut self, index: usize) {
+        let (status, data) = self.to_client[index].pop_front().expect("non-empty");
+        let now = self.cluster.now;
+        let (since, read) = match self.clients[index].state {
+            ClientState::WaitingReply { since } => (since, false),
+            ClientState::WaitingRead { since } => (since, true),
+            _ => self.fail(&format!("client {index} got a reply it did not wait for")),
+        };
+        // A store that failed on the node is a clear error; the client tries again.
+        if status != 0 && !(status == CALL_IO_ERROR && self.store_failures_seen) {
+            self.fail(&format!("client {index} got status {status}"));
+        }
+        if now - since > MAX_WAIT_MS {
+            self.fail(&format!("client {index} waited {} ms for a record", now - since));
+        }
+        if read && status == 0 {
+            // A read sees only what was written: never an operation not acknowledged.
+            let key = self.clients[index].key.clone();
+            let Some(data) = data else { self.fail(&format!("client {index}: a read answered no data")) };
+            let ops = self.histories.get(&key).map_or(0, |h| h.ops);
+            if let State::Written(n) = State::of(&data) {
+                if n > ops {
+                    self.fail(&format!("client {index} read operation {n} of {key:?}, only {ops} were done"));
+                }
+            }
+            self.coverage.reads += 1;
+        } else if !read {
+            self.clients[index].owes_done = true;
+        }
+        self.clients[index].state = ClientState::Ready;
+    }
+
     fn check_invariants(&mut self) {
-        for (pnn, node) in self.nodes.iter_mut().enumerate() {
+        for (pnn, node) in self.cluster.nodes.iter_mut().enumerate() {
             // A key vacuumed everywhere starts its RSNs again.
             for (_, key) in node.store.deleted.drain(..) {
                 self.last_rsn.remove(&(pnn as Pnn, key));
@@ -906,7 +781,7 @@ impl Sim {
         for index in 0..self.p.keys {
             let key = key_name(index);
             let mut holders: BTreeMap<u32, Vec<Pnn>> = BTreeMap::new();
-            for (pnn, node) in self.nodes.iter().enumerate() {
+            for (pnn, node) in self.cluster.nodes.iter().enumerate() {
                 if !node.up {
                     continue;
                 }
@@ -945,6 +820,7 @@ impl Sim {
         }
         for (key, history) in &self.histories {
             let holders: Vec<&SimNode> = self
+                .cluster
                 .nodes
                 .iter()
                 .enumerate()
@@ -966,8 +842,10 @@ impl Sim {
                 ));
             }
             if seen == State::Deleted && self.p.vacuum_interval_ms > 0 {
-                let copies: Vec<(Pnn, Record)> = (0..self.nodes.len() as Pnn)
-                    .filter_map(|p| self.nodes[p as usize].store.peek(DB, key).map(|r| (p, r.clone())))
+                let copies: Vec<(Pnn, Record)> = (0..self.cluster.nodes.len() as Pnn)
+                    .filter_map(|p| {
+                        self.cluster.nodes[p as usize].store.peek(DB, key).map(|r| (p, r.clone()))
+                    })
                     .collect();
                 if !copies.is_empty() {
                     self.fail(&format!(
@@ -976,7 +854,7 @@ impl Sim {
                 }
             }
         }
-        for node in &self.nodes {
+        for node in &self.cluster.nodes {
             if node.engine.keys_pending() > 0 {
                 self.fail(&format!(
                     "node {} still tracks {} keys at rest",
@@ -995,6 +873,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         sim.check_invariants();
         if sim.coverage.steps > 400_000 {
             let nodes: Vec<String> = sim
+                .cluster
                 .nodes
                 .iter()
                 .map(|n| {
@@ -1002,7 +881,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
                 })
                 .collect();
             let clients: Vec<ClientState> = sim.clients.iter().map(|c| c.state).collect();
-            let pending: Vec<usize> = sim.nodes.iter().map(|n| n.engine.keys_pending()).collect();
+            let pending: Vec<usize> = sim.cluster.nodes.iter().map(|n| n.engine.keys_pending()).collect();
             println!("keys pending per node: {pending:?}");
             sim.fail(&format!(
                 "not settled after 400000 ms (livelock?): nodes {nodes:#?} clients {clients:?}"
@@ -1010,7 +889,10 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         }
     }
     sim.check_final();
-    for node in &sim.nodes {
+    let network = sim.cluster.counts;
+    (sim.coverage.dropped, sim.coverage.link_resets) = (network.dropped, network.link_resets);
+    sim.coverage.attaches_sent = network.attaches_sent;
+    for node in &sim.cluster.nodes {
         let stats = node.engine.stats();
         sim.coverage.migrations += stats.migrations_completed;
         sim.coverage.max_hop_drops += stats.calls_dropped_max_hops;
