@@ -82,6 +82,10 @@ pub struct NetworkCounts {
     pub duplicated: u64,
     pub attaches_sent: u64,
     pub link_resets: u64,
+    /// Deliveries and ticks a slow node did not take when offered.
+    pub postponed: u64,
+    /// Cluster lock requests that waited for a hung lock helper.
+    pub lock_requests_held: u64,
 }
 
 /// One packet delivered: (operation, from, to). A REQ_CALL's sender is `u32::MAX`, as it
@@ -101,6 +105,14 @@ pub struct SimNode {
     pub freeze_pending: BTreeSet<DbId>,
     /// Restarts so far.
     pub incarnation: u64,
+    /// The daemon is stopped (SIGSTOP): its engine runs nothing, packets wait on their
+    /// links, and other inputs wait here until it resumes.
+    pub stopped: bool,
+    pub held_inputs: VecDeque<Input>,
+    /// Per mille of deliveries and ticks to this node postponed: a slow node.
+    pub slowness: u64,
+    /// How much faster (or, negative, slower) this node's clock runs, in parts per million.
+    pub clock_rate_ppm: i64,
 }
 
 impl SimNode {
@@ -113,7 +125,17 @@ impl SimNode {
             write_waits: vec![],
             freeze_pending: BTreeSet::new(),
             incarnation: 0,
+            stopped: false,
+            held_inputs: VecDeque::new(),
+            slowness: 0,
+            clock_rate_ppm: 0,
         }
+    }
+
+    /// The node's own clock at cluster time `now`: monotonic, at its own rate.
+    pub fn local_time(&self, now: Millis) -> Millis {
+        let ppm = 1_000_000i128 + self.clock_rate_ppm as i128;
+        (now as i128 * ppm / 1_000_000) as Millis
     }
 }
 
@@ -132,7 +154,8 @@ pub struct Cluster {
     pub lock_holder: Option<Pnn>,
     pub lock_outcomes: VecDeque<(Pnn, LockOutcome)>,
     /// The lock helper answers nothing (a hung cluster filesystem): requests wait.
-    pub lock_hung: bool,
+    lock_hung: bool,
+    lock_requests_held: Vec<Pnn>,
     /// Chain locks (or written records) the engines may go on with now.
     pub lock_available: VecDeque<(Pnn, DbId, Vec<u8>)>,
     /// With membership off, an output that only membership produces is a failure.
@@ -158,6 +181,7 @@ impl Cluster {
             lock_holder: None,
             lock_outcomes: VecDeque::new(),
             lock_hung: false,
+            lock_requests_held: vec![],
             lock_available: VecDeque::new(),
             membership: true,
             deliveries: None,
@@ -199,11 +223,19 @@ impl Cluster {
         if !node.up {
             return vec![];
         }
+        if node.stopped {
+            // A stopped process misses no event, only time: ticks are not kept.
+            if input != Input::Tick {
+                node.held_inputs.push_back(input);
+            }
+            return vec![];
+        }
         if self.trace {
             println!("t={} node {pnn} <- {input:?}", self.now);
         }
         let mut out = vec![];
-        node.engine.handle(self.now, input, &mut node.store, &mut out);
+        let now = node.local_time(self.now);
+        node.engine.handle(now, input, &mut node.store, &mut out);
         let mut for_test = vec![];
         for output in out {
             if self.trace {
@@ -234,6 +266,8 @@ impl Cluster {
             }
             Output::TakeClusterLock => {
                 if self.lock_hung {
+                    self.counts.lock_requests_held += 1;
+                    self.lock_requests_held.push(pnn);
                     return;
                 }
                 let free = self.lock_holder.map_or(true, |h| h == pnn || !self.nodes[h as usize].up);
@@ -306,6 +340,14 @@ impl Cluster {
             return vec![];
         }
         let (a, b) = busy[self.rng.below(busy.len())];
+        let to = &self.nodes[b as usize];
+        if to.stopped {
+            return vec![]; // it waits in the socket
+        }
+        if to.slowness > 0 && self.rng.per_mille(to.slowness) {
+            self.counts.postponed += 1;
+            return vec![];
+        }
         let queue = self.links.get_mut(&(a, b)).expect("busy link");
         let mut at = if self.network.in_order { 0 } else { self.rng.below(queue.len()) };
         if matches!(queue[at].1.body, Body::Cluster(_)) {
@@ -380,7 +422,8 @@ impl Cluster {
         let mut for_test = vec![];
         for pnn in self.pnns() {
             let node = &mut self.nodes[pnn as usize];
-            if !node.up || node.freeze_pending.is_empty() || node.store.client_holds_a_lock() {
+            if !node.up || node.stopped || node.freeze_pending.is_empty() || node.store.client_holds_a_lock()
+            {
                 continue;
             }
             node.store.frozen = true;
@@ -391,10 +434,15 @@ impl Cluster {
         for_test
     }
 
-    /// Ticks every node.
+    /// Ticks every node (a slow one, mostly).
     pub fn tick_all(&mut self) -> Vec<(Pnn, Output)> {
         let mut for_test = vec![];
         for pnn in self.pnns() {
+            let slowness = self.nodes[pnn as usize].slowness;
+            if slowness > 0 && self.rng.per_mille(slowness) {
+                self.counts.postponed += 1;
+                continue;
+            }
             for_test.extend(self.input(pnn, Input::Tick).into_iter().map(|o| (pnn, o)));
         }
         for_test
@@ -437,12 +485,58 @@ impl Cluster {
         self.input(pnn, Input::ClusterLock(outcome)).into_iter().map(|o| (pnn, o)).collect()
     }
 
+    /// The lock helper stops answering (or, `false`, answers again, every request that
+    /// waited).
+    pub fn hang_lock(&mut self, hung: bool) {
+        self.lock_hung = hung;
+        if !hung {
+            for pnn in std::mem::take(&mut self.lock_requests_held) {
+                self.route(pnn, Output::TakeClusterLock, &mut vec![]);
+            }
+        }
+    }
+
+    pub fn lock_hung(&self) -> bool {
+        self.lock_hung
+    }
+
+    /// Stops node `pnn`'s daemon (SIGSTOP) or resumes it (SIGCONT), when it handles what
+    /// waited for it.
+    pub fn stop(&mut self, pnn: Pnn, stopped: bool) -> Vec<(Pnn, Output)> {
+        let node = &mut self.nodes[pnn as usize];
+        node.stopped = stopped;
+        let mut for_test = vec![];
+        if !stopped {
+            for input in std::mem::take(&mut node.held_inputs) {
+                for_test.extend(self.input(pnn, input).into_iter().map(|o| (pnn, o)));
+            }
+        }
+        for_test
+    }
+
+    /// Resets the connection between `a` and `b`, and both reconnect at once: what was
+    /// queued either way is lost, each side sees the link go down and come up.
+    pub fn reset_connection(&mut self, a: Pnn, b: Pnn) -> (u64, Vec<(Pnn, Output)>) {
+        self.counts.link_resets += 1;
+        let lost =
+            [(a, b), (b, a)].iter().filter_map(|link| self.links.remove(link)).map(|q| q.len() as u64).sum();
+        let mut for_test = vec![];
+        for (from, to) in [(a, b), (b, a)] {
+            for input in [Input::LinkDown(to), Input::LinkUp(to)] {
+                for_test.extend(self.input(from, input).into_iter().map(|o| (from, o)));
+            }
+        }
+        (lost, for_test)
+    }
+
     /// Node `k` crashes: its process and everything in memory are gone, its lock is dropped
     /// by the kernel, its connections close; peers see the links go down and, half the time,
     /// their reconnect refused.
     pub fn crash(&mut self, k: Pnn) -> Vec<(Pnn, Output)> {
         let node = &mut self.nodes[k as usize];
         node.up = false;
+        node.stopped = false;
+        node.held_inputs.clear();
         node.store.clear();
         node.lock_waits.clear();
         node.write_waits.clear();
@@ -450,6 +544,7 @@ impl Cluster {
         if self.lock_holder == Some(k) {
             self.lock_holder = None;
         }
+        self.lock_requests_held.retain(|&p| p != k);
         self.lock_available.retain(|(p, _, _)| *p != k);
         self.lock_outcomes.retain(|(p, _)| *p != k);
         self.links.retain(|(a, b), _| *a != k && *b != k);
