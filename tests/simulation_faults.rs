@@ -680,7 +680,24 @@ impl Sim {
         self.faults_left -= 1;
         let now = self.cluster.now;
         let stall_until = now + 100 + self.rng().below64(MAX_STALL_MS - 100);
-        match self.rng().below64(11) {
+        let fault = self.rng().below64(11);
+        if self.cluster.trace {
+            const FAULTS: [&str; 11] = [
+                "crash",
+                "quiet",
+                "partition",
+                "store failure",
+                "writes held",
+                "link reset",
+                "reconnects",
+                "stopped daemon",
+                "frozen node",
+                "slow node",
+                "hung cluster lock",
+            ];
+            println!("t={now} fault: {} on node {k} (stalls until t={stall_until})", FAULTS[fault as usize]);
+        }
+        match fault {
             0 => self.crash_node(k),
             1 => {
                 self.coverage.quiets += 1;

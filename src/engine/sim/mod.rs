@@ -77,9 +77,7 @@ pub struct Network {
 /// What the network did, for coverage counts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NetworkCounts {
-    pub delivered: u64,
     pub dropped: u64,
-    pub duplicated: u64,
     pub attaches_sent: u64,
     pub link_resets: u64,
     /// Deliveries and ticks a slow node did not take when offered.
@@ -300,7 +298,6 @@ impl Cluster {
         }
         let duplicable = !matches!(packet.body, Body::Cluster(_)) && self.network.duplicates_left != Some(0);
         let copies = if duplicable && self.rng.per_mille(self.network.duplication) {
-            self.counts.duplicated += 1;
             if let Some(left) = &mut self.network.duplicates_left {
                 *left -= 1;
             }
@@ -383,7 +380,6 @@ impl Cluster {
 
     /// Hands a packet to its destination now.
     pub fn deliver(&mut self, packet: Packet) -> Vec<Output> {
-        self.counts.delivered += 1;
         let to = packet.destnode;
         if let Some(log) = &mut self.deliveries {
             let from = if matches!(packet.body, Body::ReqCall(_)) { u32::MAX } else { packet.srcnode };
@@ -494,10 +490,6 @@ impl Cluster {
                 self.route(pnn, Output::TakeClusterLock, &mut vec![]);
             }
         }
-    }
-
-    pub fn lock_hung(&self) -> bool {
-        self.lock_hung
     }
 
     /// Stops node `pnn`'s daemon (SIGSTOP) or resumes it (SIGCONT), when it handles what
