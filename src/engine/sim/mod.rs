@@ -594,3 +594,59 @@ pub fn packet_key(packet: &Packet) -> Option<&[u8]> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::wire::{Keepalive, Packet};
+
+    fn two_nodes() -> Cluster {
+        let engines = (0..2).map(|pnn| Engine::new(EngineConfig::new(pnn, 1, vec![0, 1]))).collect();
+        Cluster::fixed(engines)
+    }
+
+    fn keepalive(from: Pnn, to: Pnn, reqid: u32) -> Packet {
+        Packet {
+            generation: 1,
+            destnode: to,
+            srcnode: from,
+            reqid,
+            body: Body::Keepalive(Keepalive { version: 1, uptime: 0 }),
+        }
+    }
+
+    #[test]
+    fn packets_leave_in_the_order_they_were_sent_across_links() {
+        let mut cluster = two_nodes();
+        cluster.send(0, keepalive(0, 1, 1));
+        cluster.send(1, keepalive(1, 0, 2));
+        cluster.send(0, keepalive(0, 1, 3));
+        let order: Vec<u32> = std::iter::from_fn(|| cluster.take_next_packet()).map(|p| p.reqid).collect();
+        assert_eq!(order, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_node_clock_runs_at_its_own_rate_and_never_backwards() {
+        let mut node = two_nodes().nodes.remove(0);
+        node.clock_rate_ppm = -10_000;
+        assert_eq!(node.local_time(100_000), 99_000);
+        node.clock_rate_ppm = 10_000;
+        assert_eq!(node.local_time(100_000), 101_000);
+        assert!((0..1000).all(|t| node.local_time(t) <= node.local_time(t + 1)));
+    }
+
+    #[test]
+    fn a_stopped_node_keeps_what_it_is_sent_until_it_resumes() {
+        let mut cluster = two_nodes();
+        cluster.send(0, keepalive(0, 1, 1));
+        cluster.stop(1, true);
+        assert!(cluster.deliver_one().is_empty());
+        assert_eq!(cluster.packets_in_flight(), 1, "the packet waits on its link");
+        cluster.input(1, Input::LinkDown(0));
+        cluster.input(1, Input::Tick);
+        assert_eq!(cluster.nodes[1].held_inputs, vec![Input::LinkDown(0)], "ticks are not kept");
+        cluster.stop(1, false);
+        assert!(cluster.nodes[1].held_inputs.is_empty());
+    }
+}
