@@ -8,15 +8,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-mod sim_support;
-
-use sim_support::{counter_value, key_name, Rng};
-
-use rctdb::engine::store::LockOwner;
+use rctdb::engine::sim::{counter_value, key_name, packet_key, Cluster, Network, Rng, SimNode};
 use rctdb::engine::{
     CallKind, ClientCall, ClientId, Engine, EngineConfig, Input, MemStore, Output, RecordStore,
 };
-use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
+use rctdb::wire::{DbId, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
 const GENERATION: u32 = 7;
@@ -77,36 +73,13 @@ struct Client {
     first_use: bool,
 }
 
-struct Node {
-    engine: Engine,
-    store: MemStore,
-    /// Keys whose chain lock the engine waits for.
-    lock_waits: Vec<Vec<u8>>,
-}
-
 struct Sim {
-    seed: u64,
     params: Params,
-    rng: Rng,
-    now: u64,
-    nodes: Vec<Node>,
+    cluster: Cluster,
     clients: Vec<Client>,
-    links: BTreeMap<(Pnn, Pnn), VecDeque<Packet>>,
     to_engine: Vec<VecDeque<Input>>,
     to_client: Vec<VecDeque<i32>>,
-    lock_available: VecDeque<(Pnn, Vec<u8>)>,
     acked: BTreeMap<Vec<u8>, u64>,
-    duplicates_left: u32,
-    trace: bool,
-}
-
-fn packet_key(packet: &Packet) -> Option<&[u8]> {
-    match &packet.body {
-        Body::ReqCall(c) => Some(&c.key),
-        Body::ReqDmaster(d) => Some(&d.key),
-        Body::ReplyDmaster(r) => Some(&r.key),
-        _ => None,
-    }
 }
 
 impl Sim {
@@ -120,10 +93,22 @@ impl Sim {
                 config.tunables.migration_resend_max_ms = params.resend_ms.max(2000);
                 let mut engine = Engine::new(config);
                 engine.attach_db(DB, "sim.tdb");
-                Node { engine, store: MemStore::new(), lock_waits: vec![] }
+                SimNode::new(engine, MemStore::new())
             })
             .collect();
-        let mut rng = Rng(seed);
+        let mut cluster = Cluster::new(nodes, seed);
+        cluster.membership = false;
+        cluster.network = Network {
+            in_order: params.fifo_links,
+            loss: 0,
+            duplication: params.duplicate_percent * 10,
+            duplicates_left: Some(30),
+        };
+        cluster.trace = trace;
+        cluster.context = format!(
+            "seed {seed} (replay: RCTDB_SIM_SEED={seed} cargo test --test simulation -- --nocapture)\n  params {params:?}\n  "
+        );
+        let rng = &mut cluster.rng;
         let mut clients = vec![];
         for node in 0..params.nodes {
             for _ in 0..params.clients_per_node {
@@ -142,75 +127,38 @@ impl Sim {
         }
         let client_count = clients.len();
         Sim {
-            seed,
             params,
-            rng,
-            now: 0,
-            nodes,
+            cluster,
             clients,
-            links: BTreeMap::new(),
             to_engine: vec![VecDeque::new(); client_count],
             to_client: vec![VecDeque::new(); client_count],
-            lock_available: VecDeque::new(),
             acked: BTreeMap::new(),
-            duplicates_left: 30,
-            trace,
         }
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!(
-            "seed {} failed: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test simulation -- --nocapture",
-            self.seed, self.params, self.seed
-        )
+        self.cluster.fail(what)
     }
 
     fn run_engine(&mut self, pnn: Pnn, input: Input) {
-        if self.trace {
-            println!("t={} node {pnn} <- {input:?}", self.now);
-        }
-        let mut out = vec![];
-        let node = &mut self.nodes[pnn as usize];
-        node.engine.handle(self.now, input, &mut node.store, &mut out);
-        for output in out {
-            if self.trace {
-                println!("        node {pnn} -> {output:?}");
+        let outputs = self.cluster.input(pnn, input);
+        self.outputs(outputs.into_iter().map(|o| (pnn, o)).collect());
+    }
+
+    /// The replies the harness hands back (a fixed cluster fails on anything else).
+    fn outputs(&mut self, outputs: Vec<(Pnn, Output)>) {
+        for (_, output) in outputs {
+            let Output::ClientReply { client, reqid, status, .. } = output else {
+                self.fail(&format!("the harness handed back {output:?}"))
+            };
+            if self.clients[client as usize].state == ClientState::Crashed {
+                continue; // nobody reads a dead process's socket
             }
-            match output {
-                Output::Send(packet) => {
-                    if packet.destnode == pnn
-                        || packet.srcnode != pnn && !matches!(packet.body, Body::ReqCall(_))
-                    {
-                        self.fail(&format!("node {pnn} sent a malformed packet {packet:?}"));
-                    }
-                    let copies =
-                        if self.duplicates_left > 0 && self.rng.percent(self.params.duplicate_percent) {
-                            self.duplicates_left -= 1;
-                            2
-                        } else {
-                            1
-                        };
-                    let link = self.links.entry((pnn, packet.destnode)).or_default();
-                    for _ in 0..copies {
-                        link.push_back(packet.clone());
-                    }
-                }
-                Output::ClientReply { client, reqid, status, .. } => {
-                    if self.clients[client as usize].state == ClientState::Crashed {
-                        continue; // nobody reads a dead process's socket
-                    }
-                    let expected = self.clients[client as usize].next_reqid;
-                    if reqid != expected {
-                        self.fail(&format!("client {client} got reply {reqid}, expected {expected}"));
-                    }
-                    self.to_client[client as usize].push_back(status);
-                }
-                Output::WaitForChainLock { db_id, key } => {
-                    assert_eq!(db_id, DB);
-                    self.nodes[pnn as usize].lock_waits.push(key);
-                }
-                other => self.fail(&format!("a fixed cluster has no membership, yet {other:?}")),
+            let expected = self.clients[client as usize].next_reqid;
+            if reqid != expected {
+                self.fail(&format!("client {client} got reply {reqid}, expected {expected}"));
             }
+            self.to_client[client as usize].push_back(status);
         }
     }
 
@@ -221,17 +169,17 @@ impl Sim {
             (c.node as usize, c.id, c.key.clone())
         };
         if self.clients[index].state == ClientState::Ready {
-            let locked = self.nodes[node].store.lock_as(DB, &key, LockOwner::Client(id));
+            let locked = self.cluster.client_lock(node as Pnn, DB, &key, id);
             self.clients[index].state =
                 if locked { ClientState::HoldingLock } else { ClientState::WaitingLock };
             return;
         }
-        let record = self.nodes[node].store.fetch(DB, &key).expect("memory store");
+        let record = self.cluster.nodes[node].store.fetch(DB, &key).expect("memory store");
         let here = record.as_ref().is_some_and(|r| r.header.dmaster == node as Pnn);
         if let (true, Some(mut record)) = (here, record) {
             // A store under the chain lock keeps the header it read.
             record.data = (counter_value(&record.data) + 1).to_le_bytes().to_vec();
-            self.nodes[node].store.store(DB, &key, &record).expect("memory store");
+            self.cluster.nodes[node].store.store(DB, &key, &record).expect("memory store");
             *self.acked.entry(key.clone()).or_default() += 1;
         }
         self.release_client_lock(node, &key);
@@ -244,8 +192,8 @@ impl Sim {
         if here {
             client.remaining -= 1;
             client.state = if client.remaining == 0 { ClientState::Finished } else { ClientState::Ready };
-            if client.remaining > 0 && self.rng.percent(30) {
-                self.clients[index].key = key_name(self.rng.below(self.params.keys));
+            if client.remaining > 0 && self.cluster.rng.percent(30) {
+                self.clients[index].key = key_name(self.cluster.rng.below(self.params.keys));
             }
         } else {
             client.next_reqid += 1;
@@ -278,12 +226,7 @@ impl Sim {
     }
 
     fn release_client_lock(&mut self, node: usize, key: &[u8]) {
-        self.nodes[node].store.unlock_any(DB, key);
-        let waits = &mut self.nodes[node].lock_waits;
-        if let Some(at) = waits.iter().position(|k| k == key) {
-            waits.remove(at);
-            self.lock_available.push_back((node as Pnn, key.to_vec()));
-        }
+        self.cluster.client_unlock(node as Pnn, DB, key);
         for client in &mut self.clients {
             if client.node == node as Pnn && client.key == key && client.state == ClientState::WaitingLock {
                 client.state = ClientState::Ready;
@@ -293,9 +236,7 @@ impl Sim {
 
     /// One scheduling decision; false when nothing is left to do.
     fn step(&mut self) -> bool {
-        self.now += self.rng.below(3) as u64;
-        let busy_links: Vec<(Pnn, Pnn)> =
-            self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(link, _)| *link).collect();
+        self.cluster.now += self.cluster.rng.below(3) as u64;
         let ready_clients: Vec<usize> = (0..self.clients.len())
             .filter(|&i| matches!(self.clients[i].state, ClientState::Ready | ClientState::HoldingLock))
             .collect();
@@ -304,51 +245,45 @@ impl Sim {
         let client_inbox: Vec<usize> =
             (0..self.clients.len()).filter(|&i| !self.to_client[i].is_empty()).collect();
         let mut choices = vec![];
-        if !busy_links.is_empty() {
-            choices.push(0);
-        }
-        if !ready_clients.is_empty() {
-            choices.push(1);
-        }
-        if !engine_inbox.is_empty() {
-            choices.push(2);
-        }
-        if !client_inbox.is_empty() {
-            choices.push(3);
-        }
-        if !self.lock_available.is_empty() {
-            choices.push(4);
+        for (choice, available) in [
+            (0, self.cluster.packets_in_flight() > 0),
+            (1, !ready_clients.is_empty()),
+            (2, !engine_inbox.is_empty()),
+            (3, !client_inbox.is_empty()),
+            (4, !self.cluster.lock_available.is_empty()),
+        ] {
+            if available {
+                choices.push(choice);
+            }
         }
         let alive: Vec<usize> = (0..self.clients.len())
             .filter(|&i| !matches!(self.clients[i].state, ClientState::Finished | ClientState::Crashed))
             .collect();
-        if self.params.crash_percent > 0 && !alive.is_empty() && self.rng.percent(self.params.crash_percent) {
-            let index = alive[self.rng.below(alive.len())];
+        let rng = &mut self.cluster.rng;
+        if self.params.crash_percent > 0 && !alive.is_empty() && rng.percent(self.params.crash_percent) {
+            let index = alive[rng.below(alive.len())];
             self.crash_client(index);
             return true;
         }
         if choices.is_empty() {
             return false;
         }
-        match choices[self.rng.below(choices.len())] {
+        match choices[rng.below(choices.len())] {
             0 => {
-                let link = busy_links[self.rng.below(busy_links.len())];
-                let queue = self.links.get_mut(&link).expect("busy link");
-                let at = if self.params.fifo_links { 0 } else { self.rng.below(queue.len()) };
-                let packet = queue.remove(at).expect("index in range");
-                self.run_engine(link.1, Input::Packet(packet));
+                let outputs = self.cluster.deliver_one();
+                self.outputs(outputs);
             }
             1 => {
-                let index = ready_clients[self.rng.below(ready_clients.len())];
+                let index = ready_clients[rng.below(ready_clients.len())];
                 self.run_client(index);
             }
             2 => {
-                let index = engine_inbox[self.rng.below(engine_inbox.len())];
+                let index = engine_inbox[rng.below(engine_inbox.len())];
                 let input = self.to_engine[index].pop_front().expect("non-empty");
                 self.run_engine(self.clients[index].node, input);
             }
             3 => {
-                let index = client_inbox[self.rng.below(client_inbox.len())];
+                let index = client_inbox[rng.below(client_inbox.len())];
                 let status = self.to_client[index].pop_front().expect("non-empty");
                 if status != 0 {
                     self.fail(&format!("client {index} got status {status}"));
@@ -357,14 +292,13 @@ impl Sim {
                 self.clients[index].state = ClientState::Ready;
             }
             _ => {
-                let (pnn, key) = self.lock_available.pop_front().expect("non-empty");
-                self.run_engine(pnn, Input::ChainLockAvailable { db_id: DB, key });
+                let outputs = self.cluster.deliver_lock_available();
+                self.outputs(outputs);
             }
         }
-        if self.rng.percent(5) {
-            for pnn in 0..self.nodes.len() as Pnn {
-                self.run_engine(pnn, Input::Tick);
-            }
+        if self.cluster.rng.percent(5) {
+            let outputs = self.cluster.tick_all();
+            self.outputs(outputs);
         }
         true
     }
@@ -372,9 +306,9 @@ impl Sim {
     /// Nodes whose copy of `key` names themselves as DMASTER (the LMASTER too, while the key
     /// was never stored anywhere).
     fn holders(&self, key: &[u8]) -> Vec<Pnn> {
-        let lmaster = self.nodes[0].engine.lmaster(key);
-        (0..self.nodes.len() as Pnn)
-            .filter(|&pnn| match self.nodes[pnn as usize].store.peek(DB, key) {
+        let lmaster = self.cluster.nodes[0].engine.lmaster(key);
+        (0..self.cluster.nodes.len() as Pnn)
+            .filter(|&pnn| match self.cluster.nodes[pnn as usize].store.peek(DB, key) {
                 Some(record) => record.header.dmaster == pnn,
                 None => pnn == lmaster,
             })
@@ -382,8 +316,8 @@ impl Sim {
     }
 
     fn key_quiet(&self, key: &[u8]) -> bool {
-        let in_network = self.links.values().flatten().any(|p| packet_key(p) == Some(key));
-        let in_engines = self.nodes.iter().any(|n| n.engine.key_busy(DB, key));
+        let in_network = self.cluster.packets().any(|p| packet_key(p) == Some(key));
+        let in_engines = self.cluster.nodes.iter().any(|n| n.engine.key_busy(DB, key));
         !in_network && !in_engines
     }
 
@@ -397,8 +331,8 @@ impl Sim {
             if !self.key_quiet(&key) {
                 continue;
             }
-            let lmaster = self.nodes[0].engine.lmaster(&key);
-            let recorded = match self.nodes[lmaster as usize].store.peek(DB, &key) {
+            let lmaster = self.cluster.nodes[0].engine.lmaster(&key);
+            let recorded = match self.cluster.nodes[lmaster as usize].store.peek(DB, &key) {
                 Some(record) => record.header.dmaster,
                 None => lmaster,
             };
@@ -419,7 +353,8 @@ impl Sim {
         }
         for (key, acked) in &self.acked {
             let holder = self.holders(key)[0];
-            let record = self.nodes[holder as usize].store.peek(DB, key).expect("holder has the record");
+            let record =
+                self.cluster.nodes[holder as usize].store.peek(DB, key).expect("holder has the record");
             let value = counter_value(&record.data);
             if value != *acked {
                 self.fail(&format!(
@@ -429,7 +364,7 @@ impl Sim {
             }
             assert!(record.header.rsn >= 1, "a stored record has a real RSN: {:?}", record.header);
         }
-        for node in &self.nodes {
+        for node in &self.cluster.nodes {
             if node.engine.keys_pending() > 0 {
                 self.fail(&format!(
                     "node {} still tracks {} keys at rest",
@@ -486,7 +421,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
     }
     sim.check_final_values();
     coverage.crashes = sim.clients.iter().filter(|c| c.state == ClientState::Crashed).count() as u64;
-    for stats in sim.nodes.iter().map(|node| node.engine.stats()) {
+    for stats in sim.cluster.nodes.iter().map(|node| node.engine.stats()) {
         coverage.add(&Coverage {
             migrations: stats.migrations_completed,
             forwards: stats.calls_forwarded,

@@ -1,7 +1,9 @@
 //! Deterministic simulation of membership and recovery (DESIGN §5, §7.2): 2–5 engines with
 //! heartbeats, elections (with or without a cluster lock) and recoveries, on a seeded network
 //! that delays, reorders, duplicates and drops packets and resets links, while nodes crash
-//! and restart with empty databases, go quiet, are partitioned off and fail to store.
+//! and restart with empty databases, go quiet, are partitioned off, fail to store, have
+//! their connections reset and made again at once, run slowly, freeze whole (daemon and
+//! clients), see their cluster lock's helper hang, and run clocks at their own rates.
 //! Clients use records the way smbd does: under the chain lock, each operation either
 //! writes the record (its data is the operation's number) or deletes it (leaves it empty,
 //! and mostly tells the engine, as smbd's SCHEDULE_FOR_DELETION does), and records are
@@ -12,28 +14,27 @@
 //! Checked after every step: no two active nodes hold a record, whatever their generations
 //! (leases stop a node the others left out before they go on), and no
 //! node's RSN of a record goes down (unless vacuuming deleted that copy). Whenever a client
-//! looks at a record it holds, and at the end for every key, what it sees is what an
-//! acknowledged operation left: with no fault that may lose records, exactly the last one
-//! (so a deleted record never comes back and a live one is never vacuumed); otherwise one
-//! no older than the last operation acknowledged while the cluster was settled since that
-//! fault. At the end, after vacuuming had time to run: no node keeps any copy of a key that
-//! is deleted; every client request was answered within a bound.
+//! looks at a record it holds, and at the end for every key, what it sees is exactly what
+//! the last acknowledged operation left (so a deleted record never comes back and a live
+//! one is never vacuumed). Each operation records the node that held the record: only when
+//! that node crashes (or, without gray failures, the cluster goes on without it) may the
+//! values it alone had be lost, and then the record may hold what the other nodes still
+//! had. At the end, after vacuuming had time to run: no node keeps any copy of a key that is
+//! deleted; every client request was answered within a bound.
 //!
-//! `RCTDB_SIM_SEEDS=N` runs more seeds; `RCTDB_SIM_SEED=S` replays one seed with a trace.
+//! `RCTDB_SIM_GRAY=1` adds what the engine does not pass yet (see `Params::gray`).
+//! `RCTDB_SIM_SEEDS=N` runs more seeds, from `RCTDB_SIM_FIRST`; `RCTDB_SIM_SEED=S` replays
+//! one seed with a trace.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-mod sim_support;
-
-use sim_support::{counter_value, key_name, Rng};
-
-use rctdb::engine::store::LockOwner;
+use rctdb::engine::sim::{counter_value, key_name, Cluster, Network, Rng, SimNode};
 use rctdb::engine::{
-    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, LockOutcome, MemStore, Output,
-    Record, CALL_IO_ERROR,
+    CallKind, ClientCall, ClientId, ClusterEvent, Engine, EngineConfig, Input, MemStore, Output, Record,
+    CALL_IO_ERROR,
 };
-use rctdb::wire::cluster::{ClusterMsg, DbName};
-use rctdb::wire::{Body, DbId, Packet, Pnn, ReqId};
+use rctdb::wire::cluster::DbName;
+use rctdb::wire::{Body, DbId, Pnn, ReqId};
 
 const DB: DbId = 0x5eed;
 const TICK_MS: u64 = 10;
@@ -42,6 +43,11 @@ const MAX_WAIT_MS: u64 = 60_000;
 /// Simulated time after the clients finished and the cluster settled, for vacuuming to
 /// remove what was deleted: several runs, a full one among them, and a round's timeout.
 const DRAIN_MS: u64 = 4_000;
+/// The most a node's clock may run faster or slower than real time, in parts per million
+/// (1%): the bound a lease must allow for.
+const MAX_CLOCK_DRIFT_PPM: i64 = 10_000;
+/// How long a stopped, frozen or slow node, or a hung cluster lock, stays so at most (ms).
+const MAX_STALL_MS: u64 = 2_500;
 
 #[derive(Debug, Clone, Copy)]
 struct Params {
@@ -64,6 +70,18 @@ struct Params {
     scheduled: u64,
     vacuum_interval_ms: u64,
     vacuum_fast_path_count: u64,
+    /// Each node's clock runs at its own rate, within `MAX_CLOCK_DRIFT_PPM`.
+    clock_drift: bool,
+    /// Gray failures: checks and faults the engine does not pass yet (`RCTDB_SIM_GRAY=1`).
+    /// They wait for leases (a node has write authority only while its lease from the
+    /// current generation lasts, so a stalled or cut-off node stops serving before the
+    /// others take its records over) and for "a false death costs a pause, not data" (a
+    /// node declared dead that comes back keeps what nobody changed: recovery.rs empties it
+    /// today, as "behind the cluster's history"). With them:
+    /// - no two nodes hold a record as active at once, whatever their generations;
+    /// - what a node the cluster left out (not crashed) acknowledged must be read back too;
+    /// - a daemon stops while its clients keep using the records its store says it holds.
+    gray: bool,
 }
 
 impl Params {
@@ -87,6 +105,8 @@ impl Params {
             scheduled: 500 + rng.below64(501),
             vacuum_interval_ms: 20 + rng.below64(300),
             vacuum_fast_path_count: 1 + rng.below64(5),
+            clock_drift: rng.per_mille(500),
+            gray: std::env::var("RCTDB_SIM_GRAY").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -123,52 +143,47 @@ struct Client {
     starts_at: u64,
 }
 
-struct SimNode {
-    engine: Engine,
-    store: MemStore,
-    up: bool,
-    lock_waits: Vec<Vec<u8>>,
-    freeze_pending: bool,
+/// When a node's faults end (the harness keeps the rest of its state).
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeFaults {
     restart_at: Option<u64>,
     quiet_until: Option<u64>,
     failing_until: Option<u64>,
-    /// Writes kept in memory (a lock libtdb needs held too long), and the keys whose
-    /// clients wait for them (`Output::WaitForWrite`).
+    /// Writes kept in memory (a lock libtdb needs held too long) until then.
     refusing_until: Option<u64>,
-    write_waits: Vec<Vec<u8>>,
-    incarnation: u64,
+    /// The daemon is stopped, and with `whole_node` its clients too.
+    stopped_until: Option<u64>,
+    whole_node: bool,
+    slow_until: Option<u64>,
 }
 
 struct Sim {
     seed: u64,
     p: Params,
-    rng: Rng,
-    now: u64,
-    nodes: Vec<SimNode>,
+    cluster: Cluster,
+    faults: Vec<NodeFaults>,
     clients: Vec<Client>,
-    links: BTreeMap<(Pnn, Pnn), VecDeque<Packet>>,
     to_engine: Vec<VecDeque<Input>>,
     to_client: Vec<VecDeque<(i32, Option<Vec<u8>>)>>,
-    lock_available: VecDeque<(Pnn, Vec<u8>)>,
-    lock_outcomes: VecDeque<(Pnn, LockOutcome)>,
-    lock_holder: Option<Pnn>,
-    /// One side of a partition and when it heals.
-    partition: Option<(BTreeSet<Pnn>, u64)>,
+    /// When the partition heals, and the cluster lock answers again.
+    partition_until: Option<u64>,
+    lock_hung_until: Option<u64>,
+    /// Nodes a generation was made without since they were last active: their copies may
+    /// be emptied by the recovery that takes them back.
+    left_out: BTreeSet<Pnn>,
     faults_left: u32,
     /// Every key's acknowledged operations, in order.
     histories: BTreeMap<Vec<u8>, History>,
-    disrupted: bool,
     store_failures_seen: bool,
     last_rsn: BTreeMap<(Pnn, Vec<u8>), u64>,
     coverage: Coverage,
-    trace: bool,
     /// Set once clients are done and the cluster settled: vacuuming runs until then.
     drain_until: Option<u64>,
 }
 
 /// What a record holds: the number of the operation that wrote it, or nothing (deleted,
 /// or never written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum State {
     Written(u64),
     Deleted,
@@ -184,14 +199,17 @@ impl State {
     }
 }
 
-/// One key's acknowledged operations: operation `n` (from 1) wrote `Written(n)` or deleted.
+/// One key's acknowledged operations: operation `n` (from 1) wrote `Written(n)` or deleted,
+/// on the node that held the record then.
 #[derive(Debug, Default)]
 struct History {
     ops: u64,
     deletes: BTreeSet<u64>,
-    /// The last operation acknowledged while the cluster was settled since the last fault
-    /// that may lose records: it cannot be undone.
-    sure: Option<u64>,
+    holders: Vec<Pnn>,
+    /// What the record may also hold: values other nodes still had when the node that alone
+    /// had the newest ones crashed (or was left out, without gray failures). Empty while
+    /// only the last operation's state will do; a new operation makes it exact again.
+    also: BTreeSet<State>,
 }
 
 impl History {
@@ -203,18 +221,14 @@ impl History {
         }
     }
 
-    /// Whether `seen` is what some acknowledged operation left that may still be the latest
-    /// one standing: exactly the last without a disruption; otherwise one no older than the
-    /// last sure operation (or any, and the record lost entirely, without one).
-    fn explains(&self, seen: State, disrupted: bool) -> bool {
-        if !disrupted {
-            return seen == self.last();
-        }
-        let from = self.sure.unwrap_or(0);
-        match seen {
-            State::Written(n) => n >= from.max(1) && n <= self.ops && !self.deletes.contains(&n),
-            State::Deleted => self.sure.is_none() || self.deletes.range(from..).next().is_some(),
-        }
+    fn last_holder(&self) -> Option<Pnn> {
+        self.holders.last().copied()
+    }
+
+    /// Whether `seen` may be the record's state now: the last operation's, or one that
+    /// survived the loss of the newest.
+    fn explains(&self, seen: State) -> bool {
+        seen == self.last() || self.also.contains(&seen)
     }
 }
 
@@ -244,6 +258,30 @@ struct Coverage {
     vacuum_copies_kept: u64,
     vacuum_rounds_abandoned: u64,
     vacuum_fetches: u64,
+    reconnects: Hits,
+    stopped_daemons: Hits,
+    slow_nodes: Hits,
+    hung_locks: Hits,
+    frozen_nodes: Hits,
+    clock_drift: Hits,
+}
+
+/// How often a fault was injected, and how often it hit something.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hits {
+    injected: u64,
+    hit: u64,
+}
+
+impl Hits {
+    fn add(&mut self, o: Hits) {
+        self.injected += o.injected;
+        self.hit += o.hit;
+    }
+
+    fn both(&self) -> bool {
+        self.injected > 0 && self.hit > 0
+    }
 }
 
 impl Coverage {
@@ -272,6 +310,12 @@ impl Coverage {
         self.vacuum_copies_kept += o.vacuum_copies_kept;
         self.vacuum_rounds_abandoned += o.vacuum_rounds_abandoned;
         self.vacuum_fetches += o.vacuum_fetches;
+        self.reconnects.add(o.reconnects);
+        self.stopped_daemons.add(o.stopped_daemons);
+        self.slow_nodes.add(o.slow_nodes);
+        self.hung_locks.add(o.hung_locks);
+        self.frozen_nodes.add(o.frozen_nodes);
+        self.clock_drift.add(o.clock_drift);
     }
 }
 
@@ -292,34 +336,38 @@ fn new_engine(pnn: Pnn, p: &Params, seed: u64) -> Engine {
 impl Sim {
     fn new(seed: u64, trace: bool) -> Sim {
         let p = Params::for_seed(seed);
-        let mut rng = Rng(seed);
         let nodes = (0..p.nodes as Pnn)
-            .map(|pnn| SimNode {
-                engine: new_engine(pnn, &p, seed.wrapping_mul(31).wrapping_add(pnn as u64)),
-                store: MemStore::with_chains(p.chains),
-                up: true,
-                lock_waits: vec![],
-                freeze_pending: false,
-                restart_at: None,
-                quiet_until: None,
-                failing_until: None,
-                refusing_until: None,
-                write_waits: vec![],
-                incarnation: 0,
+            .map(|pnn| {
+                let engine = new_engine(pnn, &p, seed.wrapping_mul(31).wrapping_add(pnn as u64));
+                SimNode::new(engine, MemStore::with_chains(p.chains))
             })
             .collect();
+        let mut cluster = Cluster::new(nodes, seed);
+        if p.clock_drift {
+            let mut rng = Rng(seed ^ 0xc10c);
+            for node in &mut cluster.nodes {
+                let span = 2 * MAX_CLOCK_DRIFT_PPM as u64 + 1;
+                node.clock_rate_ppm = rng.below64(span) as i64 - MAX_CLOCK_DRIFT_PPM;
+            }
+        }
+        cluster.network =
+            Network { in_order: p.fifo_links, loss: p.drop, duplication: p.duplicate, duplicates_left: None };
+        cluster.trace = trace;
+        cluster.context = format!(
+            "seed {seed} (replay: RCTDB_SIM_SEED={seed} cargo test --test simulation_faults -- --nocapture)\n  params {p:?}\n  "
+        );
         let mut clients = vec![];
         for node in 0..p.nodes {
             for _ in 0..p.clients_per_node {
                 clients.push(Client {
                     id: clients.len() as ClientId,
                     node: node as Pnn,
-                    key: key_name(rng.below64(p.keys as u64) as usize),
+                    key: key_name(cluster.rng.below64(p.keys as u64) as usize),
                     state: ClientState::Attaching,
                     remaining: p.increments,
                     next_reqid: 1,
                     owes_done: false,
-                    starts_at: rng.below64(1500),
+                    starts_at: cluster.rng.below64(1500),
                 });
             }
         }
@@ -327,78 +375,92 @@ impl Sim {
         Sim {
             seed,
             p,
-            rng,
-            now: 0,
-            nodes,
+            cluster,
+            faults: vec![NodeFaults::default(); p.nodes],
             clients,
-            links: BTreeMap::new(),
             to_engine: vec![VecDeque::new(); n],
             to_client: vec![VecDeque::new(); n],
-            lock_available: VecDeque::new(),
-            lock_outcomes: VecDeque::new(),
-            lock_holder: None,
-            partition: None,
+            partition_until: None,
+            lock_hung_until: None,
+            left_out: BTreeSet::new(),
             faults_left: p.faults,
             histories: BTreeMap::new(),
-            disrupted: false,
             store_failures_seen: false,
             last_rsn: BTreeMap::new(),
             coverage: Coverage::default(),
-            trace,
             drain_until: None,
         }
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!(
-            "seed {} failed at t={}: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test simulation_faults -- --nocapture",
-            self.seed, self.now, self.p, self.seed
-        )
+        self.cluster.fail(what)
     }
 
-    /// A fault that may lose records: what was acknowledged before it is no longer sure.
-    fn disrupt(&mut self) {
-        self.disrupted = true;
-        for history in self.histories.values_mut() {
-            history.sure = None;
+    fn rng(&mut self) -> &mut Rng {
+        &mut self.cluster.rng
+    }
+
+    /// Node `x`'s copies may be gone: it crashed (its files were volatile), or without gray
+    /// failures the cluster went on without it. Every key whose newest values only `x` may
+    /// have had may now hold whatever the other nodes still have, in their stores or on the
+    /// wire between them (or nothing, if none has a copy).
+    fn may_lose(&mut self, x: Pnn) {
+        let nodes = &self.cluster.nodes;
+        // Copies on nodes the cluster went on without may be emptied when they come back.
+        let gone = |p: Pnn| p == x || !self.p.gray && self.left_out.contains(&p);
+        for (key, history) in &mut self.histories {
+            let holds = nodes[x as usize].store.peek(DB, key).is_some_and(|r| r.header.dmaster == x);
+            if !(history.last_holder() == Some(x) || holds || !history.also.is_empty()) {
+                continue;
+            }
+            let stored = (0..nodes.len() as Pnn)
+                .filter(|&p| nodes[p as usize].up && !gone(p))
+                .filter_map(|p| nodes[p as usize].store.peek(DB, key).map(|r| State::of(&r.data)));
+            let in_flight =
+                self.cluster.packets().filter(|p| !gone(p.srcnode) && !gone(p.destnode)).filter_map(|p| {
+                    match &p.body {
+                        Body::ReqDmaster(d) if d.key == *key => Some(State::of(&d.data)),
+                        Body::ReplyDmaster(r) if r.key == *key => Some(State::of(&r.data)),
+                        _ => None,
+                    }
+                });
+            let survivors: BTreeSet<State> = stored.chain(in_flight).collect();
+            if survivors.is_empty() {
+                history.also.insert(State::Deleted);
+            }
+            history.also.insert(history.last());
+            history.also.extend(survivors);
+        }
+    }
+
+    /// Node `active` went active: the nodes its generation was made without are left out.
+    fn activated(&mut self, active: Pnn) {
+        self.left_out.remove(&active);
+        let members = self.cluster.nodes[active as usize].engine.vnn_map().to_vec();
+        let newly: Vec<Pnn> =
+            self.cluster.pnns().filter(|p| !members.contains(p) && self.left_out.insert(*p)).collect();
+        if !self.p.gray {
+            for pnn in newly {
+                self.may_lose(pnn);
+            }
         }
     }
 
     fn run_engine(&mut self, pnn: Pnn, input: Input) {
-        if !self.nodes[pnn as usize].up {
-            return;
-        }
-        if self.trace {
-            println!("t={} node {pnn} <- {input:?}", self.now);
-        }
-        let mut out = vec![];
-        let node = &mut self.nodes[pnn as usize];
-        node.engine.handle(self.now, input, &mut node.store, &mut out);
-        for output in out {
-            if self.trace {
-                println!("        node {pnn} -> {output:?}");
-            }
+        for output in self.cluster.input(pnn, input) {
             self.output(pnn, output);
         }
     }
 
+    fn outputs(&mut self, outputs: Vec<(Pnn, Output)>) {
+        for (pnn, output) in outputs {
+            self.output(pnn, output);
+        }
+    }
+
+    /// What the harness hands back: replies to clients, attach results, thaws, events.
     fn output(&mut self, pnn: Pnn, output: Output) {
         match output {
-            Output::Send(packet) => {
-                if matches!(packet.body, Body::Cluster(ClusterMsg::Attach { .. })) {
-                    self.coverage.attaches_sent += 1;
-                }
-                if packet.destnode == pnn || packet.destnode as usize >= self.nodes.len() {
-                    self.fail(&format!("node {pnn} sent a misaddressed packet {packet:?}"));
-                }
-                // TCP never duplicates; resends of migration requests do, so only those are.
-                let duplicable = !matches!(packet.body, Body::Cluster(_));
-                let copies = if duplicable && self.rng.per_mille(self.p.duplicate) { 2 } else { 1 };
-                let link = self.links.entry((pnn, packet.destnode)).or_default();
-                for _ in 0..copies {
-                    link.push_back(packet.clone());
-                }
-            }
             Output::ClientReply { client, reqid, status, data } => {
                 let c = &self.clients[client as usize];
                 if c.state == ClientState::Crashed {
@@ -409,8 +471,6 @@ impl Sim {
                 }
                 self.to_client[client as usize].push_back((status, data));
             }
-            Output::WaitForChainLock { key, .. } => self.nodes[pnn as usize].lock_waits.push(key),
-            Output::WaitForWrite { key, .. } => self.nodes[pnn as usize].write_waits.push(key),
             Output::AttachDone { client, reqid, result, .. } => {
                 let c = &mut self.clients[client as usize];
                 if c.state != ClientState::WaitingAttach || reqid != c.next_reqid {
@@ -422,34 +482,19 @@ impl Sim {
                     Err(err) => self.fail(&format!("client {client}: attach failed: {err}")),
                 };
             }
-            Output::FreezeDb { .. } => self.nodes[pnn as usize].freeze_pending = true,
-            Output::ThawDb { .. } => {
-                let node = &mut self.nodes[pnn as usize];
-                node.freeze_pending = false;
-                node.store.frozen = false;
-                self.wake_lock_waiters(pnn, None);
-            }
-            Output::TakeClusterLock => {
-                let free = self.lock_holder.map_or(true, |h| h == pnn || !self.nodes[h as usize].up);
-                let outcome = if free {
-                    self.lock_holder = Some(pnn);
-                    LockOutcome::Held
-                } else {
-                    LockOutcome::Contention
-                };
-                self.lock_outcomes.push_back((pnn, outcome));
-            }
-            Output::ReleaseClusterLock => {
-                if self.lock_holder == Some(pnn) {
-                    self.lock_holder = None;
-                }
-            }
+            Output::ThawDb { .. } => self.wake_lock_waiters(pnn, None),
             Output::Event(event) => match event {
-                ClusterEvent::NodeDead(_) => {
+                ClusterEvent::NodeDead(dead) => {
                     self.coverage.deaths += 1;
-                    self.disrupt();
+                    let faults = self.faults[dead as usize];
+                    if faults.stopped_until.is_some() && faults.whole_node {
+                        self.coverage.frozen_nodes.hit += 1;
+                    }
+                    if self.p.clock_drift {
+                        self.coverage.clock_drift.hit += 1;
+                    }
                 }
-                ClusterEvent::Excluded { .. } | ClusterEvent::SteppedDown { .. } => self.disrupt(),
+                ClusterEvent::Activated { .. } => self.activated(pnn),
                 // An emptied database starts its RSNs again.
                 ClusterEvent::Emptied => self.last_rsn.retain(|(node, _), _| *node != pnn),
                 ClusterEvent::RecoveryDone { fixed, .. } => {
@@ -458,6 +503,7 @@ impl Sim {
                 }
                 _ => {}
             },
+            other => self.fail(&format!("the harness handed back {other:?}")),
         }
     }
 
@@ -473,12 +519,16 @@ impl Sim {
     }
 
     fn settled(&self) -> bool {
-        if self.partition.is_some() {
+        if self.cluster.partition.is_some() {
             return false;
         }
         let mut generations = BTreeSet::new();
-        for node in &self.nodes {
-            if !node.up || node.quiet_until.is_some() || node.failing_until.is_some() || !node.engine.active()
+        for (node, faults) in self.cluster.nodes.iter().zip(&self.faults) {
+            if !node.up
+                || faults.quiet_until.is_some()
+                || faults.failing_until.is_some()
+                || faults.stopped_until.is_some()
+                || !node.engine.active()
             {
                 return false;
             }
@@ -492,9 +542,10 @@ impl Sim {
             let c = &self.clients[index];
             (c.node as usize, c.id, c.key.clone())
         };
+        let now = self.cluster.now;
         if self.clients[index].state == ClientState::Attaching {
             let client = &mut self.clients[index];
-            if self.now < client.starts_at {
+            if now < client.starts_at {
                 return;
             }
             client.next_reqid += 1;
@@ -505,26 +556,39 @@ impl Sim {
             return;
         }
         if self.clients[index].state == ClientState::Ready {
-            let locked = self.nodes[node].store.lock_as(DB, &key, LockOwner::Client(id));
+            let locked = self.cluster.client_lock(node as Pnn, DB, &key, id);
             self.clients[index].state =
                 if locked { ClientState::HoldingLock } else { ClientState::WaitingLock };
             return;
         }
-        let record = self.nodes[node].store.peek(DB, &key).cloned();
+        let record = self.cluster.nodes[node].store.peek(DB, &key).cloned();
         let here = record.as_ref().is_some_and(|r| r.header.dmaster == node as Pnn && r.header.rsn > 0);
         if let (true, Some(mut record)) = (here, record) {
             let seen = State::of(&record.data);
-            let (disrupted, settled) = (self.disrupted, self.settled());
+            // Without gray failures a node the cluster went on without may serve a copy the
+            // others superseded, and what it acknowledges may be lost.
+            let left_out = self.left_out.contains(&(node as Pnn)) && !self.p.gray;
+            if self.faults[node].stopped_until.is_some() {
+                self.coverage.stopped_daemons.hit += 1;
+            }
             let history = self.histories.entry(key.clone()).or_default();
-            if !history.explains(seen, disrupted) {
-                let (ops, last) = (history.ops, history.last());
+            if !left_out && !history.explains(seen) {
+                let (ops, last, also) = (history.ops, history.last(), history.also.clone());
                 self.fail(&format!(
-                    "client {index} on node {node} sees {seen:?} in {key:?}; the last of {ops} operations left {last:?} (disrupted: {disrupted})"
+                    "client {index} on node {node} sees {seen:?} in {key:?}; the last of {ops} operations left {last:?}, what survived a loss: {also:?}"
                 ));
             }
-            let delete = seen != State::Deleted && self.rng.per_mille(self.p.deletes);
+            let deletes = self.p.deletes;
+            let delete = seen != State::Deleted && self.rng().per_mille(deletes);
             let history = self.histories.entry(key.clone()).or_default();
+            if left_out {
+                let before = history.last();
+                history.also.insert(before);
+            } else {
+                history.also.clear();
+            }
             history.ops += 1;
+            history.holders.push(node as Pnn);
             if delete {
                 history.deletes.insert(history.ops);
                 record.data.clear();
@@ -535,11 +599,9 @@ impl Sim {
                 }
                 record.data = history.ops.to_le_bytes().to_vec();
             }
-            if settled {
-                history.sure = Some(history.ops);
-            }
-            self.nodes[node].store.put(DB, &key, record);
-            if delete && self.rng.per_mille(self.p.scheduled) {
+            self.cluster.nodes[node].store.put(DB, &key, record);
+            let scheduled = self.p.scheduled;
+            if delete && self.rng().per_mille(scheduled) {
                 self.to_engine[index].push_back(Input::Deleted { db_id: DB, key: key.clone() });
             }
         }
@@ -549,23 +611,24 @@ impl Sim {
             client.owes_done = false;
             self.to_engine[index].push_back(Input::ClientDone { client: id, db_id: DB, key: key.clone() });
         }
-        let client = &mut self.clients[index];
         if here {
+            let client = &mut self.clients[index];
             client.remaining -= 1;
             client.state = if client.remaining == 0 { ClientState::Finished } else { ClientState::Ready };
-            if client.remaining > 0 && self.rng.per_mille(300) {
-                self.clients[index].key = key_name(self.rng.below64(self.p.keys as u64) as usize);
+            if client.remaining > 0 && self.rng().per_mille(300) {
+                let keys = self.p.keys as u64;
+                self.clients[index].key = key_name(self.rng().below64(keys) as usize);
             }
         } else {
             // Sometimes it reads the record where it is first, as smbd parses a record.
-            let read = self.rng.per_mille(250);
+            let read = self.rng().per_mille(250);
             let client = &mut self.clients[index];
             client.next_reqid += 1;
             let reqid = client.next_reqid;
             client.state = if read {
-                ClientState::WaitingRead { since: self.now }
+                ClientState::WaitingRead { since: now }
             } else {
-                ClientState::WaitingReply { since: self.now }
+                ClientState::WaitingReply { since: now }
             };
             let call = ClientCall {
                 client: id,
@@ -580,34 +643,15 @@ impl Sim {
     }
 
     fn release_client_lock(&mut self, node: usize, key: &[u8]) {
-        self.nodes[node].store.unlock_any(DB, key);
-        // Every key that waited for this chain may go on (the engine retries the others).
-        let n = &mut self.nodes[node];
-        let (freed, waiting): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
-            n.lock_waits.drain(..).partition(|k| n.store.same_chain(DB, k, key));
-        n.lock_waits = waiting;
-        for k in freed {
-            self.lock_available.push_back((node as Pnn, k));
-        }
+        self.cluster.client_unlock(node as Pnn, DB, key);
         self.wake_lock_waiters(node as Pnn, None);
     }
 
     fn crash_node(&mut self, k: Pnn) {
         self.coverage.crashes += 1;
-        self.disrupt();
-        let node = &mut self.nodes[k as usize];
-        node.up = false;
-        node.store.clear();
-        node.lock_waits.clear();
-        node.freeze_pending = false;
-        node.quiet_until = None;
-        node.failing_until = None;
-        node.refusing_until = None;
-        node.write_waits.clear();
-        node.restart_at = Some(self.now + 50 + self.rng.below64(1500));
-        if self.lock_holder == Some(k) {
-            self.lock_holder = None; // the kernel drops a dead process's lock
-        }
+        self.may_lose(k);
+        let restart_at = self.cluster.now + 50 + self.rng().below64(1500);
+        self.faults[k as usize] = NodeFaults { restart_at: Some(restart_at), ..NodeFaults::default() };
         for index in 0..self.clients.len() {
             if self.clients[index].node == k && self.clients[index].state != ClientState::Finished {
                 self.clients[index].state = ClientState::Crashed;
@@ -615,128 +659,179 @@ impl Sim {
                 self.to_client[index].clear();
             }
         }
-        self.lock_available.retain(|(p, _)| *p != k);
-        self.lock_outcomes.retain(|(p, _)| *p != k);
-        self.links.retain(|(a, b), _| *a != k && *b != k);
-        for peer in 0..self.nodes.len() as Pnn {
-            if peer != k {
-                self.run_engine(peer, Input::LinkDown(k));
-                if self.rng.percent(50) {
-                    self.run_engine(peer, Input::Refused(k)); // its reconnect found no listener
-                }
-            }
-        }
+        let outputs = self.cluster.crash(k);
+        self.outputs(outputs);
     }
 
     fn restart_node(&mut self, k: Pnn) {
-        let node = &mut self.nodes[k as usize];
-        node.incarnation += 1;
-        let seed = self.seed.wrapping_mul(31).wrapping_add(k as u64).wrapping_add(node.incarnation << 20);
-        node.engine = new_engine(k, &self.p, seed);
-        node.store = MemStore::with_chains(self.p.chains);
-        node.up = true;
-        node.restart_at = None;
-        for peer in 0..self.nodes.len() as Pnn {
-            if peer != k {
-                self.run_engine(peer, Input::LinkUp(k));
-            }
-        }
+        let incarnation = self.cluster.nodes[k as usize].incarnation + 1;
+        let seed = self.seed.wrapping_mul(31).wrapping_add(k as u64).wrapping_add(incarnation << 20);
+        let engine = new_engine(k, &self.p, seed);
+        self.faults[k as usize].restart_at = None;
+        let outputs = self.cluster.restart(k, engine, MemStore::with_chains(self.p.chains));
+        self.outputs(outputs);
     }
 
     fn inject_fault(&mut self) {
-        let n = self.nodes.len() as u64;
-        let k = self.rng.below64(n) as Pnn;
-        if !self.nodes[k as usize].up || self.partition.is_some() {
+        let n = self.cluster.len() as u64;
+        let k = self.rng().below64(n) as Pnn;
+        if !self.cluster.nodes[k as usize].up || self.cluster.partition.is_some() {
             return;
         }
         self.faults_left -= 1;
-        match self.rng.below64(6) {
+        let now = self.cluster.now;
+        let stall_until = now + 100 + self.rng().below64(MAX_STALL_MS - 100);
+        let fault = self.rng().below64(11);
+        if self.cluster.trace {
+            const FAULTS: [&str; 11] = [
+                "crash",
+                "quiet",
+                "partition",
+                "store failure",
+                "writes held",
+                "link reset",
+                "reconnects",
+                "stopped daemon",
+                "frozen node",
+                "slow node",
+                "hung cluster lock",
+            ];
+            println!("t={now} fault: {} on node {k} (stalls until t={stall_until})", FAULTS[fault as usize]);
+        }
+        match fault {
             0 => self.crash_node(k),
             1 => {
                 self.coverage.quiets += 1;
-                self.disrupt();
-                self.nodes[k as usize].quiet_until = Some(self.now + 100 + self.rng.below64(2000));
+                self.faults[k as usize].quiet_until = Some(now + 100 + self.rng().below64(2000));
                 self.run_engine(k, Input::Quiet(true));
             }
             2 => {
                 self.coverage.partitions += 1;
-                self.disrupt();
-                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng.per_mille(500)).collect();
+                let side: BTreeSet<Pnn> = (0..n as Pnn).filter(|_| self.rng().per_mille(500)).collect();
                 let side =
                     if side.is_empty() || side.len() == n as usize { BTreeSet::from([k]) } else { side };
-                self.partition = Some((side, self.now + 200 + self.rng.below64(3000)));
+                self.cluster.partition = Some(side);
+                self.partition_until = Some(now + 200 + self.rng().below64(3000));
             }
             3 => {
                 self.coverage.store_failures += 1;
                 self.store_failures_seen = true;
-                self.disrupt();
-                self.nodes[k as usize].store.failing = true;
-                self.nodes[k as usize].failing_until = Some(self.now + 5 + self.rng.below64(100));
+                self.cluster.nodes[k as usize].store.failing = true;
+                self.faults[k as usize].failing_until = Some(now + 5 + self.rng().below64(100));
             }
             4 => {
                 // A client holds a lock libtdb needs to write: writes stay in memory and
                 // clients wait for them. Nothing may be lost, so the cluster is not disrupted.
                 self.coverage.writes_held += 1;
-                let until = self.now + 5 + self.rng.below64(200);
-                let node = &mut self.nodes[k as usize];
-                node.store.refusing = Some(libc::EAGAIN);
-                node.refusing_until = Some(until);
+                let until = now + 5 + self.rng().below64(200);
+                self.cluster.nodes[k as usize].store.refusing = Some(libc::EAGAIN);
+                self.faults[k as usize].refusing_until = Some(until);
             }
-            _ => {
+            5 => {
                 // A connection reset: what was queued on it is gone. Not a fault that may
                 // lose records: the protocol must find a handover lost this way.
-                let busy: Vec<(Pnn, Pnn)> =
-                    self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
-                if let Some(&(a, b)) = busy.get(self.rng.below64(busy.len().max(1) as u64) as usize) {
-                    self.coverage.link_resets += 1;
-                    self.links.remove(&(a, b));
-                    self.run_engine(a, Input::LinkDown(b));
-                    self.run_engine(a, Input::LinkUp(b));
+                if let Some(((a, _), outputs)) = self.cluster.reset_busy_link() {
+                    self.outputs(outputs.into_iter().map(|o| (a, o)).collect());
+                }
+            }
+            6 => {
+                // Connections of one node reset and made again at once, a few times over
+                // (`ss -K`): what was queued on them is gone.
+                self.coverage.reconnects.injected += 1;
+                for _ in 0..1 + self.rng().below64(5) {
+                    let peer = (k + 1 + self.rng().below64(n - 1) as Pnn) % n as Pnn;
+                    let (lost, outputs) = self.cluster.reset_connection(k, peer);
+                    self.coverage.reconnects.hit += lost;
+                    self.outputs(outputs);
+                }
+            }
+            7 => {
+                // The daemon stops (SIGSTOP, a VM's CPU steal) and its clients keep using
+                // the records its store says it holds: only with gray failures.
+                if self.p.gray {
+                    self.stop_node(k, stall_until, false);
+                }
+            }
+            8 => {
+                // The whole node freezes, daemon and clients (a VM paused).
+                self.stop_node(k, stall_until, true);
+            }
+            9 => {
+                self.coverage.slow_nodes.injected += 1;
+                self.cluster.nodes[k as usize].slowness = 500 + self.rng().below64(450);
+                self.faults[k as usize].slow_until = Some(stall_until);
+            }
+            _ => {
+                // The cluster lock's helper stops answering (a hung cluster filesystem).
+                if self.p.cluster_lock && self.lock_hung_until.is_none() {
+                    self.coverage.hung_locks.injected += 1;
+                    self.cluster.hang_lock(true);
+                    self.lock_hung_until = Some(stall_until);
                 }
             }
         }
     }
 
-    fn heal(&mut self) {
-        let now = self.now;
-        for k in 0..self.nodes.len() as Pnn {
-            let node = &mut self.nodes[k as usize];
-            if node.restart_at.is_some_and(|t| t <= now) {
-                self.restart_node(k);
-            }
-            let node = &mut self.nodes[k as usize];
-            if node.quiet_until.is_some_and(|t| t <= now) {
-                node.quiet_until = None;
-                self.run_engine(k, Input::Quiet(false));
-            }
-            let node = &mut self.nodes[k as usize];
-            if node.failing_until.is_some_and(|t| t <= now) {
-                node.failing_until = None;
-                node.store.failing = false;
-            }
-            let node = &mut self.nodes[k as usize];
-            if node.refusing_until.is_some_and(|t| t <= now) {
-                node.refusing_until = None;
-                node.store.write_refused();
-                let written: Vec<Vec<u8>> = node.write_waits.drain(..).collect();
-                self.lock_available.extend(written.into_iter().map(|key| (k, key)));
-            }
-        }
-        if self.partition.as_ref().is_some_and(|(_, until)| *until <= now) {
-            self.partition = None;
-        }
+    fn stop_node(&mut self, k: Pnn, until: u64, whole_node: bool) {
+        let count =
+            if whole_node { &mut self.coverage.frozen_nodes } else { &mut self.coverage.stopped_daemons };
+        count.injected += 1;
+        let outputs = self.cluster.stop(k, true);
+        self.outputs(outputs);
+        let faults = &mut self.faults[k as usize];
+        faults.stopped_until = Some(until);
+        faults.whole_node = whole_node;
     }
 
-    fn cut_off(&self, a: Pnn, b: Pnn) -> bool {
-        self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+    fn heal(&mut self) {
+        let now = self.cluster.now;
+        for k in self.cluster.pnns() {
+            if self.faults[k as usize].restart_at.is_some_and(|t| t <= now) {
+                self.restart_node(k);
+            }
+            let faults = &mut self.faults[k as usize];
+            if faults.quiet_until.is_some_and(|t| t <= now) {
+                faults.quiet_until = None;
+                self.run_engine(k, Input::Quiet(false));
+            }
+            let faults = &mut self.faults[k as usize];
+            if faults.failing_until.is_some_and(|t| t <= now) {
+                faults.failing_until = None;
+                self.cluster.nodes[k as usize].store.failing = false;
+            }
+            let faults = &mut self.faults[k as usize];
+            if faults.refusing_until.is_some_and(|t| t <= now) {
+                faults.refusing_until = None;
+                self.cluster.writes_accepted(k);
+            }
+            let faults = &mut self.faults[k as usize];
+            if faults.stopped_until.is_some_and(|t| t <= now) {
+                faults.stopped_until = None;
+                let outputs = self.cluster.stop(k, false);
+                self.outputs(outputs);
+            }
+            let faults = &mut self.faults[k as usize];
+            if faults.slow_until.is_some_and(|t| t <= now) {
+                faults.slow_until = None;
+                self.cluster.nodes[k as usize].slowness = 0;
+            }
+        }
+        if self.lock_hung_until.is_some_and(|until| until <= now) {
+            self.lock_hung_until = None;
+            self.coverage.hung_locks.hit += self.cluster.counts.lock_requests_held;
+            self.cluster.counts.lock_requests_held = 0;
+            self.cluster.hang_lock(false);
+        }
+        if self.partition_until.is_some_and(|until| until <= now) {
+            self.partition_until = None;
+            self.cluster.partition = None;
+        }
     }
 
     fn nothing_in_flight(&self) -> bool {
-        self.links.values().all(VecDeque::is_empty)
+        self.cluster.network_idle()
             && self.to_engine.iter().all(VecDeque::is_empty)
             && self.to_client.iter().all(VecDeque::is_empty)
-            && self.lock_available.is_empty()
-            && self.lock_outcomes.is_empty()
     }
 
     fn all_clients_done(&self) -> bool {
@@ -744,44 +839,43 @@ impl Sim {
     }
 
     fn healed(&self) -> bool {
-        self.partition.is_none()
-            && self.nodes.iter().all(|n| {
-                n.up && n.quiet_until.is_none() && n.failing_until.is_none() && n.refusing_until.is_none()
+        self.cluster.partition.is_none()
+            && self.lock_hung_until.is_none()
+            && self.cluster.nodes.iter().zip(&self.faults).all(|(n, f)| {
+                n.up && f.quiet_until.is_none()
+                    && f.failing_until.is_none()
+                    && f.refusing_until.is_none()
+                    && f.stopped_until.is_none()
+                    && f.slow_until.is_none()
             })
     }
 
     /// One step of simulated time; false once every client is done and the cluster settled.
     fn step(&mut self) -> bool {
-        self.now += 1;
+        self.cluster.now += 1;
         if self.drain_until.is_some() && self.nothing_in_flight() {
             // Draining with nothing on the wire or waiting: skip to the next tick.
-            self.now = self.now.next_multiple_of(TICK_MS);
+            self.cluster.now = self.cluster.now.next_multiple_of(TICK_MS);
         }
         self.heal();
-        if self.faults_left > 0 && self.rng.per_mille(self.p.fault_rate) {
+        let fault_rate = self.p.fault_rate;
+        if self.faults_left > 0 && self.rng().per_mille(fault_rate) {
             self.inject_fault();
         }
-        if self.now % TICK_MS == 0 {
-            for pnn in 0..self.nodes.len() as Pnn {
-                self.run_engine(pnn, Input::Tick);
-            }
+        if self.cluster.now % TICK_MS == 0 {
+            let outputs = self.cluster.tick_all();
+            self.outputs(outputs);
         }
-        for pnn in 0..self.nodes.len() {
-            let node = &mut self.nodes[pnn];
-            if node.up && node.freeze_pending && !node.store.client_holds_a_lock() {
-                node.freeze_pending = false;
-                node.store.frozen = true;
-                self.run_engine(pnn as Pnn, Input::Frozen { db_id: DB });
-            }
-        }
+        let outputs = self.cluster.complete_freezes();
+        self.outputs(outputs);
         // A record may be in flight even when no engine waits for it (a stale request
         // moved it): at rest means nothing but membership traffic on the wire.
-        let engines_idle = self.nodes.iter().all(|n| n.engine.keys_pending() == 0)
-            && self.links.values().flatten().all(|p| matches!(p.body, Body::Cluster(_)));
+        let engines_idle = self.cluster.nodes.iter().all(|n| n.engine.keys_pending() == 0)
+            && self.cluster.packets().all(|p| matches!(p.body, Body::Cluster(_)));
         if self.all_clients_done() && self.faults_left == 0 && self.healed() && self.settled() && engines_idle
         {
-            let until = *self.drain_until.get_or_insert(self.now + DRAIN_MS);
-            if self.now >= until {
+            let until = *self.drain_until.get_or_insert(self.cluster.now + DRAIN_MS);
+            if self.cluster.now >= until {
                 return false;
             }
         }
@@ -793,28 +887,27 @@ impl Sim {
     }
 
     fn one_event(&mut self) {
-        let busy: Vec<(Pnn, Pnn)> =
-            self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect();
         let ready: Vec<usize> = (0..self.clients.len())
             .filter(|&i| {
                 matches!(
                     self.clients[i].state,
                     ClientState::Ready | ClientState::HoldingLock | ClientState::Attaching
-                )
+                ) && !self.client_frozen(i)
             })
             .collect();
         let engine_inbox: Vec<usize> =
             (0..self.clients.len()).filter(|&i| !self.to_engine[i].is_empty()).collect();
-        let client_inbox: Vec<usize> =
-            (0..self.clients.len()).filter(|&i| !self.to_client[i].is_empty()).collect();
+        let client_inbox: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| !self.to_client[i].is_empty() && !self.client_frozen(i))
+            .collect();
         let mut choices = vec![];
         for (choice, available) in [
-            (0, !busy.is_empty()),
+            (0, self.cluster.packets_in_flight() > 0),
             (1, !ready.is_empty()),
             (2, !engine_inbox.is_empty()),
             (3, !client_inbox.is_empty()),
-            (4, !self.lock_available.is_empty()),
-            (5, !self.lock_outcomes.is_empty()),
+            (4, !self.cluster.lock_available.is_empty()),
+            (5, !self.cluster.lock_outcomes.is_empty()),
         ] {
             if available {
                 choices.push(choice);
@@ -823,82 +916,76 @@ impl Sim {
         if choices.is_empty() {
             return;
         }
-        match choices[self.rng.below64(choices.len() as u64) as usize] {
+        match choices[self.rng().below64(choices.len() as u64) as usize] {
             0 => {
-                let (a, b) = busy[self.rng.below64(busy.len() as u64) as usize];
-                let queue = self.links.get_mut(&(a, b)).expect("busy link");
-                let mut at =
-                    if self.p.fifo_links { 0 } else { self.rng.below64(queue.len() as u64) as usize };
-                if matches!(queue[at].body, Body::Cluster(_)) {
-                    // Membership and recovery rely on TCP's order, as CTDB's do; only
-                    // migration packets are shuffled.
-                    at = queue.iter().position(|p| matches!(p.body, Body::Cluster(_))).expect("one is");
-                }
-                let packet = queue.remove(at).expect("in range");
-                if self.cut_off(a, b) || self.rng.per_mille(self.p.drop) {
-                    self.coverage.dropped += 1;
-                    return;
-                }
-
-                self.run_engine(b, Input::Packet(packet));
+                let outputs = self.cluster.deliver_one();
+                self.outputs(outputs);
             }
             1 => {
-                let index = ready[self.rng.below64(ready.len() as u64) as usize];
+                let index = ready[self.rng().below64(ready.len() as u64) as usize];
                 self.run_client(index);
             }
             2 => {
-                let index = engine_inbox[self.rng.below64(engine_inbox.len() as u64) as usize];
+                let index = engine_inbox[self.rng().below64(engine_inbox.len() as u64) as usize];
                 let input = self.to_engine[index].pop_front().expect("non-empty");
                 self.run_engine(self.clients[index].node, input);
             }
             3 => {
-                let index = client_inbox[self.rng.below64(client_inbox.len() as u64) as usize];
-                let (status, data) = self.to_client[index].pop_front().expect("non-empty");
-                let (since, read) = match self.clients[index].state {
-                    ClientState::WaitingReply { since } => (since, false),
-                    ClientState::WaitingRead { since } => (since, true),
-                    _ => self.fail(&format!("client {index} got a reply it did not wait for")),
-                };
-                // A store that failed on the node is a clear error; the client tries again.
-                if status != 0 && !(status == CALL_IO_ERROR && self.store_failures_seen) {
-                    self.fail(&format!("client {index} got status {status}"));
-                }
-                if self.now - since > MAX_WAIT_MS {
-                    self.fail(&format!("client {index} waited {} ms for a record", self.now - since));
-                }
-                if read && status == 0 {
-                    // A read sees only what was written: never an operation not acknowledged.
-                    let key = self.clients[index].key.clone();
-                    let Some(data) = data else {
-                        self.fail(&format!("client {index}: a read answered no data"))
-                    };
-                    let ops = self.histories.get(&key).map_or(0, |h| h.ops);
-                    if let State::Written(n) = State::of(&data) {
-                        if n > ops {
-                            self.fail(&format!(
-                                "client {index} read operation {n} of {key:?}, only {ops} were done"
-                            ));
-                        }
-                    }
-                    self.coverage.reads += 1;
-                } else if !read {
-                    self.clients[index].owes_done = true;
-                }
-                self.clients[index].state = ClientState::Ready;
+                let index = client_inbox[self.rng().below64(client_inbox.len() as u64) as usize];
+                self.client_hears(index);
             }
             4 => {
-                let (pnn, key) = self.lock_available.pop_front().expect("non-empty");
-                self.run_engine(pnn, Input::ChainLockAvailable { db_id: DB, key });
+                let outputs = self.cluster.deliver_lock_available();
+                self.outputs(outputs);
             }
             _ => {
-                let (pnn, outcome) = self.lock_outcomes.pop_front().expect("non-empty");
-                self.run_engine(pnn, Input::ClusterLock(outcome));
+                let outputs = self.cluster.deliver_lock_outcome();
+                self.outputs(outputs);
             }
         }
     }
 
+    /// Whether client `index` is frozen with its whole node.
+    fn client_frozen(&self, index: usize) -> bool {
+        let faults = &self.faults[self.clients[index].node as usize];
+        faults.stopped_until.is_some() && faults.whole_node
+    }
+
+    /// Client `index` reads the next answer to it.
+    fn client_hears(&mut self, index: usize) {
+        let (status, data) = self.to_client[index].pop_front().expect("non-empty");
+        let now = self.cluster.now;
+        let (since, read) = match self.clients[index].state {
+            ClientState::WaitingReply { since } => (since, false),
+            ClientState::WaitingRead { since } => (since, true),
+            _ => self.fail(&format!("client {index} got a reply it did not wait for")),
+        };
+        // A store that failed on the node is a clear error; the client tries again.
+        if status != 0 && !(status == CALL_IO_ERROR && self.store_failures_seen) {
+            self.fail(&format!("client {index} got status {status}"));
+        }
+        if now - since > MAX_WAIT_MS {
+            self.fail(&format!("client {index} waited {} ms for a record", now - since));
+        }
+        if read && status == 0 {
+            // A read sees only what was written: never an operation not acknowledged.
+            let key = self.clients[index].key.clone();
+            let Some(data) = data else { self.fail(&format!("client {index}: a read answered no data")) };
+            let ops = self.histories.get(&key).map_or(0, |h| h.ops);
+            if let State::Written(n) = State::of(&data) {
+                if n > ops {
+                    self.fail(&format!("client {index} read operation {n} of {key:?}, only {ops} were done"));
+                }
+            }
+            self.coverage.reads += 1;
+        } else if !read {
+            self.clients[index].owes_done = true;
+        }
+        self.clients[index].state = ClientState::Ready;
+    }
+
     fn check_invariants(&mut self) {
-        for (pnn, node) in self.nodes.iter_mut().enumerate() {
+        for (pnn, node) in self.cluster.nodes.iter_mut().enumerate() {
             // A key vacuumed everywhere starts its RSNs again.
             for (_, key) in node.store.deleted.drain(..) {
                 self.last_rsn.remove(&(pnn as Pnn, key));
@@ -907,7 +994,7 @@ impl Sim {
         for index in 0..self.p.keys {
             let key = key_name(index);
             let mut holders: BTreeMap<u32, Vec<Pnn>> = BTreeMap::new();
-            for (pnn, node) in self.nodes.iter().enumerate() {
+            for (pnn, node) in self.cluster.nodes.iter().enumerate() {
                 if !node.up {
                     continue;
                 }
@@ -935,9 +1022,13 @@ impl Sim {
             if let Some((generation, nodes)) = holders.iter().find(|(_, nodes)| nodes.len() > 1) {
                 self.fail(&format!("{key:?} held by {nodes:?} in generation {generation:#x}"));
             }
-            // Leases: nor in different generations (a node the others left out stops first).
-            if holders.len() > 1 {
-                self.fail(&format!("{key:?} held by active nodes of different generations: {holders:x?}"));
+            // Write authority: active and holding the record, in any generation.
+            let authorities: Vec<(Pnn, u32)> = holders
+                .iter()
+                .flat_map(|(generation, nodes)| nodes.iter().map(|&n| (n, *generation)))
+                .collect();
+            if authorities.len() > 1 {
+                self.fail(&format!("{key:?} held by active nodes in several generations: {authorities:?}"));
             }
         }
     }
@@ -950,6 +1041,7 @@ impl Sim {
         }
         for (key, history) in &self.histories {
             let holders: Vec<&SimNode> = self
+                .cluster
                 .nodes
                 .iter()
                 .enumerate()
@@ -961,18 +1053,20 @@ impl Sim {
                 [holder] => State::of(&holder.store.peek(DB, key).expect("holder has it").data),
                 _ => self.fail(&format!("{key:?} held by {} nodes at rest", holders.len())),
             };
-            if !history.explains(seen, self.disrupted) {
+            if !history.explains(seen) {
                 self.fail(&format!(
-                    "{key:?} ends as {seen:?}: {} operations acknowledged, the last left {:?}, the last sure one is {:?} (disrupted: {})",
+                    "{key:?} ends as {seen:?}: {} operations acknowledged, the last left {:?} on node {:?}, what survived a loss: {:?}",
                     history.ops,
                     history.last(),
-                    history.sure,
-                    self.disrupted
+                    history.last_holder(),
+                    history.also
                 ));
             }
             if seen == State::Deleted && self.p.vacuum_interval_ms > 0 {
-                let copies: Vec<(Pnn, Record)> = (0..self.nodes.len() as Pnn)
-                    .filter_map(|p| self.nodes[p as usize].store.peek(DB, key).map(|r| (p, r.clone())))
+                let copies: Vec<(Pnn, Record)> = (0..self.cluster.nodes.len() as Pnn)
+                    .filter_map(|p| {
+                        self.cluster.nodes[p as usize].store.peek(DB, key).map(|r| (p, r.clone()))
+                    })
                     .collect();
                 if !copies.is_empty() {
                     self.fail(&format!(
@@ -981,7 +1075,7 @@ impl Sim {
                 }
             }
         }
-        for node in &self.nodes {
+        for node in &self.cluster.nodes {
             if node.engine.keys_pending() > 0 {
                 self.fail(&format!(
                     "node {} still tracks {} keys at rest",
@@ -1000,6 +1094,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         sim.check_invariants();
         if sim.coverage.steps > 400_000 {
             let nodes: Vec<String> = sim
+                .cluster
                 .nodes
                 .iter()
                 .map(|n| {
@@ -1007,7 +1102,7 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
                 })
                 .collect();
             let clients: Vec<ClientState> = sim.clients.iter().map(|c| c.state).collect();
-            let pending: Vec<usize> = sim.nodes.iter().map(|n| n.engine.keys_pending()).collect();
+            let pending: Vec<usize> = sim.cluster.nodes.iter().map(|n| n.engine.keys_pending()).collect();
             println!("keys pending per node: {pending:?}");
             sim.fail(&format!(
                 "not settled after 400000 ms (livelock?): nodes {nodes:#?} clients {clients:?}"
@@ -1015,7 +1110,14 @@ fn run_seed(seed: u64, trace: bool) -> Coverage {
         }
     }
     sim.check_final();
-    for node in &sim.nodes {
+    if sim.p.clock_drift {
+        sim.coverage.clock_drift.injected += 1;
+    }
+    sim.coverage.slow_nodes.hit = sim.cluster.counts.postponed;
+    let network = sim.cluster.counts;
+    (sim.coverage.dropped, sim.coverage.link_resets) = (network.dropped, network.link_resets);
+    sim.coverage.attaches_sent = network.attaches_sent;
+    for node in &sim.cluster.nodes {
         let stats = node.engine.stats();
         sim.coverage.migrations += stats.migrations_completed;
         sim.coverage.max_hop_drops += stats.calls_dropped_max_hops;
@@ -1040,10 +1142,28 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_operation() {
     let seeds: u64 = std::env::var("RCTDB_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000);
     let first: u64 = std::env::var("RCTDB_SIM_FIRST").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     let mut total = Coverage::default();
+    let mut failures = vec![];
+    // Every seed runs: the failures are counted and listed, the first of each in full.
+    let quiet_panics = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     for seed in first..first + seeds {
-        total.add(&run_seed(seed, false));
+        match std::panic::catch_unwind(|| run_seed(seed, false)) {
+            Ok(coverage) => total.add(&coverage),
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                failures.push((seed, message));
+            }
+        }
     }
+    std::panic::set_hook(quiet_panics);
     println!("{seeds} seeds: {total:?}");
+    for (seed, message) in &failures {
+        let what = message.lines().last().unwrap_or_default();
+        println!("seed {seed}: {what}");
+    }
+    if let Some((_, message)) = failures.first() {
+        panic!("{} of {seeds} seeds failed; the first:\n{message}", failures.len());
+    }
     // The seeds must keep reaching the interesting paths, or passing means little.
     assert!(total.migrations > seeds && total.recoveries > seeds, "{total:?}");
     assert!(total.crashes > 0 && total.quiets > 0 && total.partitions > 0, "{total:?}");
@@ -1058,6 +1178,15 @@ fn seeded_clusters_with_faults_keep_one_holder_and_every_sure_operation() {
     assert!(total.writes_held > 0 && total.write_waits > 0, "{total:?}");
     // Holders asking LMASTERs to take their empty records, taken by migration.
     assert!(total.vacuum_fetches > 0, "{total:?}");
+    // Gray failures: each injected, and each hit something (packets lost to a reset,
+    // deliveries a slow node postponed, a frozen node declared dead, a lock request that
+    // waited for the hung helper, a death among drifting clocks, a client of a stopped
+    // daemon using a record).
+    assert!(total.reconnects.both() && total.slow_nodes.both() && total.frozen_nodes.both(), "{total:?}");
+    assert!(total.hung_locks.both() && total.clock_drift.both(), "{total:?}");
+    if Params::for_seed(0).gray {
+        assert!(total.stopped_daemons.both(), "{total:?}");
+    }
 }
 
 #[test]

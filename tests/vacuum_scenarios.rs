@@ -7,12 +7,10 @@
 //! next run (CTDB drops it from its delete queue and leaves it to a full run), so every
 //! "locked" scenario here ends with the record vacuumed once the lock is released.
 
-use std::collections::VecDeque;
-
-use rctdb::engine::store::LockOwner;
-use rctdb::engine::{CallKind, ClientCall, Engine, EngineConfig, Input, MemStore, Output, Record};
+use rctdb::engine::sim;
+use rctdb::engine::{CallKind, ClientCall, Engine, EngineConfig, Input, Output, Record};
 use rctdb::record::RecordHeader;
-use rctdb::wire::{DbId, Generation, Packet, Pnn};
+use rctdb::wire::{DbId, Generation, Pnn};
 
 const DB: DbId = 0x7ac;
 const GENERATION: Generation = 5;
@@ -21,12 +19,7 @@ const INTERVAL_MS: u64 = 1000;
 const CLIENT: u64 = 99;
 
 struct Cluster {
-    engines: Vec<Engine>,
-    stores: Vec<MemStore>,
-    network: VecDeque<Packet>,
-    now: u64,
-    /// Chain locks engines wait for, by node.
-    lock_waits: Vec<(Pnn, Vec<u8>)>,
+    sim: sim::Cluster,
     next_reqid: u32,
 }
 
@@ -44,35 +37,24 @@ impl Cluster {
                 engine
             })
             .collect();
-        Cluster {
-            engines,
-            stores: (0..nodes).map(|_| MemStore::new()).collect(),
-            network: VecDeque::new(),
-            now: 0,
-            lock_waits: vec![],
-            next_reqid: 1,
-        }
+        Cluster { sim: sim::Cluster::fixed(engines), next_reqid: 1 }
     }
 
-    fn input(&mut self, pnn: Pnn, input: Input) -> Vec<(u32, i32)> {
-        let mut out = vec![];
-        self.engines[pnn as usize].handle(self.now, input, &mut self.stores[pnn as usize], &mut out);
-        let mut replies = vec![];
-        for output in out {
-            match output {
-                Output::Send(packet) => self.network.push_back(packet),
-                Output::ClientReply { reqid, status, .. } => replies.push((reqid, status)),
-                Output::WaitForChainLock { key, .. } => self.lock_waits.push((pnn, key)),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        replies
+    fn engine(&mut self, pnn: Pnn) -> &mut Engine {
+        &mut self.sim.nodes[pnn as usize].engine
+    }
+
+    fn store(&mut self, pnn: Pnn) -> &mut rctdb::engine::MemStore {
+        &mut self.sim.nodes[pnn as usize].store
+    }
+
+    fn input(&mut self, pnn: Pnn, input: Input) {
+        let outputs = self.sim.input(pnn, input);
+        assert!(outputs.iter().all(|o| matches!(o, Output::ClientReply { .. })), "unexpected {outputs:?}");
     }
 
     fn deliver_all(&mut self) {
-        while let Some(packet) = self.network.pop_front() {
-            self.input(packet.destnode, Input::Packet(packet));
-        }
+        self.sim.deliver_all();
     }
 
     /// A client on `pnn` migrates `key` there and stores `data` under the header it has.
@@ -87,15 +69,9 @@ impl Cluster {
             first_use: false,
             kind: CallKind::Migrate,
         };
-        let mut replies = self.input(pnn, Input::ClientCall(call));
-        if replies.is_empty() {
-            let network = std::mem::take(&mut self.network);
-            for packet in network {
-                replies.extend(self.input(packet.destnode, Input::Packet(packet)));
-            }
-            self.deliver_all();
-        }
-        let store = &mut self.stores[pnn as usize];
+        self.input(pnn, Input::ClientCall(call));
+        self.deliver_all();
+        let store = self.store(pnn);
         let mut record = store.peek(DB, key).cloned().expect("migrated here");
         assert_eq!(record.header.dmaster, pnn, "node {pnn} holds the record");
         record.data = data.to_vec();
@@ -105,7 +81,7 @@ impl Cluster {
     /// A client on the record's holder `pnn` deletes it: an empty record under its header,
     /// and (as smbd does) SCHEDULE_FOR_DELETION unless `quietly`.
     fn delete(&mut self, pnn: Pnn, key: &[u8], quietly: bool) {
-        let store = &mut self.stores[pnn as usize];
+        let store = self.store(pnn);
         let mut record = store.peek(DB, key).cloned().expect("a record to delete");
         assert_eq!(record.header.dmaster, pnn);
         record.data.clear();
@@ -117,33 +93,30 @@ impl Cluster {
 
     /// One vacuuming run on `pnn`, and everything it sends delivered.
     fn vacuum(&mut self, pnn: Pnn) {
-        self.now += INTERVAL_MS;
+        self.sim.now += INTERVAL_MS;
         self.input(pnn, Input::Tick);
         self.deliver_all();
     }
 
     fn lock(&mut self, pnn: Pnn, key: &[u8]) {
-        assert!(self.stores[pnn as usize].lock_as(DB, key, LockOwner::Client(CLIENT)));
+        assert!(self.sim.client_lock(pnn, DB, key, CLIENT));
     }
 
     fn unlock(&mut self, pnn: Pnn, key: &[u8]) {
-        self.stores[pnn as usize].unlock_any(DB, key);
-        let (freed, waiting): (Vec<_>, Vec<_>) =
-            self.lock_waits.drain(..).partition(|(p, k)| *p == pnn && k == key);
-        self.lock_waits = waiting;
-        for (p, key) in freed {
-            self.input(p, Input::ChainLockAvailable { db_id: DB, key });
+        self.sim.client_unlock(pnn, DB, key);
+        while !self.sim.lock_available.is_empty() {
+            self.sim.deliver_lock_available();
         }
         self.deliver_all();
     }
 
     fn record(&self, pnn: Pnn, key: &[u8]) -> Option<&Record> {
-        self.stores[pnn as usize].peek(DB, key)
+        self.sim.nodes[pnn as usize].store.peek(DB, key)
     }
 
     /// The nodes that have any copy of `key`.
     fn copies(&self, key: &[u8]) -> Vec<Pnn> {
-        (0..self.stores.len() as Pnn).filter(|&p| self.record(p, key).is_some()).collect()
+        self.sim.pnns().filter(|&p| self.record(p, key).is_some()).collect()
     }
 
     fn header(&self, pnn: Pnn, key: &[u8]) -> RecordHeader {
@@ -198,8 +171,8 @@ fn vacuum_001_fast_run_deletes_records_deleted_on_a_non_lmaster_from_every_node(
         for key in &keys {
             assert_eq!(cluster.copies(key), Vec::<Pnn>::new(), "no copy is left on any node");
         }
-        let stats = cluster.engines[0].stats();
-        assert_eq!((stats.vacuum_deleted, cluster.engines[0].vacuum_backlog()), (count as u64, 0));
+        let stats = cluster.engine(0).stats();
+        assert_eq!((stats.vacuum_deleted, cluster.engine(0).vacuum_backlog()), (count as u64, 0));
     }
 }
 
@@ -249,7 +222,7 @@ fn vacuum_002_only_a_full_run_finds_records_deleted_without_scheduling() {
     for key in &keys[..3] {
         assert_eq!(cluster.copies(key), vec![0, 1, 2], "a fast run only looks at scheduled deletes");
     }
-    cluster.engines[0].tunables_mut().vacuum_fast_path_count = 1;
+    cluster.engine(0).tunables_mut().vacuum_fast_path_count = 1;
     cluster.vacuum(0);
     for key in &keys[..3] {
         assert_eq!(cluster.copies(key), Vec::<Pnn>::new(), "the full run found it");
@@ -257,7 +230,7 @@ fn vacuum_002_only_a_full_run_finds_records_deleted_without_scheduling() {
     for key in &keys[3..] {
         assert_eq!(cluster.record(0, key).unwrap().data, b"kept", "records with data stay");
     }
-    assert!(cluster.engines[0].stats().vacuum_full_runs > 0);
+    assert!(cluster.engine(0).stats().vacuum_full_runs > 0);
 }
 
 #[test]
@@ -278,7 +251,7 @@ fn vacuum_003_a_record_recreated_while_the_lmaster_asks_for_copies_is_not_delete
     let key = &key;
     // The LMASTER's run sends its drop requests; before they arrive, node 1 asks for the
     // record to create it again.
-    cluster.now += INTERVAL_MS;
+    cluster.sim.now += INTERVAL_MS;
     cluster.input(0, Input::Tick);
     let call = ClientCall {
         client: 1,
@@ -293,7 +266,7 @@ fn vacuum_003_a_record_recreated_while_the_lmaster_asks_for_copies_is_not_delete
     let mut record = cluster.record(1, key).cloned().expect("migrated to node 1");
     assert_eq!(record.header.dmaster, 1);
     record.data = b"recreated".to_vec();
-    cluster.stores[1].put(DB, key, record);
+    cluster.store(1).put(DB, key, record);
     cluster.vacuum(0);
     cluster.vacuum(1);
     assert_eq!(cluster.record(1, key).unwrap().data, b"recreated");
@@ -309,7 +282,7 @@ fn vacuum_030_031_locked_on_the_deleting_node_it_waits_for_a_later_run() {
     cluster.lock(2, key);
     cluster.vacuum(2);
     assert_eq!(cluster.header(2, key).dmaster, 2, "a locked record is not handed over");
-    assert_eq!(cluster.engines[2].vacuum_backlog(), 1, "it stays queued");
+    assert_eq!(cluster.engine(2).vacuum_backlog(), 1, "it stays queued");
     cluster.vacuum(2);
     assert_eq!(cluster.header(2, key).dmaster, 2);
     cluster.unlock(2, key);
@@ -328,7 +301,7 @@ fn vacuum_032_locked_on_the_lmaster_it_is_deleted_once_unlocked() {
     // Locked between the drop requests and the answers: the others drop theirs, the LMASTER
     // keeps its own for the next run.
     cluster.unlock(0, key);
-    cluster.now += INTERVAL_MS;
+    cluster.sim.now += INTERVAL_MS;
     cluster.input(0, Input::Tick);
     cluster.lock(0, key);
     cluster.deliver_all();
@@ -346,7 +319,7 @@ fn vacuum_033_locked_on_the_deleting_node_during_the_lmasters_round_it_is_kept_t
     cluster.lock(2, key);
     cluster.vacuum(0);
     assert_eq!(cluster.copies(key), vec![0, 2], "node 2 kept its copy, so the LMASTER keeps its own");
-    assert_eq!(cluster.engines[2].stats().vacuum_copies_kept, 1);
+    assert_eq!(cluster.engine(2).stats().vacuum_copies_kept, 1);
     // The LMASTER's record goes on at its RSN: no history restarts while a copy remains.
     cluster.write(1, key, b"back");
     assert!(cluster.header(1, key).rsn > rsn);
@@ -373,15 +346,15 @@ fn vacuum_034_locked_on_another_node_during_the_round_it_is_kept_then_deleted() 
 fn a_member_whose_link_breaks_mid_round_delays_the_delete_until_it_is_back() {
     let (mut cluster, key) = deleted_on_2_and_taken_by_the_lmaster();
     let key = &key;
-    cluster.now += INTERVAL_MS;
+    cluster.sim.now += INTERVAL_MS;
     cluster.input(0, Input::Tick);
     // The drop request to node 1 is lost with its connection.
-    cluster.network.retain(|p| p.destnode != 1);
+    cluster.sim.lose_packets(|p| p.destnode == 1);
     cluster.input(0, Input::LinkDown(1));
     cluster.deliver_all();
     assert!(cluster.record(0, key).is_some(), "without node 1's answer the LMASTER keeps its copy");
     assert!(cluster.record(1, key).is_some());
-    assert_eq!(cluster.engines[0].vacuum_backlog(), 1, "the key waits for the next run");
+    assert_eq!(cluster.engine(0).vacuum_backlog(), 1, "the key waits for the next run");
     cluster.input(0, Input::LinkUp(1));
     cluster.vacuum(0);
     assert!(cluster.copies(key).is_empty());
@@ -397,13 +370,13 @@ fn a_copy_newer_than_the_lmasters_or_held_by_its_node_is_never_dropped() {
     // node 2 claims the record. Neither is dropped, and the LMASTER keeps its own.
     let header = cluster.header(0, key);
     let newer = RecordHeader { rsn: header.rsn + 5, dmaster: 0, flags: 0 };
-    cluster.stores[1].put(DB, key, Record { header: newer, data: b"newer".to_vec() });
+    cluster.store(1).put(DB, key, Record { header: newer, data: b"newer".to_vec() });
     let claim = RecordHeader { rsn: header.rsn, dmaster: 2, flags: 0 };
-    cluster.stores[2].put(DB, key, Record { header: claim, data: vec![] });
+    cluster.store(2).put(DB, key, Record { header: claim, data: vec![] });
     cluster.vacuum(0);
     assert_eq!(cluster.copies(key), vec![0, 1, 2]);
     assert_eq!(
-        cluster.engines[1].stats().vacuum_copies_kept + cluster.engines[2].stats().vacuum_copies_kept,
+        cluster.engine(1).stats().vacuum_copies_kept + cluster.engine(2).stats().vacuum_copies_kept,
         2
     );
 }
@@ -414,8 +387,8 @@ fn vacuuming_off_keeps_every_record() {
     let key = &keys_on(0, 1)[0];
     spread(&mut cluster, key);
     cluster.delete(2, key, false);
-    for engine in &mut cluster.engines {
-        engine.tunables_mut().vacuum_interval_ms = 0;
+    for node in &mut cluster.sim.nodes {
+        node.engine.tunables_mut().vacuum_interval_ms = 0;
     }
     cluster.vacuum(2);
     cluster.vacuum(0);
@@ -435,10 +408,10 @@ fn the_delete_queue_is_bounded_and_an_overflow_makes_the_next_run_a_full_one() {
     for i in 0..100_100u32 {
         cluster.input(0, Input::Deleted { db_id: DB, key: format!("gone-{i}").into_bytes() });
     }
-    assert!(cluster.engines[0].vacuum_backlog() <= 100_000, "the queue stays bounded");
-    let full_runs = cluster.engines[0].stats().vacuum_full_runs;
+    assert!(cluster.engine(0).vacuum_backlog() <= 100_000, "the queue stays bounded");
+    let full_runs = cluster.engine(0).stats().vacuum_full_runs;
     cluster.vacuum(0);
-    assert_eq!(cluster.engines[0].stats().vacuum_full_runs, full_runs + 1, "the overflow made it a full run");
+    assert_eq!(cluster.engine(0).stats().vacuum_full_runs, full_runs + 1, "the overflow made it a full run");
     for key in &keys {
         assert!(cluster.copies(key).is_empty(), "the full run found the deletes the queue forgot");
     }

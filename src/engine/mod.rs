@@ -16,6 +16,8 @@ mod fetch;
 mod membership;
 mod migration;
 mod recovery;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod statistics;
 pub mod store;
 mod vacuum;
