@@ -7,7 +7,7 @@
 //! Addresses: 127.0.4.x (ring) and 127.0.5.x (the rest), port 4379; other cluster tests
 //! use other third octets, so all may run at once.
 
-mod c_support;
+use crate::c_support;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -19,7 +19,7 @@ use std::{
 
 use c_support::{build, command, expect_success, run_bounded, wait_until, Scratch};
 use rctdb::client::ClusteredDb;
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const PROCS_PER_NODE: usize = 2;

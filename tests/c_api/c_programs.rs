@@ -3,7 +3,7 @@
 //! interop tests put rctdb, libtdb itself (`tdbdump`, a libtdb build of counter_tool) and
 //! python3-tdb on the same files.
 
-mod c_support;
+use crate::c_support;
 
 use std::{
     io::{BufRead, BufReader, Write},

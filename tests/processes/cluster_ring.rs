@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{socket_path, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{socket_path, ClusterSpec, RunningCluster};
+use rctdbd::status::StatusControls;
 
 const NODES: usize = 3;
 const PROCS_PER_NODE: usize = 2;

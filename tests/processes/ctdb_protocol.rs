@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use rctdb::local::Tdb;
 use rctdb::record::RecordHeader;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::ctdb::{opcode, BROADCAST_CONNECTED};
 use rctdb::wire::{
     decode_unpadded, encode, Body, Packet, ReqCall, ReqControl, ReqMessage, CALL_FETCH_FUNC,
     CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC, CURRENT_NODE,
 };
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
 
 const SRVID: u64 = 0x0000_0000_0042_0001;
 
@@ -221,15 +221,15 @@ fn every_recovery_tells_reconfigure_listeners() {
     let reconfigured = ReqMessage { srvid: SRVID_RECONFIGURE, data: vec![] };
 
     // A node dies: the survivors recover without it, and node 0's listener hears of it.
-    rctdb::tool::cluster::kill_node(&dir, 2).unwrap_or_else(|e| panic!("kill node 2: {e}"));
+    rctdb_cli::tool::cluster::kill_node(&dir, 2).unwrap_or_else(|e| panic!("kill node 2: {e}"));
     assert_eq!(next_message(&mut listener), reconfigured);
-    rctdb::tool::cluster::wait_until_serving(&spec, &[0, 1]).unwrap_or_else(|e| panic!("{e}"));
+    rctdb_cli::tool::cluster::wait_until_serving(&spec, &[0, 1]).unwrap_or_else(|e| panic!("{e}"));
     // It comes back: the recovery that admits it is announced too, on node 1 as well (a
     // listener registered after the first recovery settled).
     let mut late_listener = CtdbClient::connect(&running.socket(1));
     assert_eq!(late_listener.control(CURRENT_NODE, opcode::REGISTER_SRVID, SRVID_RECONFIGURE, &[]).0, 0);
-    rctdb::tool::cluster::start_node(&spec, 2).unwrap_or_else(|e| panic!("start node 2: {e}"));
-    rctdb::tool::cluster::wait_until_serving(&spec, &[0, 1, 2]).unwrap_or_else(|e| panic!("{e}"));
+    rctdb_cli::tool::cluster::start_node(&spec, 2).unwrap_or_else(|e| panic!("start node 2: {e}"));
+    rctdb_cli::tool::cluster::wait_until_serving(&spec, &[0, 1, 2]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(next_message(&mut late_listener), reconfigured);
     // Only registered connections hear it: this one asks a control and gets just its reply.
     let mut other = CtdbClient::connect(&running.socket(0));

@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
 use rctdb::record::FLAG_MIGRATED_WITH_DATA;
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const DB: &str = "tool.tdb";

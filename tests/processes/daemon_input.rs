@@ -1,16 +1,17 @@
 //! Bad input on rctdbd's client socket gets a clear error or a closed connection, never a
 //! crash: the daemon keeps serving everyone else.
 
-mod socket_support;
+use crate::socket_support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rctdb::client::DaemonConnection;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::control::opcode;
 use rctdb::wire::{Body, ReqCall, ReqControl};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdbd::status::StatusControls;
 use socket_support::request;
 
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rctdb::client::ClusteredDb;
 use rctdb::engine::lmaster_of;
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
 
 const DB: &str = "restart.tdb";
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
 use serde_json::Value;
 
 fn rctdb(args: &[&str]) -> Output {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::flags::{TDB_INCOMPATIBLE_HASH, TDB_NOLOCK};
 use rctdb::local::{StoreFlag, Tdb};
-use rctdb::status::NodeStatus;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdbd::status::{NodeStatus, StatusControls};
 
 const DB: &str = "full.tdb";
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -25,10 +25,10 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use rctdb::client::ClusteredDb;
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::codec::{decode, decode_unpadded, read_frame, ReadError};
 use rctdb::wire::fuzz::seeds::seeds;
 use rctdb::wire::{Body, MAX_PACKET_LEN};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
 
 const FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 11);
 /// Not in the nodes file.

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::engine::MAX_WAITERS_PER_KEY;
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::codec::{encode, read_packet};
 use rctdb::wire::{Body, Packet, ReqCall, CALL_NULL_FUNC, MAX_KEY_LEN, MAX_PACKET_LEN, MAX_RECORD_LEN};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdbd::status::StatusControls;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

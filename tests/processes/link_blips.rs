@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::codec::{read_packet, write_packet};
 use rctdb::wire::ctdb::opcode;
 use rctdb::wire::{Body, Packet, ReqControl, ReqMessage, CURRENT_NODE, MAX_PACKET_LEN};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
 
 const NODE1: Ipv4Addr = Ipv4Addr::new(127, 0, 81, 12);
 /// The srvid the watched process holds on node 1.
@@ -192,7 +192,7 @@ fn killed_links_lose_no_answer_and_no_message() {
     while asker.control(1, opcode::CHECK_PID_SRVID, 0, pid_srvid.clone()) != 0 {
         assert!(Instant::now() < until, "node 0 never learnt of the srvid on node 1");
     }
-    let deaths_before = rctdb::tool::ring::deaths_declared(running.dir(), 3).expect("statuses");
+    let deaths_before = rctdb_cli::tool::ring::deaths_declared(running.dir(), 3).expect("statuses");
 
     let kill_time = KILL_EVERY * KILLS as u32;
     let stop = Arc::new(AtomicBool::new(false));
@@ -231,7 +231,7 @@ fn killed_links_lose_no_answer_and_no_message() {
     for t in threads {
         t.join().expect("test thread");
     }
-    let deaths = rctdb::tool::ring::deaths_declared(running.dir(), 3).expect("statuses") - deaths_before;
+    let deaths = rctdb_cli::tool::ring::deaths_declared(running.dir(), 3).expect("statuses") - deaths_before;
     let (answers, gone) = (answers.load(Ordering::Relaxed), gone.load(Ordering::Relaxed));
     println!(
         "{KILLS} kills ({killed} connections): {gone} of {answers} answers said gone; messages \

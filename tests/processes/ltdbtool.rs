@@ -12,7 +12,7 @@ use rctdb::client::ClusteredDb;
 use rctdb::engine::lmaster_of;
 use rctdb::local::StoreFlag;
 use rctdb::record::FLAG_MIGRATED_WITH_DATA;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
 
 const NODES: usize = 3;
 const DB: &str = "ltdbtool.tdb";

@@ -32,7 +32,7 @@
 //! `bench recovery` leaves out its SIGSTOP fault: today the engine empties a node stalled
 //! past the dead time, which the bench rightly reports as a failure (issue 15, item 4).
 
-mod c_support;
+use crate::c_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

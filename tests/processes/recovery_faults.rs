@@ -31,10 +31,10 @@ use nix::unistd::Pid;
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags::TDB_INCOMPATIBLE_HASH, StoreFlag, Tdb};
 use rctdb::record::RecordHeader;
-use rctdb::status::{NodeStatus, PeerState};
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tunables::opcode;
 use rctdb::wire::Pnn;
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdbd::status::{NodeStatus, PeerState, StatusControls};
 
 const DB: &str = "faults.tdb";
 /// How long a client waits for a record: far above detection plus recovery.

@@ -19,22 +19,22 @@ use std::time::{Duration, Instant};
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
-use rctdb::status::NodeStatus;
-use rctdb::tool::cluster::{self, socket_path, ClusterSpec, RunningCluster};
-use rctdb::transport::auth::{self, ClusterKey, HandshakeError};
-use rctdb::transport::connect::connect_from;
 use rctdb::wire::cluster::{ClusterMsg, DbName};
 use rctdb::wire::control::opcode;
 use rctdb::wire::{
     codec, Body, DbId, Packet, Pnn, ReplyDmaster, ReqCall, ReqControl, ReqDmaster,
     CALL_FLAG_IMMEDIATE_MIGRATION, CALL_NULL_FUNC,
 };
+use rctdb_cli::tool::cluster::{self, socket_path, ClusterSpec, RunningCluster};
+use rctdbd::status::{NodeStatus, StatusControls};
+use rctdbd::transport::auth::{self, ClusterKey, HandshakeError};
+use rctdbd::transport::connect::connect_from;
 
 const NODES: usize = 3;
 const FIRST: Ipv4Addr = Ipv4Addr::new(127, 0, 87, 11);
 /// An address in no nodes file.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 87, 50);
-const PORT: u16 = rctdb::daemon::DEFAULT_PORT;
+const PORT: u16 = rctdbd::daemon::DEFAULT_PORT;
 const DB: &str = "rogue.tdb";
 const SECRET: &[u8] = b"secret";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -322,7 +322,7 @@ fn without_a_key_the_same_attack_takes_effect() {
     )
     .expect("connect");
     // Without a key, a link opens with its session's resume alone, then carries packets.
-    let _ = rogue.write_all(&[rctdb::transport::resume_frame(1, 0, 1), attack].concat());
+    let _ = rogue.write_all(&[rctdbd::transport::resume_frame(1, 0, 1), attack].concat());
 
     let deadline = Instant::now() + TIMEOUT;
     let took_effect = || {

@@ -3,7 +3,7 @@
 //! where they were when they leave; a client that stops reading costs only itself; limits
 //! refuse the one client over them with an error that says why.
 
-mod socket_support;
+use crate::socket_support;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,12 +16,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
 use rctdb::client::DaemonConnection;
-use rctdb::tool::clients_bench::ProcessFigures;
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
-use rctdb::tool::idle_clients::IdleClients;
 use rctdb::wire::codec::write_packet;
 use rctdb::wire::ctdb::opcode;
 use rctdb::wire::{Body, Packet, ReqControl, ReqMessage, CURRENT_NODE};
+use rctdb_cli::tool::clients_bench::ProcessFigures;
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::idle_clients::IdleClients;
 use socket_support::request;
 
 const TIMEOUT: Duration = Duration::from_secs(10);

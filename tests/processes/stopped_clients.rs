@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::StoreFlag;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
 use rctdb::wire::control::opcode;
 use rctdb::wire::{codec, Body, Packet, ReqControl};
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdbd::status::StatusControls;
 
 const DB: &str = "stopped.tdb";
 const OTHER_DB: &str = "other.tdb";

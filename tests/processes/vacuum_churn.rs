@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rctdb::tool::churn::{ChurnCluster, KeysInFile, Workload, KEY_PREFIX};
+use rctdb_cli::tool::churn::{ChurnCluster, KeysInFile, Workload, KEY_PREFIX};
 
 const NODES: usize = 3;
 const WORKERS_PER_NODE: usize = 2;

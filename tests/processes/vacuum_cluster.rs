@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::flags::{TDB_INCOMPATIBLE_HASH, TDB_NOLOCK};
 use rctdb::local::{StoreFlag, Tdb};
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
 use rctdb::tunables::opcode;
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdbd::status::StatusControls;
 
 const DB: &str = "away.tdb";
 const KEYS: usize = 200;

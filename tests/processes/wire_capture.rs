@@ -14,9 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rctdb::client::DaemonConnection;
-use rctdb::tool::cluster::{ClusterSpec, RunningCluster};
-use rctdb::tool::ring::ring_key;
 use rctdb::wire::op;
+use rctdb_cli::tool::cluster::{ClusterSpec, RunningCluster};
+use rctdb_cli::tool::ring::ring_key;
 
 const NODES: usize = 3;
 const FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 11);

@@ -7,7 +7,7 @@
 //!
 //! Needs root and Samba like `tests/samba_cluster.rs`; `RCTDB_SAMBA_TESTS=skip` skips it.
 
-mod c_support;
+use crate::c_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

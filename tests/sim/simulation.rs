@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-mod sim_support;
+use crate::sim_support;
 
 use sim_support::{counter_value, key_name, Rng};
 

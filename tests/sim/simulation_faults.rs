@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-mod sim_support;
+use crate::sim_support;
 
 use sim_support::{counter_value, key_name, Rng};
 

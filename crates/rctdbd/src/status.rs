@@ -1,14 +1,41 @@
 //! A node's status: what rctdbd answers to the STATUS control (as JSON), what `rctdb status`
 //! prints (`--json`: the same object; else the `key value` lines its `Display` renders), and
 //! what every tool, bench and test reads. One type, so that a renamed word cannot silently
-//! break a reader.
+//! break a reader. [`StatusControls`] asks for it, and for the statistics, on a client
+//! connection: their answers are JSON, which stays out of librctdb.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use rctdb::client::DaemonConnection;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::statistics::Statistics;
 use crate::engine::EngineStats;
+use crate::error::Result;
+use crate::wire::control::{self, opcode};
 use crate::wire::{DbId, Pnn};
+
+/// The controls whose answers are JSON, on a connection to the local rctdbd.
+pub trait StatusControls {
+    /// The node's status (`rctdb status`).
+    fn status(&mut self, timeout: Duration) -> Result<NodeStatus>;
+    /// The node's statistics; with `reset` the daemon starts them from zero after answering.
+    fn statistics(&mut self, reset: bool, timeout: Duration) -> Result<Statistics>;
+}
+
+impl StatusControls for DaemonConnection {
+    fn status(&mut self, timeout: Duration) -> Result<NodeStatus> {
+        let data = self.control(opcode::STATUS, vec![], timeout)?;
+        serde_json::from_slice(&data).map_err(|e| self.malformed(&format!("status: {e}")))
+    }
+
+    fn statistics(&mut self, reset: bool, timeout: Duration) -> Result<Statistics> {
+        let request = if reset { control::STATISTICS_RESET.to_vec() } else { vec![] };
+        let data = self.control(opcode::STATISTICS, request, timeout)?;
+        serde_json::from_slice(&data).map_err(|e| self.malformed(&format!("statistics: {e}")))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {

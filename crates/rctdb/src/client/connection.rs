@@ -6,9 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::engine::statistics::Statistics;
 use crate::error::{Error, ErrorCode, Result};
-use crate::status::NodeStatus;
 use crate::tunables::{self, payload};
 use crate::wire::codec::{read_packet, write_packet, ReadError};
 use crate::wire::control::{self, opcode, AttachReply, RecordCopy, FLAG_NOREPLY};
@@ -40,21 +38,6 @@ impl DaemonConnection {
     pub fn attach(&mut self, name: &str, timeout: Duration) -> Result<AttachReply> {
         let data = self.control(opcode::DB_ATTACH, name.as_bytes().to_vec(), timeout)?;
         AttachReply::decode(&data).map_err(|e| Error::io(format!("rctdbd at {}: {e}", self.socket)))
-    }
-
-    /// The node's status (`rctdb status`).
-    pub fn status(&mut self, timeout: Duration) -> Result<NodeStatus> {
-        let data = self.control(opcode::STATUS, vec![], timeout)?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::io(format!("rctdbd at {}: status: {e}", self.socket)))
-    }
-
-    /// The node's statistics; with `reset` the daemon starts them from zero after answering.
-    pub fn statistics(&mut self, reset: bool, timeout: Duration) -> Result<Statistics> {
-        let request = if reset { control::STATISTICS_RESET.to_vec() } else { vec![] };
-        let data = self.control(opcode::STATISTICS, request, timeout)?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::io(format!("rctdbd at {}: statistics: {e}", self.socket)))
     }
 
     /// The newest copy of every non-empty record of the database, from every node.
@@ -138,7 +121,9 @@ impl DaemonConnection {
         self.control(opcode, vec![], timeout).map(drop)
     }
 
-    fn control(&mut self, opcode: u32, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+    /// A control and its answer's data (the status controls, whose answers are JSON, are
+    /// asked through `rctdbd::status`).
+    pub fn control(&mut self, opcode: u32, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
         let body = Body::ReqControl(ReqControl { opcode, srvid: 0, client_id: 0, flags: 0, data });
         match self.request(body, timeout)? {
             Body::ReplyControl(reply) if reply.status == 0 => Ok(reply.data),
@@ -230,7 +215,7 @@ impl DaemonConnection {
         }
     }
 
-    fn malformed(&self, problem: &str) -> Error {
+    pub fn malformed(&self, problem: &str) -> Error {
         Error::io(format!("rctdbd at {} sent a malformed reply: {problem}", self.socket))
     }
 
@@ -250,7 +235,7 @@ mod tests {
         let (ours, daemon_side) = UnixStream::pair().unwrap();
         let mut connection =
             DaemonConnection { stream: ours, socket: "test".into(), next_reqid: 1, owner: 0 };
-        let err = connection.status(Duration::from_secs(1)).unwrap_err();
+        let err = connection.list_tunables(Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("after fork"), "{err}");
         daemon_side.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 1];

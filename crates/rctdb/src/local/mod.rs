@@ -1,7 +1,6 @@
 //! The local store: the only code that calls libtdb (DESIGN §2). `Tdb` is the safe wrapper;
 //! `ffi` is bindgen's output and stays private to this module.
 
-pub mod bench_baseline;
 mod ffi;
 mod file_check;
 mod malloc_buf;

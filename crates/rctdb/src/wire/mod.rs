@@ -12,7 +12,8 @@ pub mod control;
 pub mod ctdb;
 #[cfg(test)]
 mod dissector_tests;
-/// Public for fuzz/ and tests/fuzz_regressions.rs only; no part of the API.
+/// For fuzz/ and tests/fuzz_regressions.rs (feature `fuzz`) and unit tests; no part of the API.
+#[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz;
 mod payload;
