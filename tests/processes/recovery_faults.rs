@@ -14,7 +14,7 @@
 //!   and afterwards every record has exactly one holder.
 //!
 //! Three tests are ignored until the product bugs they describe are fixed; run them with
-//! `cargo test --release --test recovery_faults -- --include-ignored`.
+//! `cargo test --release --test processes recovery_faults:: -- --include-ignored`.
 //!
 //! Addresses: 127.0.20.x to 127.0.29.x, one third octet per test, so that the tests run at
 //! once; each has its own directory under the temp dir with the nodes' logs.

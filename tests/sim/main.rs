@@ -1,5 +1,5 @@
-//! The fast layer: the protocol engine in simulation, no processes, sockets or files.
-//! `cargo test --test sim` runs it in seconds.
+//! The fast layer: the protocol engine in simulation, with no processes, sockets or files.
+//! `cargo test --test sim` runs it alone.
 
 mod sim_support;
 

@@ -160,7 +160,7 @@ impl Sim {
 
     fn fail(&self, what: &str) -> ! {
         panic!(
-            "seed {} failed: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test simulation -- --nocapture",
+            "seed {} failed: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test sim simulation:: -- --nocapture",
             self.seed, self.params, self.seed
         )
     }

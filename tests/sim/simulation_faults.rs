@@ -350,7 +350,7 @@ impl Sim {
 
     fn fail(&self, what: &str) -> ! {
         panic!(
-            "seed {} failed at t={}: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test simulation_faults -- --nocapture",
+            "seed {} failed at t={}: {what}\n  params {:?}\n  replay: RCTDB_SIM_SEED={} cargo test --test sim simulation_faults:: -- --nocapture",
             self.seed, self.now, self.p, self.seed
         )
     }
