@@ -3,7 +3,7 @@
 //! per connection, REQ_MESSAGE routed to another node and broadcast, the liveness of a
 //! process asked of the node it is connected to, CTDB's DB_ATTACH/GETDBPATH/DB_OPEN_FLAGS,
 //! REQ_CALL with NULL_FUNC and FETCH_FUNC, and an error for what is not served. Needs no
-//! Samba: `tests/samba_cluster.rs` runs stock smbd on top.
+//! Samba: `tests/samba/samba_cluster.rs` runs stock smbd on top.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;

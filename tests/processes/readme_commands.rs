@@ -17,7 +17,7 @@
 //! | `./scripts/c_demo.sh`, `./scripts/local_demo.sh`    | `scripts_c_demo_sh`, `scripts_local_demo_sh` (`--keys 2000`, 1 s ring) |
 //! | `rctdb help demo`, `rctdbd --help`, `rctdb keygen`  | `help_and_keygen` |
 //! | "A cluster by hand", every line                     | `a_cluster_by_hand`, one cluster for all of them |
-//! | the "Samba on rctdb" block                          | left out: root, Samba and 127.0.0.2-3:445; tests/samba_cluster.rs and tests/ctdb_tool.rs run them |
+//! | the "Samba on rctdb" block                          | left out: root, Samba and 127.0.0.2-3:445; tests/samba/samba_cluster.rs and tests/processes/ctdb_tool.rs run them |
 //! | `rctdb bench local [--mutex]`, `bench hit`          | `benches_local_and_hit` (2000 / 300 keys, 1 round) |
 //! | `rctdb bench ring ...` (3 forms)                    | `bench_ring` (0.5 s each) |
 //! | `rctdb bench recovery --records N`                  | `bench_recovery` (300 records, `--faults kill,leader`, twice on one `--dir`) |
@@ -27,7 +27,7 @@
 //! | `./scripts/fuzz.sh`, `cargo install cargo-fuzz`     | left out: a release build of the tests (minutes); tests/fuzz_regressions.rs fuzzes briefly |
 //! | samba-glue: `make -C samba-glue/preload`            | `samba_glue_preload_build` |
 //! | samba-glue: `rctdb cluster up ... --first-address`  | `samba_glue_preload_build` |
-//! | samba-glue: smbd with LD_PRELOAD, `test_preload.sh` | left out: root, Samba, 127.0.0.5-6 and 127.0.0.31; tests/samba_preload.rs runs them |
+//! | samba-glue: smbd with LD_PRELOAD, `test_preload.sh` | left out: root, Samba, 127.0.0.5-6 and 127.0.0.31; tests/samba/samba_preload.rs runs them |
 //!
 //! `bench recovery` leaves out its SIGSTOP fault: today the engine empties a node stalled
 //! past the dead time, which the bench rightly reports as a failure (issue 15, item 4).
@@ -91,27 +91,27 @@ const SHOWN: &[Shown] = &[
     Shown {
         readme: MAIN,
         command: "samba-glue/cluster.sh up /tmp/s",
-        here: "left out: root, Samba and 127.0.0.2-3:445; tests/samba_cluster.rs runs cluster.sh up and down",
+        here: "left out: root, Samba and 127.0.0.2-3:445; tests/samba/samba_cluster.rs runs cluster.sh up and down",
     },
     Shown {
         readme: MAIN,
         command: "smbclient //127.0.0.2/share -U root%Rctdb.Pass1",
-        here: "left out: needs the Samba cluster above; test_samba.sh (tests/samba_cluster.rs) uses smbclient on it",
+        here: "left out: needs the Samba cluster above; test_samba.sh (tests/samba/samba_cluster.rs) uses smbclient on it",
     },
     Shown {
         readme: MAIN,
         command: "CTDB_SOCKET=/tmp/s/rctdb/node0.sock ctdb status",
-        here: "left out: needs the Samba cluster above; tests/ctdb_tool.rs runs ctdb status on rctdbd",
+        here: "left out: needs the Samba cluster above; tests/processes/ctdb_tool.rs runs ctdb status on rctdbd",
     },
     Shown {
         readme: MAIN,
         command: "CTDB_SOCKET=/tmp/s/rctdb/node1.sock ctdb catdb locking.tdb",
-        here: "left out: needs the Samba cluster above; tests/ctdb_tool.rs runs ctdb catdb on rctdbd",
+        here: "left out: needs the Samba cluster above; tests/processes/ctdb_tool.rs runs ctdb catdb on rctdbd",
     },
     Shown {
         readme: MAIN,
         command: "samba-glue/cluster.sh down /tmp/s",
-        here: "left out: root, Samba and 127.0.0.2-3:445; tests/samba_cluster.rs runs cluster.sh up and down",
+        here: "left out: root, Samba and 127.0.0.2-3:445; tests/samba/samba_cluster.rs runs cluster.sh up and down",
     },
     Shown {
         readme: MAIN,
@@ -215,17 +215,17 @@ const SHOWN: &[Shown] = &[
                   RCTDB_LIBRCTDB=$PWD/target/release/librctdb.so RCTDB_SOCKET=/tmp/c/node0.sock \
                   /usr/sbin/smbd --foreground --no-process-group -s smb.conf",
         here: "left out: root and Samba, a server that runs until stopped, with an smb.conf of the reader's; \
-               tests/samba_preload.rs runs smbd on the preload (test_preload.sh smbd)",
+               tests/samba/samba_preload.rs runs smbd on the preload (test_preload.sh smbd)",
     },
     Shown {
         readme: GLUE,
         command: "samba-glue/preload/test_preload.sh",
-        here: "left out: root and Samba, ~17 min; tests/samba_preload.rs runs its unit and split parts",
+        here: "left out: root and Samba, ~17 min; tests/samba/samba_preload.rs runs its unit and split parts",
     },
     Shown {
         readme: GLUE,
         command: "samba-glue/preload/test_preload.sh unit",
-        here: "left out: root and smbd, its cluster on 127.0.0.31; tests/samba_preload.rs runs it",
+        here: "left out: root and smbd, its cluster on 127.0.0.31; tests/samba/samba_preload.rs runs it",
     },
 ];
 
@@ -291,7 +291,7 @@ fn every_command_the_readmes_show_is_run_here_or_left_out() {
             let listed = SHOWN.iter().any(|s| s.readme == readme && collapse(s.command) == command);
             assert!(
                 listed,
-                "{readme} shows `{command}`: run it in tests/readme_commands.rs or say why not (SHOWN)"
+                "{readme} shows `{command}`: run it in tests/processes/readme_commands.rs or say why not (SHOWN)"
             );
         }
     }

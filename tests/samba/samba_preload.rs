@@ -5,7 +5,7 @@
 //! `test_preload.sh smbd` for them); and two such smbd on two nodes share records yet
 //! grant conflicting locks and opens, the split brain that only clustered smbd avoids.
 //!
-//! Needs root and Samba like `tests/samba_cluster.rs`; `RCTDB_SAMBA_TESTS=skip` skips it.
+//! Needs root and Samba like `tests/samba/samba_cluster.rs`; `RCTDB_SAMBA_TESTS=skip` skips it.
 
 use crate::c_support;
 

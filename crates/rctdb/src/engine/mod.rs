@@ -2,7 +2,7 @@
 //! event — a packet from a peer, a local client's request, a chain lock that became free, a
 //! timer tick — and pushes the actions it decides on (packets to send, answers to clients,
 //! locks to wait for). No sockets, threads, files or clocks in here: records are reached
-//! through `RecordStore`, time comes in as an argument. That is what lets `tests/simulation.rs`
+//! through `RecordStore`, time comes in as an argument. That is what lets `tests/sim/simulation.rs`
 //! run thousands of seeded clusters with reordered, duplicated and lost packets, crashes,
 //! restarts and partitions deterministically.
 //!
