@@ -50,7 +50,7 @@ fn ring_of_processes_loses_no_increment() {
     for node in 0..NODES {
         for _ in 0..PROCS_PER_NODE {
             let child = Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "ring_worker", "--nocapture", "--test-threads=1"])
+                .args(["--exact", "cluster_ring::ring_worker", "--nocapture", "--test-threads=1"])
                 .env("RCTDB_RING_SOCKET", socket_path(dir, node))
                 .spawn()
                 .expect("spawn worker");

@@ -140,7 +140,7 @@ struct Worker {
 fn spawn(mode: &str, socket: &Path, env: &[(&str, String)]) -> Worker {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", "stopped_client_worker", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "stopped_clients::stopped_client_worker", "--nocapture", "--test-threads=1"])
         .env("RCTDB_STOP_MODE", mode)
         .env("RCTDB_STOP_SOCKET", socket)
         .stdout(Stdio::piped());
