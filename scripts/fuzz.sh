@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every decoder target (src/wire/fuzz) for a bounded time each, and fails on a crash.
+# Fuzzes every decoder target (crates/rctdb/src/wire/fuzz) for a bounded time each, and fails on a crash.
 #   ./scripts/fuzz.sh [SECONDS_PER_TARGET]          (default 60)
 #   FUZZ_ENGINE=libfuzzer|stable ./scripts/fuzz.sh  (default: libfuzzer when cargo fuzz
 #                                                    builds, else the stable runner)

@@ -1,14 +1,8 @@
-//! rctdb: a clustered TDB. See DESIGN.md for the architecture; each module is one concern.
-pub mod capi;
-pub mod client;
-pub mod daemon;
-pub mod engine;
-pub mod error;
-pub mod hash;
-pub mod local;
-pub mod record;
-pub mod status;
+//! The `rctdb` tool's work beyond parsing its command line (src/bin/rctdb.rs): local test
+//! clusters, the demo and the benchmarks, as functions the binary and the tests share.
 pub mod tool;
-pub mod transport;
-pub mod tunables;
-pub mod wire;
+
+// The modules of librctdb and rctdbd, under the paths the tool's code names them by
+// (`crate::client::...`).
+use rctdb::{capi, client, engine, error, hash, local, record, wire};
+use rctdbd::{daemon, status, transport};

@@ -1,4 +1,4 @@
-//! include/rctdb.h must be what cbindgen makes of src/capi today.
+//! include/rctdb.h must be what cbindgen makes of crates/rctdb/src/capi today.
 //! Regenerate it with: RCTDB_BLESS=1 cargo test --test header
 
 use std::path::Path;
@@ -6,9 +6,10 @@ use std::path::Path;
 #[test]
 fn header_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("reading cbindgen.toml");
+    let library = root.join("crates/rctdb");
+    let config = cbindgen::Config::from_file(library.join("cbindgen.toml")).expect("reading cbindgen.toml");
     let bindings = cbindgen::Builder::new()
-        .with_src(root.join("src/capi/mod.rs"))
+        .with_src(library.join("src/capi/mod.rs"))
         .with_config(config)
         .generate()
         .expect("cbindgen could not parse the crate");
@@ -30,7 +31,7 @@ fn header_is_current() {
             .position(|(a, b)| a != b)
             .unwrap_or(committed.lines().count().min(generated.lines().count()));
         panic!(
-            "include/rctdb.h is stale: it differs from what cbindgen generates from src/capi \
+            "include/rctdb.h is stale: it differs from what cbindgen generates from crates/rctdb/src/capi \
              (first at line {}).\nRegenerate it with: RCTDB_BLESS=1 cargo test --test header",
             first_difference + 1
         );

@@ -9,16 +9,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use rctdb::client::{ClusteredDb, DaemonConnection};
 use rctdb::local::{flags, StoreFlag};
-use rctdb::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
-use rctdb::tool::clients_bench::{bench_clients, ClientsBench};
-use rctdb::tool::cluster::{self, ClusterSpec, RunningCluster};
-use rctdb::tool::demo;
-use rctdb::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
-use rctdb::tool::recovery_bench::{bench_recovery, Fault, RecoveryBench};
-use rctdb::tool::ring;
-use rctdb::tool::statistics;
-use rctdb::tool::traverse_bench::{bench_traverse, TraverseBench};
 use rctdb::tunables::opcode;
+use rctdb_cli::tool::churn::{bench_churn, churn_worker, ChurnBench, WorkerSpec};
+use rctdb_cli::tool::clients_bench::{bench_clients, ClientsBench};
+use rctdb_cli::tool::cluster::{self, ClusterSpec, RunningCluster};
+use rctdb_cli::tool::demo;
+use rctdb_cli::tool::local_bench::{bench_hit, bench_local, HitBench, LocalBench};
+use rctdb_cli::tool::recovery_bench::{bench_recovery, Fault, RecoveryBench};
+use rctdb_cli::tool::ring;
+use rctdb_cli::tool::statistics;
+use rctdb_cli::tool::traverse_bench::{bench_traverse, TraverseBench};
+use rctdbd::status::StatusControls;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -166,7 +167,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.61", value_name = "IP")]
         first_address: Ipv4Addr,
         /// TCP port of every node.
-        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        #[arg(long, default_value_t = rctdbd::daemon::DEFAULT_PORT)]
         port: u16,
         /// Counters the workers increment: fewer means more contention, more migrations.
         #[arg(long, default_value_t = demo::DEFAULT_COUNTERS, value_name = "N")]
@@ -294,7 +295,7 @@ enum ClusterCmd {
         #[arg(long, default_value = "127.0.0.11", value_name = "IP")]
         first_address: Ipv4Addr,
         /// TCP port of every node.
-        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        #[arg(long, default_value_t = rctdbd::daemon::DEFAULT_PORT)]
         port: u16,
     },
     /// Stop the nodes of the cluster in DIR (SIGTERM, then SIGKILL after 5 s).
@@ -322,7 +323,7 @@ enum ClusterCmd {
         #[arg(long, value_name = "K")]
         node: usize,
         /// TCP port of every node, as given to `up`.
-        #[arg(long, default_value_t = rctdb::daemon::DEFAULT_PORT)]
+        #[arg(long, default_value_t = rctdbd::daemon::DEFAULT_PORT)]
         port: u16,
     },
 }
@@ -600,7 +601,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Keygen { file } => {
-            rctdb::transport::auth::generate_key_file(&file)?;
+            rctdbd::transport::auth::generate_key_file(&file)?;
             println!("cluster key written to {} (mode 0600)", file.display());
             Ok(())
         }

@@ -1,13 +1,13 @@
-//! rctdbd: the per-node agent of an rctdb cluster (see `rctdb::daemon`).
+//! rctdbd: the per-node agent of an rctdb cluster (see the `rctdbd` crate).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rctdb::daemon::cluster_lock::ClusterLockSpec;
-use rctdb::daemon::{self, DaemonConfig, DEFAULT_PORT};
 use rctdb::tunables::Tunables;
+use rctdbd::daemon::cluster_lock::ClusterLockSpec;
+use rctdbd::daemon::{self, DaemonConfig, DEFAULT_PORT};
 
 const AFTER_HELP: &str = "\
 CLIENTS:

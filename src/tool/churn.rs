@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::local::{StoreFlag, Tdb};
 use crate::record::HEADER_LEN;
-use crate::status::NodeStatus;
+use crate::status::{NodeStatus, StatusControls};
 use crate::tool::cluster::{ClusterSpec, RunningCluster};
 
 /// The database the workers churn, like smbd's locking.tdb.

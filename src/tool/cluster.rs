@@ -11,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::client::DaemonConnection;
+use crate::status::StatusControls;
 use crate::wire::Pnn;
 
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use nix::time::{clock_gettime, ClockId};
 use super::cluster::{self, socket_path, ClusterSpec};
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::local::StoreFlag;
-use crate::status::NodeStatus;
+use crate::status::{NodeStatus, StatusControls};
 use crate::wire::Pnn;
 
 const NODES: usize = 3;

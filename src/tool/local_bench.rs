@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::bench_baseline::{Locking, RawTdb};
 use crate::capi::{
     rctdb_chainlock, rctdb_chainunlock, rctdb_close, rctdb_fetch, rctdb_open, rctdb_open_error, rctdb_store,
 };
-use crate::local::bench_baseline::{Locking, RawTdb};
 use crate::local::{flags, TDB_DATA};
 use crate::tool::cluster::{ClusterSpec, RunningCluster};
 

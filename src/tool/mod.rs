@@ -1,5 +1,6 @@
 //! What the `rctdb` command line does, as library functions the binary and the tests share.
 
+pub mod bench_baseline;
 pub mod churn;
 pub mod clients_bench;
 pub mod cluster;

@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use crate::client::{ClusteredDb, DaemonConnection};
 use crate::engine::lmaster_of;
 use crate::local::StoreFlag;
-use crate::status::{NodeStatus, PeerStatus};
+use crate::status::{NodeStatus, PeerStatus, StatusControls};
 use crate::tool::cluster::{self, socket_path, ClusterSpec};
 use crate::wire::Pnn;
 

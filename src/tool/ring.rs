@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::DaemonConnection;
 use crate::engine::lmaster_of;
+use crate::status::StatusControls;
 use crate::tool::cluster::socket_path;
 use crate::wire::Pnn;
 
