@@ -1,4 +1,4 @@
-//! rctdb: a clustered TDB, and librctdb, its C ABI (`capi`). See DESIGN.md for the
+//! rctdb: a clustered TDB, and librctdb, its C ABI (`capi`). See docs/DESIGN.md for the
 //! architecture; each module is one concern. The daemon is the `rctdbd` crate, the
 //! command-line tools the `rctdb-cli` crate (the workspace's top).
 pub mod capi;
