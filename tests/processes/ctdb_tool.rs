@@ -36,10 +36,10 @@ const TOOL_LIMIT: Duration = Duration::from_secs(30);
 const QUICK: Duration = Duration::from_secs(5);
 /// Detection of a killed node plus the recovery without it, on a loaded machine.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(15);
-/// The nodes start with `--set KeepaliveInterval=2`, in CTDB's unit: seconds. Not a whole
-/// second would read rounded up; 2 tells seconds from milliseconds and from rounding. A
-/// killed node is still noticed at once (its reconnect is refused).
-const KEEPALIVE_SECONDS: u64 = 2;
+/// The nodes start with `--set RecoverTimeout=4`, in CTDB's unit: seconds (the default is 3).
+/// A whole number of seconds tells seconds from milliseconds and from rounding, and a
+/// timeout changes no detection or lease time, so the killed-node checks keep their pace.
+const RECOVER_TIMEOUT_SECONDS: u64 = 4;
 
 /// `ctdb ARGS` against node `node` of the cluster in `dir`: its stdout, and how long it took.
 /// Panics on a failed or overlong run.
@@ -161,7 +161,7 @@ fn the_ctdb_tool_reads_an_rctdb_cluster() {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("rctdb-ctdb-tool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut spec = ClusterSpec::new(NODES, &dir).with_tunable("KeepaliveInterval", KEEPALIVE_SECONDS);
+    let mut spec = ClusterSpec::new(NODES, &dir).with_tunable("RecoverTimeout", RECOVER_TIMEOUT_SECONDS);
     spec.first_address = FIRST_ADDRESS;
     let running = RunningCluster::start(spec).unwrap_or_else(|e| panic!("cluster up: {e}"));
     let dir = running.dir().to_owned();
@@ -263,10 +263,10 @@ fn the_ctdb_tool_reads_an_rctdb_cluster() {
     // Tunables: CTDB's names in CTDB's units, the finer name in milliseconds, and rctdbd's
     // `--set`, Samba's tool and librctdb's connection all agree.
     let var = |name: &str, value: u64| format!("{name:<26} = {value}\n");
-    let (getvar, _) = ctdb(&dir, 0, &["getvar", "KeepaliveInterval"]);
-    assert_eq!(getvar, var("KeepaliveInterval", KEEPALIVE_SECONDS), "ctdb getvar prints seconds");
-    let (getvar, _) = ctdb(&dir, 0, &["getvar", "KeepaliveIntervalMs"]);
-    assert_eq!(getvar, var("KeepaliveIntervalMs", KEEPALIVE_SECONDS * 1000), "ctdb getvar of the Ms name");
+    let (getvar, _) = ctdb(&dir, 0, &["getvar", "RecoverTimeout"]);
+    assert_eq!(getvar, var("RecoverTimeout", RECOVER_TIMEOUT_SECONDS), "ctdb getvar prints seconds");
+    let (getvar, _) = ctdb(&dir, 0, &["getvar", "RecoverTimeoutMs"]);
+    assert_eq!(getvar, var("RecoverTimeoutMs", RECOVER_TIMEOUT_SECONDS * 1000), "ctdb getvar of the Ms name");
     ctdb(&dir, 1, &["setvar", "VacuumInterval", "7"]);
     let mut daemon = DaemonConnection::connect(&running.socket(1)).expect("connect to node 1");
     let vacuum_ms = daemon.get_tunable("VacuumIntervalMs", QUICK).expect("get VacuumIntervalMs");
@@ -274,9 +274,11 @@ fn the_ctdb_tool_reads_an_rctdb_cluster() {
     drop(daemon);
     let (listvars, _) = ctdb(&dir, 1, &["listvars"]);
     let listed: Vec<String> = listvars.lines().map(|line| format!("{line}\n")).collect();
-    for line in
-        [var("VacuumInterval", 7), var("VacuumIntervalMs", 7000), var("KeepaliveInterval", KEEPALIVE_SECONDS)]
-    {
+    for line in [
+        var("VacuumInterval", 7),
+        var("VacuumIntervalMs", 7000),
+        var("RecoverTimeout", RECOVER_TIMEOUT_SECONDS),
+    ] {
         assert!(listed.contains(&line), "no {line:?} in ctdb listvars:\n{listvars}");
     }
     let (dbstatus, _) = ctdb(&dir, 1, &["getdbstatus", DB]);

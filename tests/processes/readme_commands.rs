@@ -246,6 +246,7 @@ const TESTS: &[&str] = &[
     "bench_recovery",
     "bench_churn",
     "bench_clients",
+    "bench_traverse",
     "samba_glue_preload_build",
 ];
 
