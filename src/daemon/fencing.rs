@@ -14,7 +14,7 @@
 //! (SCM_RIGHTS, as the lock watchdog does): the daemon adopts it when it runs again.
 
 use std::fs::File;
-use std::io::{self, IoSliceMut, Write};
+use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -115,7 +115,6 @@ impl FenceWatchdog {
         std::thread::Builder::new()
             .name("fence-watchdog".into())
             .spawn(move || receive_freezes(reader, child, handed))?;
-        ours.set_nonblocking(true)?;
         log::info!("fencing watchdog started (pid {pid}) for {}", dbdir.display());
         Ok(FenceWatchdog { socket: ours, unsent: vec![], pid })
     }
@@ -128,14 +127,18 @@ impl FenceWatchdog {
         self.flush();
     }
 
+    /// Writes what the socket takes without blocking (per call: the reader thread shares the
+    /// socket's description, and must block).
     fn flush(&mut self) {
+        use nix::sys::socket::{send, MsgFlags};
         while !self.unsent.is_empty() {
-            match self.socket.write(&self.unsent) {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.socket.as_raw_fd(), &self.unsent, flags) {
                 Ok(written) => {
                     self.unsent.drain(..written);
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
                 Err(err) => {
                     log::error!("fencing watchdog (pid {}): {err}; the node is not fenced", self.pid);
                     return self.unsent.clear();

@@ -344,7 +344,7 @@ impl Node {
 
     /// A freeze the watchdog handed over arrives like a lock a waiter took.
     fn adopt_freeze(&self, lock: HeldLock) {
-        log::info!("{:?}: taken over from the lock watchdog's freeze, handed over", lock.target);
+        log::info!("{:?}: taken over from a watchdog's freeze, handed over", lock.target);
         let _ = self.held_locks.0.send(lock);
     }
 
