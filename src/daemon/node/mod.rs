@@ -606,8 +606,9 @@ impl Node {
     }
 }
 
-/// Every node's fencing watchdog: it fences within the grace of one keepalive interval after
-/// the lease's end, and waits for the freeze at most a dead time (DESIGN §5 has the bounds).
+/// Every node's fencing watchdog: it fences two keepalive intervals after the lease's end
+/// (a daemon that runs says so sooner: it ticks every 10 ms), and waits for the freeze at
+/// most a dead time. DESIGN §5 has the bounds: lease, grace and freeze end before the hold.
 fn start_fence_watchdog(
     dbdir: &std::path::Path,
     tunables: &crate::tunables::Tunables,
@@ -615,7 +616,7 @@ fn start_fence_watchdog(
 ) -> std::io::Result<FenceWatchdog> {
     let interval = Duration::from_millis(tunables.keepalive_interval_ms);
     let dead = interval.saturating_mul(u32::try_from(tunables.keepalive_limit).unwrap_or(u32::MAX));
-    FenceWatchdog::start(&std::env::current_exe()?, dbdir, dead, interval, handed)
+    FenceWatchdog::start(&std::env::current_exe()?, dbdir, dead, 2 * interval, handed)
 }
 
 fn log_event(pnn: Pnn, event: &ClusterEvent) {
