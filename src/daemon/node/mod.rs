@@ -348,11 +348,14 @@ impl Node {
         let _ = self.held_locks.0.send(lock);
     }
 
-    /// Once the watchdog that handed a freeze over is gone, what no freeze adopted goes
-    /// too (it would hold a database frozen for ever), except for freezes still waiting:
-    /// a description that came late is adopted by them.
+    /// What no freeze adopted goes at the tick after it came (it would hold a database
+    /// frozen for ever: the engine, whose lease ran out, asked for its freezes at its first
+    /// input), except for freezes still waiting: a description that came late is adopted
+    /// by them.
     fn settle_handed_freeze(&mut self) {
-        if self.handed_freeze.lock().is_empty() {
+        // While a lock attempt lives, its loss may not be taken in yet (the engine freezes
+        // once it is): nothing handed goes before.
+        if self.lock_attempt.is_some() || self.handed_freeze.lock().is_empty() {
             return;
         }
         let waiting: Vec<DbId> = self
