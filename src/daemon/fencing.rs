@@ -84,6 +84,8 @@ pub struct FenceWatchdog {
     /// What could not be written yet (the watchdog reads slowly, or not at all).
     unsent: Vec<u8>,
     pid: u32,
+    /// The socket failed (the watchdog is gone): said once, then nothing more is sent.
+    broken: bool,
 }
 
 /// Notes waiting past this many bytes mean the watchdog does not read: lease lines are
@@ -116,11 +118,11 @@ impl FenceWatchdog {
             .name("fence-watchdog".into())
             .spawn(move || receive_freezes(reader, child, handed))?;
         log::info!("fencing watchdog started (pid {pid}) for {}", dbdir.display());
-        Ok(FenceWatchdog { socket: ours, unsent: vec![], pid })
+        Ok(FenceWatchdog { socket: ours, unsent: vec![], pid, broken: false })
     }
 
     pub fn tell(&mut self, note: FenceNote) {
-        if matches!(note, FenceNote::Lease(_)) && self.unsent.len() > UNSENT_LEASE_LIMIT {
+        if self.broken || matches!(note, FenceNote::Lease(_)) && self.unsent.len() > UNSENT_LEASE_LIMIT {
             return;
         }
         self.unsent.extend_from_slice(note.encode().as_bytes());
@@ -141,6 +143,7 @@ impl FenceWatchdog {
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(err) => {
                     log::error!("fencing watchdog (pid {}): {err}; the node is not fenced", self.pid);
+                    self.broken = true;
                     return self.unsent.clear();
                 }
             }
