@@ -11,7 +11,7 @@
 //! stalled node is done by client processes (this binary, `fencing_client_worker`), as smbd
 //! does it: the watchdog kills processes, and must not kill the test.
 //!
-//! Addresses: 127.0.110.11-13 to 127.0.113.11-13.
+//! Addresses: 127.0.110.11-13 to 127.0.114.11-13.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -252,8 +252,12 @@ fn a_short_stall_keeps_what_was_acknowledged_with_the_lock() {
 
 // ---- (b) a stalled daemon's writing client is killed before anyone else gets its record
 
-fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: bool) {
-    const STALL: Duration = Duration::from_secs(3);
+/// The others take a left-out node's records over only after the hold time: ten dead times
+/// (6 s) today. Stalls shorter and longer than that.
+const SHORTER_THAN_HOLD: Duration = Duration::from_secs(3);
+const LONGER_THAN_HOLD: Duration = Duration::from_millis(7500);
+
+fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: bool, stall: Duration) {
     let fx = Fixture::start(name, third_octet, with_lock);
     write_on(&fx, 0, "w:0");
     let mut writer = Worker::start(&fx.cluster.socket(STALLED), "keep-writing", "");
@@ -277,7 +281,7 @@ fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: b
     let status = writer.ended();
     let dead_seen_ns = monotonic_ns();
     let stopped_for = Duration::from_nanos(monotonic_ns() - stop_ns);
-    std::thread::sleep(STALL.saturating_sub(stopped_for)); // the fault's length
+    std::thread::sleep(stall.saturating_sub(stopped_for)); // the fault's length
     drop(stopped);
     let (got_ns, value) = got_rx.recv_timeout(LIMIT).expect("node 0's client was served");
     reader.join().expect("the reader");
@@ -287,7 +291,7 @@ fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: b
     println!("{name}: the writer was killed {fenced_after:?} after its daemon stopped");
     assert!(dead_seen_ns < got_ns, "{name}: the writer died before node 0's client got the record");
     assert!(
-        fenced_after < STALL,
+        fenced_after < stall,
         "{name}: fenced while its daemon was stopped, not after ({fenced_after:?})"
     );
     let stores: Vec<(u64, u64)> = writer
@@ -302,6 +306,10 @@ fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: b
     let (last_seq, last_at) = stores.last().copied().unwrap_or((20, stop_ns));
     assert!(last_at < got_ns, "{name}: a write landed after node 0's client got the record");
     let text = String::from_utf8(value.expect("the record has a value")).expect("text");
+    println!(
+        "{name}: node 0's client got {text} {:?} after the stop; the writer's last report: w:{last_seq}",
+        Duration::from_nanos(got_ns - stop_ns)
+    );
     let seq: u64 = text.strip_prefix("w:").and_then(|n| n.parse().ok()).expect("a value the writer wrote");
     // Its last store may have landed without its report (killed in between).
     assert!(seq <= last_seq + 1, "{name}: node 0 read w:{seq}, the writer wrote up to w:{}", last_seq + 1);
@@ -315,10 +323,17 @@ fn a_stalled_daemon_s_client_is_fenced(name: &str, third_octet: u8, with_lock: b
 
 #[test]
 fn a_stalled_daemon_s_client_is_fenced_by_majority() {
-    a_stalled_daemon_s_client_is_fenced("client-majority", 112, false);
+    a_stalled_daemon_s_client_is_fenced("client-majority", 112, false, SHORTER_THAN_HOLD);
 }
 
 #[test]
 fn a_stalled_daemon_s_client_is_fenced_with_the_lock() {
-    a_stalled_daemon_s_client_is_fenced("client-lock", 113, true);
+    a_stalled_daemon_s_client_is_fenced("client-lock", 113, true, SHORTER_THAN_HOLD);
+}
+
+/// Node 0's client gets the record while node 2 is still stopped: a copy promoted after the
+/// hold time, when the writer has long been killed.
+#[test]
+fn a_client_is_fenced_before_its_records_are_taken_over() {
+    a_stalled_daemon_s_client_is_fenced("takeover-majority", 114, false, LONGER_THAN_HOLD);
 }
