@@ -341,8 +341,8 @@ enum LmasterPlacement {
 enum FaultArg {
     /// kill -9 of a node that does not lead; it restarts (its own records are lost with it).
     Kill,
-    /// SIGSTOP of a node that does not lead, SIGCONT once the others left it out (it must
-    /// lose nothing).
+    /// SIGSTOP of a node that does not lead for --stall-ms, then SIGCONT (it must lose
+    /// nothing).
     Stop,
     /// kill -9 of the leader; it restarts.
     Leader,
@@ -459,6 +459,10 @@ enum BenchCmd {
         /// return and a check of every record.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = FaultArg::ALL)]
         faults: Vec<FaultArg>,
+        /// How long the stop fault keeps its victim stopped, in milliseconds: past the dead
+        /// time (the others leave it out), within the hold time (it keeps its records).
+        #[arg(long, default_value_t = 1500)]
+        stall_ms: u64,
     },
     /// Migrations on a fresh 3-node cluster holding N records, without and during a
     /// whole-database traverse: their p50/p99/max both ways, the traverse's time, memory.
@@ -689,7 +693,8 @@ fn run(cli: Cli) -> Result<(), String> {
             bench_ring(nodes, seconds, lmaster, dir, first_address, cpu_hog)
         }
         Command::Bench {
-            bench: BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables, faults },
+            bench:
+                BenchCmd::Recovery { records, value_size, moved, dir, first_address, tunables, faults, stall_ms },
         } => bench_recovery(&RecoveryBench {
             records,
             value_size,
@@ -698,6 +703,7 @@ fn run(cli: Cli) -> Result<(), String> {
             first_address,
             tunables,
             faults: faults.into_iter().map(Fault::from).collect(),
+            stall: std::time::Duration::from_millis(stall_ms),
         }),
         Command::Bench {
             bench: BenchCmd::Traverse { records, value_size, seconds, rounds, dir, first_address },

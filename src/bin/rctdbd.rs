@@ -104,10 +104,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let mut raw_args = std::env::args_os().skip(1);
-    if raw_args.next().is_some_and(|first| first == daemon::watchdog::MODE_FLAG) {
-        // Run by the daemon itself to hold its cluster lock; logs go to the daemon's stderr.
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-        return daemon::watchdog::main(&raw_args.collect::<Vec<_>>());
+    match raw_args.next() {
+        // Run by the daemon itself to hold its cluster lock, or to fence its clients; logs
+        // go to the daemon's stderr.
+        Some(first) if first == daemon::watchdog::MODE_FLAG => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            return daemon::watchdog::main(&raw_args.collect::<Vec<_>>());
+        }
+        Some(first) if first == daemon::watchdog::FENCE_MODE_FLAG => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            return daemon::watchdog::fence_main(&raw_args.collect::<Vec<_>>());
+        }
+        _ => {}
     }
     let args = Args::parse();
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));

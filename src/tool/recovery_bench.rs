@@ -1,7 +1,7 @@
 //! `rctdb bench recovery`: how long a 3-node cluster holding N records takes, after a fault,
 //! to notice it, to recover, and to serve a client again (DESIGN §5, §8.4). Faults: a cold
-//! start, kill -9 of a node that does not lead and of the leader, SIGSTOP of a node (SIGCONT
-//! once the others left it out), and the victims coming back.
+//! start, kill -9 of a node that does not lead and of the leader, SIGSTOP of a node for a
+//! fixed stall (then SIGCONT), and the victims coming back.
 //!
 //! Every time is taken by this process, in milliseconds from the fault: `detected` when a
 //! node's status first shows the change (the victim dead; a joining node alive with its link
@@ -39,6 +39,9 @@ pub struct RecoveryBench {
     pub tunables: Vec<String>,
     /// The faults to run, in this order, each followed by its victim's return.
     pub faults: Vec<Fault>,
+    /// How long a SIGSTOP fault keeps its victim stopped: past the dead time, so the others
+    /// leave it out, and within the hold time, so it keeps its records (DESIGN §5).
+    pub stall: Duration,
 }
 
 /// A fault of the bench; the victim comes back after each.
@@ -46,7 +49,7 @@ pub struct RecoveryBench {
 pub enum Fault {
     /// kill -9 of a node that does not lead, then a restart.
     Kill,
-    /// SIGSTOP of a node that does not lead (hung), then SIGCONT.
+    /// SIGSTOP of a node that does not lead (hung) for the bench's stall, then SIGCONT.
     Stop,
     /// kill -9 of the leader, then a restart.
     Leader,
@@ -77,6 +80,7 @@ pub fn bench_recovery(bench: &RecoveryBench) -> Result<(), String> {
         records,
         moved: bench.moved,
         faults: bench.faults.clone(),
+        stall: bench.stall,
         counters: [None; NODES],
         rows: vec![],
         travelled: BTreeSet::new(),
@@ -458,6 +462,7 @@ struct Run {
     records: Records,
     moved: usize,
     faults: Vec<Fault>,
+    stall: Duration,
     counters: [Option<Counters>; NODES],
     rows: Vec<Row>,
     /// Records that were ever migrated off their LMASTER: a copy may be left elsewhere, so
@@ -587,6 +592,12 @@ impl Run {
         let was_leader = before.leader == Some(victim as Pnn);
         let db =
             ClusteredDb::open(&self.cluster.socket(client), DB, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
+        // A stalled victim keeps its records until it is back: the client measures the
+        // others serving a record of their own meanwhile. A killed one's are given back.
+        let probe_record = match kind {
+            Kind::Stop => *self.records.by_lmaster[client].last().unwrap_or(&probe_record),
+            _ => probe_record,
+        };
         let probe = Probe::Fetch { key: key(probe_record), expect: self.records.value(probe_record) };
         self.travelled.insert(probe_record);
         let noticed = |s: &[Option<NodeStatus>]| s.iter().flatten().any(|s| s.sees_dead(victim as Pnn));
@@ -597,13 +608,34 @@ impl Run {
             old_generation: Some(before.generation),
         };
         self.snapshot_counters();
+        if kind == Kind::Stop {
+            self.closed_seen(&mut watch, victim)?;
+        }
         let t0 = Instant::now();
         match kind {
             Kind::Stop => self.cluster.signal(victim, Signal::SIGSTOP)?,
             _ => cluster::kill_node(&self.cluster.spec.dir, victim)?,
         }
         let scenario = Scenario { kind, node: Some(victim), was_leader, records: self.records.count };
-        self.measure(scenario, t0, &expect, Client { node: client, db: Some(db), probe })
+        self.measure(scenario, t0, &expect, Client { node: client, db: Some(db), probe })?;
+        if kind == Kind::Stop {
+            // The stall's length, whatever the others did meanwhile.
+            std::thread::sleep(self.stall.saturating_sub(t0.elapsed()));
+            println!("node {victim} stayed stopped for {:.0} ms", ms(t0.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Waits until the victim has seen this bench's database connection to it closed
+    /// (`move_to`): its fencing watchdog kills the processes whose attached clients a
+    /// stalled daemon has, and this bench is no client of a node it stops. The client
+    /// socket's event loop takes a closed connection no later than the batch that answers
+    /// the next request, so two status answers after the close mean it was taken.
+    fn closed_seen(&self, watch: &mut Watch, victim: usize) -> Result<(), String> {
+        for _ in 0..2 {
+            watch.status(victim).ok_or(format!("node {victim} does not answer"))?;
+        }
+        Ok(())
     }
 
     fn join(&mut self, kind: Kind, node: usize) -> Result<(), String> {
@@ -824,6 +856,7 @@ fn goals(row: &Row) -> Vec<Goal> {
         }
         Kind::Stop => vec![
             Goal { what: "detected", value: row.detected, limit: 1000.0 },
+            Goal { what: "served", value: row.served, limit: 1000.0 },
             Goal { what: "recovery", value: recovery, limit: recovery_limit },
         ],
         Kind::Kill => vec![

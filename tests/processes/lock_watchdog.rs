@@ -8,6 +8,11 @@
 //!   freeze lasts until its input closes.
 //! - Its input closes while it holds the lock (the daemon died or released): it lets go at
 //!   once, without waiting for the stall bound.
+//!
+//! And the fencing watchdog every node has (`rctdbd --fence-watchdog`), driven over its
+//! socket as its daemon drives it: a lease it was told of ends with no word since, and it
+//! kills the attached client processes (never its daemon), freezes the databases and hands
+//! the freeze back; a daemon that keeps talking, or a client that detached, is left alone.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -197,4 +202,155 @@ fn a_second_watchdog_meets_contention_and_ends() {
     let mut second = Watchdog::start(GENEROUS, &dbdir, &lock);
     assert_eq!(second.answer(), b'1', "contention");
     second.ends();
+}
+
+// ---- the fencing watchdog (`rctdbd --fence-watchdog DBDIR FREEZE_MS GRACE_MS DAEMON_PID`)
+
+const GRACE: Duration = Duration::from_millis(100);
+const LEASE: Duration = Duration::from_millis(300);
+
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// This test plays the daemon: it writes the notes, and receives the freeze handed back.
+struct FenceWatchdog {
+    child: Child,
+    socket: std::os::unix::net::UnixStream,
+}
+
+impl FenceWatchdog {
+    fn start(dbdir: &Path) -> FenceWatchdog {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let child = Command::new(env!("CARGO_BIN_EXE_rctdbd"))
+            .arg("--fence-watchdog")
+            .arg(dbdir)
+            .arg(FREEZE.as_millis().to_string())
+            .arg(GRACE.as_millis().to_string())
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .spawn()
+            .expect("starting rctdbd --fence-watchdog");
+        FenceWatchdog { child, socket: ours }
+    }
+
+    fn tell(&mut self, line: &str) {
+        self.socket.write_all(format!("{line}\n").as_bytes()).expect("a note");
+    }
+
+    /// Tells a lease of `LEASE` from now, as a running daemon does at every tick, for
+    /// `how_long`; returns the last lease's end.
+    fn renew_for(&mut self, how_long: Duration) -> u64 {
+        let until = Instant::now() + how_long;
+        loop {
+            let end = monotonic_ns() + LEASE.as_nanos() as u64;
+            self.tell(&format!("L {end}"));
+            if Instant::now() >= until {
+                return end;
+            }
+            std::thread::sleep(BEAT_EVERY); // the pace of a daemon's ticks
+        }
+    }
+
+    /// The descriptions handed back (SCM_RIGHTS), waiting at most `GENEROUS` for the first.
+    fn handed_back(&self) -> Vec<File> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::FromRawFd;
+        self.socket.set_read_timeout(Some(GENEROUS)).expect("a timeout");
+        let mut byte = [0u8; 16];
+        let mut rights = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let message = recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut rights), MsgFlags::empty())
+            .expect("the freeze handed back");
+        let mut files = vec![];
+        for control in message.cmsgs().expect("controls") {
+            if let ControlMessageOwned::ScmRights(fds) = control {
+                // SAFETY: SCM_RIGHTS made these descriptors for this process alone.
+                files.extend(fds.into_iter().map(|fd| unsafe { File::from_raw_fd(fd) }));
+            }
+        }
+        files
+    }
+}
+
+impl Drop for FenceWatchdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in for smbd: a process that runs until killed.
+fn client_process() -> Child {
+    Command::new("sleep").arg("60").spawn().expect("a client process")
+}
+
+fn ended_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(5)); // polling a child's exit
+    }
+    None
+}
+
+#[test]
+fn a_daemon_silent_past_its_lease_gets_its_clients_killed_and_its_databases_frozen() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("fence");
+    let dbdir = dir.join("db");
+    let database = make_database(&dbdir);
+    let mut watchdog = FenceWatchdog::start(&dbdir);
+    let mut client = client_process();
+    watchdog.tell(&format!("+ {}", client.id()));
+    // This process is the "daemon": listed as a client too, it must never be killed.
+    watchdog.tell(&format!("+ {}", std::process::id()));
+
+    let last_end = watchdog.renew_for(5 * LEASE);
+    assert!(client.try_wait().expect("try_wait").is_none(), "no client is killed while the lease is renewed");
+    assert!(client_can_lock_a_chain(&database), "nothing frozen while the lease is renewed");
+
+    let status = ended_within(&mut client, GENEROUS).expect("the client was killed");
+    let killed_at = monotonic_ns();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed with SIGKILL: {status}");
+    assert!(killed_at >= last_end + GRACE.as_nanos() as u64, "not before the lease's end and the grace");
+    println!("killed {:?} after the lease's end", Duration::from_nanos(killed_at - last_end));
+    let handed = watchdog.handed_back();
+    assert_eq!(handed.len(), 1, "the one database's freeze is handed back");
+    assert!(!client_can_lock_a_chain(&database), "a local client blocks: the database is frozen");
+
+    // The daemon runs again: the watchdog lets its own copy go; the freeze is ours now.
+    watchdog.tell("L -");
+    watchdog.renew_for(BEAT_EVERY);
+    assert!(!client_can_lock_a_chain(&database), "still frozen while the handed freeze is held");
+    drop(handed);
+    let deadline = Instant::now() + GENEROUS;
+    while !client_can_lock_a_chain(&database) {
+        assert!(Instant::now() < deadline, "the freeze ends with the daemon's copy");
+        std::thread::sleep(BEAT_EVERY); // the watchdog reads the note in its own time
+    }
+}
+
+#[test]
+fn a_running_daemon_without_a_lease_keeps_its_clients() {
+    let dir = scratch("fence-no-lease");
+    let dbdir = dir.join("db");
+    let database = make_database(&dbdir);
+    let mut watchdog = FenceWatchdog::start(&dbdir);
+    let mut client = client_process();
+    watchdog.tell(&format!("+ {}", client.id()));
+    watchdog.renew_for(2 * LEASE);
+    // Its lease ran out, and it says so (its engine froze the databases itself).
+    watchdog.tell("L -");
+    assert!(ended_within(&mut client, 2 * (LEASE + GRACE)).is_none(), "a daemon that runs is not fenced");
+    assert!(client_can_lock_a_chain(&database), "nothing frozen by the watchdog");
+    // A client that detached is not killed when the lease later runs out.
+    watchdog.tell(&format!("- {}", client.id()));
+    watchdog.renew_for(BEAT_EVERY);
+    assert!(ended_within(&mut client, 2 * (LEASE + GRACE)).is_none(), "a detached client is left alone");
+    let _ = client.kill();
+    let _ = client.wait();
 }

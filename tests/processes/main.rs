@@ -14,6 +14,7 @@ mod daemon_input;
 mod daemon_restart;
 mod demo_cli;
 mod disk_full;
+mod fencing;
 mod garbage_daemon;
 mod limits;
 mod link_blips;

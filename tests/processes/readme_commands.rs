@@ -20,7 +20,7 @@
 //! | the "Samba on rctdb" block                          | left out: root, Samba and 127.0.0.2-3:445; tests/samba/samba_cluster.rs and tests/processes/ctdb_tool.rs run them |
 //! | `rctdb bench local [--mutex]`, `bench hit`          | `benches_local_and_hit` (2000 / 300 keys, 1 round) |
 //! | `rctdb bench ring ...` (3 forms)                    | `bench_ring` (0.5 s each) |
-//! | `rctdb bench recovery --records N`                  | `bench_recovery` (300 records, `--faults kill,leader`, twice on one `--dir`) |
+//! | `rctdb bench recovery --records N`                  | `bench_recovery` (300 records, every fault, twice on one `--dir`) |
 //! | `rctdb bench churn ... --compare`                   | `bench_churn` (600 keys, 1 round) |
 //! | `rctdb bench clients ...`                           | `bench_clients` (20 idle clients, 0.5 s, 1 round) |
 //! | `rctdb bench traverse ...`                          | `bench_traverse` (1000 records, 0.5 s, 1 round) |
@@ -29,9 +29,6 @@
 //! | samba-glue: `make -C samba-glue/preload`            | `samba_glue_preload_build` |
 //! | samba-glue: `rctdb cluster up ... --first-address`  | `samba_glue_preload_build` |
 //! | samba-glue: smbd with LD_PRELOAD, `test_preload.sh` | left out: root, Samba, 127.0.0.5-6 and 127.0.0.31; tests/samba/samba_preload.rs runs them |
-//!
-//! `bench recovery` leaves out its SIGSTOP fault: today the engine empties a node stalled
-//! past the dead time, which the bench rightly reports as a failure (issue 15, item 4).
 
 use crate::c_support;
 
@@ -148,8 +145,7 @@ const SHOWN: &[Shown] = &[
     Shown {
         readme: MAIN,
         command: "rctdb bench recovery --records N",
-        here: "run: bench_recovery (--records 300 --faults kill,leader, twice on one --dir; the stop fault fails \
-               today: the engine empties a stalled node, issue 15 item 4)",
+        here: "run: bench_recovery (--records 300, every fault, twice on one --dir)",
     },
     Shown {
         readme: MAIN,
@@ -583,7 +579,7 @@ fn bench_ring() {
 fn bench_recovery() {
     let scratch = Scratch::new("readme-recovery");
     let command = format!(
-        "rctdb bench recovery --records 300 --moved 30 --faults kill,leader --first-address 127.0.74.51 --dir {}",
+        "rctdb bench recovery --records 300 --moved 30 --first-address 127.0.74.51 --dir {}",
         scratch.arg("recovery")
     );
     for run_number in [1, 2] {
@@ -591,7 +587,7 @@ fn bench_recovery() {
         // The table's rows, not the lines printed as each scenario ends ("...: node 2 seen").
         let rows: Vec<&str> =
             stdout.lines().filter(|l| l.starts_with("rejoin node") && !l.contains(':')).collect();
-        assert_eq!(rows.len(), 2, "run {run_number}: a rejoin row per fault:\n{stdout}");
+        assert_eq!(rows.len(), 3, "run {run_number}: a rejoin row per fault (kill, stop, leader):\n{stdout}");
         assert!(
             rows.iter().all(|r| r.contains(" ok ")),
             "run {run_number}: nothing lost that may not be:\n{stdout}"

@@ -6,6 +6,7 @@
 pub mod attach_policy;
 mod clients;
 pub mod cluster_lock;
+mod fencing;
 mod lock_bound;
 mod lock_wait;
 mod node;
@@ -111,7 +112,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), String> {
     );
 
     let node = node::Node::new(pnn, &nodes, config, transport)
-        .map_err(|e| format!("starting the lock waiter threads: {e}"))?;
+        .map_err(|e| format!("starting the lock waiter threads and the fencing watchdog: {e}"))?;
     let node = Arc::new(Mutex::new(node));
     let _ = cell.set(Arc::clone(&node));
     node::run(&node, transport_rx);

@@ -15,6 +15,7 @@
 //!
 //! It runs nothing of the daemon's, so it works whatever state the daemon is in.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
@@ -27,11 +28,15 @@ use crossbeam_channel::{select, Receiver};
 use nix::fcntl::{fcntl, FcntlArg};
 
 use super::cluster_lock::{ClusterLock, ClusterLockSpec, LockOutcome, WatchdogConfig};
+use super::fencing::{monotonic_ns, FenceNote};
 use super::lock_bound;
 use crate::tunables::Tunables;
 
 /// The hidden first argument of rctdbd that runs it as a watchdog.
 pub const MODE_FLAG: &str = "--lock-watchdog";
+/// The hidden first argument of rctdbd that runs it as the node's fencing watchdog
+/// (`fence_main`).
+pub const FENCE_MODE_FLAG: &str = "--fence-watchdog";
 
 /// How deep under DBDIR database files are looked for (persistent ones live one down).
 const SEARCH_DEPTH: usize = 2;
@@ -44,15 +49,20 @@ const HANDOVER_BATCH: usize = 200;
 /// that stalls for less keeps the lock. Freeze: at most D more, so that a client that holds a
 /// chain lock for ever cannot keep the cluster from a leader.
 pub fn config(program: PathBuf, dbdir: &Path, tunables: &Tunables) -> WatchdogConfig {
-    let interval = tunables.keepalive_interval_ms;
-    let dead = interval.saturating_mul(tunables.keepalive_limit);
-    let stall = (dead / 2).max(2 * interval).min(dead);
+    let dead = tunables.keepalive_interval_ms.saturating_mul(tunables.keepalive_limit);
     WatchdogConfig {
         program,
         dbdir: dbdir.to_owned(),
-        stall: Duration::from_millis(stall),
+        stall: stall_bound(tunables),
         freeze: Duration::from_millis(dead),
     }
+}
+
+/// How long the lock's watchdog waits for a beat before it fences (see `config`).
+pub fn stall_bound(tunables: &Tunables) -> Duration {
+    let interval = tunables.keepalive_interval_ms;
+    let dead = interval.saturating_mul(tunables.keepalive_limit);
+    Duration::from_millis((dead / 2).max(2 * interval).min(dead))
 }
 
 /// The watchdog's `main`; `args` are the ones after `MODE_FLAG`.
@@ -206,7 +216,7 @@ impl Watchdog {
             self.dbdir.display()
         );
         let freeze = freeze_databases(&self.dbdir, self.freeze);
-        hand_over(&freeze);
+        hand_over(1, &freeze);
         lock.release_and_wait();
         self.answer.close();
         eprintln!(
@@ -217,6 +227,173 @@ impl Watchdog {
         while beats.recv().is_ok() {}
         drop(freeze);
     }
+}
+
+/// The fencing watchdog's `main` (`super::fencing` is the daemon's side); `args` are
+/// `DBDIR FREEZE_MS GRACE_MS DAEMON_PID`. Its standard input is a socket to the daemon.
+///
+/// A lease the daemon told of ends, `GRACE_MS` pass, and nothing came from the daemon since
+/// the lease's end (it is stopped, or its engine is wedged: a running engine says `L -` at
+/// its next tick): the watchdog kills every client process attached to the daemon (SIGKILL;
+/// their SMB clients reconnect elsewhere, and lose what the node's records granted them),
+/// then freezes the node's databases, hands the freeze to the daemon, and keeps its own
+/// copy until the daemon speaks again. It cannot know whether the others left the node
+/// out, so it always fences at the lease's end: a stall that long costs the node's clients
+/// their connections, never their data. Its input closing (the daemon ended) ends it.
+pub fn fence_main(args: &[OsString]) -> ExitCode {
+    // SAFETY: close_range on descriptors this process has not started to use.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        log::debug!("close_range: {}", std::io::Error::last_os_error());
+    }
+    match parse_fence(args) {
+        Ok(fence) => {
+            fence.run();
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("rctdbd {FENCE_MODE_FLAG}: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_fence(args: &[OsString]) -> Result<Fence, String> {
+    let [dbdir, freeze, grace, daemon] = args else {
+        return Err("expected DBDIR FREEZE_MS GRACE_MS DAEMON_PID".into());
+    };
+    let number = |arg: &OsString, what: &str| {
+        arg.to_str()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| format!("{what} {arg:?} is not a number"))
+    };
+    let daemon =
+        i32::try_from(number(daemon, "DAEMON_PID")?).map_err(|_| "DAEMON_PID too large".to_string())?;
+    Ok(Fence {
+        dbdir: PathBuf::from(dbdir),
+        freeze: Duration::from_millis(number(freeze, "FREEZE_MS")?),
+        grace_ns: number(grace, "GRACE_MS")?.saturating_mul(1_000_000),
+        daemon,
+        lease_end: None,
+        last_note: 0,
+        clients: HashMap::new(),
+        frozen: vec![],
+    })
+}
+
+struct Fence {
+    dbdir: PathBuf,
+    freeze: Duration,
+    grace_ns: u64,
+    daemon: i32,
+    /// The lease the daemon told of last (CLOCK_MONOTONIC nanoseconds).
+    lease_end: Option<u64>,
+    /// When the daemon's last note came.
+    last_note: u64,
+    /// Attached client processes, with their count of connections.
+    clients: HashMap<i32, usize>,
+    /// Our copy of a freeze handed over, kept until the daemon runs again.
+    frozen: Vec<File>,
+}
+
+impl Fence {
+    fn run(mut self) {
+        let notes = read_notes();
+        loop {
+            // Armed only while the daemon has said nothing since the lease's end.
+            let wait = match self.lease_end.filter(|&end| self.last_note < end) {
+                Some(end) => {
+                    Duration::from_nanos(end.saturating_add(self.grace_ns).saturating_sub(monotonic_ns()))
+                }
+                None => Duration::from_secs(3600),
+            };
+            select! {
+                recv(notes) -> note => match note {
+                    Ok(note) => self.on_note(note),
+                    Err(_) => return log::debug!("fencing watchdog: the daemon ended"),
+                },
+                default(wait) => {}
+            }
+            let now = monotonic_ns();
+            if self
+                .lease_end
+                .is_some_and(|end| now >= end.saturating_add(self.grace_ns) && self.last_note < end)
+            {
+                self.fence();
+            }
+        }
+    }
+
+    fn on_note(&mut self, note: FenceNote) {
+        self.last_note = monotonic_ns();
+        if !self.frozen.is_empty() {
+            // The daemon runs again: it holds the freeze through what we handed it.
+            self.frozen.clear();
+        }
+        match note {
+            FenceNote::Lease(end) => self.lease_end = end,
+            FenceNote::Attached(pid) => *self.clients.entry(pid).or_default() += 1,
+            FenceNote::Detached(pid) => {
+                if let Some(count) = self.clients.get_mut(&pid) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.clients.remove(&pid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills the attached clients, then freezes (their chain locks died with them).
+    fn fence(&mut self) {
+        let me = std::process::id() as i32;
+        let victims: Vec<i32> =
+            self.clients.keys().copied().filter(|&pid| pid > 1 && pid != self.daemon && pid != me).collect();
+        eprintln!(
+            "rctdbd {FENCE_MODE_FLAG} (pid {me}): the daemon (pid {}) ran past its lease: killing its \
+             {} client process(es) {victims:?} and freezing {}",
+            self.daemon,
+            victims.len(),
+            self.dbdir.display()
+        );
+        for &pid in &victims {
+            if let Err(err) =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            {
+                log::debug!("fencing watchdog: killing client {pid}: {err}");
+            }
+        }
+        self.clients.clear();
+        self.frozen = freeze_databases(&self.dbdir, self.freeze);
+        hand_over(0, &self.frozen);
+        eprintln!("rctdbd {FENCE_MODE_FLAG} (pid {me}): froze {} database(s)", self.frozen.len());
+        self.lease_end = None;
+    }
+}
+
+/// The daemon's notes, read from our input; disconnected when it closes.
+fn read_notes() -> Receiver<FenceNote> {
+    let (note, notes) = crossbeam_channel::unbounded();
+    let reader = move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let parsed = match line {
+                Ok(line) => FenceNote::parse(&line),
+                Err(err) => return log::error!("fencing watchdog: reading the daemon's notes: {err}"),
+            };
+            match parsed {
+                Ok(parsed) => {
+                    if note.send(parsed).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => log::error!("fencing watchdog: {err}"),
+            }
+        }
+    };
+    if let Err(err) = std::thread::Builder::new().name("notes".into()).spawn(reader) {
+        log::error!("fencing watchdog: starting the note reader: {err}");
+    }
+    notes
 }
 
 fn release(lock: Option<ClusterLock>) {
@@ -262,13 +439,13 @@ impl Answer {
 /// through them without a moment unfrozen, and adopts them as its own (`Node::freeze`).
 /// Our output is a socket when the daemon started us; anything else keeps the freeze here
 /// alone, until our input closes.
-fn hand_over(frozen: &[File]) {
+fn hand_over(socket: std::os::fd::RawFd, frozen: &[File]) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     for batch in frozen.chunks(HANDOVER_BATCH) {
         let fds: Vec<std::os::fd::RawFd> = batch.iter().map(|file| file.as_raw_fd()).collect();
         let rights = [ControlMessage::ScmRights(&fds)];
         let byte = [std::io::IoSlice::new(b"F")];
-        if let Err(err) = sendmsg::<()>(1, &byte, &rights, MsgFlags::empty(), None) {
+        if let Err(err) = sendmsg::<()>(socket, &byte, &rights, MsgFlags::empty(), None) {
             return log::debug!("cluster lock watchdog: not handing the freeze over: {err}");
         }
     }

@@ -24,6 +24,7 @@ use ctdb_clients::CtdbClients;
 use super::attach_policy::AttachPolicy;
 use super::clients::{ClientEvent, ClientLink};
 use super::cluster_lock::{ClusterLock, ClusterLockSpec, HandedFreeze};
+use super::fencing::{FenceNote, FenceWatchdog};
 use super::lock_wait::{HeldLock, LockFiles, LockTarget, LockWaiters};
 use super::tdb_store::TdbStore;
 use crate::engine::{
@@ -64,9 +65,18 @@ pub struct Node {
     /// Not talking to peers (`rctdb quiet`).
     quiet: bool,
     dbdir: std::path::PathBuf,
-    /// Freezes the lock's watchdog took when it fenced this node: adopted by `freeze`, so
-    /// the databases are never unfrozen in between; dropped once the watchdog is gone.
+    /// Freezes a watchdog took when it fenced this node (the lock's, or the fencing one):
+    /// adopted by `freeze`, so the databases are never unfrozen in between; what no freeze
+    /// adopts is dropped at the tick after it came.
     handed_freeze: HandedFreeze,
+    /// Kills the attached clients and freezes the databases if this daemon stalls past its
+    /// lease (`super::fencing`).
+    fence: FenceWatchdog,
+    /// The process of each connected client.
+    client_pids: HashMap<ClientId, i32>,
+    /// Clients that attached a database (only those can hold records), as the fencing
+    /// watchdog knows them: status and tool connections are never fenced.
+    fenced_clients: HashSet<ClientId>,
     /// Told to leave: the engine thread exits the process.
     stopping: bool,
     store: TdbStore,
@@ -129,10 +139,11 @@ pub fn run(node: &Mutex<Node>, transport: Receiver<TransportEvent>) {
             node.check_repacks(now);
             node.rewrite_unwritten();
             node.settle_handed_freeze();
-            // The engine's progress, and nothing else, keeps the lock's watchdog content.
+            // The engine's progress, and nothing else, keeps the watchdogs content.
             if let Some(lock) = node.lock_attempt.as_mut() {
                 lock.beat();
             }
+            node.tell_fence_lease();
         }
         if tick {
             // Traverse chunks, each in a hold of the mutex of its own (`traverse`).
@@ -164,6 +175,8 @@ impl Node {
         config.tunables = daemon.tunables.clone();
         let held_locks = crossbeam_channel::unbounded();
         let lock_waiters = LockWaiters::start(LOCK_WAITERS, held_locks.0.clone())?;
+        let handed_freeze = HandedFreeze::default();
+        let fence = start_fence_watchdog(&daemon.dbdir, &daemon.tunables, handed_freeze.clone())?;
         Ok(Node {
             pnn,
             nodes: nodes.to_vec(),
@@ -175,7 +188,10 @@ impl Node {
             freezes: HashMap::new(),
             quiet: false,
             dbdir: daemon.dbdir.clone(),
-            handed_freeze: HandedFreeze::default(),
+            handed_freeze,
+            fence,
+            client_pids: HashMap::new(),
+            fenced_clients: HashSet::new(),
             stopping: false,
             store: TdbStore::new(&daemon.dbdir),
             transport,
@@ -266,6 +282,9 @@ impl Node {
                     self.ctdb_cluster_event(&event);
                 }
                 Output::AttachDone { client, reqid, db_id, result } => {
+                    if result.is_ok() {
+                        self.fence_client(client);
+                    }
                     let ctdb_form = self.ctdb.take_attach(client, reqid);
                     let reply = match result.and_then(|()| self.attach_reply(db_id)) {
                         Ok(_) if ctdb_form => controls::ok_reply(db_id.to_le_bytes().to_vec()),
@@ -325,14 +344,17 @@ impl Node {
 
     /// A freeze the watchdog handed over arrives like a lock a waiter took.
     fn adopt_freeze(&self, lock: HeldLock) {
-        log::info!("{:?}: taken over from the lock watchdog's freeze, handed over", lock.target);
+        log::info!("{:?}: taken over from a watchdog's freeze, handed over", lock.target);
         let _ = self.held_locks.0.send(lock);
     }
 
-    /// Once the watchdog that handed a freeze over is gone, what no freeze adopted goes
-    /// too (it would hold a database frozen for ever), except for freezes still waiting:
-    /// a description that came late is adopted by them.
+    /// What no freeze adopted goes at the tick after it came (it would hold a database
+    /// frozen for ever: the engine, whose lease ran out, asked for its freezes at its first
+    /// input), except for freezes still waiting: a description that came late is adopted
+    /// by them.
     fn settle_handed_freeze(&mut self) {
+        // While a lock attempt lives, its loss may not be taken in yet (the engine freezes
+        // once it is): nothing handed goes before.
         if self.lock_attempt.is_some() || self.handed_freeze.lock().is_empty() {
             return;
         }
@@ -378,6 +400,30 @@ impl Node {
                     .send(LockOutcome::Error(format!("finding rctdbd to run the lock watchdog: {err}")));
                 ClusterLock::idle()
             }
+        }
+    }
+
+    /// Until when this node may hold records, for the fencing watchdog: the engine's lease
+    /// (on the engine's clock, `now_ms`), or, leading with the cluster lock, for as long as
+    /// the lock's watchdog waits for a beat before it fences. A lease already over is none.
+    fn tell_fence_lease(&mut self) {
+        let until = match self.engine.lease_until() {
+            Some(ms) => Some(self.started + Duration::from_millis(ms)),
+            None if self.engine.active() && self.lock_attempt.is_some() => {
+                Some(Instant::now() + super::watchdog::stall_bound(self.engine.tunables()))
+            }
+            None => None,
+        };
+        let until = until.filter(|&until| until > Instant::now());
+        self.fence.tell(FenceNote::Lease(until.map(super::fencing::instant_ns)));
+    }
+
+    /// A client that attached a database may use records: the watchdog kills it if this
+    /// daemon stalls past its lease.
+    fn fence_client(&mut self, client: ClientId) {
+        let Some(&pid) = self.client_pids.get(&client) else { return };
+        if self.fenced_clients.insert(client) {
+            self.fence.tell(FenceNote::Attached(pid));
         }
     }
 
@@ -473,10 +519,17 @@ impl Node {
         match event {
             ClientEvent::Connected { client, pid, link } => {
                 self.clients.insert(client, link);
+                if let Some(pid) = pid {
+                    self.client_pids.insert(client, pid);
+                }
                 self.ctdb.connected(client, pid);
             }
             ClientEvent::Gone(client) => {
                 self.clients.remove(&client);
+                let pid = self.client_pids.remove(&client);
+                if let Some(pid) = pid.filter(|_| self.fenced_clients.remove(&client)) {
+                    self.fence.tell(FenceNote::Detached(pid));
+                }
                 self.calls_waiting.remove(&client);
                 self.ctdb_client_gone(client);
                 self.client_traverses_gone(client);
@@ -554,6 +607,19 @@ impl Node {
         }
         link.send(&packet);
     }
+}
+
+/// Every node's fencing watchdog: it fences two keepalive intervals after the lease's end
+/// (a daemon that runs says so sooner: it ticks every 10 ms), and waits for the freeze at
+/// most a dead time. DESIGN §5 has the bounds: lease, grace and freeze end before the hold.
+fn start_fence_watchdog(
+    dbdir: &std::path::Path,
+    tunables: &crate::tunables::Tunables,
+    handed: HandedFreeze,
+) -> std::io::Result<FenceWatchdog> {
+    let interval = Duration::from_millis(tunables.keepalive_interval_ms);
+    let dead = interval.saturating_mul(u32::try_from(tunables.keepalive_limit).unwrap_or(u32::MAX));
+    FenceWatchdog::start(&std::env::current_exe()?, dbdir, dead, 2 * interval, handed)
 }
 
 fn log_event(pnn: Pnn, event: &ClusterEvent) {
