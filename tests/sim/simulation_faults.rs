@@ -589,6 +589,13 @@ impl Sim {
             }
             history.ops += 1;
             history.holders.push(node as Pnn);
+            if self.cluster.trace {
+                let op = if delete { "deletes" } else { "writes" };
+                println!(
+                    "t={now} client {index} on node {node} {op} {key:?} (operation {}, saw {seen:?})",
+                    history.ops
+                );
+            }
             if delete {
                 history.deletes.insert(history.ops);
                 record.data.clear();
@@ -991,6 +998,7 @@ impl Sim {
                 self.last_rsn.remove(&(pnn as Pnn, key));
             }
         }
+        let now = self.cluster.now;
         for index in 0..self.p.keys {
             let key = key_name(index);
             let mut holders: BTreeMap<u32, Vec<Pnn>> = BTreeMap::new();
@@ -1010,7 +1018,7 @@ impl Sim {
                             ));
                         }
                         self.last_rsn.insert(slot, record.header.rsn);
-                        if node.engine.active() && record.header.dmaster == pnn as Pnn {
+                        if has_write_authority(node, now) && record.header.dmaster == pnn as Pnn {
                             holders.entry(node.engine.generation()).or_default().push(pnn as Pnn);
                         }
                     }
@@ -1085,6 +1093,14 @@ impl Sim {
             }
         }
     }
+}
+
+/// Whether `node` may change the records it holds at cluster time `now`: it serves, and
+/// the lease it holds (if it needs one) has not run out on its own clock. A node whose lease
+/// ran out while it was stopped still says it serves, but it lets go of its records at its
+/// first input, before anything else, and its clients (fenced by the watchdog) stop then.
+fn has_write_authority(node: &SimNode, now: u64) -> bool {
+    node.engine.active() && node.engine.lease_until().map_or(true, |until| node.local_time(now) < until)
 }
 
 fn run_seed(seed: u64, trace: bool) -> Coverage {

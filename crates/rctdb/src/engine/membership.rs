@@ -166,6 +166,9 @@ pub(super) struct Membership {
     /// they come back).
     held_back: BTreeMap<Pnn, Millis>,
     given_up: BTreeSet<Pnn>,
+    /// Maps that recoveries replaced by maps without some of their nodes: while such a
+    /// node may come back, a key it was LMASTER of may be held there, known to nobody else.
+    left_maps: Vec<Vec<Pnn>>,
 }
 
 impl Membership {
@@ -205,6 +208,7 @@ impl Membership {
             leads_since: 0,
             held_back: BTreeMap::new(),
             given_up: BTreeSet::new(),
+            left_maps: vec![],
         }
     }
 
@@ -784,6 +788,34 @@ impl Engine {
     /// Whether `pnn`'s records were taken over while it was away: it must empty its copies.
     pub(super) fn was_given_up(&self, pnn: Pnn) -> bool {
         self.cluster.given_up.contains(&pnn)
+    }
+
+    /// A recovery replaces the map `old` by `new`: the nodes it leaves out may hold keys
+    /// they were LMASTER of, which no member knows of.
+    pub(super) fn map_replaced(&mut self, old: &[Pnn], new: &[Pnn]) {
+        if old.iter().any(|p| !new.contains(p)) {
+            self.cluster.left_maps.push(old.to_vec());
+        }
+        let maps = std::mem::take(&mut self.cluster.left_maps);
+        self.cluster.left_maps =
+            maps.into_iter().filter(|map| map.iter().any(|&p| self.may_come_back(p, new))).collect();
+    }
+
+    /// A node that is no member and may come back with records nobody else knows of.
+    fn may_come_back(&self, pnn: Pnn, vnn_map: &[Pnn]) -> bool {
+        !vnn_map.contains(&pnn) && !self.given_up(pnn)
+    }
+
+    /// The node that may hold `key` though no member knows it: its LMASTER under a map a
+    /// recovery replaced, left out and not given up. The key's LMASTER must not make up a
+    /// new record for it meanwhile (it waits, as for a record held for its holder).
+    pub(super) fn held_unknown(&self, key: &[u8]) -> Option<Pnn> {
+        let map = &self.config.vnn_map;
+        self.cluster
+            .left_maps
+            .iter()
+            .map(|old| super::lmaster_of(key, old))
+            .find(|&p| self.may_come_back(p, map))
     }
 
     /// A recovery admitted `members`: nothing is held for them or given up any more.

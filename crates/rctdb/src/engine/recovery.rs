@@ -441,7 +441,8 @@ impl Engine {
         // The history entry first: if the leader dies before activating, the next leader
         // knows this node took part in it, whatever fixes are still to come.
         self.cluster.commit_epoch(epoch, generation, vnn_map.clone(), self.now);
-        self.config.vnn_map = vnn_map;
+        let old_map = std::mem::replace(&mut self.config.vnn_map, vnn_map);
+        self.map_replaced(&old_map, &self.config.vnn_map.clone());
         let Some(member) = self.recoveries.member.as_mut() else { return };
         member.committed = true;
         let leader = member.leader;
@@ -670,7 +671,11 @@ struct RecordPlan {
 /// 2. Nobody holds it: if the newest copy names a node that is no member and is `held`
 ///    (not given up), nothing moves — it comes back with its record, or is given up later.
 ///    Otherwise the newest copy of a member that followed the history (else of any member)
-///    becomes the holder.
+///    becomes the holder. A copy that a member away brings back, naming a member that
+///    followed the history, counts for nothing: that member kept no copy, so the record was
+///    deleted (vacuumed) while the other was away, and must not come back. If only such
+///    copies are left, the member they name holds the record again, empty, above their
+///    RSNs.
 /// 3. The holder's RSN ends above every other copy's, so no older copy can ever pass for
 ///    newer (RSNs change only when records move, not when clients write).
 /// 4. The key's LMASTER under the new map learns the holder.
@@ -715,7 +720,25 @@ fn plan_record(
             holder.node
         }
         None => {
-            let Some(last) = copies.iter().max_by(newest) else { return plan };
+            // A copy kept by a member that was away, naming a member that followed the
+            // history, is superseded: that member has no copy, so it deleted the record.
+            let superseded = |c: &&Copy| {
+                behind.contains(&c.node) && !behind.contains(&c.dmaster) && vnn_map.contains(&c.dmaster)
+            };
+            let live: Vec<Copy> = copies.iter().filter(|c| !superseded(c)).copied().collect();
+            let Some(last) = live.iter().max_by(newest) else {
+                let Some(stale) = copies.iter().max_by(newest) else { return plan };
+                // Deleted while they were away: the member their newest copy names (it has
+                // no copy) holds it again, empty, above their RSNs, so no stale copy passes
+                // for newer and vacuuming removes them all.
+                plan.fixes.push((stale.dmaster, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
+                let holder = stale.dmaster;
+                if lmaster != holder {
+                    plan.fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
+                }
+                return plan;
+            };
+            let copies = live.as_slice();
             if held.contains(&last.dmaster) {
                 let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == last.dmaster);
                 if !lmaster_knows {
@@ -833,6 +856,28 @@ mod false_death {
         let copies = [copy(2, 5, 2), copy(0, 0, 2), copy(1, 4, 2)];
         let plan = plan_record(&key, &copies, &map, &behind, &BTreeSet::new());
         assert_eq!(plan.fixes, vec![], "its copy is the record");
+    }
+
+    #[test]
+    fn a_stale_copy_brought_back_does_not_revive_a_record_deleted_meanwhile() {
+        // Node 0 handed the record to node 1 and was then left out; node 1 deleted it and
+        // vacuuming removed every copy but node 0's, which names node 1.
+        let map = [0, 1, 2];
+        let key = key_with_lmaster(2, &map);
+        let behind = BTreeSet::from([0]);
+        let plan = plan_record(&key, &[copy(0, 4, 1)], &map, &behind, &BTreeSet::new());
+        let deleted = vec![(1, RecordFix::Promote { rsn: 5 }), (2, RecordFix::Point { dmaster: 1 })];
+        assert_eq!(plan.fixes, deleted, "node 1 holds it again, empty, above the stale copy");
+        // The stale copy on the LMASTER itself only learns where the record is.
+        let key = key_with_lmaster(0, &map);
+        let plan = plan_record(&key, &[copy(0, 4, 1)], &map, &behind, &BTreeSet::new());
+        assert_eq!(
+            plan.fixes,
+            vec![(1, RecordFix::Promote { rsn: 5 }), (0, RecordFix::Point { dmaster: 1 })]
+        );
+        // Naming a node that is no member and was given up, it is the last copy there is.
+        let plan = plan_record(&key, &[copy(0, 4, 3)], &map, &behind, &BTreeSet::new());
+        assert_eq!(plan.fixes[0], (0, RecordFix::Promote { rsn: 5 }));
     }
 
     #[test]

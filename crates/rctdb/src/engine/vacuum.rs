@@ -29,8 +29,9 @@
 //! work pending on the key (a migration, a record waiting for a lock) keeps its copy.
 //! Rounds belong to one generation: a recovery voids them, and their keys are looked at
 //! again in the next run. A member that does not answer (its link broke) voids the rounds
-//! it was asked in. Members excluded from the generation are not asked: a recovery empties
-//! their databases before they serve again.
+//! it was asked in. Members excluded from the generation are not asked: the recovery that
+//! takes them back counts their copies of a record deleted meanwhile for nothing
+//! (recovery.rs, `plan_record`).
 //!
 //! A record whose chain a client holds is skipped and retried in the next run, never
 //! waited for; work per tick is bounded so that clients' requests are not held up behind a
