@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -39,7 +38,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smb_coherence import BoundedConnection, HeldFiles, Node, Tally  # noqa: E402
-from smbprotocol.exceptions import SMBConnectionClosed  # noqa: E402
 
 WRITE_EVERY = 0.1
 
@@ -78,18 +76,41 @@ def smbd_parent(pid):
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def watch_death(pid, events, key):
-    """Records in events[KEY] when PID exits (a pidfd is readable then)."""
-    fd = os.pidfd_open(pid)
+# Run as its own process, so that no thread of ours holding the GIL delays its clock
+# readings: prints `KEY TIME` (time.monotonic()) when each watched fd signals its end.
+WATCHER = """
+import os, select, sys, time
+PIDFDS = {int(fd) for fd in sys.argv[1].split(",")}
+ends = dict(arg.split("=", 1) for arg in sys.argv[2:])
+poll = select.poll()
+for fd in ends:
+    # a pidfd reads when its process has exited; a socket hangs up when its peer closed
+    poll.register(int(fd), select.POLLIN if int(fd) in PIDFDS else select.POLLRDHUP)
+while ends:
+    for fd, _ in poll.poll():
+        print(ends.pop(str(fd)), time.monotonic(), flush=True)
+        poll.unregister(fd)
+"""
 
-    def wait():
-        try:
-            select.select([fd], [], [])
-            events[key] = time.monotonic()
-        finally:
-            os.close(fd)
 
-    threading.Thread(target=wait, daemon=True).start()
+def watch_ends(events, pids, sockets):
+    """Records in events[KEY] when each process of PIDS {KEY: pid} exits (its pidfd reads)
+    and when the server closes each socket of SOCKETS {KEY: socket} (POLLRDHUP)."""
+    fds = {key: os.pidfd_open(pid) for key, pid in pids.items()}
+    fds.update({key: sock.fileno() for key, sock in sockets.items()})
+    pidfds = ",".join(str(fds[key]) for key in pids)
+    watcher = subprocess.Popen([sys.executable, "-c", WATCHER, pidfds] + [f"{fd}={key}" for key, fd in fds.items()],
+                               pass_fds=list(fds.values()), stdout=subprocess.PIPE, text=True)
+    for key in pids:
+        os.close(fds[key])
+
+    def read():
+        for line in watcher.stdout:
+            key, at = line.rsplit(" ", 1)
+            events[key] = float(at)
+
+    threading.Thread(target=read, daemon=True).start()
+    return watcher
 
 
 def keep_writing(node, handle, stop, events):
@@ -101,8 +122,6 @@ def keep_writing(node, handle, stop, events):
         except Exception as exc:  # any failure is what A's user would see: record it
             events["a error"] = time.monotonic()
             events["a error text"] = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, SMBConnectionClosed):
-                events["a closed"] = events["a error"]
             return
 
 
@@ -117,7 +136,7 @@ def main():
     parser.add_argument("--user", default="root")
     parser.add_argument("--password", default=os.environ.get("SMBPASS", "Rctdb.Pass1"))
     args = parser.parse_args()
-    # the pidfd watchers' wakeups wait for the GIL at most this long
+    # a grant's answer waits for the GIL at most this long before its time is taken
     sys.setswitchinterval(0.001)
 
     if os.geteuid() != 0:
@@ -146,9 +165,9 @@ def main():
         return 1
     holder = serving_smbd(a)
     events = {}
-    watch_death(holder, events, "holder died")
     parent = smbd_parent(holder)
-    watch_death(parent, events, "parent died")
+    watcher = watch_ends(events, {"holder died": holder, "parent died": parent},
+                         {"a closed": a.conn.transport._sock})
     print(f"A's client is served by smbd pid {holder} (child of smbd {parent})", flush=True)
 
     # Attempts started while the holder lives are conflicts; later ones are not.
@@ -191,6 +210,7 @@ def main():
         stop.set()
         trier.join()
         writer.join()
+    watcher.kill()
     held.close()
     for node in (a, b):
         try:
@@ -209,7 +229,8 @@ def main():
         return "never" if t is None else f"{t - stopped_at:.2f} s after the SIGSTOP"
 
     print(f"stall: {resumed_at - stopped_at:.2f} s; A's smbd (pid {holder}) died {since_stop(died)}, "
-          f"its parent (pid {parent}) {since_stop(events.get('parent died'))}; "
+          f"its parent (pid {parent}) {since_stop(events.get('parent died'))}; A's connection closed by the server "
+          f"{since_stop(events.get('a closed'))}; "
           f"A's client's first error {since_stop(events.get('a error'))}"
           f"{': ' + events['a error text'] if 'a error' in events else ''}; A wrote {events.get('a writes', 0)} times")
     late = while_held.granted - len(conflicts)

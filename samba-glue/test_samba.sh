@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stock smbd on rctdbd, end to end, in under six minutes:
+# Stock smbd on rctdbd, end to end, in under five minutes:
 #
 #   samba-glue/test_samba.sh [BIN_DIR]       (BIN_DIR holds rctdb and rctdbd; default
 #                                            $RCTDB_BIN_DIR, else the newer of
@@ -32,7 +32,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 # everything, teardown included, ends within this many seconds
-TOTAL=${TEST_SAMBA_SECONDS:-360}
+TOTAL=${TEST_SAMBA_SECONDS:-320}
 TEARDOWN_RESERVE=30
 
 skip() { echo "test_samba: SKIP: $*"; exit 77; }
