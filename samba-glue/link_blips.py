@@ -26,23 +26,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smb_coherence import (  # noqa: E402
-    EXCLUSIVE_NOW,
-    LOCK_REFUSED,
-    OK,
-    RW,
-    SHARE_ALL,
-    SHARING_VIOLATION,
-    Node,
-    close_quietly,
-    lock,
-    status_name,
-    unlock,
-)
-from smbprotocol.exceptions import SMBException  # noqa: E402
-
-NO_SHARING = 0
-LOCK_RANGE = (0, 100)
+from smb_coherence import HeldFiles, Node, Tally  # noqa: E402
 
 
 def kill_links(address, port):
@@ -60,56 +44,6 @@ def killer(address, port, every, stop, counts):
     while not stop.wait(every):
         counts["kills"] += 1
         counts["connections"] += kill_links(address, port)
-
-
-class Tally:
-    def __init__(self):
-        self.attempts = 0
-        self.granted = 0
-        self.errors = 0
-        self.refusals = {}
-
-    def refused(self, status):
-        self.attempts += 1
-        name = status_name(status)
-        self.refusals[name] = self.refusals.get(name, 0) + 1
-
-
-def try_conflicts(b, names, lock_name, tally, lock_handle):
-    """One round: each no-sharing file opened from B, then A's locked range."""
-    for name in names:
-        try:
-            status, handle = b.try_open(name, RW, SHARE_ALL)
-        except (SMBException, OSError, ValueError) as exc:
-            tally.errors += 1
-            print(f"error opening {name} on B: {type(exc).__name__}: {exc}", flush=True)
-            continue
-        if status == OK:
-            tally.attempts += 1
-            tally.granted += 1
-            print(f"GRANTED: B opened {name}, which A holds with no sharing", flush=True)
-            close_quietly(handle)
-        elif status == SHARING_VIOLATION:
-            tally.refused(status)
-        else:
-            tally.errors += 1
-            print(f"B's open of {name}: {status_name(status)}", flush=True)
-    try:
-        status = lock(lock_handle, *LOCK_RANGE, EXCLUSIVE_NOW)
-    except (SMBException, OSError, ValueError) as exc:
-        tally.errors += 1
-        print(f"error locking {lock_name} on B: {type(exc).__name__}: {exc}", flush=True)
-        return
-    if status == OK:
-        tally.attempts += 1
-        tally.granted += 1
-        print(f"GRANTED: B locked {LOCK_RANGE} of {lock_name}, which A holds", flush=True)
-        unlock(lock_handle, *LOCK_RANGE)
-    elif status in LOCK_REFUSED:
-        tally.refused(status)
-    else:
-        tally.errors += 1
-        print(f"B's lock of {lock_name}: {status_name(status)}", flush=True)
 
 
 def main():
@@ -132,18 +66,13 @@ def main():
 
     a = Node("A", args.host_a, args.share, args.user, args.password)
     b = Node("B", args.host_b, args.share, args.user, args.password)
-    prefix = f"blips-{os.getpid()}-"
-    names = [f"{prefix}{i}.dat" for i in range(args.files)]
-    lock_name = f"{prefix}lock.dat"
-    held = [a.open(name, RW, NO_SHARING) for name in names]
-    a_lock = a.open(lock_name, RW, SHARE_ALL)
-    if lock(a_lock, *LOCK_RANGE) != OK:
-        print(f"A could not lock {lock_name}: nothing to test")
+    held = HeldFiles(a, b, f"blips-{os.getpid()}-", args.files)
+    if not held.locked:
+        print(f"A could not lock {held.lock_name}: nothing to test")
         return 1
-    b_lock = b.open(lock_name, RW, SHARE_ALL)
     tally = Tally()
     # Without kills every attempt must be refused too: otherwise the check proves nothing.
-    try_conflicts(b, names, lock_name, tally, b_lock)
+    held.try_conflicts(tally)
     if tally.granted or tally.errors:
         print(f"without kills: {tally.granted} granted, {tally.errors} errors: the setup is wrong")
         return 1
@@ -156,7 +85,7 @@ def main():
     last_report = started
     try:
         while time.monotonic() - started < args.seconds:
-            try_conflicts(b, names, lock_name, tally, b_lock)
+            held.try_conflicts(tally)
             if time.monotonic() - last_report >= 1:
                 last_report = time.monotonic()
                 print(f"{last_report - started:5.1f}s: {tally.attempts} attempts, {tally.granted} granted, "
@@ -164,14 +93,11 @@ def main():
     finally:
         stop.set()
         thread.join()
-    close_quietly(b_lock)
-    close_quietly(a_lock, *held)
+    held.close()
     a.close()
     b.close()
 
-    refusals = ", ".join(f"{n} {name}" for name, n in sorted(tally.refusals.items()))
-    print(f"conflicting attempts: {tally.attempts}, granted: {tally.granted}, errors: {tally.errors} "
-          f"({refusals}); {counts['kills']} kills, {counts['connections']} connections killed")
+    print(f"{tally.summary()}; {counts['kills']} kills, {counts['connections']} connections killed")
     if counts["connections"] == 0:
         print("link_blips: ss -K killed no connection (kernel without CONFIG_INET_DIAG_DESTROY?): SKIP")
         return 77

@@ -27,6 +27,7 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 
@@ -201,6 +202,92 @@ def close_quietly(*handles):
             handle.close()
         except SMBException:
             pass
+
+
+NO_SHARING = 0
+CONFLICT_RANGE = (0, 100)
+
+
+class Tally:
+    """Node B's conflicting attempts: how each was answered, and each grant's time
+    (time.monotonic() when its answer came) and what it granted."""
+
+    def __init__(self):
+        self.attempts = 0
+        self.granted = 0
+        self.grant_times = []
+        self.errors = 0
+        self.refusals = {}
+
+    def refused(self, status):
+        self.attempts += 1
+        name = status_name(status)
+        self.refusals[name] = self.refusals.get(name, 0) + 1
+
+    def grant(self, what):
+        self.attempts += 1
+        self.granted += 1
+        self.grant_times.append((time.monotonic(), what))
+
+    def summary(self):
+        refusals = ", ".join(f"{n} {name}" for name, n in sorted(self.refusals.items()))
+        return f"conflicting attempts: {self.attempts}, granted: {self.granted}, errors: {self.errors} ({refusals})"
+
+
+class HeldFiles:
+    """Node A holds FILES files open with no sharing and an exclusive byte-range lock on
+    one more (opened with sharing, so that node B can try the lock); node B tries to open
+    each of those files and to take the lock. Every attempt must be refused."""
+
+    def __init__(self, a, b, prefix, files):
+        self.a = a
+        self.b = b
+        self.names = [f"{prefix}{i}.dat" for i in range(files)]
+        self.lock_name = f"{prefix}lock.dat"
+        self.held = [a.open(name, RW, NO_SHARING) for name in self.names]
+        self.a_lock = a.open(self.lock_name, RW, SHARE_ALL)
+        self.locked = lock(self.a_lock, *CONFLICT_RANGE) == OK
+        self.b_lock = b.open(self.lock_name, RW, SHARE_ALL)
+
+    def try_conflicts(self, tally, show_grants=True):
+        """One round: each no-sharing file opened from B, then A's locked range."""
+        for name in self.names:
+            try:
+                status, handle = self.b.try_open(name, RW, SHARE_ALL)
+            except (SMBException, OSError, ValueError) as exc:
+                tally.errors += 1
+                print(f"error opening {name} on B: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            if status == OK:
+                tally.grant(f"B opened {name}, which A holds with no sharing")
+                if show_grants:
+                    print(f"GRANTED: {tally.grant_times[-1][1]}", flush=True)
+                close_quietly(handle)
+            elif status == SHARING_VIOLATION:
+                tally.refused(status)
+            else:
+                tally.errors += 1
+                print(f"B's open of {name}: {status_name(status)}", flush=True)
+        try:
+            status = lock(self.b_lock, *CONFLICT_RANGE, EXCLUSIVE_NOW)
+        except (SMBException, OSError, ValueError) as exc:
+            tally.errors += 1
+            print(f"error locking {self.lock_name} on B: {type(exc).__name__}: {exc}", flush=True)
+            return
+        if status == OK:
+            tally.grant(f"B locked {CONFLICT_RANGE} of {self.lock_name}, which A holds")
+            if show_grants:
+                print(f"GRANTED: {tally.grant_times[-1][1]}", flush=True)
+            unlock(self.b_lock, *CONFLICT_RANGE)
+        elif status in LOCK_REFUSED:
+            tally.refused(status)
+        else:
+            tally.errors += 1
+            print(f"B's lock of {self.lock_name}: {status_name(status)}", flush=True)
+
+    def close(self):
+        close_quietly(self.b_lock)
+        close_quietly(self.a_lock, *self.held)
 
 
 # Checks that two unclustered smbd pass too: nothing on the other node conflicts.

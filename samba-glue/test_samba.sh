@@ -12,9 +12,13 @@
 #    then vacuum_check.sh: the records smbd deleted meanwhile are vacuumed from both nodes;
 # 4. link_blips.py: node B's node links are killed with `ss -K` every 0.3 s for 20 s while
 #    a client on B tries conflicting opens and locks against A's: every one is refused;
-# 5. node_failure.py: node A (its rctdbd and its smbd) is killed while files are open on
+# 5. daemon_stall.py: the rctdbd of the node that does not lead is SIGSTOPped for 3 s
+#    while its smbd serves a client that holds opens and a lock: a client on the other
+#    node is refused every conflicting open and lock until that smbd has ended (its fencing);
+#    the fenced smbd is started again;
+# 6. node_failure.py: node A (its rctdbd and its smbd) is killed while files are open on
 #    both nodes; node B keeps its own opens and locks, frees A's, and serves on;
-# 6. the same two smbd with clustering = no (backend plain) over one directory must show
+# 7. the same two smbd with clustering = no (backend plain) over one directory must show
 #    the split brain the cluster prevents: at least one coherence check fails (otherwise
 #    the checks would prove nothing).
 # Everything started is stopped on exit. Builds nothing. Needs root (port 445), smbd,
@@ -120,6 +124,11 @@ if step "rctdb: cluster up" 90 "$HERE/cluster.sh" up "$A" --backend rctdb; then
         77) echo "   link blips: SKIPPED (ss -K cannot kill sockets here)" ;;
         *) failures+=("rctdb: link_blips.py") ;;
     esac
+    # A stalled daemon's node is fenced before the other node grants what its clients hold.
+    step "rctdb: daemon_stall.py (the follower's rctdbd stopped for 3 s)" 40 \
+        "$PYTHON" "$HERE/daemon_stall.py" --stall 3 --after 5 "$A" || true
+    # the fencing ended that node's smbd: serve again for node_failure.py
+    step "rctdb: cluster up (smbd after the fencing)" 30 "$HERE/cluster.sh" up "$A" --backend rctdb || true
     # Last: it leaves the cluster with one node. smbd exits by itself when its rctdbd dies.
     kill_a="'$BIN_DIR/rctdb' cluster kill --dir '$A/rctdb' --node 0; pkill -9 -x -f '/usr/sbin/smbd -D -s $A/node0/smb.conf'; true"
     step "rctdb: node_failure.py (node A killed under open files)" 60 \
