@@ -202,6 +202,9 @@ impl Node {
         let data = &request.data;
         let reply = match request.opcode {
             opcode::REGISTER_SRVID => {
+                // smbd's forked children register their own srvid but attach nothing (the
+                // parent did): they serve opens, so a stall must end them too.
+                self.fence_client(client);
                 if let Some(pair) = self.ctdb.register(client, request.srvid) {
                     self.tell_peers_srvids(SrvidUpdate::Added(vec![pair]));
                 }

@@ -418,8 +418,9 @@ impl Node {
         self.fence.tell(FenceNote::Lease(until.map(super::fencing::instant_ns)));
     }
 
-    /// A client that attached a database may use records: the watchdog kills it if this
-    /// daemon stalls past its lease.
+    /// A client that attached a database, asked for a record or registered for messages
+    /// (smbd's children, which inherit their parent's attaches) may use records: the
+    /// watchdog kills it if this daemon stalls past its lease.
     fn fence_client(&mut self, client: ClientId) {
         let Some(&pid) = self.client_pids.get(&client) else { return };
         if self.fenced_clients.insert(client) {
@@ -559,6 +560,7 @@ impl Node {
                 self.reply_to_client(client, packet.reqid, body);
             }
             Body::ReqCall(call) if call.callid == CALL_NULL_FUNC || call.callid == CALL_FETCH_FUNC => {
+                self.fence_client(client);
                 *self.calls_waiting.entry(client).or_default() += 1;
                 let kind = match call.callid {
                     CALL_NULL_FUNC => CallKind::Migrate,
