@@ -28,7 +28,7 @@
 //! monotonic clock, before anyone else can take those records over:
 //! - A follower asks its leader each `KeepaliveInterval` (`LeaseAsk`, stamped with its own
 //!   `now`); the leader grants (`LeaseGrant`) to the members of its recovery while one
-//!   runs, else of its generation. The lease runs `lease_ms` (half the dead time) from the *asker's* stamp, so
+//!   runs, else of its generation. The lease runs `lease_ms` (the dead time) from the *asker's* stamp, so
 //!   no delay of the answer, and no stop of the asker, lengthens it. Activation is the
 //!   first grant, counted from when the member committed.
 //! - The leader's own lease: with a cluster lock, the lock (whoever releases it must freeze
@@ -629,10 +629,13 @@ impl Engine {
 
     // ---- Leases (the rules are in the module's opening comment).
 
-    /// How long a lease runs on its holder's clock: half the dead time, renewed every
-    /// interval, so a few lost renewals cost nothing.
+    /// How long a lease runs on its holder's clock: the dead time, renewed every interval.
+    /// A node then loses its lease only when it would be declared dead anyway: a stall or
+    /// a lost renewal shorter than that costs nothing (half the dead time made a loaded
+    /// machine's scheduling hiccups cost recoveries). Takeovers wait for the hold time
+    /// (`LeftOutHoldMs`), which is longer, so a longer lease delays none of them.
     pub(super) fn lease_ms(&self) -> Millis {
-        self.dead_after() / 2
+        self.dead_after()
     }
 
     /// How long after granting a lease its grantor counts it as running, on its own clock.
