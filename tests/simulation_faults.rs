@@ -405,6 +405,9 @@ impl Sim {
     /// have had may now hold whatever the other nodes still have, in their stores or on the
     /// wire between them (or nothing, if none has a copy).
     fn may_lose(&mut self, x: Pnn) {
+        if self.cluster.trace {
+            println!("t={} node {x} may lose its copies; left out: {:?}", self.cluster.now, self.left_out);
+        }
         let nodes = &self.cluster.nodes;
         // Copies on nodes the cluster went on without may be emptied when they come back.
         let gone = |p: Pnn| p == x || !self.p.gray && self.left_out.contains(&p);
@@ -433,10 +436,12 @@ impl Sim {
         }
     }
 
-    /// Node `active` went active: the nodes its generation was made without are left out.
+    /// Node `active` went active: the nodes its generation was made without are left out,
+    /// its members are not (the recovery that made it planned with their copies, even of a
+    /// member that has not activated yet).
     fn activated(&mut self, active: Pnn) {
-        self.left_out.remove(&active);
         let members = self.cluster.nodes[active as usize].engine.vnn_map().to_vec();
+        self.left_out.retain(|p| !members.contains(p));
         let newly: Vec<Pnn> =
             self.cluster.pnns().filter(|p| !members.contains(p) && self.left_out.insert(*p)).collect();
         if !self.p.gray {
