@@ -957,10 +957,16 @@ impl Sim {
         }
     }
 
-    /// Whether client `index` is frozen with its whole node.
+    /// Whether client `index` is frozen with its whole node, or blocked by its node's
+    /// watchdog: a stopped daemon publishes no later lease, so the watchdog freezes the
+    /// databases once the last `lease_until` it published is past on the node's clock.
     fn client_frozen(&self, index: usize) -> bool {
-        let faults = &self.faults[self.clients[index].node as usize];
-        faults.stopped_until.is_some() && faults.whole_node
+        let pnn = self.clients[index].node as usize;
+        let faults = &self.faults[pnn];
+        let node = &self.cluster.nodes[pnn];
+        let fenced =
+            node.engine.lease_until().is_some_and(|until| node.local_time(self.cluster.now) >= until);
+        faults.stopped_until.is_some() && (faults.whole_node || fenced)
     }
 
     /// Client `index` reads the next answer to it.

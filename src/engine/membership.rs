@@ -105,6 +105,8 @@ struct PeerView {
     /// When it was last heard from, dead or alive since: its records are held for it
     /// until `give_up_ms` after.
     last_seen: Option<Millis>,
+    /// Its reconnect was refused: its process is gone, nothing is held for it.
+    refused: bool,
 }
 
 /// Whether a database is frozen for us, or on its way.
@@ -169,6 +171,8 @@ pub(super) struct Membership {
     /// Maps that recoveries replaced by maps without some of their nodes: while such a
     /// node may come back, a key it was LMASTER of may be held there, known to nobody else.
     left_maps: Vec<Vec<Pnn>>,
+    /// This node's first tick: a peer never heard from since may have been heard by others.
+    started_at: Option<Millis>,
 }
 
 impl Membership {
@@ -209,6 +213,7 @@ impl Membership {
             held_back: BTreeMap::new(),
             given_up: BTreeSet::new(),
             left_maps: vec![],
+            started_at: None,
         }
     }
 
@@ -390,6 +395,7 @@ impl Engine {
     }
 
     pub(super) fn membership_tick(&mut self, out: &mut Vec<Output>) {
+        self.cluster.started_at.get_or_insert(self.now);
         if !self.cluster.enabled || self.cluster.quiet {
             return;
         }
@@ -491,6 +497,7 @@ impl Engine {
     pub(super) fn refused(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
         if self.cluster.enabled && (pnn as usize) < self.cluster.peers.len() && pnn != self.config.pnn {
             self.cluster.peers[pnn as usize].last_seen = None;
+            self.cluster.peers[pnn as usize].refused = true;
             self.peer_died(pnn, out);
         }
     }
@@ -768,13 +775,16 @@ impl Engine {
 
     /// Whether the records of `pnn`, no member now, may be taken over.
     pub(super) fn given_up(&self, pnn: Pnn) -> bool {
-        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        let Some(peer) = self.cluster.peers.get(pnn as usize) else { return true };
+        // Never heard from since this node started: others may have, until then.
+        let last_seen = if peer.refused { None } else { peer.last_seen.or(self.cluster.started_at) };
         pnn != self.config.pnn && last_seen.map_or(true, |at| self.now >= at + self.give_up_ms())
     }
 
     /// A recovery held records for `pnn`: the next one after its time is up takes them over.
     pub(super) fn hold_back(&mut self, pnn: Pnn) {
-        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen).unwrap_or(0);
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        let last_seen = last_seen.or(self.cluster.started_at).unwrap_or(0);
         let at = last_seen + self.give_up_ms();
         self.cluster.held_back.insert(pnn, at);
     }
@@ -1080,6 +1090,7 @@ impl Engine {
             let peer = &mut self.cluster.peers[from as usize];
             peer.last_heard = Some(now);
             peer.last_seen = Some(now);
+            peer.refused = false;
             peer.suspect_since = None;
             peer.left = false;
             if !peer.alive {
