@@ -768,9 +768,10 @@ impl Engine {
     // cut off for a while): its records are held for it, unavailable, not taken over,
     // for `give_up_ms` after it was last heard from. Back in time, it keeps them.
 
-    /// How long the records of a node that is no member wait for it: ten dead times.
+    /// How long the records of a node that is no member wait for it (`LeftOutHoldMs`), and
+    /// never less than a lease it may hold.
     pub(super) fn give_up_ms(&self) -> Millis {
-        self.dead_after().saturating_mul(10)
+        self.config.tunables.left_out_hold_ms.max(self.lease_bound())
     }
 
     /// Whether the records of `pnn`, no member now, may be taken over.

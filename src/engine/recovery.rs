@@ -577,8 +577,17 @@ impl Engine {
             );
             return;
         }
-        for pnn in held_for {
-            self.hold_back(pnn);
+        // Every node left out is held for until its time is up (a key only it knows has no
+        // plan here), and one whose time is up is given up: if it comes back it empties
+        // its databases, as the others may have made its keys anew meanwhile.
+        let nodes = self.config.nodes as Pnn;
+        let left_out: Vec<Pnn> = (0..nodes).filter(|p| !vnn_map.contains(p)).collect();
+        for pnn in left_out {
+            if held.contains(&pnn) || held_for.contains(&pnn) {
+                self.hold_back(pnn);
+            } else if pnn != self.config.pnn {
+                self.gave_up(pnn);
+            }
         }
         for pnn in taken_from {
             log::warn!("node {}: records of node {pnn} are taken over from their copies", self.config.pnn);
