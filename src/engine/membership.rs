@@ -401,8 +401,14 @@ impl Engine {
         }
         let now = self.now;
         let interval = self.config.tunables.keepalive_interval_ms;
-        let stalled = self.cluster.last_tick.is_some_and(|at| now.saturating_sub(at) > 2 * interval);
+        let stall = self.cluster.last_tick.map_or(0, |at| now.saturating_sub(at));
+        let stalled = stall > 2 * interval;
         self.cluster.last_tick = Some(now);
+        if stall >= self.dead_after() && self.cluster.leads() && !self.config.cluster_lock {
+            // The others took it for dead and may have a new leader by now. (A lock
+            // holder keeps its lock, so nobody else can lead.)
+            self.step_down("it stalled past the dead time", out);
+        }
         if stalled {
             // This node was not running (stopped, or starved of CPU): the silence was its
             // own, not its peers'. They get a fresh dead time, counted from now.

@@ -660,6 +660,20 @@ fn a_false_death_costs_a_pause_not_data() {
 }
 
 #[test]
+fn a_leader_stalled_past_the_dead_time_steps_down_at_its_first_tick() {
+    let mut rig = Rig::settled(3, false);
+    let leader = (0..3).find(|&p| rig.engines[p as usize].cluster.leads()).expect("a leader");
+    rig.stop(leader);
+    rig.run_for(rig.dead_after() + 2 * rig.interval());
+    rig.resume(leader);
+    rig.input(leader, Input::Tick);
+    assert!(!rig.engines[leader as usize].cluster.leads(), "it leads no more");
+    let stepped_down =
+        |e: &ClusterEvent| matches!(e, ClusterEvent::SteppedDown { why } if why.contains("stalled"));
+    assert!(rig.events_of(leader).any(stepped_down), "at once, not a tick later");
+}
+
+#[test]
 fn a_key_only_a_node_left_out_knows_is_not_made_up_anew_while_it_may_come_back() {
     let mut rig = Rig::settled(3, false);
     // Node 2 is the key's LMASTER and holds it: no other node has a copy.
