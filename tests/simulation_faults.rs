@@ -11,7 +11,8 @@
 //! faults go on. In some seeds keys share hash chains, so work on one record waits for a
 //! client's lock on another.
 //!
-//! Checked after every step: no two active nodes hold a record, whatever their generations
+//! Checked after every step: no two nodes with write authority (active, and within the
+//! lease they published, on their own clock) hold a record, whatever their generations
 //! (leases stop a node the others left out before they go on), and no
 //! node's RSN of a record goes down (unless vacuuming deleted that copy). Whenever a client
 //! looks at a record it holds, and at the end for every key, what it sees is exactly what
