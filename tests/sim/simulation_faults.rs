@@ -11,7 +11,8 @@
 //! faults go on. In some seeds keys share hash chains, so work on one record waits for a
 //! client's lock on another.
 //!
-//! Checked after every step: no two active nodes hold a record, whatever their generations
+//! Checked after every step: no two nodes with write authority (active, and within the
+//! lease they published, on their own clock) hold a record, whatever their generations
 //! (leases stop a node the others left out before they go on), and no
 //! node's RSN of a record goes down (unless vacuuming deleted that copy). Whenever a client
 //! looks at a record it holds, and at the end for every key, what it sees is exactly what
@@ -405,6 +406,9 @@ impl Sim {
     /// have had may now hold whatever the other nodes still have, in their stores or on the
     /// wire between them (or nothing, if none has a copy).
     fn may_lose(&mut self, x: Pnn) {
+        if self.cluster.trace {
+            println!("t={} node {x} may lose its copies; left out: {:?}", self.cluster.now, self.left_out);
+        }
         let nodes = &self.cluster.nodes;
         // Copies on nodes the cluster went on without may be emptied when they come back.
         let gone = |p: Pnn| p == x || !self.p.gray && self.left_out.contains(&p);
@@ -433,10 +437,12 @@ impl Sim {
         }
     }
 
-    /// Node `active` went active: the nodes its generation was made without are left out.
+    /// Node `active` went active: the nodes its generation was made without are left out,
+    /// its members are not (the recovery that made it planned with their copies, even of a
+    /// member that has not activated yet).
     fn activated(&mut self, active: Pnn) {
-        self.left_out.remove(&active);
         let members = self.cluster.nodes[active as usize].engine.vnn_map().to_vec();
+        self.left_out.retain(|p| !members.contains(p));
         let newly: Vec<Pnn> =
             self.cluster.pnns().filter(|p| !members.contains(p) && self.left_out.insert(*p)).collect();
         if !self.p.gray {
@@ -952,10 +958,16 @@ impl Sim {
         }
     }
 
-    /// Whether client `index` is frozen with its whole node.
+    /// Whether client `index` is frozen with its whole node, or blocked by its node's
+    /// watchdog: a stopped daemon publishes no later lease, so the watchdog freezes the
+    /// databases once the last `lease_until` it published is past on the node's clock.
     fn client_frozen(&self, index: usize) -> bool {
-        let faults = &self.faults[self.clients[index].node as usize];
-        faults.stopped_until.is_some() && faults.whole_node
+        let pnn = self.clients[index].node as usize;
+        let faults = &self.faults[pnn];
+        let node = &self.cluster.nodes[pnn];
+        let fenced =
+            node.engine.lease_until().is_some_and(|until| node.local_time(self.cluster.now) >= until);
+        faults.stopped_until.is_some() && (faults.whole_node || fenced)
     }
 
     /// Client `index` reads the next answer to it.

@@ -105,6 +105,8 @@ struct PeerView {
     /// When it was last heard from, dead or alive since: its records are held for it
     /// until `give_up_ms` after.
     last_seen: Option<Millis>,
+    /// Its reconnect was refused: its process is gone, nothing is held for it.
+    refused: bool,
 }
 
 /// Whether a database is frozen for us, or on its way.
@@ -169,6 +171,8 @@ pub(super) struct Membership {
     /// Maps that recoveries replaced by maps without some of their nodes: while such a
     /// node may come back, a key it was LMASTER of may be held there, known to nobody else.
     left_maps: Vec<Vec<Pnn>>,
+    /// This node's first tick: a peer never heard from since may have been heard by others.
+    started_at: Option<Millis>,
 }
 
 impl Membership {
@@ -209,6 +213,7 @@ impl Membership {
             held_back: BTreeMap::new(),
             given_up: BTreeSet::new(),
             left_maps: vec![],
+            started_at: None,
         }
     }
 
@@ -390,13 +395,20 @@ impl Engine {
     }
 
     pub(super) fn membership_tick(&mut self, out: &mut Vec<Output>) {
+        self.cluster.started_at.get_or_insert(self.now);
         if !self.cluster.enabled || self.cluster.quiet {
             return;
         }
         let now = self.now;
         let interval = self.config.tunables.keepalive_interval_ms;
-        let stalled = self.cluster.last_tick.is_some_and(|at| now.saturating_sub(at) > 2 * interval);
+        let stall = self.cluster.last_tick.map_or(0, |at| now.saturating_sub(at));
+        let stalled = stall > 2 * interval;
         self.cluster.last_tick = Some(now);
+        if stall >= self.dead_after() && self.cluster.leads() && !self.config.cluster_lock {
+            // The others took it for dead and may have a new leader by now. (A lock
+            // holder keeps its lock, so nobody else can lead.)
+            self.step_down("it stalled past the dead time", out);
+        }
         if stalled {
             // This node was not running (stopped, or starved of CPU): the silence was its
             // own, not its peers'. They get a fresh dead time, counted from now.
@@ -491,6 +503,7 @@ impl Engine {
     pub(super) fn refused(&mut self, pnn: Pnn, out: &mut Vec<Output>) {
         if self.cluster.enabled && (pnn as usize) < self.cluster.peers.len() && pnn != self.config.pnn {
             self.cluster.peers[pnn as usize].last_seen = None;
+            self.cluster.peers[pnn as usize].refused = true;
             self.peer_died(pnn, out);
         }
     }
@@ -764,20 +777,24 @@ impl Engine {
     // cut off for a while): its records are held for it, unavailable, not taken over,
     // for `give_up_ms` after it was last heard from. Back in time, it keeps them.
 
-    /// How long the records of a node that is no member wait for it: ten dead times.
+    /// How long the records of a node that is no member wait for it (`LeftOutHoldMs`), and
+    /// never less than a lease it may hold.
     pub(super) fn give_up_ms(&self) -> Millis {
-        self.dead_after().saturating_mul(10)
+        self.config.tunables.left_out_hold_ms.max(self.lease_bound())
     }
 
     /// Whether the records of `pnn`, no member now, may be taken over.
     pub(super) fn given_up(&self, pnn: Pnn) -> bool {
-        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        let Some(peer) = self.cluster.peers.get(pnn as usize) else { return true };
+        // Never heard from since this node started: others may have, until then.
+        let last_seen = if peer.refused { None } else { peer.last_seen.or(self.cluster.started_at) };
         pnn != self.config.pnn && last_seen.map_or(true, |at| self.now >= at + self.give_up_ms())
     }
 
     /// A recovery held records for `pnn`: the next one after its time is up takes them over.
     pub(super) fn hold_back(&mut self, pnn: Pnn) {
-        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen).unwrap_or(0);
+        let last_seen = self.cluster.peers.get(pnn as usize).and_then(|p| p.last_seen);
+        let last_seen = last_seen.or(self.cluster.started_at).unwrap_or(0);
         let at = last_seen + self.give_up_ms();
         self.cluster.held_back.insert(pnn, at);
     }
@@ -1083,6 +1100,7 @@ impl Engine {
             let peer = &mut self.cluster.peers[from as usize];
             peer.last_heard = Some(now);
             peer.last_seen = Some(now);
+            peer.refused = false;
             peer.suspect_since = None;
             peer.left = false;
             if !peer.alive {

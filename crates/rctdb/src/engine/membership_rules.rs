@@ -660,6 +660,43 @@ fn a_false_death_costs_a_pause_not_data() {
 }
 
 #[test]
+fn a_leader_stalled_past_the_dead_time_steps_down_at_its_first_tick() {
+    let mut rig = Rig::settled(3, false);
+    let leader = (0..3).find(|&p| rig.engines[p as usize].cluster.leads()).expect("a leader");
+    rig.stop(leader);
+    rig.run_for(rig.dead_after() + 2 * rig.interval());
+    rig.resume(leader);
+    rig.input(leader, Input::Tick);
+    assert!(!rig.engines[leader as usize].cluster.leads(), "it leads no more");
+    let stepped_down =
+        |e: &ClusterEvent| matches!(e, ClusterEvent::SteppedDown { why } if why.contains("stalled"));
+    assert!(rig.events_of(leader).any(stepped_down), "at once, not a tick later");
+}
+
+#[test]
+fn a_key_only_a_node_left_out_knows_is_not_made_up_anew_while_it_may_come_back() {
+    let mut rig = Rig::settled(3, false);
+    // Node 2 is the key's LMASTER and holds it: no other node has a copy.
+    let key = (0u32..)
+        .map(|i| format!("share mode {i}").into_bytes())
+        .find(|k| lmaster_of(k, &[0, 1, 2]) == 2)
+        .expect("some key");
+    let header = crate::record::RecordHeader { rsn: 4, dmaster: 2, flags: 0 };
+    rig.stores[2].put(DB, &key, Record { header, data: b"v2".to_vec() });
+    let stopped_at = rig.now;
+    rig.stop(2);
+    rig.run_until(1_500, |rig| rig.engines[..2].iter().all(|e| e.active() && e.vnn_map() == [0, 1]));
+    rig.client_call(0, 5, &key);
+    rig.run_for(stopped_at + 1_500 - rig.now);
+    assert_eq!(rig.replies, vec![], "the new LMASTER must not make up an empty record");
+    assert!(rig.stores[..2].iter().all(|store| store.peek(DB, &key).is_none()));
+    rig.resume(2);
+    rig.run_until(5_000, |rig| !rig.replies.is_empty());
+    assert_eq!(rig.replies, vec![(0, 5, CALL_OK)]);
+    assert_eq!(rig.stores[0].peek(DB, &key).map(|r| r.data.clone()), Some(b"v2".to_vec()), "the last write");
+}
+
+#[test]
 fn the_records_of_a_node_whose_daemon_is_gone_are_taken_over_once_its_lease_is_over() {
     let (mut rig, key) = rig_with_a_record_on_node_2();
     rig.stop(2);

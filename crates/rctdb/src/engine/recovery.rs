@@ -577,8 +577,17 @@ impl Engine {
             );
             return;
         }
-        for pnn in held_for {
-            self.hold_back(pnn);
+        // Every node left out is held for until its time is up (a key only it knows has no
+        // plan here), and one whose time is up is given up: if it comes back it empties
+        // its databases, as the others may have made its keys anew meanwhile.
+        let nodes = self.config.nodes as Pnn;
+        let left_out: Vec<Pnn> = (0..nodes).filter(|p| !vnn_map.contains(p)).collect();
+        for pnn in left_out {
+            if held.contains(&pnn) || held_for.contains(&pnn) {
+                self.hold_back(pnn);
+            } else if pnn != self.config.pnn {
+                self.gave_up(pnn);
+            }
         }
         for pnn in taken_from {
             log::warn!("node {}: records of node {pnn} are taken over from their copies", self.config.pnn);
@@ -668,14 +677,13 @@ struct RecordPlan {
 /// 1. A member that holds it (its copy names itself) keeps it. Should two claim it, a
 ///    member that followed the cluster's history wins over one that was away (`behind`),
 ///    then the higher RSN. The losers' copies point to the winner.
-/// 2. Nobody holds it: if the newest copy names a node that is no member and is `held`
-///    (not given up), nothing moves — it comes back with its record, or is given up later.
+/// 2. Nobody holds it: if a copy names a node that is no member and is `held` (not given
+///    up), nothing moves — it comes back with its record, or is given up later.
 ///    Otherwise the newest copy of a member that followed the history (else of any member)
-///    becomes the holder. A copy that a member away brings back, naming a member that
-///    followed the history, counts for nothing: that member kept no copy, so the record was
-///    deleted (vacuumed) while the other was away, and must not come back. If only such
-///    copies are left, the member they name holds the record again, empty, above their
-///    RSNs.
+///    becomes the holder. A copy that a member away brings back, naming a member that has
+///    no copy or a later one, counts for nothing: that member deleted the record (vacuuming removed it)
+///    while the other was away, and it must not come back. If only such copies are left,
+///    a member that followed the history holds the record again, empty, above their RSNs.
 /// 3. The holder's RSN ends above every other copy's, so no older copy can ever pass for
 ///    newer (RSNs change only when records move, not when clients write).
 /// 4. The key's LMASTER under the new map learns the holder.
@@ -720,32 +728,43 @@ fn plan_record(
             holder.node
         }
         None => {
-            // A copy kept by a member that was away, naming a member that followed the
-            // history, is superseded: that member has no copy, so it deleted the record.
+            // A copy kept by a member that was away, naming a member that has no copy (or
+            // one it got later), is superseded: the record went on from there and was
+            // deleted (vacuumed) meanwhile.
             let superseded = |c: &&Copy| {
-                behind.contains(&c.node) && !behind.contains(&c.dmaster) && vnn_map.contains(&c.dmaster)
+                behind.contains(&c.node)
+                    && vnn_map.contains(&c.dmaster)
+                    && copies.iter().find(|other| other.node == c.dmaster).map_or(true, |d| d.rsn > c.rsn)
             };
             let live: Vec<Copy> = copies.iter().filter(|c| !superseded(c)).copied().collect();
             let Some(last) = live.iter().max_by(newest) else {
-                let Some(stale) = copies.iter().max_by(newest) else { return plan };
-                // Deleted while they were away: the member their newest copy names (it has
-                // no copy) holds it again, empty, above their RSNs, so no stale copy passes
-                // for newer and vacuuming removes them all.
-                plan.fixes.push((stale.dmaster, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
-                let holder = stale.dmaster;
+                if copies.is_empty() {
+                    return plan;
+                }
+                // Deleted while they were away: a member that followed the history (the
+                // LMASTER, if it did) holds it again, empty, above their RSNs, so no stale
+                // copy passes for newer and vacuuming removes them all.
+                let holder = if behind.contains(&lmaster) {
+                    vnn_map.iter().copied().find(|p| !behind.contains(p)).unwrap_or(lmaster)
+                } else {
+                    lmaster
+                };
+                plan.fixes.push((holder, RecordFix::Promote { rsn: top_rsn.saturating_add(1) }));
                 if lmaster != holder {
                     plan.fixes.push((lmaster, RecordFix::Point { dmaster: holder }));
                 }
                 return plan;
             };
             let copies = live.as_slice();
-            if held.contains(&last.dmaster) {
-                let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == last.dmaster);
+            // Any copy naming a node held for may be the newest word on it: an LMASTER's
+            // pointer (RSN 0) is newer than a handed-over copy whatever the RSNs say.
+            if let Some(away) = copies.iter().filter(|c| held.contains(&c.dmaster)).max_by(newest) {
+                let lmaster_knows = copies.iter().any(|c| c.node == lmaster && c.dmaster == away.dmaster);
                 if !lmaster_knows {
                     // Or the LMASTER, finding no copy, would make a new record.
-                    plan.fixes.push((lmaster, RecordFix::Point { dmaster: last.dmaster }));
+                    plan.fixes.push((lmaster, RecordFix::Point { dmaster: away.dmaster }));
                 }
-                plan.held_for = Some(last.dmaster);
+                plan.held_for = Some(away.dmaster);
                 return plan;
             }
             if !vnn_map.contains(&last.dmaster) {
@@ -840,6 +859,9 @@ mod false_death {
         let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &held);
         assert_eq!(plan.held_for, Some(2));
         assert_eq!(plan.fixes, vec![(1, RecordFix::Point { dmaster: 2 })], "the LMASTER must not mint it");
+        // A pointer to it (RSN 0, as the LMASTER's) outweighs an older handover's copy.
+        let plan = plan_record(&key, &[copy(0, 4, 3), copy(1, 0, 2)], &map, &BTreeSet::new(), &held);
+        assert_eq!((plan.held_for, plan.fixes), (Some(2), vec![]), "the LMASTER points there already");
         // Given up: the newest copy takes its place.
         let plan = plan_record(&key, &[copy(0, 4, 2)], &map, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(plan.taken_from, Some(2));
@@ -866,15 +888,13 @@ mod false_death {
         let key = key_with_lmaster(2, &map);
         let behind = BTreeSet::from([0]);
         let plan = plan_record(&key, &[copy(0, 4, 1)], &map, &behind, &BTreeSet::new());
+        assert_eq!(plan.fixes, vec![(2, RecordFix::Promote { rsn: 5 })], "it stays deleted, above the copy");
+        // The LMASTER was away too, with an older copy naming node 0: node 1 holds it.
+        let behind = BTreeSet::from([0, 2]);
+        let plan = plan_record(&key, &[copy(0, 4, 1), copy(2, 2, 0)], &map, &behind, &BTreeSet::new());
         let deleted = vec![(1, RecordFix::Promote { rsn: 5 }), (2, RecordFix::Point { dmaster: 1 })];
-        assert_eq!(plan.fixes, deleted, "node 1 holds it again, empty, above the stale copy");
-        // The stale copy on the LMASTER itself only learns where the record is.
-        let key = key_with_lmaster(0, &map);
-        let plan = plan_record(&key, &[copy(0, 4, 1)], &map, &behind, &BTreeSet::new());
-        assert_eq!(
-            plan.fixes,
-            vec![(1, RecordFix::Promote { rsn: 5 }), (0, RecordFix::Point { dmaster: 1 })]
-        );
+        assert_eq!(plan.fixes, deleted, "node 1 holds it again, empty, above both copies");
+        let behind = BTreeSet::from([0]);
         // Naming a node that is no member and was given up, it is the last copy there is.
         let plan = plan_record(&key, &[copy(0, 4, 3)], &map, &behind, &BTreeSet::new());
         assert_eq!(plan.fixes[0], (0, RecordFix::Promote { rsn: 5 }));
