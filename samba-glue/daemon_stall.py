@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Conflicting opens and locks across two clustered smbd while one node's rctdbd is
-stopped and its smbd keeps serving (issue 15: a stall must not let the other node grant
+stopped and its smbd keeps serving (a stall must not let the other node grant
 what the stalled node's clients hold).
 
     daemon_stall.py DIR [--stall 3] [--before 1] [--after 5] [--files 10]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Conflicting opens and locks across two clustered smbd while the cluster's links are
-killed again and again (issue 15: link blips must be invisible to Samba).
+killed again and again (link blips must be invisible to Samba).
 
     link_blips.py HOST_A HOST_B --kill-address ADDR [--port 4379] [--seconds 20]
                   [--every 0.3] [--files 10] [--share share] [--user root] [--password P]

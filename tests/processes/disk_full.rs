@@ -1,4 +1,4 @@
-//! A node whose database directory fills up, or is read-only (issue 8): operations fail with
+//! A node whose database directory fills up, or is read-only: operations fail with
 //! clear errors, nothing is corrupted or lost, the node stays in the cluster, and it serves
 //! again once space returns. The directory is a small tmpfs, so the test needs root (CI is
 //! root); elsewhere it says why it did not run.

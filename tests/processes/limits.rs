@@ -1,4 +1,4 @@
-//! Limits (issue 8): which and how many databases clients may attach, key and record sizes,
+//! Limits: which and how many databases clients may attach, key and record sizes,
 //! and requests waiting for one key. Each offender gets an error that says what limit it
 //! met; the node keeps serving everyone else. (Client and link limits: scale_clients.rs and
 //! rogue_peer.rs; packet size: daemon_input.rs.)

@@ -1,4 +1,4 @@
-//! Link blips are invisible (issue 15): a 3-node cluster on 127.0.81.11-13 while every TCP
+//! Link blips are invisible: a 3-node cluster on 127.0.81.11-13 while every TCP
 //! connection to and from node 1's address is killed again and again with `ss -K`. Node 0
 //! keeps asking, as smbd does before it trusts a share mode, whether a process on node 1
 //! lives (CHECK_PID_SRVID, PROCESS_EXISTS); messages with sequence numbers flow both ways

@@ -1,4 +1,4 @@
-//! A rogue process on the cluster network (issue 8, cluster key): a 3-node cluster with a
+//! A rogue process on the cluster network (the cluster key): a 3-node cluster with a
 //! key on 127.0.87.11-13, and this test as the rogue, without the key or with a wrong one,
 //! from an unknown address and from a real node's address. It tries to inject a record
 //! (REPLY_DMASTER / REQ_DMASTER with a higher RSN), to steal one (REQ_CALL, PULL_DB), to

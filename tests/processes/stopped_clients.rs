@@ -1,4 +1,4 @@
-//! No client can stall a node (issue 8). Client processes are stopped (SIGSTOP) at every
+//! No client can stall a node. Client processes are stopped (SIGSTOP) at every
 //! point that matters, under load: holding a chain lock, inside a store (holding tdb's
 //! free-list lock, as libtdb does mid-store), with a request half sent,
 //! with a traverse's answer unread, and at random points of their own work. While they are

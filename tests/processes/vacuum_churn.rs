@@ -1,4 +1,4 @@
-//! Vacuuming keeps databases bounded under smbd's open/close churn (DESIGN §8.5, issue 9):
+//! Vacuuming keeps databases bounded under smbd's open/close churn (DESIGN §8.5):
 //! a 3-node cluster of real rctdbd, two worker processes per node (`rctdb bench
 //! churn-worker`, the bench's own workers), each opening (chainlock + store of a
 //! share-mode-sized value + chainunlock) and closing (delete) keys no one used before.

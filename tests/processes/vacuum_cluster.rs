@@ -1,4 +1,4 @@
-//! Vacuuming on real processes while a node is away (DESIGN §8.5, issue 9). CTDB's users see
+//! Vacuuming on real processes while a node is away (DESIGN §8.5). CTDB's users see
 //! deleted records pile up while a node is disconnected; here a node the cluster left out
 //! holds back nothing: the others vacuum without it, and the recovery that admits it again
 //! empties its databases, so its stale copies never come back and leave no garbage.

@@ -6,10 +6,11 @@
 //! - `L NS`: the node may hold records until NS on CLOCK_MONOTONIC (its lease's end, moved
 //!   from the engine's clock to the machine's; both are CLOCK_MONOTONIC); `L -`: it holds
 //!   none. Sent at every engine tick, so a later line says the daemon ran.
-//! - `+ PID`, `- PID`: a client connection of process PID attached a database (only such a
-//!   client can use records; status and tool connections are never fenced), or closed.
+//! - `+ PID`, `- PID`: a client connection of process PID attached a database, asked for a
+//!   record or registered for messages (only such a client can use records: smbd and each
+//!   of its children; status and tool connections are never fenced), or closed.
 //!
-//! When a lease it was told of ends and no line came since, the watchdog kills the attached
+//! When a lease it was told of ends and no line came since, the watchdog kills those
 //! clients and freezes the databases, and hands the freeze back on the same socket
 //! (SCM_RIGHTS, as the lock watchdog does): the daemon adopts it when it runs again.
 
