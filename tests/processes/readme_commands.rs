@@ -595,34 +595,29 @@ fn bench_recovery() {
     }
 }
 
+/// `rctdb bench NAME ARGS --dir D` in a scratch directory of its own; its output must show
+/// `expect`.
+fn bench(name: &str, args: &str, expect: &str, limit: Duration) {
+    let scratch = Scratch::new(&format!("readme-{name}"));
+    let command = format!("rctdb bench {name} {args} --dir {}", scratch.arg(name));
+    run(&command, expect, limit);
+}
+
 #[test]
 fn bench_churn() {
-    let scratch = Scratch::new("readme-churn");
-    let command = format!(
-        "rctdb bench churn --keys 600 --vacuum-interval 1000 --compare --rounds 1 --first-address 127.0.75.71 --dir {}",
-        scratch.arg("churn")
-    );
-    run(&command, "keys left", 3 * MINUTE);
+    let args = "--keys 600 --vacuum-interval 1000 --compare --rounds 1 --first-address 127.0.75.71";
+    bench("churn", args, "keys left", 3 * MINUTE);
 }
 
 #[test]
 fn bench_clients() {
-    let scratch = Scratch::new("readme-clients");
-    let command = format!(
-        "rctdb bench clients --many 20 --seconds 0.5 --rounds 1 --first-address 127.0.76.81 --dir {}",
-        scratch.arg("clients")
-    );
-    run(&command, "ratio", 2 * MINUTE);
+    bench("clients", "--many 20 --seconds 0.5 --rounds 1 --first-address 127.0.76.81", "ratio", 2 * MINUTE);
 }
 
 #[test]
 fn bench_traverse() {
-    let scratch = Scratch::new("readme-traverse");
-    let command = format!(
-        "rctdb bench traverse --records 1000 --seconds 0.5 --rounds 1 --first-address 127.0.77.91 --dir {}",
-        scratch.arg("traverse")
-    );
-    run(&command, "during traverses", 2 * MINUTE);
+    let args = "--records 1000 --seconds 0.5 --rounds 1 --first-address 127.0.77.91";
+    bench("traverse", args, "during traverses", 2 * MINUTE);
 }
 
 // ---- samba-glue/README.md
