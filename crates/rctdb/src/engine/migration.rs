@@ -365,18 +365,14 @@ impl Engine {
             self.protocol_violation(why, out);
         }
         if req.dmaster == me {
-            let Some(header) =
-                self.bumped(RecordHeader { rsn: req.rsn, dmaster: me, flags: req.record_flags })
-            else {
-                return self.refuse_rsn(from, req.rsn);
+            let arrived = ReplyDmaster {
+                db_id: req.db_id,
+                rsn: req.rsn,
+                key: req.key,
+                data: req.data,
+                record_flags: req.record_flags,
             };
-            let arrived = Record { header, data: req.data };
-            if self.write(store, req.db_id, &req.key, &arrived) {
-                self.finish_migration(req.db_id, &req.key, &arrived.data, store, out);
-            } else {
-                self.ban_self(&format!("storing a record that arrived for db {:#x} failed", req.db_id), out);
-            }
-            return;
+            return self.store_arrived(from, arrived, store, out);
         }
         let header = RecordHeader { rsn: req.rsn, dmaster: req.dmaster, flags: req.record_flags };
         let lmaster_copy = Record { header, data: req.data };
@@ -409,19 +405,31 @@ impl Engine {
             self.stats.duplicates_dropped += 1;
             return;
         }
+        self.store_arrived(from, reply, store, out);
+    }
+
+    /// This node becomes DMASTER of a record that arrived (from the LMASTER, or as the
+    /// LMASTER itself): stored with the next RSN, then its waiters are answered.
+    fn store_arrived(
+        &mut self,
+        from: Pnn,
+        arrived: ReplyDmaster,
+        store: &mut dyn RecordStore,
+        out: &mut Vec<Output>,
+    ) {
         let me = self.config.pnn;
         let Some(header) =
-            self.bumped(RecordHeader { rsn: reply.rsn, dmaster: me, flags: reply.record_flags })
+            self.bumped(RecordHeader { rsn: arrived.rsn, dmaster: me, flags: arrived.record_flags })
         else {
-            return self.refuse_rsn(from, reply.rsn);
+            return self.refuse_rsn(from, arrived.rsn);
         };
-        let arrived = Record { header, data: reply.data };
-        if self.write(store, reply.db_id, &reply.key, &arrived) {
-            self.finish_migration(reply.db_id, &reply.key, &arrived.data, store, out);
+        let record = Record { header, data: arrived.data };
+        if self.write(store, arrived.db_id, &arrived.key, &record) {
+            self.finish_migration(arrived.db_id, &arrived.key, &record.data, store, out);
         } else {
             // The record's last copy in flight is in this packet; its older copy on the old
             // holder is found by the recovery that follows this node's departure.
-            self.ban_self(&format!("storing a record that arrived for db {:#x} failed", reply.db_id), out);
+            self.ban_self(&format!("storing a record that arrived for db {:#x} failed", arrived.db_id), out);
         }
     }
 
